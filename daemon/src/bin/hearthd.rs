@@ -1,0 +1,82 @@
+//! `hearthd`: the Hearth hub daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use hearth_daemon::config::{Config, EXIT_CONFIG};
+use tokio_util::sync::CancellationToken;
+
+/// The Hearth home hub: mutual-TLS MQTT for a household's toys and phones.
+#[derive(Debug, Parser)]
+#[command(name = "hearthd", version, about)]
+struct Args {
+    /// Configuration file (TOML). Without one, the embedded defaults apply.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// State directory; overrides the config file and $STATE_DIRECTORY.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    hearth_daemon::logging::init();
+    let args = Args::parse();
+    let mut config = match &args.config {
+        Some(path) => match Config::load(path) {
+            Ok(config) => config,
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::from(EXIT_CONFIG as u8);
+            }
+        },
+        None => Config::default(),
+    };
+    if let Some(dir) = args.data_dir {
+        config.data_dir = Some(dir);
+    }
+    let data_dir = config.resolved_data_dir();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stop = CancellationToken::new();
+    let result = runtime.block_on(async {
+        tokio::spawn(stop_on_signal(stop.clone()));
+        hearth_daemon::daemon::run(config, data_dir, stop).await
+    });
+    // Don't wait for rumqttd's threads: they run until the process ends.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+async fn stop_on_signal(stop: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    stop.cancel();
+}

@@ -1,0 +1,315 @@
+//! The embedded rumqttd router: configured with bounded memory, listening on
+//! loopback only behind a random per-boot credential, and watched by a
+//! liveness probe that makes a real round trip through the router.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
+use std::time::Duration;
+
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::{Broker, Config, ConnectionSettings, Notification, RouterConfig, ServerSettings};
+use tokio_util::sync::CancellationToken;
+
+/// How often the liveness probe runs.
+pub const LIVENESS_INTERVAL: Duration = Duration::from_secs(2);
+/// How long one probe may take before the router is declared dead.
+pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(3);
+/// The topic the probe publishes to and listens on. Clients never reach it:
+/// the edge's policy only admits the `hearth/` namespace.
+const LIVENESS_TOPIC: &str = "hearth-internal/liveness";
+
+/// The broker could not start or has stopped working.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// A loopback port could not be reserved.
+    #[error("cannot reserve a loopback port for the broker: {0}")]
+    Port(std::io::Error),
+    /// The router refused a local link.
+    #[error("cannot link to the router: {0}")]
+    Link(String),
+    /// The internal listeners did not come up.
+    #[error("the broker's internal listener {0} did not start")]
+    NotListening(SocketAddr),
+    /// A liveness probe did not come back.
+    #[error("liveness probe failed: {0}")]
+    Dead(String),
+}
+
+/// Where and how the edge reaches the broker.
+#[derive(Clone)]
+pub struct BrokerEndpoint {
+    /// The MQTT 3.1.1 listener.
+    pub v4: SocketAddr,
+    /// The MQTT 5 listener.
+    pub v5: SocketAddr,
+    /// The per-boot username.
+    pub username: String,
+    /// The per-boot password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for BrokerEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the per-boot password.
+        f.debug_struct("BrokerEndpoint")
+            .field("v4", &self.v4)
+            .field("v5", &self.v5)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sizes that bound the router's memory.
+#[derive(Debug, Clone, Copy)]
+pub struct BrokerLimits {
+    /// Connections the router accepts (edge connections plus internal links).
+    pub max_connections: usize,
+    /// Largest packet, in bytes.
+    pub max_payload: usize,
+}
+
+/// A started broker and the link its liveness probe uses.
+pub struct RunningBroker {
+    /// How the edge reaches it.
+    pub endpoint: BrokerEndpoint,
+    probe: Option<(LinkTx, LinkRx)>,
+}
+
+impl std::fmt::Debug for RunningBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningBroker")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts rumqttd on two loopback ports and waits until both accept.
+pub async fn start(limits: BrokerLimits) -> Result<RunningBroker, BrokerError> {
+    let endpoint = BrokerEndpoint {
+        v4: free_loopback_port()?,
+        v5: free_loopback_port()?,
+        username: "hearth-edge".to_owned(),
+        password: hex::encode(crate::random_bytes::<32>()),
+    };
+    let connections = ConnectionSettings {
+        connection_timeout_ms: 10_000,
+        max_payload_size: limits.max_payload,
+        max_inflight_count: 100,
+        auth: Some(HashMap::from([(
+            endpoint.username.clone(),
+            endpoint.password.clone(),
+        )])),
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = |name: &str, listen| ServerSettings {
+        name: name.to_owned(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections: connections.clone(),
+    };
+    // rumqttd keeps one in-memory log per filter; its default lets that log
+    // grow to 1 GiB. Two segments of one packet's size bound it to a few MiB.
+    let segment = limits.max_payload.max(256 * 1024);
+    let config = Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: limits.max_connections + 16,
+            max_outgoing_packet_count: 200,
+            max_segment_size: segment,
+            max_segment_count: 2,
+            ..RouterConfig::default()
+        },
+        v4: Some(HashMap::from([(
+            "v4".to_owned(),
+            server("hearth-v4", endpoint.v4),
+        )])),
+        v5: Some(HashMap::from([(
+            "v5".to_owned(),
+            server("hearth-v5", endpoint.v5),
+        )])),
+        ..Config::default()
+    };
+    let mut broker = Broker::new(config);
+    let (mut tx, rx) = broker
+        .link("hearth-liveness")
+        .map_err(|e| BrokerError::Link(e.to_string()))?;
+    tx.subscribe(LIVENESS_TOPIC)
+        .map_err(|e| BrokerError::Link(e.to_string()))?;
+    std::thread::Builder::new()
+        .name("rumqttd".to_owned())
+        .spawn(move || {
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "broker stopped");
+            }
+            // Every server thread has ended: nothing routes any more. Exit
+            // so the service manager restarts the hub.
+            tracing::error!("the broker's listeners stopped; exiting");
+            std::process::exit(crate::daemon::EXIT_BROKER_DEAD);
+        })
+        .map_err(|e| BrokerError::Link(e.to_string()))?;
+    for addr in [endpoint.v4, endpoint.v5] {
+        wait_listening(&endpoint, addr).await?;
+    }
+    Ok(RunningBroker {
+        endpoint,
+        probe: Some((tx, rx)),
+    })
+}
+
+impl RunningBroker {
+    /// Runs the liveness probe until cancelled; returns an error the moment
+    /// a round trip through the router fails.
+    pub async fn watch(&mut self, stop: CancellationToken) -> Result<(), BrokerError> {
+        let Some((mut tx, mut rx)) = self.probe.take() else {
+            return Ok(());
+        };
+        let mut seq: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(LIVENESS_INTERVAL) => {}
+            }
+            seq += 1;
+            let nonce = seq.to_string();
+            let topic = if debug_fault("router-unreachable") {
+                // Debug builds only: publish where nobody listens, exactly
+                // what a dead router looks like from here.
+                "hearth-internal/nowhere"
+            } else {
+                LIVENESS_TOPIC
+            };
+            tx.publish(topic, nonce.clone().into_bytes())
+                .map_err(|e| BrokerError::Dead(format!("cannot publish: {e}")))?;
+            let round_trip = async {
+                loop {
+                    match rx.next().await {
+                        Ok(Some(Notification::Forward(forward)))
+                            if forward.publish.payload.as_ref() == nonce.as_bytes() =>
+                        {
+                            return Ok(())
+                        }
+                        Ok(_) => continue,
+                        Err(e) => return Err(BrokerError::Dead(format!("link closed: {e}"))),
+                    }
+                }
+            };
+            match tokio::time::timeout(LIVENESS_TIMEOUT, round_trip).await {
+                Ok(result) => result?,
+                Err(_) => {
+                    return Err(BrokerError::Dead(format!(
+                        "no answer from the router within {LIVENESS_TIMEOUT:?}"
+                    )))
+                }
+            }
+            // The listeners serve the edge; check they still log clients in.
+            for addr in [self.endpoint.v4, self.endpoint.v5] {
+                tokio::time::timeout(LIVENESS_TIMEOUT, login_round_trip(&self.endpoint, addr))
+                    .await
+                    .map_err(|_| BrokerError::Dead(format!("{addr} does not answer CONNECT")))??;
+            }
+        }
+    }
+}
+
+/// In debug builds, `HEARTH_DEBUG_FAULT=<name>` injects a named fault so the
+/// end-to-end tests can prove the daemon notices it. Release builds ignore it.
+pub fn debug_fault(name: &str) -> bool {
+    cfg!(debug_assertions) && std::env::var("HEARTH_DEBUG_FAULT").is_ok_and(|v| v == name)
+}
+
+/// Asks the kernel for a free loopback port. rumqttd binds its own
+/// listeners from a configured address, so the port is chosen here and
+/// handed over; `wait_listening` proves rumqttd got it.
+fn free_loopback_port() -> Result<SocketAddr, BrokerError> {
+    let listener = StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(BrokerError::Port)?;
+    listener.local_addr().map_err(BrokerError::Port)
+}
+
+async fn wait_listening(endpoint: &BrokerEndpoint, addr: SocketAddr) -> Result<(), BrokerError> {
+    for _ in 0..200 {
+        if login_round_trip(endpoint, addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err(BrokerError::NotListening(addr))
+}
+
+/// Logs in to one internal listener with the per-boot credential and logs
+/// out again: CONNECT, CONNACK accepted, DISCONNECT. A plain TCP connect
+/// would leave rumqttd waiting for a CONNECT and logging an error each time.
+async fn login_round_trip(endpoint: &BrokerEndpoint, addr: SocketAddr) -> Result<(), BrokerError> {
+    use rumqttd::protocol::{
+        v4::V4, v5::V5, Connect, Disconnect, DisconnectReasonCode, Login, Packet, Protocol,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dead = |what: String| BrokerError::Dead(format!("{addr}: {what}"));
+    let v5 = addr == endpoint.v5;
+    let connect = Packet::Connect(
+        Connect {
+            keep_alive: 10,
+            client_id: if v5 {
+                "hearth-probe-v5"
+            } else {
+                "hearth-probe-v4"
+            }
+            .to_owned(),
+            clean_session: true,
+        },
+        None,
+        None,
+        None,
+        Some(Login {
+            username: endpoint.username.clone(),
+            password: endpoint.password.clone(),
+        }),
+    );
+    let disconnect = Packet::Disconnect(
+        Disconnect {
+            reason_code: DisconnectReasonCode::NormalDisconnection,
+        },
+        None,
+    );
+    let mut connect_bytes = bytes::BytesMut::new();
+    let mut disconnect_bytes = bytes::BytesMut::new();
+    let encoded = if v5 {
+        V5.write(connect, &mut connect_bytes)
+            .and_then(|_| V5.write(disconnect, &mut disconnect_bytes))
+    } else {
+        V4.write(connect, &mut connect_bytes)
+            .and_then(|_| V4.write(disconnect, &mut disconnect_bytes))
+    };
+    encoded.map_err(|e| dead(format!("encode: {e:?}")))?;
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| dead(e.to_string()))?;
+    stream
+        .write_all(&connect_bytes)
+        .await
+        .map_err(|e| dead(e.to_string()))?;
+    // rumqttd's codecs decode only what clients send (a CONNACK hits an
+    // `unreachable!`), so the answer is checked by hand: CONNACK is
+    // 0x20, a one-byte length, the session-present flags, then the return
+    // code (3.1.1) or reason code (5), 0 meaning success.
+    let mut answer = [0u8; 4];
+    stream
+        .read_exact(&mut answer)
+        .await
+        .map_err(|e| dead(format!("reading CONNACK: {e}")))?;
+    if answer[0] != 0x20 || answer[3] != 0 {
+        return Err(dead(format!("login refused: {answer:02x?}")));
+    }
+    stream
+        .write_all(&disconnect_bytes)
+        .await
+        .map_err(|e| dead(e.to_string()))?;
+    // Let the broker close first, so it sees a clean DISCONNECT rather than
+    // a reset.
+    let mut rest = [0u8; 16];
+    while matches!(stream.read(&mut rest).await, Ok(n) if n > 0) {}
+    Ok(())
+}

@@ -1,0 +1,247 @@
+//! The daemon's configuration: embedded defaults, an optional TOML file that
+//! overrides them (unknown keys refused), and a semantic check.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Exit code for a bad configuration or unusable data dir (sysexits EX_CONFIG).
+pub const EXIT_CONFIG: i32 = 78;
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has an unknown key or a wrong value.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, naming the key.
+        message: String,
+    },
+    /// A value parsed but makes no sense.
+    #[error("config: {key}: {message}")]
+    Invalid {
+        /// The offending key, dotted (`dev.listen`).
+        key: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Everything `hearthd` can be told. Every field has a default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the CA, certificates and database live.
+    pub data_dir: Option<PathBuf>,
+    /// The mutual-TLS MQTT listener.
+    pub mqtt: MqttSection,
+    /// The admin socket.
+    pub admin: AdminSection,
+    /// Limits that protect the hub from any one client.
+    pub limits: LimitsSection,
+    /// The plaintext development listener for toy makers.
+    pub dev: DevSection,
+}
+
+/// `[mqtt]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttSection {
+    /// Address of the mutual-TLS listener.
+    pub listen: SocketAddr,
+}
+
+impl Default for MqttSection {
+    fn default() -> Self {
+        MqttSection {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8883)),
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// Path of the admin socket; default `$RUNTIME_DIRECTORY/admin.sock`,
+    /// else `<data dir>/admin.sock`.
+    pub socket: Option<PathBuf>,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Connections served at once (TLS and dev listeners together).
+    pub max_connections: usize,
+    /// Largest MQTT packet a client may send, in bytes.
+    pub max_payload: usize,
+    /// Seconds from TCP accept to a complete TLS handshake and CONNECT.
+    pub handshake_timeout_secs: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_connections: 1024,
+            max_payload: 1024 * 1024,
+            handshake_timeout_secs: 10,
+        }
+    }
+}
+
+impl LimitsSection {
+    /// The handshake timeout as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_secs)
+    }
+}
+
+/// `[dev]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevSection {
+    /// Plaintext listener, loopback only; off unless set.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; the error names the key and is one line.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().replace('\n', " ");
+            match e.span() {
+                Some(span) => {
+                    let line = text[..span.start].matches('\n').count() + 1;
+                    format!("line {line}: {message}")
+                }
+                None => message,
+            }
+        })
+    }
+
+    /// Checks what serde cannot: values that parse but make no sense.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if let Some(dev) = self.dev.listen {
+            if !dev.ip().is_loopback() {
+                return Err(ConfigError::Invalid {
+                    key: "dev.listen",
+                    message: format!(
+                        "{dev} is not a loopback address; the plaintext listener binds only 127.0.0.0/8 or ::1"
+                    ),
+                });
+            }
+        }
+        if self.limits.max_connections == 0 || self.limits.max_connections > 100_000 {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_connections",
+                message: "must be between 1 and 100000".into(),
+            });
+        }
+        if self.limits.max_payload < 1024 || self.limits.max_payload > 256 * 1024 * 1024 {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_payload",
+                message: "must be between 1024 bytes and 256 MiB".into(),
+            });
+        }
+        if self.limits.handshake_timeout_secs == 0 || self.limits.handshake_timeout_secs > 300 {
+            return Err(ConfigError::Invalid {
+                key: "limits.handshake_timeout_secs",
+                message: "must be between 1 and 300 seconds".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The data dir: the config's, else `$STATE_DIRECTORY`, else `./hearth-data`.
+    pub fn resolved_data_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.data_dir {
+            return dir.clone();
+        }
+        // systemd may pass several colon-separated directories; ours is the first.
+        match std::env::var_os("STATE_DIRECTORY") {
+            Some(dirs) if !dirs.is_empty() => {
+                let dirs = dirs.to_string_lossy().into_owned();
+                PathBuf::from(dirs.split(':').next().unwrap_or_default())
+            }
+            _ => PathBuf::from("hearth-data"),
+        }
+    }
+
+    /// The admin socket path, given the data dir.
+    pub fn resolved_admin_socket(&self, data_dir: &Path) -> PathBuf {
+        if let Some(path) = &self.admin.socket {
+            return path.clone();
+        }
+        match std::env::var_os("RUNTIME_DIRECTORY") {
+            Some(dirs) if !dirs.is_empty() => {
+                let dirs = dirs.to_string_lossy().into_owned();
+                PathBuf::from(dirs.split(':').next().unwrap_or_default()).join("admin.sock")
+            }
+            _ => data_dir.join("admin.sock"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_embedded_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.mqtt.listen, "0.0.0.0:8883".parse().unwrap());
+        assert_eq!(c.limits.handshake_timeout(), Duration::from_secs(10));
+        assert!(c.dev.listen.is_none());
+        c.check().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_and_named() {
+        let err = Config::parse("[mqtt]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err();
+        assert!(err.contains("listen_port"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_address_is_refused() {
+        let err = Config::parse("[mqtt]\nlisten = \"nowhere:88x\"\n").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn dev_listener_must_be_loopback() {
+        let c = Config::parse("[dev]\nlisten = \"0.0.0.0:1883\"\n").unwrap();
+        let err = c.check().unwrap_err().to_string();
+        assert!(err.contains("dev.listen"), "{err}");
+        let c = Config::parse("[dev]\nlisten = \"[::1]:1883\"\n").unwrap();
+        c.check().unwrap();
+    }
+}

@@ -1,0 +1,264 @@
+//! Starts and stops the hub: prepares the data dir, CA, database and
+//! registry, binds every listener before serving anything, starts the
+//! broker, and drains on shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hearth_protocol::admin::ListenerInfo;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, Hub};
+use crate::broker::{self, BrokerLimits};
+use crate::ca::{HubCa, ServerNames};
+use crate::config::{Config, EXIT_CONFIG};
+use crate::edge::sessions::Sessions;
+use crate::edge::tls::{server_config, ServerCertificate};
+use crate::edge::{self, Edge, EdgeLimits, ListenerKind};
+use crate::registry::Registry;
+use crate::store::Store;
+
+/// Exit code when the broker stopped routing (sysexits EX_SOFTWARE).
+pub const EXIT_BROKER_DEAD: i32 = 70;
+/// How long shutdown waits for connections to close.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+/// How often the hub checks whether its addresses changed.
+const ADDRESS_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// The configuration or the data dir cannot be used.
+    #[error("{0}")]
+    Config(String),
+    /// Something the hub needs did not start.
+    #[error("{0}")]
+    Startup(String),
+    /// The broker stopped routing while the hub ran.
+    #[error("{0}")]
+    BrokerDead(String),
+}
+
+impl DaemonError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            DaemonError::Config(_) => EXIT_CONFIG,
+            DaemonError::Startup(_) => 1,
+            DaemonError::BrokerDead(_) => EXIT_BROKER_DEAD,
+        }
+    }
+}
+
+/// Runs the hub until `stop` is cancelled (or the broker dies).
+pub async fn run(
+    config: Config,
+    data_dir: PathBuf,
+    stop: CancellationToken,
+) -> Result<(), DaemonError> {
+    let started = Instant::now();
+    let config_error = |e: &dyn std::fmt::Display| DaemonError::Config(e.to_string());
+    crate::datadir::prepare(&data_dir).map_err(|e| config_error(&e))?;
+    // Bind everything before creating or serving anything: a failed bind
+    // is a clear fatal error, not a half-started hub.
+    let mqtt = bind("mqtt.listen", config.mqtt.listen).await?;
+    let dev = match config.dev.listen {
+        Some(addr) => Some(bind("dev.listen", addr).await?),
+        None => None,
+    };
+    let store = Store::open(&data_dir)
+        .map_err(|e| DaemonError::Config(format!("data dir {}: {e}", data_dir.display())))?;
+    let ca = Arc::new(HubCa::load_or_create(&data_dir).map_err(|e| config_error(&e))?);
+    let names = ServerNames::discover();
+    let identity = ca
+        .server_identity(&data_dir, &names)
+        .map_err(|e| config_error(&e))?;
+    let registry = Arc::new(Registry::new(
+        store.active_certificates().map_err(|e| config_error(&e))?,
+    ));
+    let store = Arc::new(Mutex::new(store));
+
+    let admin_path = config.resolved_admin_socket(&data_dir);
+    let admin_listener = admin::bind(&admin_path).map_err(|e| config_error(&e))?;
+
+    let mut broker = broker::start(BrokerLimits {
+        max_connections: config.limits.max_connections,
+        max_payload: config.limits.max_payload,
+    })
+    .await
+    .map_err(|e| DaemonError::Startup(e.to_string()))?;
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certificate = Arc::new(
+        ServerCertificate::new(Arc::clone(&provider), identity)
+            .map_err(|e| DaemonError::Startup(e.to_string()))?,
+    );
+    let tls = server_config(
+        provider,
+        ca.cert_der(),
+        Arc::clone(&registry),
+        Arc::clone(&certificate),
+    )
+    .map_err(|e| DaemonError::Startup(e.to_string()))?;
+
+    let sessions = Arc::new(Sessions::default());
+    let edge = Arc::new(Edge {
+        tls: TlsAcceptor::from(tls),
+        registry: Arc::clone(&registry),
+        broker: broker.endpoint.clone(),
+        limits: EdgeLimits {
+            max_packet: config.limits.max_payload,
+            handshake_timeout: config.limits.handshake_timeout(),
+        },
+        sessions: Arc::clone(&sessions),
+        store: Arc::clone(&store),
+        slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+    });
+
+    let mut listeners = vec![ListenerInfo {
+        name: "mqtt".into(),
+        address: local_addr(&mqtt),
+    }];
+    if let Some(dev) = &dev {
+        listeners.push(ListenerInfo {
+            name: "dev".into(),
+            address: local_addr(dev),
+        });
+    }
+    listeners.push(ListenerInfo {
+        name: "admin".into(),
+        address: admin_path.display().to_string(),
+    });
+    let hub = Arc::new(Hub {
+        store: Arc::clone(&store),
+        ca: Arc::clone(&ca),
+        registry,
+        sessions,
+        listeners: listeners.clone(),
+        started: Instant::now(),
+    });
+
+    let tracker = TaskTracker::new();
+    tracker.spawn(edge::serve(
+        mqtt,
+        ListenerKind::MutualTls,
+        Arc::clone(&edge),
+        stop.child_token(),
+        tracker.clone(),
+    ));
+    if let Some(dev) = dev {
+        tracing::warn!(
+            address = %local_addr(&dev),
+            "the plaintext development listener is on: any local client gets full access without a certificate"
+        );
+        tracker.spawn(edge::serve(
+            dev,
+            ListenerKind::Development,
+            Arc::clone(&edge),
+            stop.child_token(),
+            tracker.clone(),
+        ));
+    }
+    tracker.spawn(admin::serve(
+        admin_listener,
+        hub,
+        stop.child_token(),
+        tracker.clone(),
+    ));
+    tracker.spawn(follow_addresses(
+        Arc::clone(&ca),
+        data_dir.clone(),
+        names,
+        certificate,
+        stop.child_token(),
+    ));
+
+    let summary: Vec<String> = listeners
+        .iter()
+        .map(|l| format!("{}={}", l.name, l.address))
+        .collect();
+    tracing::info!(
+        listeners = %summary.join(" "),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "hearthd ready"
+    );
+
+    let outcome = tokio::select! {
+        _ = stop.cancelled() => Ok(()),
+        watched = broker.watch(stop.child_token()) => match watched {
+            Ok(()) => Ok(()),
+            Err(e) => Err(DaemonError::BrokerDead(e.to_string())),
+        },
+    };
+    if let Err(e) = &outcome {
+        tracing::error!(error = %e, "the broker stopped routing");
+    }
+    tracing::info!("shutting down");
+    stop.cancel();
+    tracker.close();
+    if tokio::time::timeout(DRAIN_LIMIT, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections did not close within {DRAIN_LIMIT:?}; exiting anyway");
+    }
+    let _ = std::fs::remove_file(&admin_path);
+    drop(store);
+    outcome
+}
+
+async fn bind(key: &str, addr: SocketAddr) -> Result<TcpListener, DaemonError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| DaemonError::Config(format!("{key} = {addr}: cannot listen: {e}")))
+}
+
+fn local_addr(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default()
+}
+
+/// Re-issues the server certificate when the hub's names or addresses
+/// change (a DHCP lease, a new interface), without a restart.
+async fn follow_addresses(
+    ca: Arc<HubCa>,
+    data_dir: PathBuf,
+    mut names: ServerNames,
+    certificate: Arc<ServerCertificate>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(ADDRESS_CHECK_INTERVAL) => {}
+        }
+        let now = ServerNames::discover();
+        if now == names {
+            continue;
+        }
+        let ca = Arc::clone(&ca);
+        let dir = data_dir.clone();
+        let next = now.clone();
+        let issued = tokio::task::spawn_blocking(move || ca.server_identity(&dir, &next)).await;
+        match issued {
+            Ok(Ok(identity)) => match certificate.replace(identity) {
+                Ok(()) => {
+                    tracing::info!("addresses changed; server certificate re-issued");
+                    names = now;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot use the re-issued certificate"),
+            },
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot re-issue the server certificate"),
+            Err(e) => tracing::warn!(error = %e, "re-issue task failed"),
+        }
+    }
+}

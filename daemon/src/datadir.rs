@@ -1,0 +1,122 @@
+//! The state directory: created 0700, refused if it cannot be made private,
+//! and helpers that write files with the mode they need from the first byte.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The data dir cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("data dir {path}: {message}")]
+pub struct DataDirError {
+    /// The directory.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// Creates the data dir if needed and makes sure only its owner can enter it.
+pub fn prepare(path: &Path) -> Result<(), DataDirError> {
+    let fail = |message: String| DataDirError {
+        path: path.to_owned(),
+        message,
+    };
+    match fs::metadata(path) {
+        Ok(meta) if !meta.is_dir() => return Err(fail("exists and is not a directory".into())),
+        Ok(meta) => {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), "data dir was open to others; setting mode 0700");
+                fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+                    .map_err(|e| fail(format!("cannot set mode 0700: {e}")))?;
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path)
+                .map_err(|e| fail(format!("cannot create: {e}")))?;
+            // The umask may have narrowed more, never less; make it exact.
+            fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+                .map_err(|e| fail(format!("cannot set mode 0700: {e}")))?;
+        }
+        Err(e) => return Err(fail(format!("cannot inspect: {e}"))),
+    }
+    // Prove we can write here before anything else depends on it.
+    let probe = path.join(".hearth-write-probe");
+    write_private(&probe, b"").map_err(|e| fail(format!("not writable: {e}")))?;
+    let _ = fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Writes a file readable by its owner only (keys, tokens), atomically:
+/// a temporary sibling created 0600, synced, then renamed over the target.
+pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    write_with_mode(path, contents, 0o600)
+}
+
+/// Writes a public file (certificates) atomically with mode 0644.
+pub fn write_public(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    write_with_mode(path, contents, 0o644)
+}
+
+fn write_with_mode(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let _ = fs::remove_file(&tmp);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
+    fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_a_private_dir_and_tightens_an_open_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b");
+        prepare(&dir).unwrap();
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        prepare(&dir).unwrap();
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+    }
+
+    #[test]
+    fn a_file_in_the_way_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("f");
+        fs::write(&file, b"x").unwrap();
+        let err = prepare(&file).unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
+    }
+
+    #[test]
+    fn private_files_are_0600() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = tmp.path().join("k");
+        write_private(&key, b"secret").unwrap();
+        assert_eq!(
+            fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(fs::read(&key).unwrap(), b"secret");
+    }
+}

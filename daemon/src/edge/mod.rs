@@ -1,0 +1,387 @@
+//! The edge: every client connection enters here. It terminates TLS, binds
+//! the connection to the device its certificate names, checks the CONNECT,
+//! logs in to the embedded broker with the edge's own credential, and then
+//! relays packets both ways, inspecting everything the client sends.
+
+pub mod frame;
+pub mod sessions;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use hearth_protocol::DeviceId;
+use rumqttd::protocol::{Login, Packet};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::{timeout_at, Instant};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::BrokerEndpoint;
+use crate::ca::fingerprint;
+use crate::registry::{DeviceIdentity, Registry};
+use crate::store::Store;
+use frame::{kind, Frame, FrameError, MqttVersion};
+use sessions::Sessions;
+
+/// Which listener a connection came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Mutual TLS: the device is who its certificate says.
+    MutualTls,
+    /// Plaintext development listener on loopback: full access, any id.
+    Development,
+}
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// A registered device, from its certificate.
+    Device(DeviceIdentity),
+    /// A client of the development listener.
+    Developer,
+}
+
+/// Limits the edge applies to every client.
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeLimits {
+    /// Largest packet a client may send.
+    pub max_packet: usize,
+    /// From accept to CONNECT.
+    pub handshake_timeout: Duration,
+}
+
+/// What every connection task shares.
+pub struct Edge {
+    /// TLS for the mutual-TLS listener.
+    pub tls: TlsAcceptor,
+    /// Accepted certificates.
+    pub registry: Arc<Registry>,
+    /// Where the broker listens.
+    pub broker: BrokerEndpoint,
+    /// Limits.
+    pub limits: EdgeLimits,
+    /// Live sessions.
+    pub sessions: Arc<Sessions>,
+    /// For `last_seen`.
+    pub store: Arc<Mutex<Store>>,
+    /// Connection slots shared by every listener.
+    pub slots: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Edge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Edge")
+            .field("broker", &self.broker)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Accepts connections until `stop`; each one runs in its own task. The
+/// loop only accepts: handshakes happen in the connection task.
+pub async fn serve(
+    listener: TcpListener,
+    listener_kind: ListenerKind,
+    edge: Arc<Edge>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => return,
+            permit = Arc::clone(&edge.slots).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        let (tcp, peer_addr) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, go on.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let edge = Arc::clone(&edge);
+        let stop = stop.child_token();
+        tracker.spawn(async move {
+            let _permit = permit;
+            let deadline = Instant::now() + edge.limits.handshake_timeout;
+            match listener_kind {
+                ListenerKind::MutualTls => edge.serve_tls(tcp, peer_addr, deadline, stop).await,
+                ListenerKind::Development => {
+                    edge.run_session(tcp, Peer::Developer, deadline, stop).await
+                }
+            }
+        });
+    }
+}
+
+/// Why a session ended early, for the log.
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error("no CONNECT before the deadline")]
+    Timeout,
+    #[error("closed before CONNECT")]
+    ClosedEarly,
+    #[error("first packet was not CONNECT")]
+    NotConnect,
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("client id {0:?} is not the certificate's device id")]
+    WrongClientId(String),
+    #[error("broker unreachable: {0}")]
+    Broker(std::io::Error),
+    #[error("client sent a packet only a server may send (type {0})")]
+    ForbiddenPacket(u8),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Edge {
+    async fn serve_tls(
+        &self,
+        tcp: TcpStream,
+        peer_addr: SocketAddr,
+        deadline: Instant,
+        stop: CancellationToken,
+    ) {
+        let stream = match timeout_at(deadline, self.tls.accept(tcp)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::warn!(peer = %peer_addr, reason = %tls::refusal_reason(&e), "handshake refused");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(peer = %peer_addr, "handshake timed out");
+                return;
+            }
+        };
+        // The verifier accepted the certificate; look it up again (cheap,
+        // in memory) to bind the session. If it was revoked in between,
+        // refuse: fail closed.
+        let identity = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(|cert| self.registry.lookup(&fingerprint(cert)));
+        let Some(identity) = identity else {
+            tracing::warn!(peer = %peer_addr, "certificate no longer accepted");
+            return;
+        };
+        self.run_session(stream, Peer::Device(identity), deadline, stop)
+            .await
+    }
+
+    /// Reads the CONNECT, checks it, connects to the broker and relays.
+    async fn run_session<S>(
+        &self,
+        mut client: S,
+        peer: Peer,
+        deadline: Instant,
+        stop: CancellationToken,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let device = match &peer {
+            Peer::Device(identity) => Some(identity.device),
+            Peer::Developer => None,
+        };
+        let mut inbound = BytesMut::with_capacity(4096);
+        let result = async {
+            let (version, connect, connect_len) =
+                match timeout_at(deadline, self.read_connect(&mut client, &mut inbound)).await {
+                    Ok(result) => result?,
+                    Err(_) => return Err(SessionEnd::Timeout),
+                };
+            let client_id = match client_id_for(&peer, &connect) {
+                Ok(id) => id,
+                Err(end) => {
+                    let _ = client
+                        .write_all(frame::connack_not_authorized(version))
+                        .await;
+                    let _ = client.shutdown().await;
+                    return Err(end);
+                }
+            };
+            let _ = inbound.split_to(connect_len);
+            let login = Login {
+                username: self.broker.username.clone(),
+                password: self.broker.password.clone(),
+            };
+            let mut connect_out = BytesMut::new();
+            frame::encode(
+                version,
+                frame::rewrite_connect(connect, client_id, login),
+                &mut connect_out,
+            )
+            .map_err(FrameError::MalformedConnect)?;
+            let addr = match version {
+                MqttVersion::V311 => self.broker.v4,
+                MqttVersion::V5 => self.broker.v5,
+            };
+            let mut broker = TcpStream::connect(addr).await.map_err(SessionEnd::Broker)?;
+            let _ = broker.set_nodelay(true);
+            broker
+                .write_all(&connect_out)
+                .await
+                .map_err(SessionEnd::Broker)?;
+            let _session = self.sessions.register(device, stop.clone());
+            if let Some(device) = &device {
+                self.record_seen(device);
+                tracing::info!(device = %device, "connected");
+            }
+            relay(client, broker, inbound, self.limits.max_packet, stop).await
+        }
+        .await;
+        match (&device, result) {
+            (Some(device), Ok(())) => tracing::info!(device = %device, "disconnected"),
+            (None, Ok(())) => {}
+            (Some(device), Err(end)) => {
+                tracing::warn!(device = %device, reason = %end, "session ended")
+            }
+            (None, Err(end)) => tracing::info!(reason = %end, "development session ended"),
+        }
+    }
+
+    async fn read_connect<S>(
+        &self,
+        client: &mut S,
+        inbound: &mut BytesMut,
+    ) -> Result<(MqttVersion, Packet, usize), SessionEnd>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let frame = loop {
+            if let Some(frame) = frame::next_frame(inbound, self.limits.max_packet)? {
+                break frame;
+            }
+            if client.read_buf(inbound).await? == 0 {
+                return Err(SessionEnd::ClosedEarly);
+            }
+        };
+        if frame.kind() != kind::CONNECT {
+            return Err(SessionEnd::NotConnect);
+        }
+        let version = match frame::connect_version(inbound, &frame) {
+            Ok(version) => version,
+            Err(e) => {
+                // MQTT 3.1.1 §3.2.2.3: answer return code 1, then close.
+                let _ = client.write_all(frame::CONNACK_UNACCEPTABLE_PROTOCOL).await;
+                return Err(e.into());
+            }
+        };
+        let packet = frame::decode(version, &inbound[..frame.len], self.limits.max_packet)
+            .map_err(FrameError::MalformedConnect)?;
+        Ok((version, packet, frame.len))
+    }
+
+    fn record_seen(&self, device: &DeviceId) {
+        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = store.touch_device(device) {
+            tracing::warn!(error = %e, "cannot record last_seen");
+        }
+    }
+}
+
+/// The client id the broker will see, or why the CONNECT is refused.
+fn client_id_for(peer: &Peer, connect: &Packet) -> Result<String, SessionEnd> {
+    let Packet::Connect(connect, ..) = connect else {
+        return Err(SessionEnd::NotConnect);
+    };
+    match peer {
+        Peer::Device(identity) => {
+            let wanted = identity.device.as_str();
+            if connect.client_id.is_empty() || connect.client_id == wanted {
+                Ok(wanted.to_owned())
+            } else {
+                Err(SessionEnd::WrongClientId(connect.client_id.clone()))
+            }
+        }
+        Peer::Developer => {
+            if connect.client_id.is_empty() {
+                Ok(format!("dev-{}", hex::encode(crate::random_bytes::<8>())))
+            } else {
+                Ok(connect.client_id.clone())
+            }
+        }
+    }
+}
+
+/// Relays packets between the client and the broker until either side
+/// closes or `stop` fires. Client packets are framed and checked one by
+/// one; broker packets pass through as they come.
+async fn relay<S>(
+    client: S,
+    broker: TcpStream,
+    mut inbound: BytesMut,
+    max_packet: usize,
+    stop: CancellationToken,
+) -> Result<(), SessionEnd>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut broker_read, mut broker_write) = broker.into_split();
+    let upstream = async {
+        let mut out = BytesMut::with_capacity(8192);
+        loop {
+            while let Some(frame) = frame::next_frame(&inbound, max_packet)? {
+                check_client_packet(&frame)?;
+                out.extend_from_slice(&inbound[..frame.len]);
+                let _ = inbound.split_to(frame.len);
+            }
+            if !out.is_empty() {
+                broker_write.write_all(&out).await?;
+                out.clear();
+            }
+            if client_read.read_buf(&mut inbound).await? == 0 {
+                return Ok::<(), SessionEnd>(());
+            }
+        }
+    };
+    let downstream = async {
+        let mut buf = BytesMut::with_capacity(8192);
+        loop {
+            if broker_read.read_buf(&mut buf).await? == 0 {
+                let _ = client_write.shutdown().await;
+                return Ok::<(), SessionEnd>(());
+            }
+            client_write.write_all(&buf).await?;
+            buf.clear();
+        }
+    };
+    tokio::select! {
+        _ = stop.cancelled() => Ok(()),
+        result = upstream => result,
+        result = downstream => result,
+    }
+}
+
+/// Refuses packets a client must never send.
+fn check_client_packet(frame: &Frame) -> Result<(), SessionEnd> {
+    match frame.kind() {
+        kind::PUBLISH
+        | kind::PUBACK
+        | kind::PUBREC
+        | kind::PUBREL
+        | kind::PUBCOMP
+        | kind::SUBSCRIBE
+        | kind::UNSUBSCRIBE
+        | kind::PINGREQ
+        | kind::DISCONNECT => Ok(()),
+        other => Err(SessionEnd::ForbiddenPacket(other)),
+    }
+}

@@ -1,0 +1,183 @@
+//! TLS for the edge: the server configuration (built once), a client
+//! certificate verifier that accepts only registered, active devices, and a
+//! certificate resolver whose server certificate can be swapped while the
+//! hub runs (when its addresses change).
+
+use std::sync::{Arc, RwLock};
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, Error, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
+
+use crate::ca::{device_id_of, fingerprint, ServerIdentity};
+use crate::registry::Registry;
+
+/// The TLS setup could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS setup: {0}")]
+pub struct TlsSetupError(String);
+
+/// The server certificate the listeners present; replaceable at run time.
+#[derive(Debug)]
+pub struct ServerCertificate {
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ServerCertificate {
+    /// Wraps the hub's server identity.
+    pub fn new(
+        provider: Arc<CryptoProvider>,
+        identity: ServerIdentity,
+    ) -> Result<ServerCertificate, TlsSetupError> {
+        let key = certified_key(&provider, identity)?;
+        Ok(ServerCertificate {
+            provider,
+            current: RwLock::new(key),
+        })
+    }
+
+    /// Presents a new certificate to every handshake from now on.
+    pub fn replace(&self, identity: ServerIdentity) -> Result<(), TlsSetupError> {
+        let key = certified_key(&self.provider, identity)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = key;
+        Ok(())
+    }
+}
+
+fn certified_key(
+    provider: &CryptoProvider,
+    identity: ServerIdentity,
+) -> Result<Arc<CertifiedKey>, TlsSetupError> {
+    let signing_key = provider
+        .key_provider
+        .load_private_key(identity.key)
+        .map_err(|e| TlsSetupError(format!("server key: {e}")))?;
+    Ok(Arc::new(CertifiedKey::new(identity.chain, signing_key)))
+}
+
+impl ResolvesServerCert for ServerCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(
+            &self.current.read().unwrap_or_else(|p| p.into_inner()),
+        ))
+    }
+}
+
+/// The TLS configuration of the mutual-TLS listener: TLS 1.3 and 1.2 with
+/// rustls's suites (all of them AEAD), a client certificate required.
+pub fn server_config(
+    provider: Arc<CryptoProvider>,
+    ca: &CertificateDer<'static>,
+    registry: Arc<Registry>,
+    certificate: Arc<ServerCertificate>,
+) -> Result<Arc<ServerConfig>, TlsSetupError> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(ca.clone())
+        .map_err(|e| TlsSetupError(format!("hub CA: {e}")))?;
+    let chain = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+        .build()
+        .map_err(|e| TlsSetupError(format!("client verifier: {e}")))?;
+    let verifier = Arc::new(RegisteredDeviceVerifier { chain, registry });
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsSetupError(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(certificate);
+    Ok(Arc::new(config))
+}
+
+/// Accepts a client certificate only if it chains to the hub CA, is in its
+/// validity period, names a device, and its fingerprint is an active
+/// certificate of an active device in the registry.
+#[derive(Debug)]
+struct RegisteredDeviceVerifier {
+    chain: Arc<dyn ClientCertVerifier>,
+    registry: Arc<Registry>,
+}
+
+impl ClientCertVerifier for RegisteredDeviceVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.chain.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        self.chain
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let Some(known) = self.registry.lookup(&fingerprint(end_entity)) else {
+            // Unknown, revoked or superseded: the registry holds only the
+            // certificates it accepts.
+            return Err(Error::InvalidCertificate(CertificateError::Revoked));
+        };
+        if device_id_of(end_entity) != Some(known.device) {
+            return Err(Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.chain.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.chain.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
+}
+
+/// Why a handshake was refused, in words for the log and the audit.
+pub fn refusal_reason(error: &std::io::Error) -> String {
+    let Some(tls) = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<Error>())
+    else {
+        return format!("connection error: {error}");
+    };
+    match tls {
+        Error::NoCertificatesPresented => "no client certificate".into(),
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            "certificate from an unknown CA".into()
+        }
+        Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => "certificate expired".into(),
+        Error::InvalidCertificate(
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
+        ) => "certificate not yet valid".into(),
+        Error::InvalidCertificate(CertificateError::Revoked) => {
+            "certificate unknown or revoked".into()
+        }
+        Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure) => {
+            "certificate does not name its registered device".into()
+        }
+        other => format!("TLS: {other}"),
+    }
+}

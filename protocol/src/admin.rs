@@ -1,0 +1,170 @@
+//! Messages of the admin socket: one JSON request per line from the `hearth`
+//! CLI, one JSON response per line from the daemon.
+
+use serde::{Deserialize, Serialize};
+
+use crate::household::{Owner, Role};
+use crate::id::{DeviceId, Label, MemberName};
+
+/// What an administrator asks of the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AdminRequest {
+    /// Uptime, version, listeners and connected devices.
+    Status,
+    /// Adds a household member.
+    MemberAdd {
+        /// The nickname.
+        name: MemberName,
+        /// Parent or child.
+        role: Role,
+    },
+    /// Lists the members.
+    MemberList,
+    /// Signs a device's certificate signing request and registers the device.
+    DeviceIssue {
+        /// Who the device belongs to.
+        owner: Owner,
+        /// A label for people.
+        label: Label,
+        /// The PKCS#10 request, PEM. The key stays where it was made.
+        csr_pem: String,
+    },
+    /// Lists the devices.
+    DeviceList,
+}
+
+/// The daemon's answer to one [`AdminRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AdminResponse {
+    /// Answer to [`AdminRequest::Status`].
+    Status(StatusReport),
+    /// A member was added.
+    Member(MemberInfo),
+    /// Answer to [`AdminRequest::MemberList`].
+    Members {
+        /// Every member, by nickname.
+        members: Vec<MemberInfo>,
+    },
+    /// A device certificate was issued.
+    DeviceIssued(IssuedDevice),
+    /// Answer to [`AdminRequest::DeviceList`].
+    Devices {
+        /// Every device, oldest first.
+        devices: Vec<DeviceInfo>,
+    },
+    /// The request was refused or failed; the message says why.
+    Error {
+        /// One line for a person.
+        message: String,
+    },
+}
+
+/// The daemon's health and what it serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The daemon's version.
+    pub version: String,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// Every listener with the address it is bound to.
+    pub listeners: Vec<ListenerInfo>,
+    /// Devices connected through the edge now.
+    pub connected: Vec<DeviceId>,
+}
+
+/// One bound listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerInfo {
+    /// `mqtt` (mutual TLS), `dev` (plaintext, loopback only) or `admin`.
+    pub name: String,
+    /// The bound address (`ip:port`, or a socket path).
+    pub address: String,
+}
+
+/// A member as the admin CLI shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// The nickname.
+    pub name: MemberName,
+    /// Parent or child.
+    pub role: Role,
+}
+
+/// Whether a device may connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    /// Its current certificate is accepted.
+    Active,
+    /// Refused for good.
+    Revoked,
+}
+
+/// A device as the admin CLI shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// The device id (also the MQTT client id).
+    pub id: DeviceId,
+    /// Who it belongs to.
+    pub owner: Owner,
+    /// A label for people.
+    pub label: Label,
+    /// Active or revoked.
+    pub status: DeviceStatus,
+    /// SHA-256 of its current certificate, hex.
+    pub cert_sha256: String,
+    /// When it was registered, Unix seconds.
+    pub created_at: i64,
+    /// When it last connected, Unix seconds.
+    pub last_seen: Option<i64>,
+}
+
+/// What `device issue` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedDevice {
+    /// The new device's id.
+    pub device_id: DeviceId,
+    /// The device certificate, PEM.
+    pub certificate_pem: String,
+    /// The hub CA certificate, PEM (the trust anchor for the hub).
+    pub ca_pem: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_tagged_json() {
+        let req = AdminRequest::MemberAdd {
+            name: "Ada".parse().unwrap(),
+            role: Role::Child,
+        };
+        let json = serde_json::to_string(&req).unwrap();
+        assert_eq!(json, r#"{"type":"member_add","name":"Ada","role":"child"}"#);
+        assert_eq!(serde_json::from_str::<AdminRequest>(&json).unwrap(), req);
+    }
+
+    #[test]
+    fn invalid_names_are_refused_when_decoding() {
+        let json = r#"{"type":"member_add","name":"a/#","role":"child"}"#;
+        assert!(serde_json::from_str::<AdminRequest>(json).is_err());
+    }
+
+    #[test]
+    fn owner_encodes_member_and_service() {
+        let member = Owner::Member("Mum".parse().unwrap());
+        assert_eq!(
+            serde_json::to_string(&member).unwrap(),
+            r#"{"kind":"member","member":"Mum"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Owner::Service).unwrap(),
+            r#"{"kind":"service"}"#
+        );
+    }
+}

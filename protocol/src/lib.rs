@@ -1,0 +1,11 @@
+//! Pure types shared by every part of Hearth: identifiers, household roles,
+//! topic names and the admin protocol. No I/O lives here, so every rule can
+//! be tested exhaustively.
+
+pub mod admin;
+pub mod household;
+pub mod id;
+pub mod topic;
+
+pub use household::{Owner, Role};
+pub use id::{DeviceId, IdError, Label, MemberName};

@@ -1,0 +1,362 @@
+//! The hub core as a user meets it: start on defaults, issue devices with
+//! the CLI, exchange messages over mutual TLS, restart, shut down.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use rumqttc::QoS;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn v311_devices_exchange_messages_through_the_hub() {
+    let hub = TestHub::start();
+    let toy = hub.device("Ada", "child");
+    let phone = hub.device("Mum", "parent");
+    let topic = format!("hearth/v1/dev/{}/tele/battery", toy.id);
+
+    let (sub, mut sub_loop) = rumqttc::AsyncClient::new(mqtt_v4(&hub, &phone, &phone.id), 10);
+    v4_connected(&mut sub_loop).await.unwrap();
+    sub.subscribe(&topic, QoS::AtLeastOnce).await.unwrap();
+    v4_wait_suback(&mut sub_loop).await;
+
+    let (publisher, pub_loop) = rumqttc::AsyncClient::new(mqtt_v4(&hub, &toy, &toy.id), 10);
+    let driver = v4_drive(pub_loop);
+    publisher
+        .publish(&topic, QoS::AtLeastOnce, false, b"87".to_vec())
+        .await
+        .unwrap();
+
+    let got = v4_next_publish(&mut sub_loop, Duration::from_secs(10))
+        .await
+        .expect("message delivered");
+    assert_eq!(got.topic, topic);
+    assert_eq!(&got.payload[..], b"87");
+    driver.abort();
+}
+
+#[tokio::test]
+async fn v5_devices_exchange_messages_through_the_hub() {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event};
+
+    let hub = TestHub::start();
+    let toy = hub.device("Ada", "child");
+    let phone = hub.device("Mum", "parent");
+    let topic = format!("hearth/v1/dev/{}/cmd/led", toy.id);
+
+    let (sub, mut sub_loop) = AsyncClient::new(mqtt_v5(&hub, &toy, &toy.id), 10);
+    sub.subscribe(&topic, QoS::AtLeastOnce).await.unwrap();
+    let (publisher, mut pub_loop) = AsyncClient::new(mqtt_v5(&hub, &phone, &phone.id), 10);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut subscribed = false;
+    let mut published = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => panic!("no delivery within 10 s (subscribed: {subscribed})"),
+            event = sub_loop.poll() => match event.expect("subscriber connection") {
+                Event::Incoming(Packet::SubAck(_)) => {
+                    subscribed = true;
+                    publisher.publish(&topic, QoS::AtLeastOnce, false, b"on".to_vec()).await.unwrap();
+                    published = true;
+                }
+                Event::Incoming(Packet::Publish(p)) => {
+                    assert!(published);
+                    assert_eq!(&p.topic[..], topic.as_bytes());
+                    assert_eq!(&p.payload[..], b"on");
+                    return;
+                }
+                _ => {}
+            },
+            event = pub_loop.poll() => { event.expect("publisher connection"); }
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_empty_client_id_becomes_the_device_id() {
+    let hub = TestHub::start();
+    let toy = hub.device("Ada", "child");
+    let mut tls = raw_tls(hub.mqtt, toy.tls()).await.unwrap();
+    send(&mut tls, &connect_packet(false, "", None)).await;
+    assert_eq!(
+        next(&mut tls, Duration::from_secs(5)).await,
+        Next::Data(vec![0x20, 2, 0, 0])
+    );
+    let status = hub.hearth_ok(&["status"]);
+    assert!(
+        status.contains(&toy.id),
+        "status does not list the device:\n{status}"
+    );
+}
+
+#[tokio::test]
+async fn the_cli_manages_members_and_devices() {
+    let hub = TestHub::start();
+    hub.hearth_ok(&["member", "add", "Ada", "--role", "child"]);
+    hub.hearth_ok(&["member", "add", "Mum", "--role", "parent"]);
+    assert_eq!(
+        hub.hearth_ok(&["member", "list"]),
+        "Ada\tchild\nMum\tparent\n"
+    );
+
+    let again = hub.hearth(&["member", "add", "Ada", "--role", "parent"]);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("already exists"), "{err}");
+
+    let nobody = hub.hearth(&[
+        "device",
+        "issue",
+        "--member",
+        "Nobody",
+        "--label",
+        "x",
+        "--out",
+        "/tmp/never",
+    ]);
+    assert!(!nobody.status.success());
+    assert!(String::from_utf8_lossy(&nobody.stderr).contains("no member named"));
+
+    let bad_name = hub.hearth(&["member", "add", "a/#", "--role", "child"]);
+    assert!(!bad_name.status.success());
+
+    let toy = hub.device("Ada", "child");
+    let key_mode = std::fs::metadata(toy.dir.join("device.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600);
+    let list = hub.hearth_ok(&["device", "list"]);
+    assert!(
+        list.contains(&toy.id) && list.contains("Ada") && list.contains("active"),
+        "{list}"
+    );
+}
+
+#[tokio::test]
+async fn a_device_issued_from_its_own_csr_connects() {
+    let hub = TestHub::start();
+    hub.hearth_ok(&["member", "add", "Ada", "--role", "child"]);
+    // The key is made here, "on the device"; only the CSR goes to the hub.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = rcgen::CertificateParams::new(vec!["whatever".into()])
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let dir = hub.dir.path().join("own");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("toy.csr"), csr).unwrap();
+    let id = hub.hearth_ok(&[
+        "device",
+        "issue",
+        "--member",
+        "Ada",
+        "--label",
+        "toy",
+        "--csr",
+        dir.join("toy.csr").to_str().unwrap(),
+    ]);
+    std::fs::write(
+        dir.join("device.pem"),
+        std::fs::read(dir.join("toy.pem")).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("device.key"), key.serialize_pem()).unwrap();
+    let toy = Device::load(id.trim(), &dir);
+    let (_client, mut eventloop) = rumqttc::AsyncClient::new(mqtt_v4(&hub, &toy, &toy.id), 10);
+    v4_connected(&mut eventloop).await.unwrap();
+    // The hub never saw the key.
+    let key_text = key.serialize_pem();
+    let key_body = key_text.lines().nth(1).unwrap();
+    for entry in walk(&hub.data) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(key_body),
+            "{} holds the device key",
+            entry.display()
+        );
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else if path.is_file() {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn state_survives_a_restart_and_the_ca_is_kept() {
+    let mut hub = TestHub::start();
+    let toy = hub.device("Ada", "child");
+    let ca_before = std::fs::read(hub.data.join("ca.pem")).unwrap();
+    let key_before = std::fs::read(hub.data.join("ca.key")).unwrap();
+    assert!(hub.terminate().success());
+
+    hub.launch();
+    assert_eq!(std::fs::read(hub.data.join("ca.pem")).unwrap(), ca_before);
+    assert_eq!(std::fs::read(hub.data.join("ca.key")).unwrap(), key_before);
+    let (_client, mut eventloop) = rumqttc::AsyncClient::new(mqtt_v4(&hub, &toy, &toy.id), 10);
+    v4_connected(&mut eventloop).await.unwrap();
+    assert!(hub.hearth_ok(&["member", "list"]).contains("Ada"));
+}
+
+#[test]
+fn state_files_are_private() {
+    let hub = TestHub::start();
+    let mode = |name: &str| {
+        std::fs::metadata(hub.data.join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(
+        std::fs::metadata(&hub.data).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    assert_eq!(mode("ca.key"), 0o600);
+    assert_eq!(mode("server.key"), 0o600);
+    assert_eq!(mode("hearth.db") & 0o077, 0, "database readable by others");
+    assert_eq!(mode("admin.sock"), 0o660);
+}
+
+#[tokio::test]
+async fn sigterm_closes_connections_and_exits_zero() {
+    let mut hub = TestHub::start();
+    let toy = hub.device("Ada", "child");
+    let mut tls = raw_tls(hub.mqtt, toy.tls()).await.unwrap();
+    send(&mut tls, &connect_packet(false, &toy.id, None)).await;
+    assert_eq!(
+        next(&mut tls, Duration::from_secs(5)).await,
+        Next::Data(vec![0x20, 2, 0, 0])
+    );
+    let started = std::time::Instant::now();
+    let status = hub.terminate();
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(next(&mut tls, Duration::from_secs(2)).await, Next::Closed);
+    assert!(!hub.socket.exists(), "admin socket left behind");
+}
+
+#[test]
+fn a_dead_router_makes_the_daemon_exit_non_zero() {
+    // Debug builds inject the fault on request; the liveness probe must
+    // notice within a few seconds and end the process for a restart.
+    let mut hub = TestHub::start_with("", &[("HEARTH_DEBUG_FAULT", "router-unreachable")]);
+    let status = hub
+        .wait_exit(Duration::from_secs(15))
+        .expect("hearthd kept running with a dead router");
+    assert_eq!(status.code(), Some(70), "{}", hub.log());
+    assert!(hub.log().contains("liveness probe failed"), "{}", hub.log());
+}
+
+#[tokio::test]
+async fn the_development_listener_gives_plaintext_access_on_loopback() {
+    let hub = TestHub::start_with("[dev]\nlisten = \"127.0.0.1:0\"\n", &[]);
+    let dev = hub.dev.expect("dev listener bound");
+    assert!(hub.log().contains("plaintext development listener is on"));
+    let topic = "hearth/v1/dev/anything/tele/x";
+    let (sub, mut sub_loop) = rumqttc::AsyncClient::new(
+        rumqttc::MqttOptions::new("maker-1", "127.0.0.1", dev.port()),
+        10,
+    );
+    v4_connected(&mut sub_loop).await.unwrap();
+    sub.subscribe(topic, QoS::AtMostOnce).await.unwrap();
+    v4_wait_suback(&mut sub_loop).await;
+    let (publisher, pub_loop) = rumqttc::AsyncClient::new(
+        rumqttc::MqttOptions::new("maker-2", "127.0.0.1", dev.port()),
+        10,
+    );
+    let driver = v4_drive(pub_loop);
+    publisher
+        .publish(topic, QoS::AtMostOnce, false, b"hi".to_vec())
+        .await
+        .unwrap();
+    let got = v4_next_publish(&mut sub_loop, Duration::from_secs(10))
+        .await
+        .expect("delivered");
+    assert_eq!(&got.payload[..], b"hi");
+    driver.abort();
+}
+
+#[test]
+fn bad_configs_exit_78_naming_the_problem() {
+    let cases: &[(&str, &str)] = &[
+        ("[mqtt]\nlisten = \"127.0.0.1:0\"\nport = 1\n", "port"),
+        ("[mqtt]\nlisten = \"not-an-address\"\n", "line 2"),
+        ("[limits]\nmax_conections = 5\n", "max_conections"),
+        ("[dev]\nlisten = \"0.0.0.0:1883\"\n", "dev.listen"),
+        ("[mqtt]\nlisten = \"192.0.2.1:8883\"\n", "mqtt.listen"),
+    ];
+    for (text, needle) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("bad.toml");
+        std::fs::write(&config, text).unwrap();
+        let out = std::process::Command::new(HEARTHD)
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(78), "config {text:?}: {said}");
+        assert!(
+            said.contains(needle),
+            "config {text:?} should name {needle:?}: {said}"
+        );
+        assert_eq!(said.matches("ERROR").count(), 1, "one error line: {said}");
+    }
+}
+
+#[test]
+fn an_unusable_data_dir_exits_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    for data in [file.clone(), file.join("below")] {
+        let config = dir.path().join("ok.toml");
+        std::fs::write(&config, "[mqtt]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+        let out = std::process::Command::new(HEARTHD)
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(out.status.code(), Some(78), "{said}");
+        assert!(said.contains("data dir"), "{said}");
+    }
+}
+
+#[test]
+fn a_missing_config_file_exits_78() {
+    let out = std::process::Command::new(HEARTHD)
+        .args(["--config", "/nonexistent/hearth.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("/nonexistent/hearth.toml"));
+}

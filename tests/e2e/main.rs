@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `hearthd` and `hearth` binaries, real TLS
+//! handshakes, real SQLite files and real MQTT clients. Compiled as one
+//! test binary (see daemon/Cargo.toml). Tests that need foreign clients
+//! (mosquitto-clients) are `#[ignore]`d here and run by `.ci/run` with
+//! `-- --ignored` once those are installed.
+
+mod foreign;
+mod hub_core;
+mod refusals;
+mod support;

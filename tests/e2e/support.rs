@@ -1,0 +1,449 @@
+//! Test helpers: start the real `hearthd` on a temporary data dir, drive it
+//! with the real `hearth` CLI, and build TLS clients from issued
+//! certificates.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use hearth_protocol::admin::{AdminRequest, AdminResponse};
+use rumqttd::protocol::{Connect, Login, Packet, Protocol};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+pub const HEARTHD: &str = env!("CARGO_BIN_EXE_hearthd");
+pub const HEARTH: &str = env!("CARGO_BIN_EXE_hearth");
+
+/// A running hearthd on its own data dir, killed when dropped.
+pub struct TestHub {
+    pub dir: tempfile::TempDir,
+    pub data: PathBuf,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub mqtt: SocketAddr,
+    pub dev: Option<SocketAddr>,
+    child: Option<Child>,
+    env: Vec<(String, String)>,
+}
+
+impl TestHub {
+    /// A hub on loopback with the embedded defaults otherwise.
+    pub fn start() -> TestHub {
+        TestHub::start_with("", &[])
+    }
+
+    /// A hub with extra config text (appended) and environment.
+    pub fn start_with(extra_config: &str, env: &[(&str, &str)]) -> TestHub {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let config = dir.path().join("hearth.toml");
+        let mut text = String::new();
+        if !extra_config.contains("[mqtt]") {
+            text.push_str("[mqtt]\nlisten = \"127.0.0.1:0\"\n");
+        }
+        text.push_str(extra_config);
+        std::fs::write(&config, text).unwrap();
+        let socket = data.join("admin.sock");
+        let mut hub = TestHub {
+            dir,
+            data,
+            config,
+            socket,
+            mqtt: "0.0.0.0:0".parse().unwrap(),
+            dev: None,
+            child: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        hub.launch();
+        hub
+    }
+
+    /// Starts the process (again) and waits until it answers `status`.
+    pub fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let mut cmd = Command::new(HEARTHD);
+        cmd.arg("--config")
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .env("HEARTH_LOG", "info")
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("RUNTIME_DIRECTORY")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("spawn hearthd"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(AdminResponse::Status(status)) =
+                admin_request(&self.socket, &AdminRequest::Status)
+            {
+                for l in status.listeners {
+                    match l.name.as_str() {
+                        "mqtt" => self.mqtt = l.address.parse().unwrap(),
+                        "dev" => self.dev = Some(l.address.parse().unwrap()),
+                        _ => {}
+                    }
+                }
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("hearthd exited during start ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hearthd did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("hearthd.log")
+    }
+
+    /// Everything the daemon has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Runs the real `hearth` CLI against this hub.
+    pub fn hearth(&self, args: &[&str]) -> Output {
+        Command::new(HEARTH)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run hearth")
+    }
+
+    /// Runs `hearth` and insists it succeeds; returns stdout.
+    pub fn hearth_ok(&self, args: &[&str]) -> String {
+        let out = self.hearth(args);
+        assert!(
+            out.status.success(),
+            "hearth {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Adds a member and issues a device to it with `hearth device issue --out`.
+    pub fn device(&self, member: &str, role: &str) -> Device {
+        let members = self.hearth_ok(&["member", "list"]);
+        if !members
+            .lines()
+            .any(|l| l.split('\t').next() == Some(member))
+        {
+            self.hearth_ok(&["member", "add", member, "--role", role]);
+        }
+        let out = self.dir.path().join(format!("dev-{}", rand_suffix()));
+        let id = self.hearth_ok(&[
+            "device",
+            "issue",
+            "--member",
+            member,
+            "--label",
+            "test device",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        Device::load(id.trim(), &out)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        signal(child.id(), "TERM");
+        self.wait_exit(Duration::from_secs(10))
+            .expect("hearthd did not stop after SIGTERM")
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Kills the process at once (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for TestHub {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// One request over the admin socket, without the CLI.
+pub fn admin_request(socket: &Path, request: &AdminRequest) -> std::io::Result<AdminResponse> {
+    let mut stream = UnixStream::connect(socket)?;
+    let mut line = serde_json::to_vec(request).unwrap();
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer)?;
+    serde_json::from_str(&answer).map_err(std::io::Error::other)
+}
+
+/// A device's credentials as `hearth device issue --out` wrote them.
+#[derive(Clone)]
+pub struct Device {
+    pub id: String,
+    pub dir: PathBuf,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub ca_pem: Vec<u8>,
+}
+
+impl Device {
+    pub fn load(id: &str, dir: &Path) -> Device {
+        Device {
+            id: id.to_owned(),
+            dir: dir.to_owned(),
+            cert_pem: std::fs::read(dir.join("device.pem")).unwrap(),
+            key_pem: std::fs::read(dir.join("device.key")).unwrap(),
+            ca_pem: std::fs::read(dir.join("ca.pem")).unwrap(),
+        }
+    }
+
+    pub fn tls(&self) -> Arc<ClientConfig> {
+        client_config(&self.ca_pem, Some((&self.cert_pem, &self.key_pem)))
+    }
+}
+
+/// A rustls client config trusting `ca_pem`, optionally with a client cert.
+pub fn client_config(ca_pem: &[u8], client: Option<(&[u8], &[u8])>) -> Arc<ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match client {
+        Some((cert, key)) => {
+            let chain: Vec<_> = CertificateDer::pem_slice_iter(cert)
+                .map(|c| c.unwrap())
+                .collect();
+            let key = PrivateKeyDer::from_pem_slice(key).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Arc::new(config)
+}
+
+/// A raw TLS connection to the hub (handshake done, or its error).
+pub async fn raw_tls(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("localhost").unwrap();
+    TlsConnector::from(config).connect(name, tcp).await
+}
+
+/// An encoded CONNECT (3.1.1 when `v5` is false).
+pub fn connect_packet(v5: bool, client_id: &str, login: Option<(&str, &str)>) -> Vec<u8> {
+    let packet = Packet::Connect(
+        Connect {
+            keep_alive: 30,
+            client_id: client_id.to_owned(),
+            clean_session: true,
+        },
+        None,
+        None,
+        None,
+        login.map(|(u, p)| Login {
+            username: u.to_owned(),
+            password: p.to_owned(),
+        }),
+    );
+    let mut out = BytesMut::new();
+    if v5 {
+        rumqttd::protocol::v5::V5.write(packet, &mut out).unwrap();
+    } else {
+        rumqttd::protocol::v4::V4.write(packet, &mut out).unwrap();
+    }
+    out.to_vec()
+}
+
+/// What the hub did next on a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Bytes arrived.
+    Data(Vec<u8>),
+    /// The hub closed the connection (EOF or a TLS alert / reset).
+    Closed,
+    /// Nothing within the time limit.
+    Silent,
+}
+
+/// Reads whatever comes next within `limit`.
+pub async fn next<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, limit: Duration) -> Next {
+    let mut buf = vec![0u8; 4096];
+    match tokio::time::timeout(limit, stream.read(&mut buf)).await {
+        Err(_) => Next::Silent,
+        Ok(Ok(0)) | Ok(Err(_)) => Next::Closed,
+        Ok(Ok(n)) => Next::Data(buf[..n].to_vec()),
+    }
+}
+
+/// Writes bytes, ignoring an error (the hub may already have closed).
+pub async fn send<S: tokio::io::AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) {
+    let _ = stream.write_all(bytes).await;
+    let _ = stream.flush().await;
+}
+
+/// rumqttc options for a device over mutual TLS, MQTT 3.1.1.
+pub fn mqtt_v4(hub: &TestHub, device: &Device, client_id: &str) -> rumqttc::MqttOptions {
+    let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", hub.mqtt.port());
+    options.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
+        device.tls(),
+    )));
+    options.set_keep_alive(Duration::from_secs(10));
+    options
+}
+
+/// rumqttc options for a device over mutual TLS, MQTT 5.
+pub fn mqtt_v5(hub: &TestHub, device: &Device, client_id: &str) -> rumqttc::v5::MqttOptions {
+    let mut options = rumqttc::v5::MqttOptions::new(client_id, "127.0.0.1", hub.mqtt.port());
+    options.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
+        device.tls(),
+    )));
+    options.set_keep_alive(Duration::from_secs(10));
+    options
+}
+
+/// Polls a 3.1.1 event loop until CONNACK; returns the error if refused.
+pub async fn v4_connected(
+    eventloop: &mut rumqttc::EventLoop,
+) -> Result<(), rumqttc::ConnectionError> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+            Err(_) => panic!("no CONNACK within 10 s"),
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))) => return Ok(()),
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+}
+
+/// Polls a 3.1.1 event loop until a PUBLISH arrives.
+pub async fn v4_next_publish(
+    eventloop: &mut rumqttc::EventLoop,
+    limit: Duration,
+) -> Option<rumqttc::Publish> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Err(_) => return None,
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) => return Some(p),
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => panic!("connection failed: {e}"),
+        }
+    }
+}
+
+/// Drives a 3.1.1 event loop in the background (for publishers).
+pub fn v4_drive(
+    mut eventloop: rumqttc::EventLoop,
+) -> tokio::task::JoinHandle<Option<rumqttc::ConnectionError>> {
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = eventloop.poll().await {
+                return Some(e);
+            }
+        }
+    })
+}
+
+/// Polls until SUBACK so the subscription is in place.
+pub async fn v4_wait_suback(eventloop: &mut rumqttc::EventLoop) -> rumqttc::SubAck {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+            Err(_) => panic!("no SUBACK within 10 s"),
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(ack)))) => return ack,
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => panic!("connection failed: {e}"),
+        }
+    }
+}
+
+/// Whether a foreign command-line tool is installed.
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
