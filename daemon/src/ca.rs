@@ -213,8 +213,7 @@ impl HubCa {
         name.push(DnType::CommonName, device.as_str());
         params.distinguished_name = name;
         params.subject_alt_names = vec![SanType::URI(
-            format!("{DEVICE_URI_PREFIX}{device}")
-                .try_into()?,
+            format!("{DEVICE_URI_PREFIX}{device}").try_into()?,
         )];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
