@@ -3,8 +3,10 @@
 //! be tested exhaustively.
 
 pub mod admin;
+pub mod filter;
 pub mod household;
 pub mod id;
+pub mod policy;
 pub mod topic;
 
 pub use household::{Owner, Role};
