@@ -9,15 +9,18 @@ use std::time::Instant;
 use hearth_protocol::admin::{
     AdminRequest, AdminResponse, IssuedDevice, ListenerInfo, MemberInfo, StatusReport,
 };
-use hearth_protocol::{DeviceId, Label, Owner};
+use hearth_protocol::policy::{DeviceRole, Direction, Grant};
+use hearth_protocol::{DeviceId, Label, Owner, Role};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::audit::{Audit, Event};
+use crate::broker::{self, BrokerEndpoint};
 use crate::ca::HubCa;
-use crate::edge::sessions::Sessions;
+use crate::edge::sessions::{RetainedTopics, Sessions};
 use crate::registry::{DeviceIdentity, Registry};
 use crate::store::{NewDevice, Store};
 
@@ -51,6 +54,12 @@ pub struct Hub {
     pub listeners: Vec<ListenerInfo>,
     /// When the daemon started.
     pub started: Instant,
+    /// The audit log.
+    pub audit: Audit,
+    /// Retained topics per device, cleared on revocation.
+    pub retained: Arc<RetainedTopics>,
+    /// The broker, for purging sessions and retained messages.
+    pub broker: BrokerEndpoint,
 }
 
 /// Binds the admin socket, replacing a stale one but never a live one.
@@ -114,12 +123,7 @@ pub async fn serve(
             let response = match reader.read_line(&mut line).await {
                 Ok(0) => return,
                 Ok(_) => match serde_json::from_str::<AdminRequest>(&line) {
-                    Ok(request) => {
-                        let hub = Arc::clone(&hub);
-                        tokio::task::spawn_blocking(move || apply(&hub, request))
-                            .await
-                            .unwrap_or_else(|e| error(format!("internal error: {e}")))
-                    }
+                    Ok(request) => apply(&hub, request).await,
                     Err(e) => error(format!("bad request: {e}")),
                 },
                 Err(e) => error(format!("bad request: {e}")),
@@ -136,39 +140,152 @@ fn error(message: String) -> AdminResponse {
 }
 
 /// Carries out one request.
-pub fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
-    match request {
-        AdminRequest::Status => AdminResponse::Status(StatusReport {
+pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
+    let result = match request {
+        AdminRequest::Status => Ok(AdminResponse::Status(StatusReport {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_secs: hub.started.elapsed().as_secs(),
             listeners: hub.listeners.clone(),
             connected: hub.sessions.connected_devices(),
-        }),
-        AdminRequest::MemberAdd { name, role } => match hub.store().add_member(&name, role) {
-            Ok(()) => {
-                tracing::info!(role = %role, "member added");
+        })),
+        AdminRequest::MemberAdd { name, role } => hub
+            .store()
+            .add_member(&name, role)
+            .map_err(|e| e.to_string())
+            .map(|()| {
+                hub.admin_audit("member-add", None, format!("{role}"));
                 AdminResponse::Member(MemberInfo { name, role })
-            }
-            Err(e) => error(e.to_string()),
-        },
-        AdminRequest::MemberList => match hub.store().members() {
-            Ok(members) => AdminResponse::Members { members },
-            Err(e) => error(e.to_string()),
-        },
+            }),
+        AdminRequest::MemberList => hub
+            .store()
+            .members()
+            .map(|members| AdminResponse::Members { members })
+            .map_err(|e| e.to_string()),
         AdminRequest::DeviceIssue {
             owner,
             label,
             csr_pem,
-        } => match issue_device(hub, owner, label, &csr_pem) {
-            Ok(issued) => AdminResponse::DeviceIssued(issued),
-            Err(message) => error(message),
-        },
-        AdminRequest::DeviceList => match hub.store().devices() {
-            Ok(devices) => AdminResponse::Devices { devices },
-            Err(e) => error(e.to_string()),
-        },
-        _ => error("this hearthd does not know that request".into()),
+        } => issue_device(hub, owner, label, &csr_pem).map(AdminResponse::DeviceIssued),
+        AdminRequest::DeviceList => hub
+            .store()
+            .devices()
+            .map(|devices| AdminResponse::Devices { devices })
+            .map_err(|e| e.to_string()),
+        AdminRequest::DeviceRevoke { id } => {
+            let revoked = hub.store().revoke_device(&id).map_err(|e| e.to_string());
+            match revoked {
+                Ok(()) => {
+                    hub.cut_off(&id).await;
+                    hub.admin_audit("device-revoke", Some(id), "certificates revoked".into());
+                    Ok(done(format!("revoked {id}")))
+                }
+                Err(e) => Err(e),
+            }
+        }
+        AdminRequest::DeviceRemove { id } => {
+            let removed = hub.store().remove_device(&id).map_err(|e| e.to_string());
+            match removed {
+                Ok(()) => {
+                    hub.cut_off(&id).await;
+                    hub.admin_audit("device-remove", Some(id), "revoked and removed".into());
+                    Ok(done(format!("removed {id}")))
+                }
+                Err(e) => Err(e),
+            }
+        }
+        AdminRequest::MemberRemove { name } => {
+            let removed = hub.store().remove_member(&name).map_err(|e| e.to_string());
+            match removed {
+                Ok(devices) => {
+                    for id in &devices {
+                        hub.cut_off(id).await;
+                    }
+                    hub.admin_audit(
+                        "member-remove",
+                        None,
+                        format!("{} device(s) revoked and removed", devices.len()),
+                    );
+                    Ok(done(format!(
+                        "removed {name} and {} device(s)",
+                        devices.len()
+                    )))
+                }
+                Err(e) => Err(e),
+            }
+        }
+        AdminRequest::Grant {
+            id,
+            filter,
+            direction,
+        } => change_grant(hub, id, &filter, direction, true).await,
+        AdminRequest::RevokeGrant {
+            id,
+            filter,
+            direction,
+        } => change_grant(hub, id, &filter, direction, false).await,
+        AdminRequest::Audit {
+            device,
+            since,
+            after_id,
+            limit,
+        } => hub
+            .store()
+            .audit(device.as_ref(), since, after_id, limit.clamp(1, 10_000))
+            .map(|entries| AdminResponse::Audit { entries })
+            .map_err(|e| e.to_string()),
+        _ => Err("this hearthd does not know that request".into()),
+    };
+    result.unwrap_or_else(error)
+}
+
+fn done(message: String) -> AdminResponse {
+    AdminResponse::Done { message }
+}
+
+async fn change_grant(
+    hub: &Hub,
+    id: DeviceId,
+    filter: &str,
+    direction: Direction,
+    add: bool,
+) -> Result<AdminResponse, String> {
+    let grant = Grant::new(filter, direction).map_err(|e| e.to_string())?;
+    let (changed, grants) = {
+        let store = hub.store();
+        let changed = if add {
+            store.add_grant(&id, &grant)
+        } else {
+            store.remove_grant(&id, &grant)
+        }
+        .map_err(|e| e.to_string())?;
+        (changed, store.grants(&id).map_err(|e| e.to_string())?)
+    };
+    if !changed {
+        return Ok(done(
+            if add {
+                "already granted"
+            } else {
+                "no such grant"
+            }
+            .into(),
+        ));
     }
+    hub.registry.set_grants(&id, grants);
+    // Sessions hold the grants they started with: reconnecting picks up
+    // the change, and a narrowed one must not keep what it lost.
+    hub.sessions.disconnect(&id);
+    if !add {
+        if let Err(e) = broker::purge_session(&hub.broker, id.as_str()).await {
+            tracing::warn!(error = %e, "cannot purge the broker session");
+        }
+    }
+    let what = if add { "grant" } else { "revoke-grant" };
+    let direction = match direction {
+        Direction::Publish => "publish",
+        Direction::Subscribe => "subscribe",
+    };
+    hub.admin_audit(what, Some(id), format!("{direction} {filter}"));
+    Ok(done(format!("{what} {direction} {filter} for {id}")))
 }
 
 fn issue_device(
@@ -178,18 +295,19 @@ fn issue_device(
     csr_pem: &str,
 ) -> Result<IssuedDevice, String> {
     let mut store = hub.store();
-    if let Owner::Member(name) = &owner {
-        if store
-            .member_role(name)
-            .map_err(|e| e.to_string())?
-            .is_none()
-        {
-            return Err(format!(
-                "no member named {:?}; add it with `hearth member add`",
-                name.as_str()
-            ));
-        }
-    }
+    let role = match &owner {
+        Owner::Member(name) => match store.member_role(name).map_err(|e| e.to_string())? {
+            Some(Role::Parent) => DeviceRole::Parent,
+            Some(Role::Child) => DeviceRole::Child,
+            None => {
+                return Err(format!(
+                    "no member named {:?}; add it with `hearth member add`",
+                    name.as_str()
+                ))
+            }
+        },
+        Owner::Service => DeviceRole::Service,
+    };
     let device = DeviceId::from_entropy(crate::random_bytes());
     let issued = hub
         .ca
@@ -205,9 +323,22 @@ fn issue_device(
             not_after: issued.not_after,
         })
         .map_err(|e| e.to_string())?;
-    hub.registry
-        .insert(issued.sha256, DeviceIdentity { device, owner });
+    drop(store);
+    hub.registry.insert(
+        issued.sha256,
+        DeviceIdentity {
+            device,
+            owner,
+            role,
+            grants: Vec::new().into(),
+        },
+    );
     tracing::info!(device = %device, "device certificate issued");
+    hub.admin_audit(
+        "device-issue",
+        Some(device),
+        format!("certificate {}", hex::encode(issued.sha256)),
+    );
     Ok(IssuedDevice {
         device_id: device,
         certificate_pem: issued.pem,
@@ -216,6 +347,32 @@ fn issue_device(
 }
 
 impl Hub {
+    /// Ends everything a device has: its certificates leave the live
+    /// registry, its connections close now, the broker forgets its session
+    /// and the retained messages it left.
+    async fn cut_off(&self, device: &DeviceId) {
+        self.registry.remove_device(device);
+        let closed = self.sessions.disconnect(device);
+        tracing::info!(device = %device, connections = closed, "device cut off");
+        if let Err(e) = broker::purge_session(&self.broker, device.as_str()).await {
+            tracing::warn!(error = %e, "cannot purge the broker session");
+        }
+        let topics = self.retained.take(device);
+        if let Err(e) = broker::clear_retained(&self.broker, &topics).await {
+            tracing::warn!(error = %e, "cannot clear retained messages");
+        }
+    }
+
+    fn admin_audit(&self, action: &str, device: Option<DeviceId>, detail: String) {
+        self.audit.record(Event {
+            device,
+            event: "admin",
+            action: Some(action.to_owned()),
+            reason: Some(detail),
+            ..Event::default()
+        });
+    }
+
     fn store(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }

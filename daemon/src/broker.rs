@@ -242,6 +242,63 @@ async fn wait_listening(endpoint: &BrokerEndpoint, addr: SocketAddr) -> Result<(
 /// out again: CONNECT, CONNACK accepted, DISCONNECT. A plain TCP connect
 /// would leave rumqttd waiting for a CONNECT and logging an error each time.
 async fn login_round_trip(endpoint: &BrokerEndpoint, addr: SocketAddr) -> Result<(), BrokerError> {
+    let v5 = addr == endpoint.v5;
+    let client_id = if v5 {
+        "hearth-probe-v5"
+    } else {
+        "hearth-probe-v4"
+    };
+    internal_session(endpoint, addr, client_id, &[]).await
+}
+
+/// Ends whatever session the broker keeps for `client_id` (subscriptions,
+/// queued messages of a persistent session): logs in as that client with
+/// a clean session and logs out. Used when a device loses permissions, so
+/// nothing it was allowed before outlives the change.
+pub async fn purge_session(endpoint: &BrokerEndpoint, client_id: &str) -> Result<(), BrokerError> {
+    internal_session(endpoint, endpoint.v4, client_id, &[]).await
+}
+
+/// Clears retained messages by publishing an empty retained message to
+/// each topic.
+pub async fn clear_retained(
+    endpoint: &BrokerEndpoint,
+    topics: &[String],
+) -> Result<(), BrokerError> {
+    if topics.is_empty() {
+        return Ok(());
+    }
+    // PUBLISH, QoS 0, retain, empty payload: the MQTT way to clear.
+    let mut publishes = Vec::new();
+    for topic in topics {
+        let len = 2 + topic.len();
+        publishes.push(0x31);
+        let mut n = len;
+        loop {
+            let mut byte = (n % 128) as u8;
+            n /= 128;
+            if n > 0 {
+                byte |= 0x80;
+            }
+            publishes.push(byte);
+            if n == 0 {
+                break;
+            }
+        }
+        publishes.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+        publishes.extend_from_slice(topic.as_bytes());
+    }
+    internal_session(endpoint, endpoint.v4, "hearth-janitor", &publishes).await
+}
+
+/// CONNECT (clean session, the per-boot credential), CONNACK, the given
+/// packets, DISCONNECT, and wait for the broker to close.
+async fn internal_session(
+    endpoint: &BrokerEndpoint,
+    addr: SocketAddr,
+    client_id: &str,
+    packets: &[u8],
+) -> Result<(), BrokerError> {
     use rumqttd::protocol::{
         v4::V4, v5::V5, Connect, Disconnect, DisconnectReasonCode, Login, Packet, Protocol,
     };
@@ -252,12 +309,7 @@ async fn login_round_trip(endpoint: &BrokerEndpoint, addr: SocketAddr) -> Result
     let connect = Packet::Connect(
         Connect {
             keep_alive: 10,
-            client_id: if v5 {
-                "hearth-probe-v5"
-            } else {
-                "hearth-probe-v4"
-            }
-            .to_owned(),
+            client_id: client_id.to_owned(),
             clean_session: true,
         },
         None,
@@ -268,22 +320,28 @@ async fn login_round_trip(endpoint: &BrokerEndpoint, addr: SocketAddr) -> Result
             password: endpoint.password.clone(),
         }),
     );
-    let disconnect = Packet::Disconnect(
-        Disconnect {
-            reason_code: DisconnectReasonCode::NormalDisconnection,
-        },
-        None,
-    );
     let mut connect_bytes = bytes::BytesMut::new();
-    let mut disconnect_bytes = bytes::BytesMut::new();
-    let encoded = if v5 {
-        V5.write(connect, &mut connect_bytes)
-            .and_then(|_| V5.write(disconnect, &mut disconnect_bytes))
-    } else {
-        V4.write(connect, &mut connect_bytes)
-            .and_then(|_| V4.write(disconnect, &mut disconnect_bytes))
+    let mut rest_bytes = bytes::BytesMut::new();
+    let encode = |packet: Packet, out: &mut bytes::BytesMut| {
+        if v5 {
+            V5.write(packet, out)
+        } else {
+            V4.write(packet, out)
+        }
+        .map(|_| ())
+        .map_err(|e| dead(format!("encode: {e:?}")))
     };
-    encoded.map_err(|e| dead(format!("encode: {e:?}")))?;
+    encode(connect, &mut connect_bytes)?;
+    rest_bytes.extend_from_slice(packets);
+    encode(
+        Packet::Disconnect(
+            Disconnect {
+                reason_code: DisconnectReasonCode::NormalDisconnection,
+            },
+            None,
+        ),
+        &mut rest_bytes,
+    )?;
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| dead(e.to_string()))?;
@@ -304,12 +362,12 @@ async fn login_round_trip(endpoint: &BrokerEndpoint, addr: SocketAddr) -> Result
         return Err(dead(format!("login refused: {answer:02x?}")));
     }
     stream
-        .write_all(&disconnect_bytes)
+        .write_all(&rest_bytes)
         .await
         .map_err(|e| dead(e.to_string()))?;
     // Let the broker close first, so it sees a clean DISCONNECT rather than
     // a reset.
-    let mut rest = [0u8; 16];
+    let mut rest = [0u8; 64];
     while matches!(stream.read(&mut rest).await, Ok(n) if n > 0) {}
     Ok(())
 }

@@ -54,6 +54,22 @@ pub struct Config {
     pub limits: LimitsSection,
     /// The plaintext development listener for toy makers.
     pub dev: DevSection,
+    /// The audit log.
+    pub audit: AuditSection,
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// Days an audit entry is kept.
+    pub retention_days: u32,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection { retention_days: 30 }
+    }
 }
 
 /// `[mqtt]`
@@ -175,6 +191,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "limits.handshake_timeout_secs",
                 message: "must be between 1 and 300 seconds".into(),
+            });
+        }
+        if self.audit.retention_days == 0 || self.audit.retention_days > 3650 {
+            return Err(ConfigError::Invalid {
+                key: "audit.retention_days",
+                message: "must be between 1 and 3650".into(),
             });
         }
         Ok(())

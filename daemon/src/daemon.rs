@@ -15,10 +15,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Hub};
+use crate::audit::Audit;
 use crate::broker::{self, BrokerLimits};
 use crate::ca::{HubCa, ServerNames};
 use crate::config::{Config, EXIT_CONFIG};
-use crate::edge::sessions::Sessions;
+use crate::edge::sessions::{RetainedTopics, Sessions};
 use crate::edge::tls::{server_config, ServerCertificate};
 use crate::edge::{self, Edge, EdgeLimits, ListenerKind};
 use crate::registry::Registry;
@@ -82,6 +83,7 @@ pub async fn run(
         .map_err(|e| config_error(&e))?;
     let registry = Arc::new(Registry::new(
         store.active_certificates().map_err(|e| config_error(&e))?,
+        store.revoked_fingerprints().map_err(|e| config_error(&e))?,
     ));
     let store = Arc::new(Mutex::new(store));
 
@@ -108,6 +110,14 @@ pub async fn run(
     )
     .map_err(|e| DaemonError::Startup(e.to_string()))?;
 
+    let tracker = TaskTracker::new();
+    let audit = Audit::start(
+        Arc::clone(&store),
+        Duration::from_secs(u64::from(config.audit.retention_days) * 86_400),
+        stop.child_token(),
+        &tracker,
+    );
+    let retained = Arc::new(RetainedTopics::default());
     let sessions = Arc::new(Sessions::default());
     let edge = Arc::new(Edge {
         tls: TlsAcceptor::from(tls),
@@ -120,6 +130,8 @@ pub async fn run(
         sessions: Arc::clone(&sessions),
         store: Arc::clone(&store),
         slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+        audit: audit.clone(),
+        retained: Arc::clone(&retained),
     });
 
     let mut listeners = vec![ListenerInfo {
@@ -143,9 +155,11 @@ pub async fn run(
         sessions,
         listeners: listeners.clone(),
         started: Instant::now(),
+        audit,
+        retained,
+        broker: broker.endpoint.clone(),
     });
 
-    let tracker = TaskTracker::new();
     tracker.spawn(edge::serve(
         mqtt,
         ListenerKind::MutualTls,

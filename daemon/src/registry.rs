@@ -1,10 +1,12 @@
 //! The live registry the edge consults on every handshake: certificate
-//! fingerprint → device. Loaded from the database at start and updated
-//! with it, so a lookup never touches the disk.
+//! fingerprint → device, with the device's role and grants. Loaded from the
+//! database at start and updated after each committed change, so a lookup
+//! never touches the disk.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
+use hearth_protocol::policy::{DeviceRole, Grant, Subject};
 use hearth_protocol::{DeviceId, Owner};
 
 use crate::store::ActiveCertificate;
@@ -16,6 +18,21 @@ pub struct DeviceIdentity {
     pub device: DeviceId,
     /// Who it belongs to.
     pub owner: Owner,
+    /// Its role for the policy.
+    pub role: DeviceRole,
+    /// Its grants (service devices only).
+    pub grants: Arc<[Grant]>,
+}
+
+impl DeviceIdentity {
+    /// The policy's view of this device.
+    pub fn subject(&self) -> Subject<'_> {
+        Subject {
+            device: &self.device,
+            role: self.role,
+            grants: &self.grants,
+        }
+    }
 }
 
 /// Fingerprints of the certificates the hub accepts now. A fingerprint that
@@ -23,11 +40,14 @@ pub struct DeviceIdentity {
 #[derive(Debug, Default)]
 pub struct Registry {
     by_fingerprint: RwLock<HashMap<[u8; 32], DeviceIdentity>>,
+    /// Fingerprints known to be revoked, only to tell "revoked" from
+    /// "unknown" in the audit; refusal does not depend on it.
+    revoked: RwLock<std::collections::HashSet<[u8; 32]>>,
 }
 
 impl Registry {
     /// A registry holding exactly these certificates.
-    pub fn new(active: Vec<ActiveCertificate>) -> Registry {
+    pub fn new(active: Vec<ActiveCertificate>, revoked: Vec<[u8; 32]>) -> Registry {
         let map = active
             .into_iter()
             .map(|c| {
@@ -36,13 +56,24 @@ impl Registry {
                     DeviceIdentity {
                         device: c.device,
                         owner: c.owner,
+                        role: c.role,
+                        grants: c.grants.into(),
                     },
                 )
             })
             .collect();
         Registry {
             by_fingerprint: RwLock::new(map),
+            revoked: RwLock::new(revoked.into_iter().collect()),
         }
+    }
+
+    /// Whether a certificate was revoked (as opposed to never issued).
+    pub fn is_revoked(&self, sha256: &[u8; 32]) -> bool {
+        self.revoked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(sha256)
     }
 
     /// The device a certificate belongs to, if the certificate is accepted.
@@ -53,6 +84,31 @@ impl Registry {
     /// Accepts a newly issued certificate (after the database has it).
     pub fn insert(&self, sha256: [u8; 32], identity: DeviceIdentity) {
         self.write().insert(sha256, identity);
+    }
+
+    /// Stops accepting every certificate of a device; returns how many.
+    pub fn remove_device(&self, device: &DeviceId) -> usize {
+        let mut map = self.write();
+        let mut revoked = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+        let before = map.len();
+        map.retain(|sha, identity| {
+            let keep = identity.device != *device;
+            if !keep {
+                revoked.insert(*sha);
+            }
+            keep
+        });
+        before - map.len()
+    }
+
+    /// Replaces a device's grants.
+    pub fn set_grants(&self, device: &DeviceId, grants: Vec<Grant>) {
+        let grants: Arc<[Grant]> = grants.into();
+        for identity in self.write().values_mut() {
+            if identity.device == *device {
+                identity.grants = Arc::clone(&grants);
+            }
+        }
     }
 
     /// How many certificates are accepted.
@@ -66,9 +122,8 @@ impl Registry {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<[u8; 32], DeviceIdentity>> {
-        // A poisoned lock means a writer panicked mid-update; with
-        // panic = "abort" that cannot happen, and the map stays consistent
-        // per entry anyway.
+        // With panic = "abort" no writer can die holding the lock; in tests
+        // the map is still consistent per entry.
         self.by_fingerprint
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -4,7 +4,8 @@
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use hearth_protocol::admin::{DeviceInfo, DeviceStatus, MemberInfo};
+use hearth_protocol::admin::{AuditEntry, DeviceInfo, DeviceStatus, MemberInfo};
+use hearth_protocol::policy::{DeviceRole, Direction, Grant};
 use hearth_protocol::{DeviceId, Label, MemberName, Owner, Role};
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -35,6 +36,12 @@ pub enum StoreError {
     /// No member has that nickname.
     #[error("no member named {0:?}")]
     NoSuchMember(String),
+    /// No device has that id.
+    #[error("no device {0}")]
+    NoSuchDevice(String),
+    /// The operation needs a service device.
+    #[error("device {0} is not a service device; grants are for service devices only")]
+    NotAService(String),
     /// A stored value does not parse: the file was edited or is damaged.
     #[error("database holds an invalid value: {0}")]
     Corrupt(String),
@@ -67,6 +74,25 @@ const MIGRATIONS: &[&str] = &[
         not_after INTEGER NOT NULL
      ) STRICT;
      CREATE INDEX certificates_by_device ON certificates(device_id);",
+    // 2: service grants and the audit log.
+    "CREATE TABLE grants (
+        device_id TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+        filter TEXT NOT NULL,
+        direction TEXT NOT NULL CHECK (direction IN ('publish', 'subscribe')),
+        PRIMARY KEY (device_id, filter, direction)
+     ) STRICT;
+     CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        device TEXT,
+        event TEXT NOT NULL,
+        action TEXT,
+        topic TEXT,
+        reason TEXT,
+        peer TEXT
+     ) STRICT;
+     CREATE INDEX audit_by_time ON audit(at);
+     CREATE INDEX audit_by_device ON audit(device, id);",
 ];
 
 /// A certificate the registry accepts, with the device it names.
@@ -78,6 +104,10 @@ pub struct ActiveCertificate {
     pub device: DeviceId,
     /// Its owner.
     pub owner: Owner,
+    /// Its role for the policy.
+    pub role: DeviceRole,
+    /// Its grants (service devices).
+    pub grants: Vec<Grant>,
 }
 
 /// A new device and its first certificate.
@@ -228,11 +258,12 @@ impl Store {
     }
 
     /// Every certificate the edge may accept now: active certificates of
-    /// active devices.
+    /// active devices, with each device's role and grants.
     pub fn active_certificates(&self) -> Result<Vec<ActiveCertificate>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT c.sha256, d.id, d.member FROM certificates c
+            "SELECT c.sha256, d.id, d.member, m.role FROM certificates c
              JOIN devices d ON d.id = c.device_id
+             LEFT JOIN members m ON m.name = d.member
              WHERE c.status = 'active' AND d.status = 'active'",
         )?;
         let rows = stmt.query_map([], |row| {
@@ -240,20 +271,265 @@ impl Store {
                 row.get::<_, String>(0)?,
                 row.get::<_, String>(1)?,
                 row.get::<_, Option<String>>(2)?,
+                row.get::<_, Option<String>>(3)?,
             ))
         })?;
-        rows.map(|row| {
-            let (sha, id, member) = row?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (sha, id, member, role) = row?;
             let mut sha256 = [0u8; 32];
             hex::decode_to_slice(&sha, &mut sha256)
                 .map_err(|_| StoreError::Corrupt(format!("fingerprint {sha:?}")))?;
-            Ok(ActiveCertificate {
+            let device: DeviceId = parse(&id)?;
+            let role = match role.as_deref() {
+                None => DeviceRole::Service,
+                Some("parent") => DeviceRole::Parent,
+                Some("child") => DeviceRole::Child,
+                Some(other) => return Err(StoreError::Corrupt(format!("role {other:?}"))),
+            };
+            let grants = if role == DeviceRole::Service {
+                self.grants(&device)?
+            } else {
+                Vec::new()
+            };
+            out.push(ActiveCertificate {
                 sha256,
-                device: parse(&id)?,
+                device,
                 owner: owner(member)?,
-            })
+                role,
+                grants,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Fingerprints of revoked certificates.
+    pub fn revoked_fingerprints(&self) -> Result<Vec<[u8; 32]>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT sha256 FROM certificates WHERE status = 'revoked'")?;
+        let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
+        rows.map(|row| {
+            let sha = row?;
+            let mut out = [0u8; 32];
+            hex::decode_to_slice(&sha, &mut out)
+                .map_err(|_| StoreError::Corrupt(format!("fingerprint {sha:?}")))?;
+            Ok(out)
         })
         .collect()
+    }
+
+    /// A device's grants.
+    pub fn grants(&self, device: &DeviceId) -> Result<Vec<Grant>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT filter, direction FROM grants WHERE device_id = ?1 ORDER BY filter, direction",
+        )?;
+        let rows = stmt.query_map(params![device.as_str()], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })?;
+        rows.map(|row| {
+            let (filter, direction) = row?;
+            let direction = match direction.as_str() {
+                "publish" => Direction::Publish,
+                _ => Direction::Subscribe,
+            };
+            Grant::new(&filter, direction)
+                .map_err(|e| StoreError::Corrupt(format!("grant {filter:?}: {e}")))
+        })
+        .collect()
+    }
+
+    /// Adds a grant to a service device; returns whether it was new.
+    pub fn add_grant(&self, device: &DeviceId, grant: &Grant) -> Result<bool, StoreError> {
+        self.require_service(device)?;
+        let n = self.conn.execute(
+            "INSERT INTO grants (device_id, filter, direction) VALUES (?1, ?2, ?3)
+             ON CONFLICT DO NOTHING",
+            params![
+                device.as_str(),
+                grant.filter,
+                direction_str(grant.direction)
+            ],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Removes a grant; returns whether it existed.
+    pub fn remove_grant(&self, device: &DeviceId, grant: &Grant) -> Result<bool, StoreError> {
+        self.require_service(device)?;
+        let n = self.conn.execute(
+            "DELETE FROM grants WHERE device_id = ?1 AND filter = ?2 AND direction = ?3",
+            params![
+                device.as_str(),
+                grant.filter,
+                direction_str(grant.direction)
+            ],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn require_service(&self, device: &DeviceId) -> Result<(), StoreError> {
+        let member: Option<Option<String>> = self
+            .conn
+            .query_row(
+                "SELECT member FROM devices WHERE id = ?1",
+                params![device.as_str()],
+                |row| row.get(0),
+            )
+            .optional()?;
+        match member {
+            None => Err(StoreError::NoSuchDevice(device.to_string())),
+            Some(Some(_)) => Err(StoreError::NotAService(device.to_string())),
+            Some(None) => Ok(()),
+        }
+    }
+
+    /// Marks a device and all its certificates revoked. Revoking twice is
+    /// not an error.
+    pub fn revoke_device(&mut self, device: &DeviceId) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE devices SET status = 'revoked' WHERE id = ?1",
+            params![device.as_str()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NoSuchDevice(device.to_string()));
+        }
+        tx.execute(
+            "UPDATE certificates SET status = 'revoked' WHERE device_id = ?1",
+            params![device.as_str()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Revokes a device's certificates and deletes the device (and its
+    /// grants). The certificate rows stay, revoked, so they stay refused.
+    pub fn remove_device(&mut self, device: &DeviceId) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE certificates SET status = 'revoked' WHERE device_id = ?1",
+            params![device.as_str()],
+        )?;
+        let n = tx.execute(
+            "DELETE FROM devices WHERE id = ?1",
+            params![device.as_str()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NoSuchDevice(device.to_string()));
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes a member and all their devices; returns the devices.
+    pub fn remove_member(&mut self, name: &MemberName) -> Result<Vec<DeviceId>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let devices: Vec<String> = {
+            let mut stmt = tx.prepare("SELECT id FROM devices WHERE member = ?1")?;
+            let rows = stmt.query_map(params![name.as_str()], |row| row.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        tx.execute(
+            "UPDATE certificates SET status = 'revoked'
+             WHERE device_id IN (SELECT id FROM devices WHERE member = ?1)",
+            params![name.as_str()],
+        )?;
+        tx.execute(
+            "DELETE FROM devices WHERE member = ?1",
+            params![name.as_str()],
+        )?;
+        let n = tx.execute(
+            "DELETE FROM members WHERE name = ?1",
+            params![name.as_str()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NoSuchMember(name.to_string()));
+        }
+        tx.commit()?;
+        devices.iter().map(|id| parse(id)).collect()
+    }
+
+    /// Appends audit entries in one transaction.
+    pub fn append_audit(&mut self, entries: &[AuditEntry]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO audit (at, device, event, action, topic, reason, peer)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for e in entries {
+                stmt.execute(params![
+                    e.at,
+                    e.device.as_ref().map(|d| d.as_str().to_owned()),
+                    e.event,
+                    e.action,
+                    e.topic,
+                    e.reason,
+                    e.peer
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Audit entries, oldest first, filtered.
+    pub fn audit(
+        &self,
+        device: Option<&DeviceId>,
+        since: Option<i64>,
+        after_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, at, device, event, action, topic, reason, peer FROM audit
+             WHERE (?1 IS NULL OR device = ?1) AND (?2 IS NULL OR at >= ?2) AND (?3 IS NULL OR id > ?3)
+             ORDER BY id DESC LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                device.map(|d| d.as_str().to_owned()),
+                since,
+                after_id,
+                limit
+            ],
+            |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, Option<String>>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, Option<String>>(4)?,
+                    row.get::<_, Option<String>>(5)?,
+                    row.get::<_, Option<String>>(6)?,
+                    row.get::<_, Option<String>>(7)?,
+                ))
+            },
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, at, device, event, action, topic, reason, peer) = row?;
+            out.push(AuditEntry {
+                id,
+                at,
+                device: device.map(|d| parse(&d)).transpose()?,
+                event,
+                action,
+                topic,
+                reason,
+                peer,
+            });
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Deletes audit entries older than `before` (Unix seconds).
+    pub fn prune_audit(&self, before: i64) -> Result<usize, StoreError> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM audit WHERE at < ?1", params![before])?)
     }
 
     /// Every device, oldest first, with its newest active certificate.
@@ -309,6 +585,13 @@ where
 {
     s.parse()
         .map_err(|e: T::Err| StoreError::Corrupt(format!("{s:?}: {e}")))
+}
+
+fn direction_str(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Publish => "publish",
+        Direction::Subscribe => "subscribe",
+    }
 }
 
 fn owner(member: Option<String>) -> Result<Owner, StoreError> {

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::household::{Owner, Role};
 use crate::id::{DeviceId, Label, MemberName};
+use crate::policy::Direction;
 
 /// What an administrator asks of the daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +34,50 @@ pub enum AdminRequest {
     },
     /// Lists the devices.
     DeviceList,
+    /// Revokes a device: closes its connections, refuses its certificates.
+    DeviceRevoke {
+        /// The device.
+        id: DeviceId,
+    },
+    /// Revokes and deletes a device.
+    DeviceRemove {
+        /// The device.
+        id: DeviceId,
+    },
+    /// Removes a member and revokes and deletes their devices.
+    MemberRemove {
+        /// The nickname.
+        name: MemberName,
+    },
+    /// Grants a service device a filter.
+    Grant {
+        /// The service device.
+        id: DeviceId,
+        /// The filter, literal.
+        filter: String,
+        /// Publish or subscribe.
+        direction: Direction,
+    },
+    /// Takes a grant back.
+    RevokeGrant {
+        /// The service device.
+        id: DeviceId,
+        /// The filter, literal.
+        filter: String,
+        /// Publish or subscribe.
+        direction: Direction,
+    },
+    /// Reads the audit log.
+    Audit {
+        /// Only this device's entries.
+        device: Option<DeviceId>,
+        /// Only entries at or after this Unix time.
+        since: Option<i64>,
+        /// Only entries with a larger id (for following).
+        after_id: Option<i64>,
+        /// At most this many (the newest).
+        limit: u32,
+    },
 }
 
 /// The daemon's answer to one [`AdminRequest`].
@@ -55,6 +100,16 @@ pub enum AdminResponse {
     Devices {
         /// Every device, oldest first.
         devices: Vec<DeviceInfo>,
+    },
+    /// The request was carried out; the text says what happened.
+    Done {
+        /// One line for a person.
+        message: String,
+    },
+    /// Answer to [`AdminRequest::Audit`].
+    Audit {
+        /// Oldest first.
+        entries: Vec<AuditEntry>,
     },
     /// The request was refused or failed; the message says why.
     Error {
@@ -132,6 +187,28 @@ pub struct IssuedDevice {
     pub certificate_pem: String,
     /// The hub CA certificate, PEM (the trust anchor for the hub).
     pub ca_pem: String,
+}
+
+/// One entry of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Increasing id.
+    pub id: i64,
+    /// Unix seconds.
+    pub at: i64,
+    /// The device concerned, if known.
+    pub device: Option<DeviceId>,
+    /// `connect`, `disconnect`, `handshake-refused`, `connect-refused`,
+    /// `denied`, `disconnected`, `suppressed` or `admin`.
+    pub event: String,
+    /// What was attempted (`publish`, `subscribe`, `device-revoke`, ...).
+    pub action: Option<String>,
+    /// The topic or filter, if any.
+    pub topic: Option<String>,
+    /// Why it was refused, or details.
+    pub reason: Option<String>,
+    /// The peer address, for refused handshakes.
+    pub peer: Option<String>,
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@
 //! (mosquitto-clients) are `#[ignore]`d here and run by `.ci/run` with
 //! `-- --ignored` once those are installed.
 
+mod attacks;
 mod foreign;
 mod hub_core;
 mod refusals;
+mod revocation;
 mod support;

@@ -313,11 +313,21 @@ pub async fn raw_tls(
 
 /// An encoded CONNECT (3.1.1 when `v5` is false).
 pub fn connect_packet(v5: bool, client_id: &str, login: Option<(&str, &str)>) -> Vec<u8> {
+    connect_packet_with(v5, client_id, login, true)
+}
+
+/// An encoded CONNECT choosing clean session (3.1.1) / clean start (5).
+pub fn connect_packet_with(
+    v5: bool,
+    client_id: &str,
+    login: Option<(&str, &str)>,
+    clean: bool,
+) -> Vec<u8> {
     let packet = Packet::Connect(
         Connect {
             keep_alive: 30,
             client_id: client_id.to_owned(),
-            clean_session: true,
+            clean_session: clean,
         },
         None,
         None,
@@ -446,4 +456,212 @@ pub fn have(tool: &str) -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
+}
+
+/// Waits until the audit log holds an entry matching `pred`; returns it.
+pub fn wait_audit(
+    hub: &TestHub,
+    pred: impl Fn(&hearth_protocol::admin::AuditEntry) -> bool,
+) -> Option<hearth_protocol::admin::AuditEntry> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let request = AdminRequest::Audit {
+            device: None,
+            since: None,
+            after_id: None,
+            limit: 10_000,
+        };
+        if let Ok(AdminResponse::Audit { entries }) = admin_request(&hub.socket, &request) {
+            if let Some(e) = entries.into_iter().find(|e| pred(e)) {
+                return Some(e);
+            }
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Every audit entry so far.
+pub fn audit_entries(hub: &TestHub) -> Vec<hearth_protocol::admin::AuditEntry> {
+    let request = AdminRequest::Audit {
+        device: None,
+        since: None,
+        after_id: None,
+        limit: 10_000,
+    };
+    match admin_request(&hub.socket, &request) {
+        Ok(AdminResponse::Audit { entries }) => entries,
+        other => panic!("audit query failed: {other:?}"),
+    }
+}
+
+/// Asserts the audit has a denial for `device` of `action` on `topic`.
+pub fn assert_denied_audited(hub: &TestHub, device: &Device, action: &str, topic: &str) -> String {
+    let found = wait_audit(hub, |e| {
+        e.event == "denied"
+            && e.device.map(|d| d.to_string()).as_deref() == Some(device.id.as_str())
+            && e.action.as_deref() == Some(action)
+            && e.topic.as_deref() == Some(topic)
+    });
+    let entry = found.unwrap_or_else(|| {
+        panic!(
+            "no audit entry: denied {action} {topic:?} by {}\n{:#?}",
+            device.id,
+            audit_entries(hub)
+        )
+    });
+    entry.reason.unwrap_or_default()
+}
+
+fn varint(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// A PUBLISH, built by hand so tests can send what no library would.
+pub fn publish_packet(
+    v5: bool,
+    topic: &[u8],
+    qos: u8,
+    retain: bool,
+    pkid: u16,
+    alias: Option<u16>,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    body.extend_from_slice(topic);
+    if qos > 0 {
+        body.extend_from_slice(&pkid.to_be_bytes());
+    }
+    if v5 {
+        match alias {
+            Some(a) => {
+                body.extend_from_slice(&[3, 0x23]);
+                body.extend_from_slice(&a.to_be_bytes());
+            }
+            None => body.push(0),
+        }
+    }
+    body.extend_from_slice(payload);
+    let mut out = vec![0x30 | (qos << 1) | u8::from(retain)];
+    varint(body.len(), &mut out);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// A SUBSCRIBE for some filters at QoS 0.
+pub fn subscribe_packet(v5: bool, pkid: u16, filters: &[&[u8]]) -> Vec<u8> {
+    let mut body = pkid.to_be_bytes().to_vec();
+    if v5 {
+        body.push(0);
+    }
+    for f in filters {
+        body.extend_from_slice(&(f.len() as u16).to_be_bytes());
+        body.extend_from_slice(f);
+        body.push(0);
+    }
+    let mut out = vec![0x82];
+    varint(body.len(), &mut out);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// A raw, connected MQTT client over mutual TLS.
+pub struct Raw {
+    pub tls: TlsStream<TcpStream>,
+    pub v5: bool,
+    buf: Vec<u8>,
+}
+
+/// The length of the first complete MQTT packet in `buf`, if any.
+fn packet_len(buf: &[u8]) -> Option<usize> {
+    let mut len = 0usize;
+    for i in 0..4 {
+        let byte = *buf.get(1 + i)?;
+        len |= ((byte & 0x7f) as usize) << (7 * i);
+        if byte & 0x80 == 0 {
+            let total = 2 + i + len;
+            return (buf.len() >= total).then_some(total);
+        }
+    }
+    None
+}
+
+impl Raw {
+    /// Connects as `device` with its own id; panics unless CONNACK accepts.
+    pub async fn connect(hub: &TestHub, device: &Device, v5: bool) -> Raw {
+        Raw::connect_with(hub, device, v5, true).await
+    }
+
+    /// Connects with a persistent session when `clean` is false.
+    pub async fn connect_with(hub: &TestHub, device: &Device, v5: bool, clean: bool) -> Raw {
+        let mut tls = raw_tls(hub.mqtt, device.tls()).await.expect("handshake");
+        send(&mut tls, &connect_packet_with(v5, &device.id, None, clean)).await;
+        match next(&mut tls, Duration::from_secs(5)).await {
+            Next::Data(d) if d[0] == 0x20 && d[3] == 0 => {}
+            other => panic!("CONNACK expected, got {other:?}"),
+        }
+        Raw {
+            tls,
+            v5,
+            buf: Vec::new(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        send(&mut self.tls, bytes).await;
+    }
+
+    /// The next whole packet (or a close) within 5 s.
+    pub async fn next(&mut self) -> Next {
+        self.next_within(Duration::from_secs(5)).await
+    }
+
+    /// What comes within a short wait (to prove nothing comes).
+    pub async fn quiet(&mut self, limit: Duration) -> Next {
+        self.next_within(limit).await
+    }
+
+    async fn next_within(&mut self, limit: Duration) -> Next {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(len) = packet_len(&self.buf) {
+                return Next::Data(self.buf.drain(..len).collect());
+            }
+            let mut chunk = vec![0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.tls.read(&mut chunk)).await {
+                Err(_) => return Next::Silent,
+                Ok(Ok(0)) | Ok(Err(_)) => return Next::Closed,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Subscribes and returns the SUBACK's reason codes.
+    pub async fn subscribe(&mut self, pkid: u16, filters: &[&str]) -> Vec<u8> {
+        let filters: Vec<&[u8]> = filters.iter().map(|f| f.as_bytes()).collect();
+        let packet = subscribe_packet(self.v5, pkid, &filters);
+        self.send(&packet).await;
+        match self.next().await {
+            Next::Data(d) => {
+                assert_eq!(d[0], 0x90, "SUBACK expected: {d:?}");
+                let skip = if self.v5 { 5 } else { 4 };
+                assert_eq!(u16::from_be_bytes([d[2], d[3]]), pkid);
+                d[skip..].to_vec()
+            }
+            other => panic!("SUBACK expected, got {other:?}"),
+        }
+    }
 }

@@ -8,8 +8,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args as ClapArgs, Parser, Subcommand};
-use hearth_protocol::admin::{AdminRequest, AdminResponse, DeviceStatus};
-use hearth_protocol::{Label, MemberName, Owner, Role};
+use hearth_protocol::admin::{AdminRequest, AdminResponse, AuditEntry, DeviceStatus};
+use hearth_protocol::policy::Direction;
+use hearth_protocol::{DeviceId, Label, MemberName, Owner, Role};
 
 /// Administer a Hearth hub: members, devices and status.
 #[derive(Debug, Parser)]
@@ -35,6 +36,68 @@ enum Command {
     /// Devices and their certificates.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Grants a service device a topic filter, literally (no substitution).
+    Grant(GrantArgs),
+    /// Takes a grant back; the service's sessions close at once.
+    RevokeGrant(GrantArgs),
+    /// Reads the audit log (connects, refusals, denials, admin changes).
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, ClapArgs)]
+struct GrantArgs {
+    /// The service device.
+    id: DeviceId,
+    /// The topic filter, under hearth/v1/<literal>/.
+    filter: String,
+    /// Allow publishing to topics the filter matches.
+    #[arg(
+        long,
+        required_unless_present = "subscribe",
+        conflicts_with = "subscribe"
+    )]
+    publish: bool,
+    /// Allow subscribing to filters within it.
+    #[arg(long)]
+    subscribe: bool,
+}
+
+#[derive(Debug, ClapArgs)]
+struct AuditArgs {
+    /// Only this device.
+    #[arg(long)]
+    device: Option<DeviceId>,
+    /// Only the last period: 90s, 10m, 2h, 7d (or Unix seconds).
+    #[arg(long, value_parser = parse_since)]
+    since: Option<i64>,
+    /// At most this many entries (the newest).
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+    /// Keep printing new entries as they come.
+    #[arg(long)]
+    follow: bool,
+}
+
+fn parse_since(s: &str) -> Result<i64, String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    if let Ok(unix) = s.parse::<i64>() {
+        return Ok(unix);
+    }
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = number
+        .parse()
+        .map_err(|_| format!("{s:?}: use 90s, 10m, 2h or 7d"))?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("{s:?}: use 90s, 10m, 2h or 7d")),
+    };
+    Ok(now - seconds)
 }
 
 #[derive(Debug, Subcommand)]
@@ -49,6 +112,11 @@ enum MemberCommand {
     },
     /// Lists the members.
     List,
+    /// Removes a member; their devices are revoked and removed.
+    Remove {
+        /// The nickname.
+        name: MemberName,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -57,6 +125,17 @@ enum DeviceCommand {
     Issue(IssueArgs),
     /// Lists the devices.
     List,
+    /// Revokes a device: its connections close at once and its
+    /// certificates are refused from then on.
+    Revoke {
+        /// The device id.
+        id: DeviceId,
+    },
+    /// Revokes a device and deletes it from the registry.
+    Remove {
+        /// The device id.
+        id: DeviceId,
+    },
 }
 
 #[derive(Debug, ClapArgs)]
@@ -165,8 +244,118 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Device(DeviceCommand::Issue(args)) => issue(args, &ask, json, &mut out)?,
+        Command::Device(DeviceCommand::Revoke { id }) => {
+            print_done(ask(AdminRequest::DeviceRevoke { id })?, json, &mut out)?
+        }
+        Command::Device(DeviceCommand::Remove { id }) => {
+            print_done(ask(AdminRequest::DeviceRemove { id })?, json, &mut out)?
+        }
+        Command::Member(MemberCommand::Remove { name }) => {
+            print_done(ask(AdminRequest::MemberRemove { name })?, json, &mut out)?
+        }
+        Command::Grant(g) => {
+            let direction = if g.publish {
+                Direction::Publish
+            } else {
+                Direction::Subscribe
+            };
+            print_done(
+                ask(AdminRequest::Grant {
+                    id: g.id,
+                    filter: g.filter,
+                    direction,
+                })?,
+                json,
+                &mut out,
+            )?
+        }
+        Command::RevokeGrant(g) => {
+            let direction = if g.publish {
+                Direction::Publish
+            } else {
+                Direction::Subscribe
+            };
+            print_done(
+                ask(AdminRequest::RevokeGrant {
+                    id: g.id,
+                    filter: g.filter,
+                    direction,
+                })?,
+                json,
+                &mut out,
+            )?
+        }
+        Command::Audit(args) => {
+            let mut after_id = None;
+            let mut since = args.since;
+            loop {
+                let request = AdminRequest::Audit {
+                    device: args.device,
+                    since,
+                    after_id,
+                    limit: if after_id.is_some() {
+                        10_000
+                    } else {
+                        args.limit
+                    },
+                };
+                if let AdminResponse::Audit { entries } =
+                    request_once(&socket, &request).and_then(|r| match r {
+                        AdminResponse::Error { message } => bail!("{message}"),
+                        other => Ok(other),
+                    })?
+                {
+                    for e in &entries {
+                        if json {
+                            writeln!(out, "{}", serde_json::to_string(e)?)?;
+                        } else {
+                            writeln!(out, "{}", audit_line(e))?;
+                        }
+                    }
+                    out.flush()?;
+                    after_id = entries.last().map(|e| e.id).or(after_id).or(Some(0));
+                    since = None;
+                }
+                if !args.follow {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+        }
     }
     Ok(())
+}
+
+fn print_done(response: AdminResponse, json: bool, out: &mut dyn Write) -> Result<()> {
+    if let (AdminResponse::Done { message }, false) = (response, json) {
+        writeln!(out, "{message}")?;
+    }
+    Ok(())
+}
+
+fn audit_line(e: &AuditEntry) -> String {
+    let at = time::OffsetDateTime::from_unix_timestamp(e.at)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| e.at.to_string());
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    format!(
+        "{at}  {}  {}  {}  {}  {}{}",
+        e.device
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| "-".into()),
+        e.event,
+        dash(&e.action),
+        dash(&e.topic),
+        dash(&e.reason),
+        e.peer
+            .as_ref()
+            .map(|p| format!("  peer={p}"))
+            .unwrap_or_default(),
+    )
 }
 
 fn issue(

@@ -4,6 +4,8 @@
 //! relays packets both ways, inspecting everything the client sends.
 
 pub mod frame;
+pub mod inspect;
+mod relay;
 pub mod sessions;
 pub mod tls;
 
@@ -22,12 +24,14 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::audit::{Audit, Event};
 use crate::broker::BrokerEndpoint;
 use crate::ca::fingerprint;
 use crate::registry::{DeviceIdentity, Registry};
 use crate::store::Store;
-use frame::{kind, Frame, FrameError, MqttVersion};
-use sessions::Sessions;
+use frame::{kind, FrameError, MqttVersion};
+use hearth_protocol::policy::{self, Action, Decision, DenyReason};
+use sessions::{RetainedTopics, Sessions};
 
 /// Which listener a connection came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +76,10 @@ pub struct Edge {
     pub store: Arc<Mutex<Store>>,
     /// Connection slots shared by every listener.
     pub slots: Arc<Semaphore>,
+    /// The audit log.
+    pub audit: Audit,
+    /// Retained topics per device.
+    pub retained: Arc<RetainedTopics>,
 }
 
 impl std::fmt::Debug for Edge {
@@ -145,6 +153,14 @@ enum SessionEnd {
     Broker(std::io::Error),
     #[error("client sent a packet only a server may send (type {0})")]
     ForbiddenPacket(u8),
+    #[error("malformed packet: {0}")]
+    Malformed(&'static str),
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+    #[error("will refused: {0}")]
+    WillDenied(DenyReason),
+    #[error("too many denied publishes")]
+    TooManyDenials,
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -160,7 +176,15 @@ impl Edge {
         let stream = match timeout_at(deadline, self.tls.accept(tcp)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
-                tracing::warn!(peer = %peer_addr, reason = %tls::refusal_reason(&e), "handshake refused");
+                let (reason, device) = tls::refusal_reason(&e);
+                tracing::warn!(peer = %peer_addr, reason = %reason, "handshake refused");
+                self.audit.record(Event {
+                    device,
+                    event: "handshake-refused",
+                    reason: Some(reason),
+                    peer: Some(peer_addr.to_string()),
+                    ..Event::default()
+                });
                 return;
             }
             Err(_) => {
@@ -200,19 +224,38 @@ impl Edge {
             Peer::Developer => None,
         };
         let mut inbound = BytesMut::with_capacity(4096);
+        let mut connected = false;
         let result = async {
             let (version, connect, connect_len) =
                 match timeout_at(deadline, self.read_connect(&mut client, &mut inbound)).await {
                     Ok(result) => result?,
                     Err(_) => return Err(SessionEnd::Timeout),
                 };
-            let client_id = match client_id_for(&peer, &connect) {
+            let checked = client_id_for(&peer, &connect).and_then(|id| {
+                check_will(&peer, &connect)?;
+                Ok(id)
+            });
+            let client_id = match checked {
                 Ok(id) => id,
                 Err(end) => {
                     let _ = client
                         .write_all(frame::connack_not_authorized(version))
                         .await;
                     let _ = client.shutdown().await;
+                    if let Some(device) = device {
+                        let (action, topic) = match &end {
+                            SessionEnd::WillDenied(_) => ("will", will_topic(&connect)),
+                            _ => ("connect", None),
+                        };
+                        self.audit.record(Event {
+                            device: Some(device),
+                            event: "connect-refused",
+                            action: Some(action.to_owned()),
+                            topic,
+                            reason: Some(end.to_string()),
+                            ..Event::default()
+                        });
+                    }
                     return Err(end);
                 }
             };
@@ -239,20 +282,34 @@ impl Edge {
                 .await
                 .map_err(SessionEnd::Broker)?;
             let _session = self.sessions.register(device, stop.clone());
+            connected = true;
             if let Some(device) = &device {
                 self.record_seen(device);
                 tracing::info!(device = %device, "connected");
+                self.audit.record(Event {
+                    device: Some(*device),
+                    event: "connect",
+                    ..Event::default()
+                });
             }
-            relay(client, broker, inbound, self.limits.max_packet, stop).await
+            relay::run(self, &peer, version, client, broker, inbound, stop).await
         }
         .await;
-        match (&device, result) {
+        match (&device, &result) {
             (Some(device), Ok(())) => tracing::info!(device = %device, "disconnected"),
             (None, Ok(())) => {}
             (Some(device), Err(end)) => {
                 tracing::warn!(device = %device, reason = %end, "session ended")
             }
             (None, Err(end)) => tracing::info!(reason = %end, "development session ended"),
+        }
+        if let (Some(device), true) = (device, connected) {
+            self.audit.record(Event {
+                device: Some(device),
+                event: "disconnect",
+                reason: result.err().map(|e| e.to_string()),
+                ..Event::default()
+            });
         }
     }
 
@@ -296,6 +353,32 @@ impl Edge {
     }
 }
 
+/// The will's topic as text, for the audit.
+fn will_topic(connect: &Packet) -> Option<String> {
+    match connect {
+        Packet::Connect(_, _, Some(will), _, _) => Some(relay::printable(&will.topic)),
+        _ => None,
+    }
+}
+
+/// A will must be a publish the device could make itself.
+fn check_will(peer: &Peer, connect: &Packet) -> Result<(), SessionEnd> {
+    let (Peer::Device(identity), Packet::Connect(_, _, Some(will), _, _)) = (peer, connect) else {
+        return Ok(());
+    };
+    let action = Action::Will {
+        retain: will.retain,
+    };
+    let decision = match hearth_protocol::filter::topic_from_bytes(&will.topic) {
+        Ok(topic) => policy::decide(&identity.subject(), action, topic),
+        Err(e) => Decision::Deny(DenyReason::Malformed(e)),
+    };
+    match decision {
+        Decision::Allow => Ok(()),
+        Decision::Deny(reason) => Err(SessionEnd::WillDenied(reason)),
+    }
+}
+
 /// The client id the broker will see, or why the CONNECT is refused.
 fn client_id_for(peer: &Peer, connect: &Packet) -> Result<String, SessionEnd> {
     let Packet::Connect(connect, ..) = connect else {
@@ -317,71 +400,5 @@ fn client_id_for(peer: &Peer, connect: &Packet) -> Result<String, SessionEnd> {
                 Ok(connect.client_id.clone())
             }
         }
-    }
-}
-
-/// Relays packets between the client and the broker until either side
-/// closes or `stop` fires. Client packets are framed and checked one by
-/// one; broker packets pass through as they come.
-async fn relay<S>(
-    client: S,
-    broker: TcpStream,
-    mut inbound: BytesMut,
-    max_packet: usize,
-    stop: CancellationToken,
-) -> Result<(), SessionEnd>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let (mut client_read, mut client_write) = tokio::io::split(client);
-    let (mut broker_read, mut broker_write) = broker.into_split();
-    let upstream = async {
-        let mut out = BytesMut::with_capacity(8192);
-        loop {
-            while let Some(frame) = frame::next_frame(&inbound, max_packet)? {
-                check_client_packet(&frame)?;
-                out.extend_from_slice(&inbound[..frame.len]);
-                let _ = inbound.split_to(frame.len);
-            }
-            if !out.is_empty() {
-                broker_write.write_all(&out).await?;
-                out.clear();
-            }
-            if client_read.read_buf(&mut inbound).await? == 0 {
-                return Ok::<(), SessionEnd>(());
-            }
-        }
-    };
-    let downstream = async {
-        let mut buf = BytesMut::with_capacity(8192);
-        loop {
-            if broker_read.read_buf(&mut buf).await? == 0 {
-                let _ = client_write.shutdown().await;
-                return Ok::<(), SessionEnd>(());
-            }
-            client_write.write_all(&buf).await?;
-            buf.clear();
-        }
-    };
-    tokio::select! {
-        _ = stop.cancelled() => Ok(()),
-        result = upstream => result,
-        result = downstream => result,
-    }
-}
-
-/// Refuses packets a client must never send.
-fn check_client_packet(frame: &Frame) -> Result<(), SessionEnd> {
-    match frame.kind() {
-        kind::PUBLISH
-        | kind::PUBACK
-        | kind::PUBREC
-        | kind::PUBREL
-        | kind::PUBCOMP
-        | kind::SUBSCRIBE
-        | kind::UNSUBSCRIBE
-        | kind::PINGREQ
-        | kind::DISCONNECT => Ok(()),
-        other => Err(SessionEnd::ForbiddenPacket(other)),
     }
 }

@@ -117,15 +117,28 @@ impl ClientCertVerifier for RegisteredDeviceVerifier {
     ) -> Result<ClientCertVerified, Error> {
         self.chain
             .verify_client_cert(end_entity, intermediates, now)?;
-        let Some(known) = self.registry.lookup(&fingerprint(end_entity)) else {
-            // Unknown, revoked or superseded: the registry holds only the
-            // certificates it accepts.
-            return Err(Error::InvalidCertificate(CertificateError::Revoked));
+        // The chain is the hub's own from here on, so the device id the
+        // certificate names can be trusted for the audit.
+        let sha = fingerprint(end_entity);
+        let named = device_id_of(end_entity);
+        let refuse = |reason: &'static str| {
+            Err(Error::InvalidCertificate(CertificateError::Other(
+                rustls::OtherError(Arc::new(Refusal {
+                    reason,
+                    device: named,
+                })),
+            )))
         };
-        if device_id_of(end_entity) != Some(known.device) {
-            return Err(Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            ));
+        let Some(known) = self.registry.lookup(&sha) else {
+            // The registry holds only the certificates it accepts.
+            return refuse(if self.registry.is_revoked(&sha) {
+                "certificate revoked"
+            } else {
+                "unknown device"
+            });
+        };
+        if named != Some(known.device) {
+            return refuse("certificate does not name its registered device");
         }
         Ok(ClientCertVerified::assertion())
     }
@@ -153,15 +166,31 @@ impl ClientCertVerifier for RegisteredDeviceVerifier {
     }
 }
 
-/// Why a handshake was refused, in words for the log and the audit.
-pub fn refusal_reason(error: &std::io::Error) -> String {
+/// A refusal by the registry, carrying the device the certificate names.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+pub struct Refusal {
+    /// Why, in words.
+    pub reason: &'static str,
+    /// The device the (hub-signed) certificate names.
+    pub device: Option<hearth_protocol::DeviceId>,
+}
+
+/// Why a handshake was refused, in words for the log and the audit, and
+/// the device when the certificate was the hub's own.
+pub fn refusal_reason(error: &std::io::Error) -> (String, Option<hearth_protocol::DeviceId>) {
     let Some(tls) = error
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<Error>())
     else {
-        return format!("connection error: {error}");
+        return (format!("connection error: {error}"), None);
     };
-    match tls {
+    if let Error::InvalidCertificate(CertificateError::Other(other)) = tls {
+        if let Some(refusal) = other.0.downcast_ref::<Refusal>() {
+            return (refusal.reason.to_owned(), refusal.device);
+        }
+    }
+    let reason = match tls {
         Error::NoCertificatesPresented => "no client certificate".into(),
         Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
             "certificate from an unknown CA".into()
@@ -172,12 +201,7 @@ pub fn refusal_reason(error: &std::io::Error) -> String {
         Error::InvalidCertificate(
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
         ) => "certificate not yet valid".into(),
-        Error::InvalidCertificate(CertificateError::Revoked) => {
-            "certificate unknown or revoked".into()
-        }
-        Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure) => {
-            "certificate does not name its registered device".into()
-        }
         other => format!("TLS: {other}"),
-    }
+    };
+    (reason, None)
 }

@@ -1,0 +1,211 @@
+//! The audit log: connects, disconnects, refused handshakes, denials and
+//! administrative changes, written to SQLite in batches by one task, rate
+//! limited per device (or peer) so a noisy client cannot fill the disk, and
+//! pruned after the retention period.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hearth_protocol::admin::AuditEntry;
+use hearth_protocol::DeviceId;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::Store;
+
+/// Entries one device (or peer address) may add per window.
+const BUDGET: u32 = 60;
+/// The rate-limit window.
+const WINDOW: Duration = Duration::from_secs(60);
+/// Entries waiting to be written before new ones are dropped (and counted).
+const QUEUE: usize = 4096;
+/// How often old entries are pruned.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// What happened, for [`Audit::record`].
+#[derive(Debug, Clone, Default)]
+pub struct Event {
+    /// The device, if known.
+    pub device: Option<DeviceId>,
+    /// The event name.
+    pub event: &'static str,
+    /// What was attempted.
+    pub action: Option<String>,
+    /// Topic or filter.
+    pub topic: Option<String>,
+    /// Why, or details.
+    pub reason: Option<String>,
+    /// Peer address.
+    pub peer: Option<String>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    window_start: Instant,
+    used: u32,
+    suppressed: u32,
+}
+
+/// A handle to the audit log, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Audit {
+    tx: mpsc::Sender<AuditEntry>,
+    buckets: Arc<Mutex<HashMap<String, Bucket>>>,
+}
+
+impl Audit {
+    /// Starts the writer task; returns the handle.
+    pub fn start(
+        store: Arc<Mutex<Store>>,
+        retention: Duration,
+        stop: CancellationToken,
+        tracker: &tokio_util::task::TaskTracker,
+    ) -> Audit {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tracker.spawn(write_loop(store, rx, retention, stop));
+        Audit {
+            tx,
+            buckets: Arc::default(),
+        }
+    }
+
+    /// Records an event, unless its device or peer spent its budget; the
+    /// first entry after a suppressed stretch says how many were dropped.
+    pub fn record(&self, event: Event) {
+        let key = match (&event.device, &event.peer) {
+            (Some(d), _) => d.to_string(),
+            (None, Some(peer)) => peer_host(peer).to_owned(),
+            (None, None) => String::new(),
+        };
+        let suppressed_before = {
+            let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            if buckets.len() > 10_000 {
+                buckets.retain(|_, b| now.duration_since(b.window_start) < WINDOW);
+            }
+            let bucket = buckets.entry(key).or_insert(Bucket {
+                window_start: now,
+                used: 0,
+                suppressed: 0,
+            });
+            if now.duration_since(bucket.window_start) >= WINDOW {
+                bucket.window_start = now;
+                bucket.used = 0;
+            }
+            // Administrative entries are never dropped.
+            if bucket.used >= BUDGET && event.event != "admin" {
+                bucket.suppressed += 1;
+                if bucket.suppressed == 1 {
+                    // Say so once, at the moment entries start to drop.
+                    drop(buckets);
+                    self.push(Event {
+                        device: event.device,
+                        event: "suppressed",
+                        reason: Some(format!(
+                            "more than {BUDGET} entries in {}s: further ones dropped until the minute is over",
+                            WINDOW.as_secs()
+                        )),
+                        peer: event.peer,
+                        ..Event::default()
+                    });
+                }
+                return;
+            }
+            bucket.used += 1;
+            std::mem::take(&mut bucket.suppressed)
+        };
+        if suppressed_before > 0 {
+            self.push(Event {
+                device: event.device,
+                event: "suppressed",
+                reason: Some(format!(
+                    "{suppressed_before} entries not recorded (rate limit)"
+                )),
+                peer: event.peer.clone(),
+                ..Event::default()
+            });
+        }
+        self.push(event);
+    }
+
+    fn push(&self, event: Event) {
+        let entry = AuditEntry {
+            id: 0,
+            at: crate::unix_now(),
+            device: event.device,
+            event: event.event.to_owned(),
+            action: event.action,
+            topic: event.topic,
+            reason: event.reason,
+            peer: event.peer,
+        };
+        if self.tx.try_send(entry).is_err() {
+            tracing::warn!("audit queue full; entry dropped");
+        }
+    }
+}
+
+fn peer_host(peer: &str) -> &str {
+    peer.rsplit_once(':').map(|(host, _)| host).unwrap_or(peer)
+}
+
+async fn write_loop(
+    store: Arc<Mutex<Store>>,
+    mut rx: mpsc::Receiver<AuditEntry>,
+    retention: Duration,
+    stop: CancellationToken,
+) {
+    let mut next_prune = Instant::now();
+    loop {
+        let mut batch = Vec::new();
+        tokio::select! {
+            biased;
+            n = rx.recv_many(&mut batch, 256) => if n == 0 { return },
+            _ = stop.cancelled() => {
+                // Drain what is queued, then stop.
+                rx.close();
+                while rx.recv_many(&mut batch, 256).await > 0 {}
+                if !batch.is_empty() {
+                    write(&store, batch).await;
+                }
+                return;
+            }
+        }
+        write(&store, batch).await;
+        if Instant::now() >= next_prune {
+            next_prune = Instant::now() + PRUNE_INTERVAL;
+            let before = crate::unix_now() - retention.as_secs() as i64;
+            let store = Arc::clone(&store);
+            let pruned = tokio::task::spawn_blocking(move || {
+                store
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .prune_audit(before)
+            })
+            .await;
+            match pruned {
+                Ok(Ok(n)) if n > 0 => tracing::info!(entries = n, "pruned the audit log"),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune the audit log"),
+                Err(e) => tracing::warn!(error = %e, "audit prune task failed"),
+            }
+        }
+    }
+}
+
+async fn write(store: &Arc<Mutex<Store>>, batch: Vec<AuditEntry>) {
+    let store = Arc::clone(store);
+    let result = tokio::task::spawn_blocking(move || {
+        store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .append_audit(&batch)
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot write the audit log"),
+        Err(e) => tracing::error!(error = %e, "audit write task failed"),
+    }
+}

@@ -1,0 +1,342 @@
+//! Reading the parts of client packets the policy needs — a PUBLISH's
+//! topic, flags, packet id and topic alias; a SUBSCRIBE's filters — and
+//! building the packets the edge answers with itself. Hand-written because
+//! rumqttd's decoder copies payloads and panics on some packet types; these
+//! only look at headers.
+
+/// The packet is malformed: MQTT says close the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed {0}")]
+pub struct Malformed(pub &'static str);
+
+/// What the policy needs from a PUBLISH.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishHeader<'a> {
+    /// 0, 1 or 2.
+    pub qos: u8,
+    /// The retain flag.
+    pub retain: bool,
+    /// The topic as sent (empty when a v5 alias stands for it).
+    pub topic: &'a [u8],
+    /// The packet id (QoS 1 and 2).
+    pub pkid: Option<u16>,
+    /// The v5 topic alias property.
+    pub topic_alias: Option<u16>,
+    /// Whether the payload is empty (a retained clear).
+    pub empty_payload: bool,
+}
+
+/// Parses a PUBLISH (`packet` is the whole frame).
+pub fn publish(packet: &[u8], header_len: usize, v5: bool) -> Result<PublishHeader<'_>, Malformed> {
+    let flags = packet[0] & 0x0f;
+    let qos = (flags >> 1) & 0b11;
+    if qos == 3 {
+        return Err(Malformed("PUBLISH: QoS 3"));
+    }
+    let mut r = Reader::new(&packet[header_len..]);
+    let topic = r.string().ok_or(Malformed("PUBLISH topic"))?;
+    let pkid = if qos > 0 {
+        let id = r.u16().ok_or(Malformed("PUBLISH packet id"))?;
+        if id == 0 {
+            return Err(Malformed("PUBLISH packet id 0"));
+        }
+        Some(id)
+    } else {
+        None
+    };
+    let topic_alias = if v5 {
+        let props = r.properties().ok_or(Malformed("PUBLISH properties"))?;
+        find_u16(props, 0x23)?
+    } else {
+        None
+    };
+    Ok(PublishHeader {
+        qos,
+        retain: flags & 1 == 1,
+        topic,
+        pkid,
+        topic_alias,
+        empty_payload: r.rest().is_empty(),
+    })
+}
+
+/// A SUBSCRIBE's parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribePacket<'a> {
+    /// The packet id.
+    pub pkid: u16,
+    /// v5 properties, with their length prefix, as sent.
+    pub properties: &'a [u8],
+    /// Each filter with its options byte.
+    pub filters: Vec<(&'a [u8], u8)>,
+}
+
+/// Parses a SUBSCRIBE.
+pub fn subscribe(
+    packet: &[u8],
+    header_len: usize,
+    v5: bool,
+) -> Result<SubscribePacket<'_>, Malformed> {
+    if packet[0] & 0x0f != 0b0010 {
+        return Err(Malformed("SUBSCRIBE flags"));
+    }
+    let mut r = Reader::new(&packet[header_len..]);
+    let pkid = r.u16().ok_or(Malformed("SUBSCRIBE packet id"))?;
+    let properties = if v5 {
+        let start = r.pos;
+        r.properties().ok_or(Malformed("SUBSCRIBE properties"))?;
+        &r.buf[start..r.pos]
+    } else {
+        &[]
+    };
+    let mut filters = Vec::new();
+    while !r.rest().is_empty() {
+        let filter = r.string().ok_or(Malformed("SUBSCRIBE filter"))?;
+        let options = r.u8().ok_or(Malformed("SUBSCRIBE options"))?;
+        filters.push((filter, options));
+    }
+    if filters.is_empty() {
+        return Err(Malformed("SUBSCRIBE without filters"));
+    }
+    Ok(SubscribePacket {
+        pkid,
+        properties,
+        filters,
+    })
+}
+
+/// Encodes a SUBSCRIBE carrying only some of the filters.
+pub fn encode_subscribe(pkid: u16, properties: &[u8], filters: &[(&[u8], u8)], out: &mut Vec<u8>) {
+    let mut body = Vec::with_capacity(64);
+    body.extend_from_slice(&pkid.to_be_bytes());
+    body.extend_from_slice(properties);
+    for (filter, options) in filters {
+        body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+        body.extend_from_slice(filter);
+        body.push(*options);
+    }
+    out.push(0x82);
+    write_varint(body.len(), out);
+    out.extend_from_slice(&body);
+}
+
+/// The packet id of a PUBREL (or any packet that starts with one).
+pub fn packet_id(packet: &[u8], header_len: usize) -> Result<u16, Malformed> {
+    Reader::new(&packet[header_len..])
+        .u16()
+        .ok_or(Malformed("packet id"))
+}
+
+/// A SUBACK from the broker: packet id, v5 properties, reason codes.
+pub fn suback(
+    packet: &[u8],
+    header_len: usize,
+    v5: bool,
+) -> Result<(u16, &[u8], &[u8]), Malformed> {
+    let mut r = Reader::new(&packet[header_len..]);
+    let pkid = r.u16().ok_or(Malformed("SUBACK packet id"))?;
+    let start = r.pos;
+    if v5 {
+        r.properties().ok_or(Malformed("SUBACK properties"))?;
+    }
+    let properties = &r.buf[start..r.pos];
+    Ok((pkid, properties, r.rest()))
+}
+
+/// Encodes a SUBACK.
+pub fn encode_suback(pkid: u16, v5: bool, properties: &[u8], codes: &[u8], out: &mut Vec<u8>) {
+    let props: &[u8] = if v5 && properties.is_empty() {
+        &[0]
+    } else {
+        properties
+    };
+    out.push(0x90);
+    write_varint(2 + props.len() + codes.len(), out);
+    out.extend_from_slice(&pkid.to_be_bytes());
+    out.extend_from_slice(props);
+    out.extend_from_slice(codes);
+}
+
+/// An acknowledgement the edge sends itself (PUBACK, PUBREC, PUBCOMP),
+/// with a v5 reason code when given.
+pub fn ack(kind: u8, pkid: u16, reason: Option<u8>) -> Vec<u8> {
+    let [hi, lo] = pkid.to_be_bytes();
+    match reason {
+        Some(code) => vec![kind << 4, 3, hi, lo, code],
+        None => vec![kind << 4, 2, hi, lo],
+    }
+}
+
+/// A v5 DISCONNECT with a reason code.
+pub fn disconnect_v5(reason: u8) -> Vec<u8> {
+    vec![0xe0, 1, reason]
+}
+
+fn write_varint(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let mut byte = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// Finds a two-byte-integer property in a property list.
+fn find_u16(mut props: &[u8], wanted: u8) -> Result<Option<u16>, Malformed> {
+    let bad = Malformed("properties");
+    let mut found = None;
+    while let Some((&id, rest)) = props.split_first() {
+        let mut r = Reader::new(rest);
+        match id {
+            // byte
+            0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2a => {
+                r.u8().ok_or(bad)?;
+            }
+            // two-byte integer
+            0x13 | 0x21 | 0x22 | 0x23 => {
+                let v = r.u16().ok_or(bad)?;
+                if id == wanted {
+                    if found.is_some() {
+                        return Err(Malformed("duplicate property"));
+                    }
+                    found = Some(v);
+                }
+            }
+            // four-byte integer
+            0x02 | 0x11 | 0x18 | 0x27 => {
+                r.take(4).ok_or(bad)?;
+            }
+            // variable byte integer
+            0x0b => {
+                r.varint().ok_or(bad)?;
+            }
+            // UTF-8 string or binary data
+            0x03 | 0x08 | 0x09 | 0x12 | 0x15 | 0x16 | 0x1a | 0x1c | 0x1f => {
+                r.string().ok_or(bad)?;
+            }
+            // string pair
+            0x26 => {
+                r.string().ok_or(bad)?;
+                r.string().ok_or(bad)?;
+            }
+            _ => return Err(Malformed("unknown property")),
+        }
+        props = r.rest();
+    }
+    Ok(found)
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let slice = self.buf.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(slice)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn string(&mut self) -> Option<&'a [u8]> {
+        let len = self.u16()? as usize;
+        self.take(len)
+    }
+
+    fn varint(&mut self) -> Option<usize> {
+        let mut value = 0usize;
+        for i in 0..4 {
+            let byte = self.u8()?;
+            value |= ((byte & 0x7f) as usize) << (7 * i);
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    /// Skips a v5 property section; returns the properties without the
+    /// length prefix.
+    fn properties(&mut self) -> Option<&'a [u8]> {
+        let len = self.varint()?;
+        self.take(len)
+    }
+
+    fn rest(&self) -> &'a [u8] {
+        &self.buf[self.pos.min(self.buf.len())..]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_headers_are_read_without_the_payload() {
+        // v5, QoS 1, retain, topic "a/b", pkid 7, alias 3, payload "x".
+        let p = [0x33, 12, 0, 3, b'a', b'/', b'b', 0, 7, 3, 0x23, 0, 3, b'x'];
+        let h = publish(&p, 2, true).unwrap();
+        assert_eq!(
+            (h.qos, h.retain, h.topic, h.pkid, h.topic_alias),
+            (1, true, &b"a/b"[..], Some(7), Some(3))
+        );
+        assert!(!h.empty_payload);
+        // 3.1.1, QoS 0, empty payload.
+        let p = [0x30, 3, 0, 1, b't'];
+        let h = publish(&p, 2, false).unwrap();
+        assert_eq!(
+            (h.qos, h.pkid, h.topic_alias, h.empty_payload),
+            (0, None, None, true)
+        );
+        assert!(publish(&[0x36, 3, 0, 1, b't'], 2, false).is_err(), "QoS 3");
+        assert!(
+            publish(&[0x30, 3, 0, 9, b't'], 2, false).is_err(),
+            "short topic"
+        );
+    }
+
+    #[test]
+    fn subscribe_round_trips_with_a_subset_of_filters() {
+        let mut full = Vec::new();
+        encode_subscribe(9, &[0], &[(b"a/#", 1), (b"b", 0)], &mut full);
+        let s = subscribe(&full, 2, true).unwrap();
+        assert_eq!(s.pkid, 9);
+        assert_eq!(s.filters, vec![(&b"a/#"[..], 1), (&b"b"[..], 0)]);
+        let mut part = Vec::new();
+        encode_subscribe(s.pkid, s.properties, &s.filters[1..], &mut part);
+        assert_eq!(
+            subscribe(&part, 2, true).unwrap().filters,
+            vec![(&b"b"[..], 0)]
+        );
+        assert!(
+            subscribe(&[0x80, 2, 0, 1], 2, false).is_err(),
+            "wrong flags"
+        );
+    }
+
+    #[test]
+    fn suback_is_rebuilt() {
+        let mut out = Vec::new();
+        encode_suback(5, true, &[], &[0x00, 0x87], &mut out);
+        assert_eq!(out, vec![0x90, 5, 0, 5, 0, 0x00, 0x87]);
+        let (pkid, props, codes) = suback(&out, 2, true).unwrap();
+        assert_eq!((pkid, props, codes), (5, &[0u8][..], &[0x00, 0x87][..]));
+    }
+}

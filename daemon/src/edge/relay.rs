@@ -1,0 +1,465 @@
+//! The relay between one client and the broker, with the policy applied to
+//! every packet the client sends: PUBLISH (topic aliases resolved),
+//! SUBSCRIBE (each filter decided alone, the SUBACK merged), PUBREL of
+//! refused QoS 2 publishes. Broker packets pass through, except SUBACKs
+//! that need the refused filters' failure codes put back in place.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use hearth_protocol::filter;
+use hearth_protocol::policy::{self, Action, Decision, DenyReason};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::frame::{self, kind, Frame, MqttVersion};
+use super::inspect;
+use super::{Edge, Peer, SessionEnd};
+use crate::audit::Event;
+
+/// rumqttd accepts topic aliases 1..=4096 (and says so in its CONNACK).
+const TOPIC_ALIAS_MAX: u16 = 4096;
+/// Bytes of aliased topics one connection may keep, so aliases cannot be
+/// used to make the hub hold unbounded memory.
+const ALIAS_BYTES_MAX: usize = 64 * 1024;
+/// Denied publishes tolerated within [`DENIAL_WINDOW`] before disconnecting.
+pub const DENIAL_LIMIT: usize = 10;
+/// The window for [`DENIAL_LIMIT`].
+pub const DENIAL_WINDOW: Duration = Duration::from_secs(10);
+
+/// What the upstream half asks the downstream half (the client's writer).
+#[derive(Debug)]
+enum ToClient {
+    /// Send these bytes.
+    Packet(Vec<u8>),
+    /// The broker's SUBACK for `pkid` lacks the refused filters: put
+    /// `code` back at these positions (of `total`).
+    MergeSubAck {
+        pkid: u16,
+        refused: Vec<usize>,
+        total: usize,
+        code: u8,
+    },
+    /// Close the connection, for this reason.
+    Close(SessionEnd),
+}
+
+/// Relays until either side closes or `stop` fires.
+pub(super) async fn run<S>(
+    edge: &Edge,
+    peer: &Peer,
+    version: MqttVersion,
+    client: S,
+    broker: TcpStream,
+    inbound: BytesMut,
+    stop: CancellationToken,
+) -> Result<(), SessionEnd>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (client_read, client_write) = tokio::io::split(client);
+    let (broker_read, broker_write) = broker.into_split();
+    let (to_client, from_upstream) = mpsc::channel(64);
+    let mut upstream = Upstream {
+        edge,
+        peer,
+        v5: version == MqttVersion::V5,
+        aliases: HashMap::new(),
+        alias_bytes: 0,
+        refused_qos2: HashSet::new(),
+        denials: VecDeque::new(),
+        to_client,
+    };
+    let up = upstream.run(client_read, broker_write, inbound);
+    let down = downstream(
+        version == MqttVersion::V5,
+        edge.limits.max_packet,
+        broker_read,
+        client_write,
+        from_upstream,
+    );
+    tokio::select! {
+        _ = stop.cancelled() => Ok(()),
+        result = up => result,
+        result = down => result,
+    }
+}
+
+/// What to do with one client packet.
+enum Verdict {
+    /// Pass it to the broker unchanged.
+    Forward,
+    /// Pass these bytes instead.
+    Replace(Vec<u8>),
+    /// Keep it from the broker.
+    Drop,
+}
+
+struct Upstream<'a> {
+    edge: &'a Edge,
+    peer: &'a Peer,
+    v5: bool,
+    aliases: HashMap<u16, String>,
+    alias_bytes: usize,
+    refused_qos2: HashSet<u16>,
+    denials: VecDeque<Instant>,
+    to_client: mpsc::Sender<ToClient>,
+}
+
+impl Upstream<'_> {
+    async fn run<R, W>(
+        &mut self,
+        mut client: R,
+        mut broker: W,
+        mut inbound: BytesMut,
+    ) -> Result<(), SessionEnd>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let max = self.edge.limits.max_packet;
+        let mut out = BytesMut::with_capacity(8192);
+        loop {
+            while let Some(frame) = frame::next_frame(&inbound, max)? {
+                let packet = &inbound[..frame.len];
+                match self.inspect(&frame, packet).await {
+                    Ok(Verdict::Forward) => out.extend_from_slice(packet),
+                    Ok(Verdict::Replace(bytes)) => out.extend_from_slice(&bytes),
+                    Ok(Verdict::Drop) => {}
+                    Err(end) => {
+                        // Flush what was allowed before, then let the
+                        // client's writer send any last word and close.
+                        let _ = broker.write_all(&out).await;
+                        let _ = self.to_client.send(ToClient::Close(end)).await;
+                        return std::future::pending().await;
+                    }
+                }
+                inbound.advance(frame.len);
+            }
+            if !out.is_empty() {
+                broker.write_all(&out).await?;
+                out.clear();
+            }
+            if client.read_buf(&mut inbound).await? == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn reply(&self, packet: Vec<u8>) {
+        let _ = self.to_client.send(ToClient::Packet(packet)).await;
+    }
+
+    async fn inspect(&mut self, frame: &Frame, packet: &[u8]) -> Result<Verdict, SessionEnd> {
+        match frame.kind() {
+            kind::PUBLISH => self.publish(frame, packet).await,
+            kind::SUBSCRIBE => self.subscribe(frame, packet).await,
+            kind::PUBREL => {
+                if frame.flags() != 0b0010 {
+                    return Err(SessionEnd::Malformed("PUBREL flags"));
+                }
+                let pkid = inspect::packet_id(packet, frame.header_len)
+                    .map_err(|e| SessionEnd::Malformed(e.0))?;
+                if self.refused_qos2.remove(&pkid) {
+                    // The broker never saw this publish: finish the flow here.
+                    self.reply(inspect::ack(kind::PUBCOMP, pkid, None)).await;
+                    return Ok(Verdict::Drop);
+                }
+                Ok(Verdict::Forward)
+            }
+            kind::UNSUBSCRIBE => {
+                if frame.flags() != 0b0010 {
+                    return Err(SessionEnd::Malformed("UNSUBSCRIBE flags"));
+                }
+                Ok(Verdict::Forward)
+            }
+            kind::PUBACK | kind::PUBREC | kind::PUBCOMP | kind::PINGREQ | kind::DISCONNECT => {
+                Ok(Verdict::Forward)
+            }
+            other => Err(SessionEnd::ForbiddenPacket(other)),
+        }
+    }
+
+    async fn publish(&mut self, frame: &Frame, packet: &[u8]) -> Result<Verdict, SessionEnd> {
+        let header = inspect::publish(packet, frame.header_len, self.v5)
+            .map_err(|e| SessionEnd::Malformed(e.0))?;
+        let topic_bytes: Vec<u8> = match header.topic_alias {
+            None => header.topic.to_vec(),
+            Some(alias) => {
+                if alias == 0 || alias > TOPIC_ALIAS_MAX {
+                    self.reply(inspect::disconnect_v5(0x94)).await;
+                    return Err(SessionEnd::Protocol("topic alias out of range"));
+                }
+                if header.topic.is_empty() {
+                    match self.aliases.get(&alias) {
+                        Some(topic) => topic.as_bytes().to_vec(),
+                        None => {
+                            self.deny_audit(
+                                Action::Publish {
+                                    retain: header.retain,
+                                },
+                                &format!("(alias {alias})"),
+                                "topic alias never defined",
+                            );
+                            self.reply(inspect::disconnect_v5(0x82)).await;
+                            return Err(SessionEnd::Protocol("topic alias never defined"));
+                        }
+                    }
+                } else {
+                    let topic = String::from_utf8_lossy(header.topic).into_owned();
+                    let old = self
+                        .aliases
+                        .insert(alias, topic)
+                        .map(|t| t.len())
+                        .unwrap_or(0);
+                    self.alias_bytes = self.alias_bytes + header.topic.len() - old;
+                    if self.alias_bytes > ALIAS_BYTES_MAX {
+                        self.reply(inspect::disconnect_v5(0x97)).await;
+                        return Err(SessionEnd::Protocol("topic aliases hold too many bytes"));
+                    }
+                    header.topic.to_vec()
+                }
+            }
+        };
+        let Peer::Device(identity) = self.peer else {
+            return Ok(Verdict::Forward);
+        };
+        let action = Action::Publish {
+            retain: header.retain,
+        };
+        let decision = match filter::topic_from_bytes(&topic_bytes) {
+            Ok(topic) => policy::decide(&identity.subject(), action, topic),
+            Err(e) => Decision::Deny(DenyReason::Malformed(e)),
+        };
+        if decision == Decision::Allow {
+            if header.retain {
+                let topic = String::from_utf8_lossy(&topic_bytes);
+                self.edge
+                    .retained
+                    .record(&identity.device, &topic, !header.empty_payload);
+            }
+            return Ok(Verdict::Forward);
+        }
+        let Decision::Deny(reason) = decision else {
+            unreachable!()
+        };
+        self.deny_audit(action, &printable(&topic_bytes), &reason.to_string());
+        match (header.qos, header.pkid) {
+            (1, Some(pkid)) => {
+                // 3.1.1 has no way to refuse a publish: acknowledge and drop.
+                let code = self.v5.then_some(0x87);
+                self.reply(inspect::ack(kind::PUBACK, pkid, code)).await;
+            }
+            (2, Some(pkid)) => {
+                let code = self.v5.then_some(0x87);
+                self.refused_qos2.insert(pkid);
+                self.reply(inspect::ack(kind::PUBREC, pkid, code)).await;
+            }
+            _ => {}
+        }
+        let now = Instant::now();
+        self.denials.push_back(now);
+        while self
+            .denials
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > DENIAL_WINDOW)
+        {
+            self.denials.pop_front();
+        }
+        if self.denials.len() > DENIAL_LIMIT {
+            self.edge.audit.record(Event {
+                device: Some(identity.device),
+                event: "disconnected",
+                reason: Some(format!(
+                    "more than {DENIAL_LIMIT} denied publishes in {}s",
+                    DENIAL_WINDOW.as_secs()
+                )),
+                ..Event::default()
+            });
+            if self.v5 {
+                self.reply(inspect::disconnect_v5(0x87)).await;
+            }
+            return Err(SessionEnd::TooManyDenials);
+        }
+        Ok(Verdict::Drop)
+    }
+
+    async fn subscribe(&mut self, frame: &Frame, packet: &[u8]) -> Result<Verdict, SessionEnd> {
+        let sub = inspect::subscribe(packet, frame.header_len, self.v5)
+            .map_err(|e| SessionEnd::Malformed(e.0))?;
+        let Peer::Device(identity) = self.peer else {
+            return Ok(Verdict::Forward);
+        };
+        let mut refused = Vec::new();
+        let mut allowed = Vec::new();
+        for (index, (filter_bytes, options)) in sub.filters.iter().enumerate() {
+            let decision = match filter::filter_from_bytes(filter_bytes) {
+                Ok(f) => policy::decide(&identity.subject(), Action::Subscribe, f),
+                Err(e) => Decision::Deny(DenyReason::Malformed(e)),
+            };
+            match decision {
+                Decision::Allow => allowed.push((*filter_bytes, *options)),
+                Decision::Deny(reason) => {
+                    self.deny_audit(
+                        Action::Subscribe,
+                        &printable(filter_bytes),
+                        &reason.to_string(),
+                    );
+                    refused.push(index);
+                }
+            }
+        }
+        if refused.is_empty() {
+            return Ok(Verdict::Forward);
+        }
+        let code = if self.v5 { 0x87 } else { 0x80 };
+        if allowed.is_empty() {
+            let mut suback = Vec::new();
+            inspect::encode_suback(
+                sub.pkid,
+                self.v5,
+                &[],
+                &vec![code; refused.len()],
+                &mut suback,
+            );
+            self.reply(suback).await;
+            return Ok(Verdict::Drop);
+        }
+        let _ = self
+            .to_client
+            .send(ToClient::MergeSubAck {
+                pkid: sub.pkid,
+                refused,
+                total: sub.filters.len(),
+                code,
+            })
+            .await;
+        let mut rewritten = Vec::new();
+        inspect::encode_subscribe(sub.pkid, sub.properties, &allowed, &mut rewritten);
+        Ok(Verdict::Replace(rewritten))
+    }
+
+    fn deny_audit(&self, action: Action, topic: &str, reason: &str) {
+        let device = match self.peer {
+            Peer::Device(identity) => Some(identity.device),
+            Peer::Developer => None,
+        };
+        self.edge.audit.record(Event {
+            device,
+            event: "denied",
+            action: Some(action.name().to_owned()),
+            topic: Some(topic.to_owned()),
+            reason: Some(reason.to_owned()),
+            ..Event::default()
+        });
+    }
+}
+
+/// A topic as text for the audit: invalid UTF-8 and control characters
+/// escaped, long topics cut.
+pub(super) fn printable(bytes: &[u8]) -> String {
+    let text: String = String::from_utf8_lossy(bytes).escape_debug().collect();
+    if text.len() > 512 {
+        let mut cut = 512;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{}…", &text[..cut])
+    } else {
+        text
+    }
+}
+
+/// Writes to the client: broker packets as they come (SUBACKs merged when
+/// asked), and the packets the upstream half sends itself.
+async fn downstream<R, W>(
+    v5: bool,
+    max_packet: usize,
+    mut broker: R,
+    mut client: W,
+    mut from_upstream: mpsc::Receiver<ToClient>,
+) -> Result<(), SessionEnd>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(8192);
+    let mut merges: HashMap<u16, (Vec<usize>, usize, u8)> = HashMap::new();
+    // Broker packets may be a little larger than client ones (properties).
+    let limit = max_packet + 64 * 1024;
+    loop {
+        tokio::select! {
+            biased;
+            message = from_upstream.recv() => match message {
+                Some(ToClient::Packet(bytes)) => client.write_all(&bytes).await?,
+                Some(ToClient::MergeSubAck { pkid, refused, total, code }) => {
+                    merges.insert(pkid, (refused, total, code));
+                }
+                Some(ToClient::Close(end)) => {
+                    let _ = client.flush().await;
+                    let _ = client.shutdown().await;
+                    return Err(end);
+                }
+                None => return Ok(()),
+            },
+            read = broker.read_buf(&mut buf) => {
+                if read? == 0 {
+                    let _ = client.shutdown().await;
+                    return Ok(());
+                }
+                let mut complete = 0;
+                let mut out: Option<Vec<u8>> = None;
+                while let Some(f) = frame::next_frame(&buf[complete..], limit)? {
+                    let packet = &buf[complete..complete + f.len];
+                    let merged = (f.kind() == kind::SUBACK && !merges.is_empty())
+                        .then(|| merge_suback(&mut merges, v5, &f, packet))
+                        .flatten();
+                    match (merged, out.as_mut()) {
+                        (Some(bytes), Some(o)) => o.extend_from_slice(&bytes),
+                        (Some(bytes), None) => {
+                            let mut o = buf[..complete].to_vec();
+                            o.extend_from_slice(&bytes);
+                            out = Some(o);
+                        }
+                        (None, Some(o)) => o.extend_from_slice(packet),
+                        (None, None) => {}
+                    }
+                    complete += f.len;
+                }
+                match out {
+                    Some(bytes) => client.write_all(&bytes).await?,
+                    None if complete > 0 => client.write_all(&buf[..complete]).await?,
+                    None => {}
+                }
+                buf.advance(complete);
+            }
+        }
+    }
+}
+
+fn merge_suback(
+    merges: &mut HashMap<u16, (Vec<usize>, usize, u8)>,
+    v5: bool,
+    frame: &Frame,
+    packet: &[u8],
+) -> Option<Vec<u8>> {
+    let (pkid, properties, codes) = inspect::suback(packet, frame.header_len, v5).ok()?;
+    let (refused, total, code) = merges.remove(&pkid)?;
+    let mut broker_codes = codes.iter();
+    let merged: Vec<u8> = (0..total)
+        .map(|i| {
+            if refused.contains(&i) {
+                code
+            } else {
+                broker_codes.next().copied().unwrap_or(code)
+            }
+        })
+        .collect();
+    let mut out = Vec::new();
+    inspect::encode_suback(pkid, v5, properties, &merged, &mut out);
+    Some(out)
+}
