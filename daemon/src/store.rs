@@ -647,6 +647,28 @@ mod tests {
     }
 
     #[test]
+    fn old_audit_entries_are_pruned() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = Store::open(tmp.path()).unwrap();
+        let entry = |at| AuditEntry {
+            id: 0,
+            at,
+            device: None,
+            event: "admin".into(),
+            action: None,
+            topic: None,
+            reason: None,
+            peer: None,
+        };
+        store
+            .append_audit(&[entry(100), entry(200), entry(300)])
+            .unwrap();
+        assert_eq!(store.prune_audit(250).unwrap(), 2);
+        let left = store.audit(None, None, None, 10).unwrap();
+        assert_eq!(left.iter().map(|e| e.at).collect::<Vec<_>>(), vec![300]);
+    }
+
+    #[test]
     fn a_newer_schema_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         drop(Store::open(tmp.path()).unwrap());

@@ -270,6 +270,24 @@ async fn certificate_signed_by_the_hub_but_never_issued_is_refused() {
     assert_handshake_refused_audited(&hub, Some(&stray), "unknown device");
 }
 
+#[tokio::test]
+async fn certificate_forged_with_the_hub_key_for_a_registered_id_is_refused() {
+    // Even holding the CA key (a stolen hub backup), a new certificate for
+    // a registered device's id is refused: the fingerprint decides.
+    let hub = TestHub::start();
+    let kid = hub.device("Ada", "child");
+    let now = OffsetDateTime::now_utc();
+    let twin = forge(
+        &hub,
+        &kid.id,
+        now - time::Duration::days(1),
+        now + time::Duration::days(30),
+        None,
+    );
+    handshake_fails(&hub, &twin).await;
+    assert_handshake_refused_audited(&hub, Some(&kid), "unknown device");
+}
+
 // ---- subscribe ----
 
 async fn subscribe_denied(filter_for: impl Fn(&Device, &Device, &Device) -> String, who: usize) {

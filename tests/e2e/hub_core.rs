@@ -76,6 +76,39 @@ async fn v5_devices_exchange_messages_through_the_hub() {
 }
 
 #[tokio::test]
+async fn tls_1_2_and_1_3_both_work() {
+    let hub = TestHub::start();
+    let toy = hub.device("Ada", "child");
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        roots
+            .add(rustls::pki_types::CertificateDer::from_pem_slice(&toy.ca_pem).unwrap())
+            .unwrap();
+        let chain = rustls::pki_types::CertificateDer::pem_slice_iter(&toy.cert_pem)
+            .map(|c| c.unwrap())
+            .collect();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&toy.key_pem).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        let mut tls = raw_tls(hub.mqtt, std::sync::Arc::new(config))
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.protocol_version(), Some(version.version));
+        send(&mut tls, &connect_packet(false, &toy.id, None)).await;
+        assert_eq!(
+            next(&mut tls, Duration::from_secs(5)).await,
+            Next::Data(vec![0x20, 2, 0, 0])
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_empty_client_id_becomes_the_device_id() {
     let hub = TestHub::start();
     let toy = hub.device("Ada", "child");
