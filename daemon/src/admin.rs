@@ -275,9 +275,7 @@ async fn change_grant(
     // the change, and a narrowed one must not keep what it lost.
     hub.sessions.disconnect(&id);
     if !add {
-        if let Err(e) = broker::purge_session(&hub.broker, id.as_str()).await {
-            tracing::warn!(error = %e, "cannot purge the broker session");
-        }
+        hub.purge(&id).await;
     }
     let what = if add { "grant" } else { "revoke-grant" };
     let direction = match direction {
@@ -354,12 +352,26 @@ impl Hub {
         self.registry.remove_device(device);
         let closed = self.sessions.disconnect(device);
         tracing::info!(device = %device, connections = closed, "device cut off");
-        if let Err(e) = broker::purge_session(&self.broker, device.as_str()).await {
-            tracing::warn!(error = %e, "cannot purge the broker session");
-        }
+        self.purge(device).await;
         let topics = self.retained.take(device);
         if let Err(e) = broker::clear_retained(&self.broker, &topics).await {
             tracing::warn!(error = %e, "cannot clear retained messages");
+        }
+    }
+
+    /// Makes the broker forget the device's session, once the edge's own
+    /// connection for it has closed.
+    async fn purge(&self, device: &DeviceId) {
+        let turn = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            self.sessions.broker_turn(device.as_str()),
+        )
+        .await;
+        if turn.is_err() {
+            tracing::warn!(device = %device, "old connection still open; purging anyway");
+        }
+        if let Err(e) = broker::purge_session(&self.broker, device.as_str()).await {
+            tracing::warn!(error = %e, "cannot purge the broker session");
         }
     }
 

@@ -393,3 +393,28 @@ fn a_missing_config_file_exits_78() {
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stdout).contains("/nonexistent/hearth.toml"));
 }
+
+#[tokio::test]
+async fn a_new_connection_of_a_device_takes_over_and_quick_reconnects_work() {
+    let hub = TestHub::start();
+    let toy = hub.device("Ada", "child");
+    let own = format!("hearth/v1/dev/{}/cmd/#", toy.id);
+    // MQTT takeover: the second connection with the same client id wins.
+    let mut first = Raw::connect(&hub, &toy, false).await;
+    let mut second = Raw::connect(&hub, &toy, true).await;
+    assert_eq!(first.next().await, Next::Closed);
+    assert_eq!(second.subscribe(1, &[&own]).await, vec![0]);
+    drop(second);
+    // Rapid reconnects with the same client id all get a working session
+    // (rumqttd reuses connection ids; a late disconnect must not hit the
+    // new connection).
+    for round in 0..30u16 {
+        let v5 = round % 2 == 0;
+        let mut raw = Raw::connect(&hub, &toy, v5).await;
+        assert_eq!(
+            raw.subscribe(round + 1, &[&own]).await,
+            vec![0],
+            "round {round}"
+        );
+    }
+}

@@ -161,6 +161,8 @@ enum SessionEnd {
     WillDenied(DenyReason),
     #[error("too many denied publishes")]
     TooManyDenials,
+    #[error("the previous connection of this client id did not close in time")]
+    Busy,
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -267,7 +269,7 @@ impl Edge {
             let mut connect_out = BytesMut::new();
             frame::encode(
                 version,
-                frame::rewrite_connect(connect, client_id, login),
+                frame::rewrite_connect(connect, client_id.clone(), login),
                 &mut connect_out,
             )
             .map_err(FrameError::MalformedConnect)?;
@@ -275,13 +277,17 @@ impl Edge {
                 MqttVersion::V311 => self.broker.v4,
                 MqttVersion::V5 => self.broker.v5,
             };
+            self.sessions.take_over(&client_id);
+            let _turn = tokio::time::timeout(TURN_WAIT, self.sessions.broker_turn(&client_id))
+                .await
+                .map_err(|_| SessionEnd::Busy)?;
             let mut broker = TcpStream::connect(addr).await.map_err(SessionEnd::Broker)?;
             let _ = broker.set_nodelay(true);
             broker
                 .write_all(&connect_out)
                 .await
                 .map_err(SessionEnd::Broker)?;
-            let _session = self.sessions.register(device, stop.clone());
+            let _session = self.sessions.register(device, &client_id, stop.clone());
             connected = true;
             if let Some(device) = &device {
                 self.record_seen(device);
@@ -292,7 +298,9 @@ impl Edge {
                     ..Event::default()
                 });
             }
-            relay::run(self, &peer, version, client, broker, inbound, stop).await
+            let result = relay::run(self, &peer, version, client, &mut broker, inbound, stop).await;
+            close_broker_connection(broker).await;
+            result
         }
         .await;
         match (&device, &result) {
@@ -351,6 +359,22 @@ impl Edge {
             tracing::warn!(error = %e, "cannot record last_seen");
         }
     }
+}
+
+/// How long a new connection waits for the previous connection of the same
+/// client id to close at the broker.
+const TURN_WAIT: Duration = Duration::from_secs(5);
+
+/// Closes the broker connection without a DISCONNECT (so the broker still
+/// publishes the client's will), and waits until the broker has closed its
+/// end: by then it has queued the disconnect in its router.
+async fn close_broker_connection(mut broker: TcpStream) {
+    let _ = broker.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while matches!(broker.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// The will's topic as text, for the audit.

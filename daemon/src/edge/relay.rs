@@ -54,7 +54,7 @@ pub(super) async fn run<S>(
     peer: &Peer,
     version: MqttVersion,
     client: S,
-    broker: TcpStream,
+    broker: &mut TcpStream,
     inbound: BytesMut,
     stop: CancellationToken,
 ) -> Result<(), SessionEnd>
@@ -62,7 +62,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (client_read, client_write) = tokio::io::split(client);
-    let (broker_read, broker_write) = broker.into_split();
+    let (broker_read, broker_write) = broker.split();
     let (to_client, from_upstream) = mpsc::channel(64);
     let mut upstream = Upstream {
         edge,

@@ -8,17 +8,30 @@ use std::sync::{Arc, Mutex};
 use hearth_protocol::DeviceId;
 use tokio_util::sync::CancellationToken;
 
-/// Live sessions, keyed by a per-connection number.
+/// Live sessions, keyed by a per-connection number, and the broker
+/// "turn" of each client id.
 #[derive(Debug, Default)]
 pub struct Sessions {
     next: AtomicU64,
     live: Mutex<HashMap<u64, Session>>,
+    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 #[derive(Debug)]
 struct Session {
     device: Option<DeviceId>,
+    client_id: String,
     stop: CancellationToken,
+}
+
+/// Held while a client id has a connection to the broker. rumqttd reuses
+/// connection ids, so a new connection for a client id that arrives while
+/// the broker still processes the old one's disconnect can be closed by
+/// that late disconnect. One broker connection per client id at a time,
+/// each closed and confirmed before the next opens, avoids it.
+#[derive(Debug)]
+pub struct BrokerTurn {
+    _guard: tokio::sync::OwnedMutexGuard<()>,
 }
 
 /// Removes its session from the table when the connection ends.
@@ -33,10 +46,18 @@ impl Sessions {
     pub fn register(
         self: &Arc<Self>,
         device: Option<DeviceId>,
+        client_id: &str,
         stop: CancellationToken,
     ) -> SessionGuard {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(id, Session { device, stop });
+        self.lock().insert(
+            id,
+            Session {
+                device,
+                client_id: client_id.to_owned(),
+                stop,
+            },
+        );
         SessionGuard {
             sessions: Arc::clone(self),
             id,
@@ -58,6 +79,29 @@ impl Sessions {
             .filter(|s| s.device.as_ref() == Some(device))
             .map(|s| s.stop.cancel())
             .count()
+    }
+
+    /// Ends the live sessions using `client_id` (MQTT's session takeover:
+    /// a new connection with the same client id replaces the old one).
+    pub fn take_over(&self, client_id: &str) -> usize {
+        let live = self.lock();
+        live.values()
+            .filter(|s| s.client_id == client_id)
+            .map(|s| s.stop.cancel())
+            .count()
+    }
+
+    /// Waits until no other connection of `client_id` is open to the broker.
+    pub async fn broker_turn(&self, client_id: &str) -> BrokerTurn {
+        let lock = {
+            let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+            // Forget the turns nobody holds or waits for.
+            turns.retain(|_, m| Arc::strong_count(m) > 1);
+            Arc::clone(turns.entry(client_id.to_owned()).or_default())
+        };
+        BrokerTurn {
+            _guard: lock.lock_owned().await,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Session>> {
