@@ -7,8 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use hearth_protocol::admin::{
-    AdminRequest, AdminResponse, IssuedDevice, ListenerInfo, MemberInfo, StatusReport,
+    AdminRequest, AdminResponse, IssuedDevice, ListenerInfo, MemberInfo, PairingTicket,
+    StatusReport,
 };
+use hearth_protocol::pairing::PairingUri;
 use hearth_protocol::policy::{DeviceRole, Direction, Grant};
 use hearth_protocol::{DeviceId, Label, Owner, Role};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -60,7 +62,24 @@ pub struct Hub {
     pub retained: Arc<RetainedTopics>,
     /// The broker, for purging sessions and retained messages.
     pub broker: BrokerEndpoint,
+    /// Open pairing windows.
+    pub windows: Arc<crate::pairing::PairingWindows>,
+    /// The bound MQTT and enrollment ports, for pairing URIs.
+    pub ports: HubPorts,
 }
+
+/// The ports a device needs to know.
+#[derive(Debug, Clone, Copy)]
+pub struct HubPorts {
+    /// Mutual-TLS MQTT.
+    pub mqtt: u16,
+    /// EST enrollment.
+    pub enroll: u16,
+}
+
+/// How long an old certificate keeps working after a renewal if the new
+/// one is not used before.
+pub const RENEWAL_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Binds the admin socket, replacing a stale one but never a live one.
 pub fn bind(path: &Path) -> Result<UnixListener, AdminSocketError> {
@@ -223,6 +242,20 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
             filter,
             direction,
         } => change_grant(hub, id, &filter, direction, false).await,
+        AdminRequest::PairOpen {
+            member,
+            label,
+            ttl_secs,
+            host,
+        } => open_pairing(hub, member, label, ttl_secs, host),
+        AdminRequest::PairList => Ok(AdminResponse::PairWindows {
+            windows: hub.windows.list(),
+        }),
+        AdminRequest::PairCancel { id } => {
+            let closed = hub.windows.cancel(id);
+            hub.admin_audit("pair-cancel", None, format!("{closed} window(s) closed"));
+            Ok(done(format!("{closed} pairing window(s) closed")))
+        }
         AdminRequest::Audit {
             device,
             since,
@@ -286,7 +319,105 @@ async fn change_grant(
     Ok(done(format!("{what} {direction} {filter} for {id}")))
 }
 
-fn issue_device(
+fn open_pairing(
+    hub: &Hub,
+    member: hearth_protocol::MemberName,
+    label: Label,
+    ttl_secs: u64,
+    host: Option<String>,
+) -> Result<AdminResponse, String> {
+    if hub
+        .store()
+        .member_role(&member)
+        .map_err(|e| e.to_string())?
+        .is_none()
+    {
+        return Err(format!(
+            "no member named {:?}; add it with `hearth member add`",
+            member.as_str()
+        ));
+    }
+    if ttl_secs == 0 || ttl_secs > crate::pairing::MAX_TTL.as_secs() {
+        return Err("the window must stay open between 1 second and 24 hours".into());
+    }
+    let host = host.unwrap_or_else(lan_host);
+    let (id, token, expires_at) = hub.windows.open(
+        member.clone(),
+        label,
+        std::time::Duration::from_secs(ttl_secs),
+    );
+    let uri = PairingUri {
+        host,
+        port: hub.ports.enroll,
+        mqtt_port: hub.ports.mqtt,
+        ca_sha256: hex::encode(hub.ca.fingerprint()),
+        token: token.clone(),
+    }
+    .to_string();
+    if let Err(e) = uri.parse::<PairingUri>() {
+        hub.windows.cancel(Some(id));
+        return Err(format!("cannot build the pairing URI: {e}"));
+    }
+    hub.admin_audit(
+        "pair-open",
+        None,
+        format!("window {id} for {member}, {ttl_secs}s"),
+    );
+    Ok(AdminResponse::PairOpened(PairingTicket {
+        id,
+        token,
+        uri,
+        expires_at,
+    }))
+}
+
+/// The address a device on the LAN most likely reaches the hub by: the
+/// first IPv4 address of a non-loopback interface, else the host name.
+fn lan_host() -> String {
+    let names = crate::ca::ServerNames::discover();
+    names
+        .ips
+        .iter()
+        .find(|ip| match ip {
+            std::net::IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local(),
+            std::net::IpAddr::V6(_) => false,
+        })
+        .map(|ip| ip.to_string())
+        .unwrap_or_else(|| format!("{}.local", names.host))
+}
+
+/// Renews a device's certificate from a new request (same device id).
+/// The old certificate keeps working until the new one is first used, or
+/// [`RENEWAL_GRACE`] at the latest.
+pub(crate) fn renew_device(
+    hub: &Hub,
+    identity: &DeviceIdentity,
+    csr_pem: &str,
+) -> Result<String, String> {
+    let issued = hub
+        .ca
+        .issue_device(csr_pem, &identity.device)
+        .map_err(|e| e.to_string())?;
+    hub.store()
+        .add_renewed_certificate(
+            &identity.device,
+            issued.sha256,
+            &issued.serial_hex,
+            issued.not_after,
+            crate::unix_now() + RENEWAL_GRACE.as_secs() as i64,
+        )
+        .map_err(|e| e.to_string())?;
+    hub.registry.insert(issued.sha256, identity.clone());
+    hub.registry.mark_renewing(identity.device);
+    hub.admin_audit(
+        "renew",
+        Some(identity.device),
+        format!("certificate {}", hex::encode(issued.sha256)),
+    );
+    Ok(issued.pem)
+}
+
+pub(crate) fn issue_device(
     hub: &Hub,
     owner: Owner,
     label: Label,
@@ -375,7 +506,7 @@ impl Hub {
         }
     }
 
-    fn admin_audit(&self, action: &str, device: Option<DeviceId>, detail: String) {
+    pub(crate) fn admin_audit(&self, action: &str, device: Option<DeviceId>, detail: String) {
         self.audit.record(Event {
             device,
             event: "admin",
@@ -385,7 +516,7 @@ impl Hub {
         });
     }
 
-    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+    pub(crate) fn store(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -191,6 +191,20 @@ impl HubCa {
         fingerprint(&self.cert_der)
     }
 
+    /// Checks a PKCS#10 request without signing it: it parses, its
+    /// signature verifies, its key is of a kind the hub accepts.
+    pub fn check_request(&self, csr_pem: &str) -> Result<(), CaError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| CaError::BadRequest(e.to_string()))?;
+        let alg = csr.public_key.algorithm();
+        if alg != &PKCS_ECDSA_P256_SHA256 && alg != &PKCS_ED25519 {
+            return Err(CaError::BadRequest(
+                "the key must be ECDSA P-256 or Ed25519".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Signs a device certificate for `device` from a PKCS#10 request. The
     /// request's signature is verified (proof of possession); its subject
     /// and extensions are ignored: the hub decides what the certificate says.
@@ -199,14 +213,9 @@ impl HubCa {
         csr_pem: &str,
         device: &DeviceId,
     ) -> Result<IssuedCertificate, CaError> {
+        self.check_request(csr_pem)?;
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| CaError::BadRequest(e.to_string()))?;
-        let alg = csr.public_key.algorithm();
-        if alg != &PKCS_ECDSA_P256_SHA256 && alg != &PKCS_ED25519 {
-            return Err(CaError::BadRequest(
-                "the key must be ECDSA P-256 or Ed25519".into(),
-            ));
-        }
         let now = OffsetDateTime::now_utc();
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
@@ -358,6 +367,12 @@ impl ServerNames {
             }
         }
         ServerNames { host, dns, ips }
+    }
+
+    /// Adds a DNS name the hub also answers to (its mDNS host name).
+    pub fn with_alias(mut self, name: String) -> ServerNames {
+        self.dns.insert(name);
+        self
     }
 
     fn all(&self) -> BTreeSet<String> {

@@ -56,6 +56,46 @@ pub struct Config {
     pub dev: DevSection,
     /// The audit log.
     pub audit: AuditSection,
+    /// EST enrollment over HTTPS.
+    pub enroll: EnrollSection,
+    /// mDNS/DNS-SD advertisement on the LAN.
+    pub discovery: DiscoverySection,
+}
+
+/// `[enroll]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrollSection {
+    /// Address of the EST (HTTPS) listener.
+    pub listen: SocketAddr,
+}
+
+impl Default for EnrollSection {
+    fn default() -> Self {
+        EnrollSection {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+        }
+    }
+}
+
+/// `[discovery]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoverySection {
+    /// Advertise `_hearth._tcp` and `_secure-mqtt._tcp` over mDNS.
+    pub enabled: bool,
+    /// Interface names to advertise on; empty means every interface
+    /// except loopback.
+    pub interfaces: Vec<String>,
+}
+
+impl Default for DiscoverySection {
+    fn default() -> Self {
+        DiscoverySection {
+            enabled: true,
+            interfaces: Vec::new(),
+        }
+    }
 }
 
 /// `[audit]`
@@ -193,6 +233,17 @@ impl Config {
                 message: "must be between 1 and 300 seconds".into(),
             });
         }
+        if let Some(bad) = self
+            .discovery
+            .interfaces
+            .iter()
+            .find(|name| name.is_empty() || name.len() > 15 || name.contains(['/', ' ']))
+        {
+            return Err(ConfigError::Invalid {
+                key: "discovery.interfaces",
+                message: format!("{bad:?} is not an interface name"),
+            });
+        }
         if self.audit.retention_days == 0 || self.audit.retention_days > 3650 {
             return Err(ConfigError::Invalid {
                 key: "audit.retention_days",
@@ -242,6 +293,9 @@ mod tests {
         assert_eq!(c.mqtt.listen, "0.0.0.0:8883".parse().unwrap());
         assert_eq!(c.limits.handshake_timeout(), Duration::from_secs(10));
         assert!(c.dev.listen.is_none());
+        assert_eq!(c.enroll.listen, "0.0.0.0:8443".parse().unwrap());
+        assert!(c.discovery.enabled);
+        assert!(c.discovery.interfaces.is_empty());
         c.check().unwrap();
     }
 

@@ -14,14 +14,17 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, Hub};
+use crate::admin::{self, Hub, HubPorts};
 use crate::audit::Audit;
 use crate::broker::{self, BrokerLimits};
 use crate::ca::{HubCa, ServerNames};
 use crate::config::{Config, EXIT_CONFIG};
+use crate::discovery::Advertiser;
 use crate::edge::sessions::{RetainedTopics, Sessions};
-use crate::edge::tls::{server_config, ServerCertificate};
+use crate::edge::tls::{server_config, ClientAuth, ServerCertificate};
 use crate::edge::{self, Edge, EdgeLimits, ListenerKind};
+use crate::enroll;
+use crate::pairing::PairingWindows;
 use crate::registry::Registry;
 use crate::store::Store;
 
@@ -31,6 +34,8 @@ pub const EXIT_BROKER_DEAD: i32 = 70;
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 /// How often the hub checks whether its addresses changed.
 const ADDRESS_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+/// How often certificates past their renewal grace are retired.
+const RETIRE_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +75,7 @@ pub async fn run(
     // Bind everything before creating or serving anything: a failed bind
     // is a clear fatal error, not a half-started hub.
     let mqtt = bind("mqtt.listen", config.mqtt.listen).await?;
+    let enroll_listener = bind("enroll.listen", config.enroll.listen).await?;
     let dev = match config.dev.listen {
         Some(addr) => Some(bind("dev.listen", addr).await?),
         None => None,
@@ -77,7 +83,8 @@ pub async fn run(
     let store = Store::open(&data_dir)
         .map_err(|e| DaemonError::Config(format!("data dir {}: {e}", data_dir.display())))?;
     let ca = Arc::new(HubCa::load_or_create(&data_dir).map_err(|e| config_error(&e))?);
-    let names = ServerNames::discover();
+    let alias = crate::discovery::host_name(&ca.fingerprint());
+    let names = ServerNames::discover().with_alias(alias.clone());
     let identity = ca
         .server_identity(&data_dir, &names)
         .map_err(|e| config_error(&e))?;
@@ -102,13 +109,18 @@ pub async fn run(
         ServerCertificate::new(Arc::clone(&provider), identity)
             .map_err(|e| DaemonError::Startup(e.to_string()))?,
     );
-    let tls = server_config(
-        provider,
-        ca.cert_der(),
-        Arc::clone(&registry),
-        Arc::clone(&certificate),
-    )
-    .map_err(|e| DaemonError::Startup(e.to_string()))?;
+    let tls_setup = |client_auth| {
+        server_config(
+            Arc::clone(&provider),
+            ca.cert_der(),
+            Arc::clone(&registry),
+            Arc::clone(&certificate),
+            client_auth,
+        )
+        .map_err(|e| DaemonError::Startup(e.to_string()))
+    };
+    let tls = tls_setup(ClientAuth::Required)?;
+    let enroll_tls = tls_setup(ClientAuth::Optional)?;
 
     let tracker = TaskTracker::new();
     let audit = Audit::start(
@@ -138,6 +150,10 @@ pub async fn run(
         name: "mqtt".into(),
         address: local_addr(&mqtt),
     }];
+    listeners.push(ListenerInfo {
+        name: "enroll".into(),
+        address: local_addr(&enroll_listener),
+    });
     if let Some(dev) = &dev {
         listeners.push(ListenerInfo {
             name: "dev".into(),
@@ -148,6 +164,21 @@ pub async fn run(
         name: "admin".into(),
         address: admin_path.display().to_string(),
     });
+    let ports = HubPorts {
+        mqtt: port_of(&mqtt),
+        enroll: port_of(&enroll_listener),
+    };
+    let windows = Arc::new(PairingWindows::default());
+    // Discovery starts last among the fallible steps: nothing is announced
+    // for a hub that then fails to start.
+    let advertiser = if config.discovery.enabled {
+        Some(
+            Advertiser::start(&config.discovery, &ca.fingerprint(), ports)
+                .map_err(|e| DaemonError::Startup(e.to_string()))?,
+        )
+    } else {
+        None
+    };
     let hub = Arc::new(Hub {
         store: Arc::clone(&store),
         ca: Arc::clone(&ca),
@@ -158,6 +189,8 @@ pub async fn run(
         audit,
         retained,
         broker: broker.endpoint.clone(),
+        windows: Arc::clone(&windows),
+        ports,
     });
 
     tracker.spawn(edge::serve(
@@ -180,6 +213,14 @@ pub async fn run(
             tracker.clone(),
         ));
     }
+    tracker.spawn(enroll::serve(
+        enroll_listener,
+        TlsAcceptor::from(enroll_tls),
+        Arc::clone(&hub),
+        stop.child_token(),
+        tracker.clone(),
+    ));
+    tracker.spawn(retire_renewed(Arc::clone(&hub), stop.child_token()));
     tracker.spawn(admin::serve(
         admin_listener,
         hub,
@@ -190,9 +231,13 @@ pub async fn run(
         Arc::clone(&ca),
         data_dir.clone(),
         names,
+        alias,
         certificate,
         stop.child_token(),
     ));
+    if let Some(advertiser) = advertiser {
+        tracker.spawn(advertiser.run(windows, stop.child_token()));
+    }
 
     let summary: Vec<String> = listeners
         .iter()
@@ -234,6 +279,33 @@ async fn bind(key: &str, addr: SocketAddr) -> Result<TcpListener, DaemonError> {
         .map_err(|e| DaemonError::Config(format!("{key} = {addr}: cannot listen: {e}")))
 }
 
+fn port_of(listener: &TcpListener) -> u16 {
+    listener.local_addr().map(|a| a.port()).unwrap_or_default()
+}
+
+/// Retires certificates whose renewal grace ended without the successor
+/// being used (the device renewed, then never came back with it).
+async fn retire_renewed(hub: Arc<Hub>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(RETIRE_CHECK_INTERVAL) => {}
+        }
+        let retired = hub.store().retire_due(crate::unix_now());
+        match retired {
+            Ok(retired) if !retired.is_empty() => {
+                hub.registry.retire(None, &retired);
+                tracing::info!(
+                    count = retired.len(),
+                    "renewal grace over; previous certificates retired"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot retire renewed certificates"),
+        }
+    }
+}
+
 fn local_addr(listener: &TcpListener) -> String {
     listener
         .local_addr()
@@ -247,6 +319,7 @@ async fn follow_addresses(
     ca: Arc<HubCa>,
     data_dir: PathBuf,
     mut names: ServerNames,
+    alias: String,
     certificate: Arc<ServerCertificate>,
     stop: CancellationToken,
 ) {
@@ -255,7 +328,7 @@ async fn follow_addresses(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(ADDRESS_CHECK_INTERVAL) => {}
         }
-        let now = ServerNames::discover();
+        let now = ServerNames::discover().with_alias(alias.clone());
         if now == names {
             continue;
         }

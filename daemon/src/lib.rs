@@ -9,8 +9,11 @@ pub mod ca;
 pub mod config;
 pub mod daemon;
 pub mod datadir;
+pub mod discovery;
 pub mod edge;
+pub mod enroll;
 pub mod logging;
+pub mod pairing;
 pub mod registry;
 pub mod store;
 

@@ -43,6 +43,8 @@ pub struct Registry {
     /// Fingerprints known to be revoked, only to tell "revoked" from
     /// "unknown" in the audit; refusal does not depend on it.
     revoked: RwLock<std::collections::HashSet<[u8; 32]>>,
+    /// Devices holding a renewed certificate not used yet.
+    renewing: RwLock<std::collections::HashSet<DeviceId>>,
 }
 
 impl Registry {
@@ -65,6 +67,39 @@ impl Registry {
         Registry {
             by_fingerprint: RwLock::new(map),
             revoked: RwLock::new(revoked.into_iter().collect()),
+            renewing: RwLock::default(),
+        }
+    }
+
+    /// Notes that a device was given a new certificate.
+    pub fn mark_renewing(&self, device: DeviceId) {
+        self.renewing
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(device);
+    }
+
+    /// Whether a device's renewed certificate has not been used yet.
+    pub fn is_renewing(&self, device: &DeviceId) -> bool {
+        self.renewing
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(device)
+    }
+
+    /// Stops accepting these certificates (superseded by a renewal).
+    pub fn retire(&self, device: Option<&DeviceId>, fingerprints: &[[u8; 32]]) {
+        let mut map = self.write();
+        let mut revoked = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+        for sha in fingerprints {
+            map.remove(sha);
+            revoked.insert(*sha);
+        }
+        if let Some(device) = device {
+            self.renewing
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(device);
         }
     }
 

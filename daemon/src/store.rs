@@ -93,6 +93,9 @@ const MIGRATIONS: &[&str] = &[
      ) STRICT;
      CREATE INDEX audit_by_time ON audit(at);
      CREATE INDEX audit_by_device ON audit(device, id);",
+    // 3: renewal: a superseded certificate is retired once its successor
+    // has been used, or at retire_at at the latest.
+    "ALTER TABLE certificates ADD COLUMN retire_at INTEGER;",
 ];
 
 /// A certificate the registry accepts, with the device it names.
@@ -303,11 +306,93 @@ impl Store {
         Ok(out)
     }
 
+    /// Adds a renewed certificate to an active device and schedules its
+    /// other active certificates to retire at `retire_at`.
+    pub fn add_renewed_certificate(
+        &mut self,
+        device: &DeviceId,
+        sha256: [u8; 32],
+        serial_hex: &str,
+        not_after: i64,
+        retire_at: i64,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        let active: Option<String> = tx
+            .query_row(
+                "SELECT status FROM devices WHERE id = ?1",
+                params![device.as_str()],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if active.as_deref() != Some("active") {
+            return Err(StoreError::NoSuchDevice(device.to_string()));
+        }
+        tx.execute(
+            "UPDATE certificates SET retire_at = ?2
+             WHERE device_id = ?1 AND status = 'active' AND retire_at IS NULL",
+            params![device.as_str(), retire_at],
+        )?;
+        tx.execute(
+            "INSERT INTO certificates (sha256, device_id, serial, status, issued_at, not_after)
+             VALUES (?1, ?2, ?3, 'active', ?4, ?5)",
+            params![
+                hex::encode(sha256),
+                device.as_str(),
+                serial_hex,
+                crate::unix_now(),
+                not_after
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Retires, at once, a device's certificates that wait to retire, if
+    /// `keep` is their successor (not itself waiting to retire). Returns
+    /// the retired fingerprints.
+    pub fn retire_predecessors(
+        &self,
+        device: &DeviceId,
+        keep: &[u8; 32],
+    ) -> Result<Vec<[u8; 32]>, StoreError> {
+        self.retire(
+            "UPDATE certificates SET status = 'superseded'
+             WHERE device_id = ?1 AND sha256 != ?2 AND status = 'active' AND retire_at IS NOT NULL
+               AND EXISTS (SELECT 1 FROM certificates
+                           WHERE sha256 = ?2 AND device_id = ?1 AND retire_at IS NULL)
+             RETURNING sha256",
+            params![device.as_str(), hex::encode(keep)],
+        )
+    }
+
+    /// Retires every certificate whose grace ended before `now`.
+    pub fn retire_due(&self, now: i64) -> Result<Vec<[u8; 32]>, StoreError> {
+        self.retire(
+            "UPDATE certificates SET status = 'superseded'
+             WHERE status = 'active' AND retire_at IS NOT NULL AND retire_at <= ?1
+             RETURNING sha256",
+            params![now],
+        )
+    }
+
+    fn retire(&self, sql: &str, args: impl rusqlite::Params) -> Result<Vec<[u8; 32]>, StoreError> {
+        let mut stmt = self.conn.prepare(sql)?;
+        let rows = stmt.query_map(args, |row| row.get::<_, String>(0))?;
+        rows.map(|row| {
+            let sha = row?;
+            let mut out = [0u8; 32];
+            hex::decode_to_slice(&sha, &mut out)
+                .map_err(|_| StoreError::Corrupt(format!("fingerprint {sha:?}")))?;
+            Ok(out)
+        })
+        .collect()
+    }
+
     /// Fingerprints of revoked certificates.
     pub fn revoked_fingerprints(&self) -> Result<Vec<[u8; 32]>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT sha256 FROM certificates WHERE status = 'revoked'")?;
+            .prepare("SELECT sha256 FROM certificates WHERE status IN ('revoked', 'superseded')")?;
         let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
         rows.map(|row| {
             let sha = row?;

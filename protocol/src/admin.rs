@@ -67,6 +67,25 @@ pub enum AdminRequest {
         /// Publish or subscribe.
         direction: Direction,
     },
+    /// Opens a pairing window for one device.
+    PairOpen {
+        /// The member the device will belong to.
+        member: MemberName,
+        /// Its label.
+        label: Label,
+        /// How long the window stays open, seconds.
+        ttl_secs: u64,
+        /// The host name or address to put in the URI (default: the hub's
+        /// first LAN address).
+        host: Option<String>,
+    },
+    /// Lists the open pairing windows.
+    PairList,
+    /// Closes one pairing window, or all.
+    PairCancel {
+        /// The window, or every window when absent.
+        id: Option<u32>,
+    },
     /// Reads the audit log.
     Audit {
         /// Only this device's entries.
@@ -105,6 +124,13 @@ pub enum AdminResponse {
     Done {
         /// One line for a person.
         message: String,
+    },
+    /// A pairing window was opened.
+    PairOpened(PairingTicket),
+    /// Answer to [`AdminRequest::PairList`].
+    PairWindows {
+        /// The open windows.
+        windows: Vec<PairingWindowInfo>,
     },
     /// Answer to [`AdminRequest::Audit`].
     Audit {
@@ -187,6 +213,32 @@ pub struct IssuedDevice {
     pub certificate_pem: String,
     /// The hub CA certificate, PEM (the trust anchor for the hub).
     pub ca_pem: String,
+}
+
+/// What `hearth pair` prints: the only time the token is ever shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairingTicket {
+    /// The window's number.
+    pub id: u32,
+    /// The one-time token.
+    pub token: String,
+    /// The `hearth://pair?...` URI (also for the QR code).
+    pub uri: String,
+    /// When the window closes, Unix seconds.
+    pub expires_at: i64,
+}
+
+/// An open pairing window (never its token).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairingWindowInfo {
+    /// The window's number.
+    pub id: u32,
+    /// The member the device will belong to.
+    pub member: MemberName,
+    /// Its label.
+    pub label: Label,
+    /// When the window closes, Unix seconds.
+    pub expires_at: i64,
 }
 
 /// One entry of the audit log.

@@ -337,6 +337,15 @@ fn bad_configs_exit_78_naming_the_problem() {
         ("[limits]\nmax_conections = 5\n", "max_conections"),
         ("[dev]\nlisten = \"0.0.0.0:1883\"\n", "dev.listen"),
         ("[mqtt]\nlisten = \"192.0.2.1:8883\"\n", "mqtt.listen"),
+        (
+            "[mqtt]\nlisten = \"127.0.0.1:0\"\n[enroll]\nlisten = \"192.0.2.1:8443\"\n",
+            "enroll.listen",
+        ),
+        (
+            "[discovery]\ninterfaces = [\"eth0 wlan0\"]\n",
+            "discovery.interfaces",
+        ),
+        ("[discovery]\nenabled = \"yes\"\n", "line 2"),
     ];
     for (text, needle) in cases {
         let dir = tempfile::tempdir().unwrap();

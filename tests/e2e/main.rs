@@ -7,6 +7,7 @@
 mod attacks;
 mod foreign;
 mod hub_core;
+mod pairing;
 mod refusals;
 mod revocation;
 mod support;

@@ -32,6 +32,7 @@ pub struct TestHub {
     pub socket: PathBuf,
     pub mqtt: SocketAddr,
     pub dev: Option<SocketAddr>,
+    pub enroll: SocketAddr,
     child: Option<Child>,
     env: Vec<(String, String)>,
 }
@@ -51,6 +52,14 @@ impl TestHub {
         if !extra_config.contains("[mqtt]") {
             text.push_str("[mqtt]\nlisten = \"127.0.0.1:0\"\n");
         }
+        if !extra_config.contains("[enroll]") {
+            text.push_str("[enroll]\nlisten = \"127.0.0.1:0\"\n");
+        }
+        // Tests never speak mDNS on the machine's interfaces; discovery is
+        // tested inside network namespaces only.
+        if !extra_config.contains("[discovery]") {
+            text.push_str("[discovery]\nenabled = false\n");
+        }
         text.push_str(extra_config);
         std::fs::write(&config, text).unwrap();
         let socket = data.join("admin.sock");
@@ -61,6 +70,7 @@ impl TestHub {
             socket,
             mqtt: "0.0.0.0:0".parse().unwrap(),
             dev: None,
+            enroll: "0.0.0.0:0".parse().unwrap(),
             child: None,
             env: env
                 .iter()
@@ -102,6 +112,7 @@ impl TestHub {
                     match l.name.as_str() {
                         "mqtt" => self.mqtt = l.address.parse().unwrap(),
                         "dev" => self.dev = Some(l.address.parse().unwrap()),
+                        "enroll" => self.enroll = l.address.parse().unwrap(),
                         _ => {}
                     }
                 }
@@ -664,4 +675,117 @@ impl Raw {
             other => panic!("SUBACK expected, got {other:?}"),
         }
     }
+}
+
+pub const HEARTH_DEVICE: &str = env!("CARGO_BIN_EXE_hearth-device");
+
+/// Runs `hearth-device --dir DIR ARGS`.
+pub fn hearth_device(dir: &Path, args: &[&str]) -> Output {
+    Command::new(HEARTH_DEVICE)
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .env_remove("HEARTH_DEVICE_DIR")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run hearth-device")
+}
+
+/// Opens a pairing window with `hearth pair`; returns (window id, token, URI).
+pub fn open_pairing(hub: &TestHub, member: &str, label: &str, ttl: &str) -> (u32, String, String) {
+    let out = hub.hearth_ok(&[
+        "--json",
+        "pair",
+        "--member",
+        member,
+        "--label",
+        label,
+        "--ttl",
+        ttl,
+        "--host",
+        "127.0.0.1",
+    ]);
+    let answer: AdminResponse = serde_json::from_str(&out).expect("pair answer");
+    let AdminResponse::PairOpened(ticket) = answer else {
+        panic!("unexpected answer {out}");
+    };
+    (ticket.id, ticket.token, ticket.uri)
+}
+
+/// An answer from the enrollment server.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+/// One HTTP/1.1 request to the hub's EST server from `source` (a loopback
+/// address), verifying the server against the hub CA, optionally with a
+/// client certificate.
+pub async fn est_request(
+    hub: &TestHub,
+    source: &str,
+    client: Option<&Device>,
+    method: &str,
+    path: &str,
+    basic_password: Option<&str>,
+    body: &[u8],
+) -> HttpAnswer {
+    use base64::Engine;
+    let ca_pem = std::fs::read(hub.data.join("ca.pem")).unwrap();
+    let tls = match client {
+        Some(device) => device.tls(),
+        None => client_config(&ca_pem, None),
+    };
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(source.parse().unwrap(), 0))
+        .unwrap();
+    let tcp = socket.connect(hub.enroll).await.expect("connect to EST");
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut stream = TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .expect("TLS with EST");
+    let mut head = format!(
+        "{method} /.well-known/est/{path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !body.is_empty() {
+        head.push_str("Content-Type: application/pkcs10\r\nContent-Transfer-Encoding: base64\r\n");
+    }
+    if let Some(password) = basic_password {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("toy:{password}"));
+        head.push_str(&format!("Authorization: Basic {encoded}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The server may answer (413) before reading the whole body.
+    let _ = stream.write_all(body).await;
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw)).await;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (headers, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = headers
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
+    HttpAnswer {
+        status,
+        headers: headers.to_ascii_lowercase(),
+        body: body.to_owned(),
+    }
+}
+
+/// A fresh P-256 key and its PKCS#10 request, base64 DER.
+pub fn key_and_csr() -> (rcgen::KeyPair, Vec<u8>) {
+    use base64::Engine;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(csr.der());
+    (key, b64.into_bytes())
 }

@@ -42,6 +42,52 @@ enum Command {
     RevokeGrant(GrantArgs),
     /// Reads the audit log (connects, refusals, denials, admin changes).
     Audit(AuditArgs),
+    /// Opens a pairing window for one device and prints its token, URI and
+    /// QR code; or lists or closes windows.
+    Pair(PairArgs),
+}
+
+#[derive(Debug, ClapArgs)]
+struct PairArgs {
+    /// The member the new device will belong to.
+    #[arg(long, required_unless_present_any = ["list", "cancel"])]
+    member: Option<MemberName>,
+    /// A label for people ("Ada's robot").
+    #[arg(long, required_unless_present_any = ["list", "cancel"])]
+    label: Option<Label>,
+    /// How long the window stays open: 90s, 10m, 2h (at most 24h).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    ttl: u64,
+    /// The host name or address devices should use (default: the hub's
+    /// LAN address).
+    #[arg(long)]
+    host: Option<String>,
+    /// Do not draw the QR code.
+    #[arg(long)]
+    no_qr: bool,
+    /// Lists the open windows.
+    #[arg(long, conflicts_with_all = ["member", "label", "cancel"])]
+    list: bool,
+    /// Closes a window by number, or every window.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["member", "label"])]
+    cancel: Option<Option<u32>>,
+}
+
+fn parse_duration(s: &str) -> Result<u64, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?}: use 90s, 10m or 2h"))?;
+    let seconds = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?}: use 90s, 10m or 2h")),
+    };
+    if seconds == 0 || seconds > 24 * 3600 {
+        return Err(format!("{s:?}: between 1s and 24h"));
+    }
+    Ok(seconds)
 }
 
 #[derive(Debug, ClapArgs)]
@@ -79,10 +125,7 @@ struct AuditArgs {
 }
 
 fn parse_since(s: &str) -> Result<i64, String> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = unix_now();
     if let Ok(unix) = s.parse::<i64>() {
         return Ok(unix);
     }
@@ -285,6 +328,7 @@ fn run(cli: Cli) -> Result<()> {
                 &mut out,
             )?
         }
+        Command::Pair(args) => pair(args, &ask, json, &mut out)?,
         Command::Audit(args) => {
             let mut after_id = None;
             let mut since = args.since;
@@ -426,6 +470,78 @@ fn issue(
     Ok(())
 }
 
+fn pair(
+    args: PairArgs,
+    ask: &dyn Fn(AdminRequest) -> Result<AdminResponse>,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    if args.list {
+        if let AdminResponse::PairWindows { windows } = ask(AdminRequest::PairList)? {
+            if !json {
+                if windows.is_empty() {
+                    writeln!(out, "no pairing window is open")?;
+                }
+                for w in windows {
+                    writeln!(
+                        out,
+                        "{}\t{}\t{}\tcloses in {}s",
+                        w.id,
+                        w.member,
+                        w.label,
+                        (w.expires_at - unix_now()).max(0)
+                    )?;
+                }
+            }
+        }
+        return Ok(());
+    }
+    if let Some(id) = args.cancel {
+        return print_done(ask(AdminRequest::PairCancel { id })?, json, out);
+    }
+    let (Some(member), Some(label)) = (args.member, args.label) else {
+        bail!("give --member and --label");
+    };
+    let AdminResponse::PairOpened(ticket) = ask(AdminRequest::PairOpen {
+        member,
+        label,
+        ttl_secs: args.ttl,
+        host: args.host,
+    })?
+    else {
+        bail!("unexpected answer from hearthd");
+    };
+    if json {
+        return Ok(());
+    }
+    if !args.no_qr {
+        let code = qrcode::QrCode::new(ticket.uri.as_bytes()).context("drawing the QR code")?;
+        let drawing = code
+            .render::<qrcode::render::unicode::Dense1x2>()
+            .dark_color(qrcode::render::unicode::Dense1x2::Light)
+            .light_color(qrcode::render::unicode::Dense1x2::Dark)
+            .quiet_zone(true)
+            .build();
+        writeln!(out, "{drawing}")?;
+    }
+    writeln!(out, "pairing window {} open for {}s", ticket.id, args.ttl)?;
+    writeln!(out, "token: {}", ticket.token)?;
+    writeln!(out, "uri:   {}", ticket.uri)?;
+    writeln!(
+        out,
+        "On the device: hearth-device pair '{}'  (or scan the code)",
+        ticket.uri
+    )?;
+    Ok(())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 fn request_once(socket: &Path, request: &AdminRequest) -> Result<AdminResponse> {
     let mut stream = UnixStream::connect(socket).with_context(|| {
         format!(
@@ -445,11 +561,12 @@ fn request_once(socket: &Path, request: &AdminRequest) -> Result<AdminResponse> 
 }
 
 /// `/run/hearth/admin.sock` when the packaged service runs, else the
-/// socket inside the default data dir.
+/// socket inside the default data dir. The directory is tested, not the
+/// socket: a user outside `hearth-admin` cannot see into it and should be
+/// told so, not sent to a socket that does not exist.
 fn default_socket() -> PathBuf {
-    let packaged = PathBuf::from("/run/hearth/admin.sock");
-    if packaged.exists() {
-        packaged
+    if Path::new("/run/hearth").is_dir() {
+        PathBuf::from("/run/hearth/admin.sock")
     } else {
         PathBuf::from("hearth-data/admin.sock")
     }

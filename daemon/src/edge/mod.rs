@@ -197,18 +197,42 @@ impl Edge {
         // The verifier accepted the certificate; look it up again (cheap,
         // in memory) to bind the session. If it was revoked in between,
         // refuse: fail closed.
-        let identity = stream
+        let sha = stream
             .get_ref()
             .1
             .peer_certificates()
             .and_then(|certs| certs.first())
-            .and_then(|cert| self.registry.lookup(&fingerprint(cert)));
-        let Some(identity) = identity else {
+            .map(|cert| fingerprint(cert));
+        let Some((sha, identity)) = sha.and_then(|sha| Some((sha, self.registry.lookup(&sha)?)))
+        else {
             tracing::warn!(peer = %peer_addr, "certificate no longer accepted");
             return;
         };
+        if self.registry.is_renewing(&identity.device) {
+            self.retire_predecessors(&identity.device, &sha);
+        }
         self.run_session(stream, Peer::Device(identity), deadline, stop)
             .await
+    }
+
+    /// A renewed certificate was just used: its predecessors stop working
+    /// now rather than at the end of their grace.
+    fn retire_predecessors(&self, device: &DeviceId, used: &[u8; 32]) {
+        let retired = self
+            .store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retire_predecessors(device, used);
+        match retired {
+            Ok(retired) if !retired.is_empty() => {
+                self.registry.retire(Some(device), &retired);
+                tracing::info!(device = %device, "renewed certificate in use; the previous one is retired");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(device = %device, error = %e, "cannot retire the previous certificate")
+            }
+        }
     }
 
     /// Reads the CONNECT, checks it, connects to the broker and relays.

@@ -71,19 +71,36 @@ impl ResolvesServerCert for ServerCertificate {
     }
 }
 
-/// The TLS configuration of the mutual-TLS listener: TLS 1.3 and 1.2 with
-/// rustls's suites (all of them AEAD), a client certificate required.
+/// Whether a listener demands a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// MQTT: no certificate, no connection.
+    Required,
+    /// Enrollment: a first enrollment has no certificate yet, a renewal
+    /// presents one; one that is presented is checked just as strictly.
+    Optional,
+}
+
+/// The TLS configuration of a listener: TLS 1.3 and 1.2 with rustls's
+/// suites (all of them AEAD), client certificates checked against the
+/// hub CA and the registry.
 pub fn server_config(
     provider: Arc<CryptoProvider>,
     ca: &CertificateDer<'static>,
     registry: Arc<Registry>,
     certificate: Arc<ServerCertificate>,
+    client_auth: ClientAuth,
 ) -> Result<Arc<ServerConfig>, TlsSetupError> {
     let mut roots = RootCertStore::empty();
     roots
         .add(ca.clone())
         .map_err(|e| TlsSetupError(format!("hub CA: {e}")))?;
-    let chain = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider));
+    if client_auth == ClientAuth::Optional {
+        builder = builder.allow_unauthenticated();
+    }
+    let chain = builder
         .build()
         .map_err(|e| TlsSetupError(format!("client verifier: {e}")))?;
     let verifier = Arc::new(RegisteredDeviceVerifier { chain, registry });
@@ -105,6 +122,14 @@ struct RegisteredDeviceVerifier {
 }
 
 impl ClientCertVerifier for RegisteredDeviceVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.chain.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.chain.client_auth_mandatory()
+    }
+
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         self.chain.root_hint_subjects()
     }

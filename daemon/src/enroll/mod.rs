@@ -1,0 +1,392 @@
+//! Enrollment over HTTPS, the subset of EST (RFC 7030) devices need:
+//! `GET cacerts`, `POST simpleenroll` (token as the HTTP Basic password,
+//! only while a pairing window is open) and `POST simplereenroll`
+//! (authenticated by the device's current certificate). Requests are
+//! base64 PKCS#10, responses base64 certs-only PKCS#7, as the RFC says.
+
+pub mod pkcs7;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use hearth_protocol::DeviceId;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::Hub;
+use crate::audit::Event;
+use crate::ca::{fingerprint, pem_to_der};
+
+/// Largest request body: a PKCS#10 request in base64 is well under 4 KiB.
+pub const MAX_BODY: usize = 16 * 1024;
+/// From TCP accept to a complete TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Enrollment connections served at once.
+const MAX_CONNECTIONS: usize = 64;
+
+const BASE: &str = "/.well-known/est/";
+
+/// Serves enrollment until `stop`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    hub: Arc<Hub>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "enrollment accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let tls = tls.clone();
+        let hub = Arc::clone(&hub);
+        let stop = stop.child_token();
+        tracker.spawn(async move {
+            let _permit = permit;
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    let (reason, device) = crate::edge::tls::refusal_reason(&e);
+                    tracing::info!(peer = %peer, reason = %reason, "enrollment handshake refused");
+                    hub.audit.record(Event {
+                        device,
+                        event: "handshake-refused",
+                        action: Some("enroll".into()),
+                        reason: Some(reason),
+                        peer: Some(peer.to_string()),
+                        ..Event::default()
+                    });
+                    return;
+                }
+                Err(_) => return,
+            };
+            let client_cert = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| fingerprint(c));
+            let service = hyper::service::service_fn(move |request| {
+                let hub = Arc::clone(&hub);
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        handle(&hub, peer, client_cert, request).await,
+                    )
+                }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(64 * 1024)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = stop.cancelled() => connection.as_mut().graceful_shutdown(),
+            }
+        });
+    }
+}
+
+/// An HTTP answer and, for refusals, what the audit should say.
+struct Answer {
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+    challenge: bool,
+}
+
+impl Answer {
+    fn pkcs7(certs: &[&[u8]]) -> Answer {
+        let der = pkcs7::certs_only(certs);
+        let mut text = base64::engine::general_purpose::STANDARD.encode(der);
+        text.push('\n');
+        Answer {
+            status: StatusCode::OK,
+            content_type: "application/pkcs7-mime; smime-type=certs-only",
+            body: Bytes::from(text),
+            challenge: false,
+        }
+    }
+
+    fn refuse(status: StatusCode, message: &str) -> Answer {
+        Answer {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: Bytes::from(format!("{message}\n")),
+            challenge: status == StatusCode::UNAUTHORIZED,
+        }
+    }
+}
+
+async fn handle(
+    hub: &Hub,
+    peer: SocketAddr,
+    client_cert: Option<[u8; 32]>,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let path = request.uri().path().to_owned();
+    let answer = match (request.method(), path.strip_prefix(BASE)) {
+        (&Method::GET, Some("cacerts")) => Answer::pkcs7(&[hub.ca.cert_der()]),
+        (&Method::POST, Some("simpleenroll")) => simple_enroll(hub, peer.ip(), request).await,
+        (&Method::POST, Some("simplereenroll")) => {
+            simple_reenroll(hub, peer.ip(), client_cert, request).await
+        }
+        (_, Some("cacerts" | "simpleenroll" | "simplereenroll")) => {
+            Answer::refuse(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => Answer::refuse(StatusCode::NOT_FOUND, "not an EST path this hub serves"),
+    };
+    let mut response = Response::new(Full::new(answer.body));
+    *response.status_mut() = answer.status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(answer.content_type));
+    if answer.status == StatusCode::OK && path.starts_with(BASE) {
+        headers.insert(
+            "content-transfer-encoding",
+            HeaderValue::from_static("base64"),
+        );
+    }
+    if answer.challenge {
+        headers.insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"hearth pairing\""),
+        );
+    }
+    response
+}
+
+fn refused(
+    hub: &Hub,
+    ip: IpAddr,
+    device: Option<DeviceId>,
+    action: &str,
+    status: StatusCode,
+    reason: &str,
+) -> Answer {
+    hub.audit.record(Event {
+        device,
+        event: "enroll-refused",
+        action: Some(action.to_owned()),
+        reason: Some(reason.to_owned()),
+        peer: Some(ip.to_string()),
+        ..Event::default()
+    });
+    tracing::info!(peer = %ip, status = status.as_u16(), reason, "enrollment refused");
+    Answer::refuse(status, reason)
+}
+
+async fn simple_enroll(hub: &Hub, ip: IpAddr, request: Request<Incoming>) -> Answer {
+    const ACTION: &str = "simpleenroll";
+    if hub.windows.locked_out(ip) {
+        return refused(
+            hub,
+            ip,
+            None,
+            ACTION,
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many wrong tokens; try again later",
+        );
+    }
+    if !hub.windows.any_open() {
+        return refused(
+            hub,
+            ip,
+            None,
+            ACTION,
+            StatusCode::FORBIDDEN,
+            "no pairing window is open",
+        );
+    }
+    let Some(token) = basic_password(&request) else {
+        return refused(
+            hub,
+            ip,
+            None,
+            ACTION,
+            StatusCode::UNAUTHORIZED,
+            "the pairing token goes in HTTP Basic authentication",
+        );
+    };
+    let Some(window) = hub.windows.check(&token) else {
+        let locked = hub.windows.record_failure(ip);
+        let reason = if locked {
+            "wrong pairing token; this address is now locked out"
+        } else {
+            "wrong, used or expired pairing token"
+        };
+        return refused(hub, ip, None, ACTION, StatusCode::UNAUTHORIZED, reason);
+    };
+    let csr_pem = match read_csr(request).await {
+        Ok(pem) => pem,
+        Err(answer) => return refused(hub, ip, None, ACTION, answer.0, answer.1),
+    };
+    // A malformed request or a bad signature does not spend the token.
+    if let Err(e) = hub.ca.check_request(&csr_pem) {
+        return refused(
+            hub,
+            ip,
+            None,
+            ACTION,
+            StatusCode::BAD_REQUEST,
+            &e.to_string(),
+        );
+    }
+    // Consume the window before issuing, so two requests with one token
+    // cannot both enroll.
+    if !hub.windows.consume(window.id) {
+        return refused(
+            hub,
+            ip,
+            None,
+            ACTION,
+            StatusCode::UNAUTHORIZED,
+            "wrong, used or expired pairing token",
+        );
+    }
+    let owner = hearth_protocol::Owner::Member(window.member.clone());
+    match crate::admin::issue_device(hub, owner, window.label.clone(), &csr_pem) {
+        Ok(issued) => {
+            hub.audit.record(Event {
+                device: Some(issued.device_id),
+                event: "admin",
+                action: Some("enroll".into()),
+                reason: Some(format!("paired through window {}", window.id)),
+                peer: Some(ip.to_string()),
+                ..Event::default()
+            });
+            match pem_to_der(&issued.certificate_pem) {
+                Some(der) => Answer::pkcs7(&[&der]),
+                None => Answer::refuse(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "cannot encode the certificate",
+                ),
+            }
+        }
+        Err(message) => refused(hub, ip, None, ACTION, StatusCode::BAD_REQUEST, &message),
+    }
+}
+
+async fn simple_reenroll(
+    hub: &Hub,
+    ip: IpAddr,
+    client_cert: Option<[u8; 32]>,
+    request: Request<Incoming>,
+) -> Answer {
+    const ACTION: &str = "simplereenroll";
+    let Some(identity) = client_cert.and_then(|sha| hub.registry.lookup(&sha)) else {
+        return refused(
+            hub,
+            ip,
+            None,
+            ACTION,
+            StatusCode::UNAUTHORIZED,
+            "renewal needs the device's current certificate",
+        );
+    };
+    let csr_pem = match read_csr(request).await {
+        Ok(pem) => pem,
+        Err(answer) => return refused(hub, ip, Some(identity.device), ACTION, answer.0, answer.1),
+    };
+    match crate::admin::renew_device(hub, &identity, &csr_pem) {
+        Ok(pem) => match pem_to_der(&pem) {
+            Some(der) => Answer::pkcs7(&[&der]),
+            None => Answer::refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot encode the certificate",
+            ),
+        },
+        Err(message) => refused(
+            hub,
+            ip,
+            Some(identity.device),
+            ACTION,
+            StatusCode::BAD_REQUEST,
+            &message,
+        ),
+    }
+}
+
+/// The password of an HTTP Basic `Authorization` header.
+fn basic_password(request: &Request<Incoming>) -> Option<String> {
+    let value = request.headers().get(AUTHORIZATION)?.to_str().ok()?;
+    let encoded = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (_user, password) = text.split_once(':')?;
+    Some(password.to_owned())
+}
+
+/// Reads a base64 PKCS#10 body (line breaks allowed) and returns it as PEM.
+async fn read_csr(request: Request<Incoming>) -> Result<String, (StatusCode, &'static str)> {
+    let body = Limited::new(request.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                (StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+            } else {
+                (StatusCode::BAD_REQUEST, "cannot read the request body")
+            }
+        })?
+        .to_bytes();
+    let text: String = String::from_utf8_lossy(&body)
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    // Accept a PEM body too: some tools send one.
+    let text = text
+        .replace("-----BEGINCERTIFICATEREQUEST-----", "")
+        .replace("-----ENDCERTIFICATEREQUEST-----", "");
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(text.as_bytes())
+        .map_err(|_| {
+            (
+                StatusCode::BAD_REQUEST,
+                "the body is not a base64 PKCS#10 request",
+            )
+        })?;
+    if der.is_empty() {
+        return Err((StatusCode::BAD_REQUEST, "empty request"));
+    }
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE REQUEST-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE REQUEST-----\n");
+    Ok(pem)
+}
