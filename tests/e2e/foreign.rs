@@ -125,3 +125,80 @@ fn mosquitto_pub_with_a_wrong_client_id_is_not_authorized() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+#[ignore = "needs curl, openssl and mosquitto-clients; run with -- --ignored"]
+async fn curl_and_openssl_alone_enroll_and_the_certificate_connects_with_mosquitto_pub() {
+    for tool in ["curl", "openssl", "mosquitto_pub"] {
+        require(tool);
+    }
+    let hub = TestHub::start();
+    let mum = hub.device("Mum", "parent");
+    hub.hearth_ok(&["member", "add", "Ada", "--role", "child"]);
+    let (_, token, uri) = open_pairing(&hub, "Ada", "curl toy", "10m");
+    let ca = uri
+        .split('&')
+        .find_map(|p| p.strip_prefix("ca="))
+        .unwrap()
+        .to_owned();
+    // The documented script, exactly as docs/PAIRING.md shows it.
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/examples/enroll-with-curl.sh"
+    );
+    let dir = hub.dir.path().join("curl-device");
+    let port = hub.enroll.port().to_string();
+    // A wrong fingerprint stops the script before the token is sent.
+    let wrong = Command::new("bash")
+        .args([script, "127.0.0.1", &port, &"0".repeat(64), &token])
+        .arg(hub.dir.path().join("wrong"))
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("not the one in the pairing URI"));
+    let out = Command::new("bash")
+        .args([script, "127.0.0.1", &port, &ca, &token])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        hub.hearth_ok(&["device", "list"]).contains(&id),
+        "enrolled device {id:?} is registered"
+    );
+    // A parent listens; mosquitto_pub with the curl-made key publishes.
+    let (parent, mut events) = rumqttc::AsyncClient::new(mqtt_v4(&hub, &mum, &mum.id), 10);
+    v4_connected(&mut events).await.unwrap();
+    let topic = format!("hearth/v1/dev/{id}/tele/hello");
+    parent
+        .subscribe(&topic, rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    v4_wait_suback(&mut events).await;
+    let publish = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &hub.mqtt.port().to_string()])
+        .arg("--cafile")
+        .arg(dir.join("ca.pem"))
+        .arg("--cert")
+        .arg(dir.join("device.pem"))
+        .arg("--key")
+        .arg(dir.join("device.key"))
+        .args(["-i", &id, "-t", &topic, "-m", "made with curl", "-q", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        publish.status.success(),
+        "{}",
+        String::from_utf8_lossy(&publish.stderr)
+    );
+    let got = v4_next_publish(&mut events, Duration::from_secs(10))
+        .await
+        .expect("the parent receives it");
+    assert_eq!(&got.payload[..], b"made with curl");
+}

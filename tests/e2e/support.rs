@@ -35,6 +35,8 @@ pub struct TestHub {
     pub enroll: SocketAddr,
     child: Option<Child>,
     env: Vec<(String, String)>,
+    /// A command hearthd runs under (`ip netns exec NS`), if any.
+    pub wrapper: Vec<String>,
 }
 
 impl TestHub {
@@ -45,6 +47,11 @@ impl TestHub {
 
     /// A hub with extra config text (appended) and environment.
     pub fn start_with(extra_config: &str, env: &[(&str, &str)]) -> TestHub {
+        TestHub::start_wrapped(extra_config, env, &[])
+    }
+
+    /// A hub started under a wrapper command (a network namespace).
+    pub fn start_wrapped(extra_config: &str, env: &[(&str, &str)], wrapper: &[&str]) -> TestHub {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
         let config = dir.path().join("hearth.toml");
@@ -76,6 +83,7 @@ impl TestHub {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
         };
         hub.launch();
         hub
@@ -88,7 +96,14 @@ impl TestHub {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let mut cmd = Command::new(HEARTHD);
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(HEARTHD);
+                cmd
+            }
+            None => Command::new(HEARTHD),
+        };
         cmd.arg("--config")
             .arg(&self.config)
             .arg("--data-dir")

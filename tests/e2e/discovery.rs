@@ -1,0 +1,259 @@
+//! Discovery over mDNS/DNS-SD, inside two network namespaces joined by a
+//! veth pair that the test makes and removes: nothing is sent on the
+//! machine's real interfaces. Needs root and iproute2 (and python3 with
+//! zeroconf for the foreign browser), so it runs in `.ci/run`'s second
+//! suite.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// Two namespaces, `hub` and `lan`, joined by a veth pair; removed on drop.
+struct TwoNamespaces {
+    hub: String,
+    lan: String,
+    hub_if: String,
+}
+
+impl TwoNamespaces {
+    fn new(tag: &str) -> TwoNamespaces {
+        let n = std::process::id() % 100_000;
+        let ns = TwoNamespaces {
+            hub: format!("hearth-{tag}-{n}-hub"),
+            lan: format!("hearth-{tag}-{n}-lan"),
+            hub_if: format!("h{tag}{n}a"),
+        };
+        let lan_if = format!("h{tag}{n}b");
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("run ip");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ip(&["netns", "add", &ns.hub]);
+        ip(&["netns", "add", &ns.lan]);
+        ip(&[
+            "link", "add", &ns.hub_if, "netns", &ns.hub, "type", "veth", "peer", "name", &lan_if,
+            "netns", &ns.lan,
+        ]);
+        for (name, dev, addr) in [
+            (&ns.hub, &ns.hub_if, "10.231.7.1/24"),
+            (&ns.lan, &lan_if, "10.231.7.2/24"),
+        ] {
+            ip(&["-n", name, "addr", "add", addr, "dev", dev]);
+            ip(&["-n", name, "link", "set", dev, "multicast", "on", "up"]);
+            ip(&["-n", name, "link", "set", "lo", "up"]);
+            ip(&["-n", name, "route", "add", "224.0.0.0/4", "dev", dev]);
+        }
+        ns
+    }
+
+    fn exec(&self, ns: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]);
+        cmd
+    }
+}
+
+impl Drop for TwoNamespaces {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes its end of the veth, and so the pair.
+        for ns in [&self.hub, &self.lan] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn require_netns() {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    assert!(
+        root && have("ip"),
+        "discovery tests need root and iproute2 (they make network namespaces)"
+    );
+}
+
+fn hub_in(ns: &TwoNamespaces) -> TestHub {
+    let config = format!(
+        "[mqtt]\nlisten = \"10.231.7.1:0\"\n[enroll]\nlisten = \"10.231.7.1:0\"\n\
+         [discovery]\nenabled = true\ninterfaces = [\"{}\"]\n",
+        ns.hub_if
+    );
+    TestHub::start_wrapped(&config, &[], &["ip", "netns", "exec", &ns.hub])
+}
+
+/// `hearth-device discover` run inside the LAN namespace.
+fn discover(ns: &TwoNamespaces) -> String {
+    let out = ns
+        .exec(&ns.lan)
+        .args([HEARTH_DEVICE, "discover", "--secs", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn discover_until(ns: &TwoNamespaces, wanted: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = discover(ns);
+        if wanted(&seen) {
+            return seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not seen in time; last: {seen:?}"
+        );
+    }
+}
+
+fn ca_prefix(hub: &TestHub) -> String {
+    use rustls::pki_types::pem::PemObject;
+    let ca = rustls::pki_types::CertificateDer::from_pem_file(hub.data.join("ca.pem")).unwrap();
+    hex::encode(&hearth_daemon::ca::fingerprint(&ca)[..8])
+}
+
+#[test]
+#[ignore = "needs root and iproute2; run with -- --ignored"]
+fn the_reference_device_discovers_the_hub_and_pair_follows_the_window() {
+    require_netns();
+    let ns = TwoNamespaces::new("d");
+    let hub = hub_in(&ns);
+    let expected = format!(
+        "address=10.231.7.1 enroll={} mqtt={} ca={}",
+        hub.enroll.port(),
+        hub.mqtt.port(),
+        ca_prefix(&hub)
+    );
+    let seen = discover_until(&ns, |s| s.contains(&expected));
+    assert!(seen.contains("pair=0"), "{seen}");
+    assert!(seen.starts_with("hearth-"), "{seen}");
+    // Nobody's name is on the network.
+    hub.hearth_ok(&["member", "add", "Ada", "--role", "child"]);
+    let (id, token, _) = open_pairing(&hub, "Ada", "Ada's robot", "10m");
+    let seen = discover_until(&ns, |s| s.contains("pair=1"));
+    assert!(!seen.contains("Ada") && !seen.contains("robot"), "{seen}");
+    // A device on the LAN pairs by discovery and the token alone.
+    let dir = hub.dir.path().join("found");
+    let out = ns
+        .exec(&ns.lan)
+        .arg(HEARTH_DEVICE)
+        .arg("--dir")
+        .arg(&dir)
+        .args(["pair", "--token", &token])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(hub.hearth_ok(&["device", "list"]).contains("Ada's robot"));
+    let _ = id;
+    // The window closed with its use: pair=0 again.
+    discover_until(&ns, |s| s.contains("pair=0"));
+}
+
+#[test]
+#[ignore = "needs root, iproute2 and python3 zeroconf; run with -- --ignored"]
+fn a_foreign_browser_sees_the_records_and_their_withdrawal_on_shutdown() {
+    require_netns();
+    let has_zeroconf = Command::new("python3")
+        .args(["-c", "import zeroconf"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        has_zeroconf,
+        "python3 zeroconf is not installed (pip install zeroconf)"
+    );
+    let ns = TwoNamespaces::new("z");
+    let mut hub = hub_in(&ns);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/e2e/zeroconf_browse.py"
+    );
+    let browser_err = hub.dir.path().join("browser.err");
+    let mut browser: Child = ns
+        .exec(&ns.lan)
+        .args(["python3", script, "watch", "40"])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&browser_err).unwrap())
+        .spawn()
+        .unwrap();
+    let (lines, events) = mpsc::channel::<String>();
+    let stdout = browser.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |what: &dyn Fn(&str) -> bool| -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match events.recv_timeout(left) {
+                Ok(line) if what(&line) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => panic!(
+                    "the foreign browser did not report it in time; it said {seen:?} {}",
+                    std::fs::read_to_string(&browser_err).unwrap_or_default()
+                ),
+            }
+        }
+    };
+    let added = wait_for(&|l: &str| l.starts_with("added") || l.starts_with("updated"));
+    assert!(
+        added.contains(&format!("port={}", hub.enroll.port())),
+        "{added}"
+    );
+    assert!(
+        added.contains(&format!("mqtt={}", hub.mqtt.port())),
+        "{added}"
+    );
+    assert!(
+        added.contains(&format!("ca={}", ca_prefix(&hub))),
+        "{added}"
+    );
+    assert!(added.contains("v=1") && added.contains("pair=0"), "{added}");
+    hub.hearth_ok(&["member", "add", "Ada", "--role", "child"]);
+    let (window, _, _) = open_pairing(&hub, "Ada", "robot", "10m");
+    wait_for(&|l: &str| l.starts_with("updated") && l.contains("pair=1"));
+    hub.hearth_ok(&["pair", "--cancel", &window.to_string()]);
+    // python-zeroconf keeps a superseded TXT record for up to 10 s after a
+    // cache flush and does not report a return to it, so a fresh browser
+    // checks that pair=1 disappeared.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = ns
+            .exec(&ns.lan)
+            .args(["python3", script, "snapshot", "2"])
+            .output()
+            .unwrap();
+        let seen = String::from_utf8_lossy(&out.stdout).to_string();
+        if seen.contains("pair=0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pair=1 stayed: {seen:?}");
+    }
+    // On shutdown the records are withdrawn (goodbye packets).
+    assert!(hub.terminate().success());
+    wait_for(&|l: &str| l.starts_with("removed"));
+    let _ = browser.kill();
+    let _ = browser.wait();
+}
