@@ -248,6 +248,30 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
             ttl_secs,
             host,
         } => open_pairing(hub, member, label, ttl_secs, host),
+        AdminRequest::MailboxStatus => hub
+            .store()
+            .mailbox_pending()
+            .map(|pending| AdminResponse::Mailbox { pending })
+            .map_err(|e| e.to_string()),
+        AdminRequest::ContactList => hub
+            .store()
+            .contact_rules()
+            .map(|rules| AdminResponse::Contacts { rules })
+            .map_err(|e| e.to_string()),
+        AdminRequest::ContactSet { a, b, allowed } => {
+            let set = hub.store().set_contact(&a, &b, allowed);
+            if let Err(e) = set {
+                return AdminResponse::Error {
+                    message: e.to_string(),
+                };
+            }
+            let verb = if allowed { "allow" } else { "deny" };
+            hub.admin_audit("contacts", None, format!("{verb} {a} <-> {b}"));
+            Ok(done(format!(
+                "{a} and {b} {} message each other",
+                if allowed { "may" } else { "may not" }
+            )))
+        }
         AdminRequest::PairList => Ok(AdminResponse::PairWindows {
             windows: hub.windows.list(),
         }),

@@ -74,6 +74,8 @@ pub struct RunningBroker {
     /// How the edge reaches it.
     pub endpoint: BrokerEndpoint,
     probe: Option<(LinkTx, LinkRx)>,
+    /// The mailbox's link, subscribed to every outbox; taken once.
+    pub mailbox: Option<(LinkTx, LinkRx)>,
 }
 
 impl std::fmt::Debug for RunningBroker {
@@ -138,6 +140,12 @@ pub async fn start(limits: BrokerLimits) -> Result<RunningBroker, BrokerError> {
         .map_err(|e| BrokerError::Link(e.to_string()))?;
     tx.subscribe(LIVENESS_TOPIC)
         .map_err(|e| BrokerError::Link(e.to_string()))?;
+    let (mut mailbox_tx, mailbox_rx) = broker
+        .link("hearth-mailbox")
+        .map_err(|e| BrokerError::Link(e.to_string()))?;
+    mailbox_tx
+        .subscribe(crate::mailbox::OUTBOX_FILTER)
+        .map_err(|e| BrokerError::Link(e.to_string()))?;
     std::thread::Builder::new()
         .name("rumqttd".to_owned())
         .spawn(move || {
@@ -156,6 +164,7 @@ pub async fn start(limits: BrokerLimits) -> Result<RunningBroker, BrokerError> {
     Ok(RunningBroker {
         endpoint,
         probe: Some((tx, rx)),
+        mailbox: Some((mailbox_tx, mailbox_rx)),
     })
 }
 

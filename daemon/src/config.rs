@@ -60,6 +60,51 @@ pub struct Config {
     pub enroll: EnrollSection,
     /// mDNS/DNS-SD advertisement on the LAN.
     pub discovery: DiscoverySection,
+    /// Family messaging.
+    pub mailbox: MailboxSection,
+}
+
+/// `[mailbox]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailboxSection {
+    /// Seconds an undelivered message is kept (default 7 days).
+    pub expiry_secs: u64,
+    /// Largest text, in bytes.
+    pub max_text_bytes: usize,
+    /// Largest picture, in bytes (before base64).
+    pub max_image_bytes: usize,
+    /// Largest voice note, in bytes (before base64).
+    pub max_audio_bytes: usize,
+    /// Messages that may wait for one device.
+    pub max_pending_per_device: u64,
+}
+
+impl MailboxSection {
+    /// The limits as they apply: an attachment travels base64 in a JSON
+    /// envelope in one MQTT packet, so none can exceed what
+    /// `limits.max_payload` carries.
+    pub fn within(&self, max_payload: usize) -> MailboxSection {
+        let fits = max_payload.saturating_sub(4096) / 4 * 3;
+        MailboxSection {
+            max_text_bytes: self.max_text_bytes.min(fits),
+            max_image_bytes: self.max_image_bytes.min(fits),
+            max_audio_bytes: self.max_audio_bytes.min(fits),
+            ..self.clone()
+        }
+    }
+}
+
+impl Default for MailboxSection {
+    fn default() -> Self {
+        MailboxSection {
+            expiry_secs: 7 * 86_400,
+            max_text_bytes: 8 * 1024,
+            max_image_bytes: 5 * 1024 * 1024,
+            max_audio_bytes: 2 * 1024 * 1024,
+            max_pending_per_device: 500,
+        }
+    }
 }
 
 /// `[enroll]`
@@ -153,7 +198,7 @@ impl Default for LimitsSection {
     fn default() -> Self {
         LimitsSection {
             max_connections: 1024,
-            max_payload: 1024 * 1024,
+            max_payload: 8 * 1024 * 1024,
             handshake_timeout_secs: 10,
         }
     }
@@ -242,6 +287,23 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "discovery.interfaces",
                 message: format!("{bad:?} is not an interface name"),
+            });
+        }
+        let mailbox = &self.mailbox;
+        if mailbox.expiry_secs < 5 || mailbox.expiry_secs > 90 * 86_400 {
+            return Err(ConfigError::Invalid {
+                key: "mailbox.expiry_secs",
+                message: "must be between 5 seconds and 90 days".into(),
+            });
+        }
+        if mailbox.max_text_bytes == 0 || mailbox.max_pending_per_device == 0 {
+            return Err(ConfigError::Invalid {
+                key: if mailbox.max_text_bytes == 0 {
+                    "mailbox.max_text_bytes"
+                } else {
+                    "mailbox.max_pending_per_device"
+                },
+                message: "must be at least 1".into(),
             });
         }
         if self.audit.retention_days == 0 || self.audit.retention_days > 3650 {

@@ -24,6 +24,7 @@ use crate::edge::sessions::{RetainedTopics, Sessions};
 use crate::edge::tls::{server_config, ClientAuth, ServerCertificate};
 use crate::edge::{self, Edge, EdgeLimits, ListenerKind};
 use crate::enroll;
+use crate::mailbox::Mailbox;
 use crate::pairing::PairingWindows;
 use crate::registry::Registry;
 use crate::store::Store;
@@ -131,6 +132,19 @@ pub async fn run(
     );
     let retained = Arc::new(RetainedTopics::default());
     let sessions = Arc::new(Sessions::default());
+    let (mailbox_link, outbox) = broker
+        .mailbox
+        .take()
+        .ok_or_else(|| DaemonError::Startup("the broker gave no mailbox link".into()))?;
+    let (mailbox, inbox_watch, subscribed) = Mailbox::new(
+        &data_dir,
+        Arc::clone(&store),
+        Arc::clone(&sessions),
+        audit.clone(),
+        config.mailbox.within(config.limits.max_payload),
+        mailbox_link,
+    )
+    .map_err(|e| config_error(&e))?;
     let edge = Arc::new(Edge {
         tls: TlsAcceptor::from(tls),
         registry: Arc::clone(&registry),
@@ -144,6 +158,7 @@ pub async fn run(
         slots: Arc::new(Semaphore::new(config.limits.max_connections)),
         audit: audit.clone(),
         retained: Arc::clone(&retained),
+        inbox_watch: Some(inbox_watch),
     });
 
     let mut listeners = vec![ListenerInfo {
@@ -220,6 +235,7 @@ pub async fn run(
         stop.child_token(),
         tracker.clone(),
     ));
+    tracker.spawn(mailbox.run(outbox, subscribed, stop.child_token()));
     tracker.spawn(retire_renewed(Arc::clone(&hub), stop.child_token()));
     tracker.spawn(admin::serve(
         admin_listener,

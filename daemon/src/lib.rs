@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod edge;
 pub mod enroll;
 pub mod logging;
+pub mod mailbox;
 pub mod pairing;
 pub mod registry;
 pub mod store;

@@ -9,6 +9,9 @@ use hearth_protocol::policy::{DeviceRole, Direction, Grant};
 use hearth_protocol::{DeviceId, Label, MemberName, Owner, Role};
 use rusqlite::{params, Connection, OptionalExtension};
 
+mod mailbox;
+pub use mailbox::{ExpiredMessage, NewMessage, PendingDelivery};
+
 /// The database file's name inside the data dir.
 pub const DB_FILE: &str = "hearth.db";
 
@@ -96,6 +99,44 @@ const MIGRATIONS: &[&str] = &[
     // 3: renewal: a superseded certificate is retired once its successor
     // has been used, or at retire_at at the latest.
     "ALTER TABLE certificates ADD COLUMN retire_at INTEGER;",
+    // 4: the mailbox. Content is sealed (XChaCha20-Poly1305); the rest is
+    // what routing, receipts and `hearth mailbox` need.
+    "CREATE TABLE messages (
+        id TEXT PRIMARY KEY NOT NULL,
+        sender TEXT NOT NULL,
+        ref TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        sealed BLOB NOT NULL,
+        sent_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+     ) STRICT;
+     CREATE INDEX messages_by_expiry ON messages(expires_at);
+     CREATE TABLE deliveries (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        device_id TEXT NOT NULL,
+        UNIQUE (message_id, device_id)
+     ) STRICT;
+     CREATE INDEX deliveries_by_device ON deliveries(device_id, seq);
+     CREATE TABLE sent_refs (
+        sender TEXT NOT NULL,
+        ref TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        PRIMARY KEY (sender, ref)
+     ) STRICT;
+     CREATE TABLE receipts (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        device_id TEXT NOT NULL,
+        envelope TEXT NOT NULL
+     ) STRICT;
+     CREATE INDEX receipts_by_device ON receipts(device_id, seq);
+     CREATE TABLE contacts (
+        from_member TEXT NOT NULL REFERENCES members(name) ON DELETE CASCADE,
+        to_member TEXT NOT NULL REFERENCES members(name) ON DELETE CASCADE,
+        allowed INTEGER NOT NULL,
+        PRIMARY KEY (from_member, to_member)
+     ) STRICT;",
 ];
 
 /// A certificate the registry accepts, with the device it names.
@@ -159,6 +200,9 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Deleted rows (delivered messages, purged devices) are overwritten,
+        // not left in free pages.
+        conn.pragma_update(None, "secure_delete", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let mut store = Store { conn };
         store.migrate()?;

@@ -86,6 +86,19 @@ pub enum AdminRequest {
         /// The window, or every window when absent.
         id: Option<u32>,
     },
+    /// What the mailbox holds: counts and ages per device, no content.
+    MailboxStatus,
+    /// Allows or denies messaging between two members, both ways.
+    ContactSet {
+        /// One member.
+        a: MemberName,
+        /// The other.
+        b: MemberName,
+        /// Allowed or denied.
+        allowed: bool,
+    },
+    /// Lists the explicit contact rules.
+    ContactList,
     /// Reads the audit log.
     Audit {
         /// Only this device's entries.
@@ -127,6 +140,16 @@ pub enum AdminResponse {
     },
     /// A pairing window was opened.
     PairOpened(PairingTicket),
+    /// Answer to [`AdminRequest::MailboxStatus`].
+    Mailbox {
+        /// One entry per device with messages waiting.
+        pending: Vec<MailboxPending>,
+    },
+    /// Answer to [`AdminRequest::ContactList`].
+    Contacts {
+        /// The explicit rules; the defaults apply to every other pair.
+        rules: Vec<ContactRule>,
+    },
     /// Answer to [`AdminRequest::PairList`].
     PairWindows {
         /// The open windows.
@@ -296,4 +319,28 @@ mod tests {
             r#"{"kind":"service"}"#
         );
     }
+}
+
+/// Messages waiting for one device (no content).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxPending {
+    /// The recipient device.
+    pub device: DeviceId,
+    /// How many messages wait for it.
+    pub count: u64,
+    /// When the oldest was sent, Unix seconds.
+    pub oldest_sent_at: i64,
+    /// When the first of them expires, Unix seconds.
+    pub next_expiry: i64,
+}
+
+/// An administrator's rule on who may message whom.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactRule {
+    /// The sender member.
+    pub from: MemberName,
+    /// The recipient member.
+    pub to: MemberName,
+    /// Allowed or denied.
+    pub allowed: bool,
 }

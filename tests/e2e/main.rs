@@ -8,6 +8,7 @@ mod attacks;
 mod discovery;
 mod foreign;
 mod hub_core;
+mod messaging;
 mod pairing;
 mod refusals;
 mod revocation;

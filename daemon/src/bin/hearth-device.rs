@@ -10,6 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
+use hearth_protocol::mailbox::{self, Inbox, Kind, Outbox, ReceiptStatus};
 use hearth_protocol::pairing::PairingUri;
 use hearth_protocol::{topic, DeviceId};
 use http_body_util::{BodyExt, Full, Limited};
@@ -80,6 +81,39 @@ enum Command {
     },
     /// Renews the certificate with a new key made here.
     Renew,
+    /// Sends a message (text, picture or voice note) through the hub's
+    /// mailbox and waits until the hub has stored it.
+    Send {
+        /// A member nickname, or a device id.
+        #[arg(long)]
+        to: String,
+        /// Text to send.
+        #[arg(long, group = "content", required = true)]
+        text: Option<String>,
+        /// A picture to send.
+        #[arg(long, group = "content", value_name = "FILE")]
+        image: Option<PathBuf>,
+        /// A voice note to send.
+        #[arg(long, group = "content", value_name = "FILE")]
+        audio: Option<PathBuf>,
+        /// The file's MIME type (default: from its extension).
+        #[arg(long)]
+        content_type: Option<String>,
+        /// The client reference; sending again with the same one is
+        /// stored once (default: a new random one).
+        #[arg(long = "ref")]
+        reference: Option<String>,
+    },
+    /// Prints messages and receipts waiting in the inbox, saves
+    /// attachments under DIR/inbox/, and acknowledges each message.
+    Inbox {
+        /// Seconds without news before it stops.
+        #[arg(long, default_value_t = 3)]
+        wait: u64,
+        /// Keep listening.
+        #[arg(long)]
+        follow: bool,
+    },
     /// Lists the hubs advertised on the LAN.
     Discover {
         /// Seconds to listen.
@@ -111,6 +145,27 @@ async fn main() -> std::process::ExitCode {
         } => pair(&cli.dir, uri, token, discover_secs, force).await,
         Command::Run { interval, count } => run(&cli.dir, interval, count).await,
         Command::Renew => renew(&cli.dir).await,
+        Command::Send {
+            to,
+            text,
+            image,
+            audio,
+            content_type,
+            reference,
+        } => {
+            send(
+                &cli.dir,
+                to,
+                text,
+                image
+                    .map(|p| (Kind::Image, p))
+                    .or(audio.map(|p| (Kind::Audio, p))),
+                content_type,
+                reference,
+            )
+            .await
+        }
+        Command::Inbox { wait, follow } => inbox(&cli.dir, wait, follow).await,
         Command::Discover { secs } => discover(secs).await.map(|hubs| {
             for hub in &hubs {
                 println!("{hub}");
@@ -542,6 +597,229 @@ async fn run(dir: &Path, interval: f64, count: Option<u64>) -> Result<()> {
             }
         }
     }
+}
+
+// -------------------------------------------------------------- messaging
+
+/// Connects, subscribes to the device's inbox, and returns once the
+/// subscription is in place.
+async fn connect_inbox(dir: &Path) -> Result<(DeviceId, rumqttc::AsyncClient, rumqttc::EventLoop)> {
+    let Paired {
+        pairing,
+        ca_pem,
+        chain_pem,
+        key_pem,
+    } = load(dir)?;
+    let ca = CertificateDer::from_pem_slice(&ca_pem)?;
+    let tls = client_tls(&ca, Some((&chain_pem, &key_pem)))?;
+    let id = pairing.device_id;
+    let mut options = MqttOptions::new(id.as_str(), pairing.host.as_str(), pairing.mqtt_port);
+    options.set_keep_alive(Duration::from_secs(30));
+    // Attachments are large: accept packets up to the hub's own limit.
+    options.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    let (client, mut events) = rumqttc::AsyncClient::new(options, 16);
+    let subscribed = async {
+        loop {
+            match events.poll().await? {
+                Event::Incoming(Packet::ConnAck(_)) => {
+                    client
+                        .subscribe(topic::inbox(&id), QoS::AtLeastOnce)
+                        .await?;
+                }
+                Event::Incoming(Packet::SubAck(_)) => return Ok::<_, anyhow::Error>(()),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), subscribed)
+        .await
+        .context("the hub did not answer within 15 s")?
+        .context("connecting to the hub")?;
+    Ok((id, client, events))
+}
+
+fn content_type_of(path: &Path) -> Option<&'static str> {
+    let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+    Some(match ext.as_str() {
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "ogg" | "opus" => "audio/ogg",
+        "m4a" | "mp4" => "audio/mp4",
+        "mp3" => "audio/mpeg",
+        "wav" => "audio/wav",
+        _ => return None,
+    })
+}
+
+fn extension_of(content_type: &str) -> &'static str {
+    match content_type {
+        "image/jpeg" => "jpg",
+        "image/png" => "png",
+        "image/gif" => "gif",
+        "image/webp" => "webp",
+        "audio/ogg" => "ogg",
+        "audio/mp4" => "m4a",
+        "audio/mpeg" => "mp3",
+        "audio/wav" => "wav",
+        _ => "bin",
+    }
+}
+
+async fn send(
+    dir: &Path,
+    to: String,
+    text: Option<String>,
+    file: Option<(Kind, PathBuf)>,
+    content_type: Option<String>,
+    reference: Option<String>,
+) -> Result<()> {
+    let reference = reference.unwrap_or_else(|| hex::encode(hearth_daemon::random_bytes::<8>()));
+    let (kind, body, data, content_type) = match (text, file) {
+        (Some(text), _) => (Kind::Text, Some(text), None, None),
+        (None, Some((kind, path))) => {
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let content_type = match content_type {
+                Some(t) => t,
+                None => content_type_of(&path)
+                    .context("unknown file type; give --content-type")?
+                    .to_owned(),
+            };
+            let data = base64::engine::general_purpose::STANDARD.encode(bytes);
+            (kind, None, Some(data), Some(content_type))
+        }
+        (None, None) => bail!("give --text, --image or --audio"),
+    };
+    let envelope = Outbox::Send(mailbox::Send {
+        v: mailbox::VERSION,
+        reference: reference.clone(),
+        to,
+        kind,
+        body,
+        data,
+        content_type,
+    });
+    let (id, client, mut events) = connect_inbox(dir).await?;
+    client
+        .publish(
+            topic::outbox(&id),
+            QoS::AtLeastOnce,
+            false,
+            serde_json::to_vec(&envelope)?,
+        )
+        .await?;
+    let answer = async {
+        loop {
+            if let Event::Incoming(Packet::Publish(p)) = events.poll().await? {
+                if let Ok(Inbox::Receipt(r)) = serde_json::from_slice::<Inbox>(&p.payload) {
+                    if r.reference == reference {
+                        return Ok::<_, anyhow::Error>(r);
+                    }
+                }
+            }
+        }
+    };
+    let receipt = tokio::time::timeout(Duration::from_secs(15), answer)
+        .await
+        .context("no receipt from the hub within 15 s; send again with the same --ref")??;
+    let _ = client.disconnect().await;
+    match receipt.status {
+        ReceiptStatus::Stored => {
+            println!(
+                "stored {} (ref {reference})",
+                receipt.id.unwrap_or_default()
+            );
+            Ok(())
+        }
+        _ => bail!(
+            "the hub refused the message: {}",
+            receipt.reason.unwrap_or_else(|| "no reason given".into())
+        ),
+    }
+}
+
+async fn inbox(dir: &Path, wait: u64, follow: bool) -> Result<()> {
+    let (id, client, mut events) = connect_inbox(dir).await?;
+    let saved = dir.join("inbox");
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(wait), events.poll()).await;
+        let event = match next {
+            Err(_) if !follow => break,
+            Err(_) => continue,
+            Ok(event) => event?,
+        };
+        let Event::Incoming(Packet::Publish(p)) = event else {
+            continue;
+        };
+        match serde_json::from_slice::<Inbox>(&p.payload) {
+            Ok(Inbox::Delivery(d)) => {
+                if seen.insert(d.id.clone()) {
+                    let from = format!("{} ({})", d.from.member, d.from.device);
+                    match (&d.body, &d.data) {
+                        (Some(body), _) => println!("message {} from {from}: {body}", d.id),
+                        (None, Some(data)) => {
+                            let bytes = base64::engine::general_purpose::STANDARD.decode(data)?;
+                            make_private_dir(&saved)?;
+                            let kind = d.content_type.as_deref().unwrap_or_default();
+                            let path = saved.join(format!("{}.{}", d.id, extension_of(kind)));
+                            write_file(&path, &bytes, 0o600)?;
+                            println!(
+                                "{} {} from {from}: saved {} ({} bytes)",
+                                d.kind.as_str(),
+                                d.id,
+                                path.display(),
+                                bytes.len()
+                            );
+                        }
+                        (None, None) => println!("message {} from {from} (empty)", d.id),
+                    }
+                }
+                // Acknowledge once stored here (again if the hub resent it).
+                let ack = Outbox::Ack(mailbox::Ack {
+                    v: mailbox::VERSION,
+                    id: d.id,
+                });
+                client
+                    .publish(
+                        topic::outbox(&id),
+                        QoS::AtLeastOnce,
+                        false,
+                        serde_json::to_vec(&ack)?,
+                    )
+                    .await?;
+            }
+            Ok(Inbox::Receipt(r)) => {
+                let status = match r.status {
+                    ReceiptStatus::Stored => "stored",
+                    ReceiptStatus::Delivered => "delivered",
+                    ReceiptStatus::Expired => "expired",
+                    ReceiptStatus::Refused => "refused",
+                };
+                println!(
+                    "receipt {} {status}{}{}",
+                    r.reference,
+                    r.device.map(|d| format!(" to {d}")).unwrap_or_default(),
+                    r.reason.map(|why| format!(": {why}")).unwrap_or_default()
+                );
+            }
+            Err(_) => {}
+        }
+    }
+    // Let the acknowledgements go out before leaving.
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(event) = events.poll().await {
+            if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    })
+    .await;
+    Ok(())
 }
 
 // ---------------------------------------------------------------- renewal

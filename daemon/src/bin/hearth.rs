@@ -45,6 +45,32 @@ enum Command {
     /// Opens a pairing window for one device and prints its token, URI and
     /// QR code; or lists or closes windows.
     Pair(PairArgs),
+    /// What waits in the mailbox: counts and ages per device, no content.
+    Mailbox,
+    /// Who may message whom, beyond the defaults (parents: anyone;
+    /// children: their parents).
+    #[command(subcommand)]
+    Contacts(ContactsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ContactsCommand {
+    /// Lets two members message each other.
+    Allow {
+        /// One member.
+        a: MemberName,
+        /// The other.
+        b: MemberName,
+    },
+    /// Stops two members messaging each other.
+    Deny {
+        /// One member.
+        a: MemberName,
+        /// The other.
+        b: MemberName,
+    },
+    /// Lists the rules set with allow and deny.
+    List,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -329,6 +355,54 @@ fn run(cli: Cli) -> Result<()> {
             )?
         }
         Command::Pair(args) => pair(args, &ask, json, &mut out)?,
+        Command::Mailbox => {
+            if let AdminResponse::Mailbox { pending } = ask(AdminRequest::MailboxStatus)? {
+                if !json {
+                    if pending.is_empty() {
+                        writeln!(out, "the mailbox is empty")?;
+                    }
+                    let now = unix_now();
+                    for p in pending {
+                        writeln!(
+                            out,
+                            "{}\t{} waiting\toldest {}s old\tnext expiry in {}s",
+                            p.device,
+                            p.count,
+                            (now - p.oldest_sent_at).max(0),
+                            (p.next_expiry - now).max(0)
+                        )?;
+                    }
+                }
+            }
+        }
+        Command::Contacts(ContactsCommand::List) => {
+            if let AdminResponse::Contacts { rules } = ask(AdminRequest::ContactList)? {
+                if !json {
+                    for r in rules {
+                        let verb = if r.allowed { "allow" } else { "deny" };
+                        writeln!(out, "{}\t{verb}\t{}", r.from, r.to)?;
+                    }
+                }
+            }
+        }
+        Command::Contacts(ContactsCommand::Allow { a, b }) => print_done(
+            ask(AdminRequest::ContactSet {
+                a,
+                b,
+                allowed: true,
+            })?,
+            json,
+            &mut out,
+        )?,
+        Command::Contacts(ContactsCommand::Deny { a, b }) => print_done(
+            ask(AdminRequest::ContactSet {
+                a,
+                b,
+                allowed: false,
+            })?,
+            json,
+            &mut out,
+        )?,
         Command::Audit(args) => {
             let mut after_id = None;
             let mut since = args.since;

@@ -80,6 +80,8 @@ pub struct Edge {
     pub audit: Audit,
     /// Retained topics per device.
     pub retained: Arc<RetainedTopics>,
+    /// Tells the mailbox when a device subscribes to its inbox.
+    pub inbox_watch: Option<crate::mailbox::InboxWatch>,
 }
 
 impl std::fmt::Debug for Edge {

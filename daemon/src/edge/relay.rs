@@ -313,6 +313,12 @@ impl Upstream<'_> {
                 }
             }
         }
+        if let Some(watch) = &self.edge.inbox_watch {
+            let filters = allowed
+                .iter()
+                .filter_map(|(bytes, _)| std::str::from_utf8(bytes).ok());
+            watch.subscribed(&identity.device, filters);
+        }
         if refused.is_empty() {
             return Ok(Verdict::Forward);
         }

@@ -1,0 +1,674 @@
+//! Family messaging: takes sends from every device's outbox on a trusted
+//! in-process broker link, checks contact rules and limits, stores the
+//! content sealed under the mailbox key (committed with full sync before
+//! the "stored" receipt), delivers to each recipient device's inbox — at
+//! once and again when it subscribes — and deletes a message once every
+//! recipient device has acknowledged it, or when it expires.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hearth_protocol::mailbox::{
+    self, BadEnvelope, Delivery, Inbox, Kind, Outbox, Receipt, ReceiptStatus, Send,
+};
+use hearth_protocol::{filter, topic, DeviceId, MemberName, Role};
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::Notification;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{Audit, Event};
+use crate::config::MailboxSection;
+use crate::edge::sessions::Sessions;
+use crate::store::{NewMessage, Store, StoreError};
+
+/// The mailbox key file in the data dir.
+pub const KEY_FILE: &str = "mailbox.key";
+/// The filter the mailbox's link subscribes to.
+pub const OUTBOX_FILTER: &str = "hearth/v1/dev/+/outbox";
+/// How long after a device subscribes to its inbox the mailbox delivers
+/// (the broker applies the subscription first).
+const SUBSCRIBE_SETTLE: Duration = Duration::from_millis(150);
+/// How long an unacknowledged delivery waits before it is sent again to a
+/// connected device.
+const RESEND_AFTER: Duration = Duration::from_secs(3);
+/// How often expiry and resends run.
+const TICK: Duration = Duration::from_millis(500);
+
+/// The mailbox could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("mailbox: {0}")]
+pub struct MailboxError(String);
+
+/// Tells the mailbox that a device subscribed to its inbox.
+#[derive(Debug, Clone)]
+pub struct InboxWatch(mpsc::UnboundedSender<DeviceId>);
+
+impl InboxWatch {
+    /// A device's allowed subscription filters were just forwarded; if one
+    /// covers its inbox, pending mail goes out.
+    pub fn subscribed<'a>(&self, device: &DeviceId, filters: impl IntoIterator<Item = &'a str>) {
+        let inbox = topic::inbox(device);
+        let covers = filters.into_iter().any(|f| {
+            let plain = match filter::split_shared(f) {
+                Some(Ok((_, inner))) => inner,
+                Some(Err(_)) => return false,
+                None => f,
+            };
+            filter::matches(filter::levels(plain), &inbox)
+        });
+        if covers {
+            let _ = self.0.send(*device);
+        }
+    }
+}
+
+/// Seals and opens message content with XChaCha20-Poly1305; the message id
+/// and its recipient are bound as associated data, so a sealed row moved
+/// to another message or recipient does not open.
+struct Seal(XChaCha20Poly1305);
+
+impl Seal {
+    fn load_or_create(dir: &Path) -> Result<Seal, MailboxError> {
+        let path = dir.join(KEY_FILE);
+        let fail =
+            |what: &str, e: std::io::Error| MailboxError(format!("{what} {}: {e}", path.display()));
+        let key = match std::fs::read(&path) {
+            Ok(key) => key,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = crate::random_bytes::<32>().to_vec();
+                crate::datadir::write_private(&path, &key).map_err(|e| fail("cannot write", e))?;
+                key
+            }
+            Err(e) => return Err(fail("cannot read", e)),
+        };
+        let mode = std::fs::metadata(&path)
+            .map_err(|e| fail("cannot stat", e))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| fail("cannot chmod", e))?;
+        }
+        if key.len() != 32 {
+            return Err(MailboxError(format!(
+                "{} is not a 32-byte key; refusing to guess",
+                path.display()
+            )));
+        }
+        let cipher = XChaCha20Poly1305::new_from_slice(&key)
+            .map_err(|_| MailboxError("bad key length".into()))?;
+        Ok(Seal(cipher))
+    }
+
+    fn aad(id: &str, recipient: &str) -> Vec<u8> {
+        format!("hearth-mailbox-v1\0{id}\0{recipient}").into_bytes()
+    }
+
+    fn seal(&self, id: &str, recipient: &str, plain: &[u8]) -> Vec<u8> {
+        let nonce = crate::random_bytes::<24>();
+        let aad = Seal::aad(id, recipient);
+        let sealed = self
+            .0
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plain,
+                    aad: &aad,
+                },
+            )
+            .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&sealed);
+        out
+    }
+
+    fn open(&self, id: &str, recipient: &str, sealed: &[u8]) -> Option<Vec<u8>> {
+        if sealed.len() < 24 {
+            return None;
+        }
+        let (nonce, body) = sealed.split_at(24);
+        let aad = Seal::aad(id, recipient);
+        self.0
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: body,
+                    aad: &aad,
+                },
+            )
+            .ok()
+    }
+}
+
+/// What is sealed: the content of a message.
+#[derive(Debug, Serialize, Deserialize)]
+struct Content {
+    kind: Kind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    content_type: Option<String>,
+}
+
+/// A running mailbox.
+pub struct Mailbox {
+    store: Arc<Mutex<Store>>,
+    sessions: Arc<Sessions>,
+    audit: Audit,
+    seal: Seal,
+    limits: MailboxSection,
+    link: LinkTx,
+    /// When each (message, device) delivery was last published.
+    sent: HashMap<(String, DeviceId), Instant>,
+    /// Devices whose inbox subscription is settling, and when to deliver.
+    due: HashMap<DeviceId, Instant>,
+}
+
+impl std::fmt::Debug for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailbox").finish_non_exhaustive()
+    }
+}
+
+impl Mailbox {
+    /// Loads (or makes) the mailbox key. `link` is a broker link already
+    /// subscribed to [`OUTBOX_FILTER`].
+    pub fn new(
+        data_dir: &Path,
+        store: Arc<Mutex<Store>>,
+        sessions: Arc<Sessions>,
+        audit: Audit,
+        limits: MailboxSection,
+        link: LinkTx,
+    ) -> Result<(Mailbox, InboxWatch, mpsc::UnboundedReceiver<DeviceId>), MailboxError> {
+        let seal = Seal::load_or_create(data_dir)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mailbox = Mailbox {
+            store,
+            sessions,
+            audit,
+            seal,
+            limits,
+            link,
+            sent: HashMap::new(),
+            due: HashMap::new(),
+        };
+        Ok((mailbox, InboxWatch(tx), rx))
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Serves until `stop`.
+    pub async fn run(
+        mut self,
+        mut outbox: LinkRx,
+        mut subscribed: mpsc::UnboundedReceiver<DeviceId>,
+        stop: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                note = outbox.next() => match note {
+                    Ok(Some(Notification::Forward(forward))) => {
+                        let topic = String::from_utf8_lossy(&forward.publish.topic).into_owned();
+                        self.on_outbox(&topic, &forward.publish.payload);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "the mailbox lost its broker link");
+                        return;
+                    }
+                },
+                Some(device) = subscribed.recv() => {
+                    self.due.insert(device, Instant::now() + SUBSCRIBE_SETTLE);
+                }
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let ready: Vec<DeviceId> = self
+            .due
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(d, _)| *d)
+            .collect();
+        for device in ready {
+            self.due.remove(&device);
+            self.deliver_pending(&device, Resend::All);
+        }
+        self.expire();
+        // Resend what a connected device has not acknowledged (a delivery
+        // can race its subscription, or be dropped by a full queue).
+        for device in self.sessions.connected_devices() {
+            self.deliver_pending(&device, Resend::Stale);
+        }
+        self.sent
+            .retain(|_, at| now.duration_since(*at) < Duration::from_secs(3600));
+    }
+
+    fn on_outbox(&mut self, topic: &str, payload: &[u8]) {
+        let Some(sender) = topic
+            .strip_prefix("hearth/v1/dev/")
+            .and_then(|rest| rest.strip_suffix("/outbox"))
+            .and_then(|id| id.parse::<DeviceId>().ok())
+        else {
+            return;
+        };
+        match mailbox::parse_outbox(payload) {
+            Ok(Outbox::Send(send)) => self.on_send(&sender, send),
+            Ok(Outbox::Ack(ack)) => self.on_ack(&sender, &ack.id),
+            Err(BadEnvelope { reference, reason }) => {
+                self.refuse(&sender, reference.unwrap_or_default(), &reason)
+            }
+        }
+    }
+
+    fn on_send(&mut self, sender: &DeviceId, send: Send) {
+        match self.accept(sender, &send) {
+            Ok(Accepted::Duplicate(id)) => {
+                // Already stored (and delivered or pending): the sender
+                // lost the receipt; tell it again.
+                self.receipt_now(sender, &send.reference, Some(id), ReceiptStatus::Stored);
+            }
+            Ok(Accepted::Stored(id)) => {
+                self.receipt_now(
+                    sender,
+                    &send.reference,
+                    Some(id.clone()),
+                    ReceiptStatus::Stored,
+                );
+                for device in self.recipients_of(&id).unwrap_or_default() {
+                    self.deliver_pending(&device, Resend::Only(&id));
+                }
+            }
+            Err(Refusal(reason)) => self.refuse(sender, send.reference, &reason),
+        }
+    }
+
+    fn recipients_of(&self, id: &str) -> Option<Vec<DeviceId>> {
+        self.store().message_recipients(id).ok()
+    }
+
+    fn accept(&mut self, sender: &DeviceId, send: &Send) -> Result<Accepted, Refusal> {
+        let db = |e: StoreError| {
+            tracing::error!(error = %e, "mailbox database error");
+            Refusal("the hub could not store the message; try again".into())
+        };
+        let store = self.store();
+        if let Some(id) = store.sent_reference(sender, &send.reference).map_err(db)? {
+            return Ok(Accepted::Duplicate(id));
+        }
+        let Some(from_member) = store.device_member(sender).map_err(db)? else {
+            return Err(Refusal("service devices do not send messages".into()));
+        };
+        let content = self.check_content(send)?;
+        // `to`: a device id, else a member nickname.
+        let (to_member, devices) = match send.to.parse::<DeviceId>() {
+            Ok(device) => match store.device_member(&device).map_err(db)? {
+                Some(member) => (member, vec![device]),
+                None => return Err(Refusal(format!("no member or device named {:?}", send.to))),
+            },
+            Err(_) => {
+                let Ok(member) = send.to.parse::<MemberName>() else {
+                    return Err(Refusal(format!("no member or device named {:?}", send.to)));
+                };
+                if store.member_role(&member).map_err(db)?.is_none() {
+                    return Err(Refusal(format!("no member or device named {:?}", send.to)));
+                }
+                let devices = store.member_devices(&member).map_err(db)?;
+                (member, devices)
+            }
+        };
+        let devices: Vec<DeviceId> = devices.into_iter().filter(|d| d != sender).collect();
+        if devices.is_empty() {
+            return Err(Refusal(format!("{} has no device to deliver to", send.to)));
+        }
+        // Contact rules: an administrator's rule wins; by default parents
+        // may message anyone, children their parents (and themselves).
+        let allowed = match store.contact_rule(&from_member, &to_member).map_err(db)? {
+            Some(rule) => rule,
+            None => {
+                let from_role = store.member_role(&from_member).map_err(db)?;
+                let to_role = store.member_role(&to_member).map_err(db)?;
+                from_member == to_member
+                    || from_role == Some(Role::Parent)
+                    || to_role == Some(Role::Parent)
+            }
+        };
+        if !allowed {
+            return Err(Refusal(format!(
+                "{from_member} may not message {to_member} (hearth contacts allow)"
+            )));
+        }
+        for device in &devices {
+            if store.pending_count(device).map_err(db)? >= self.limits.max_pending_per_device {
+                return Err(Refusal(format!(
+                    "the mailbox of {} is full ({} messages waiting)",
+                    send.to, self.limits.max_pending_per_device
+                )));
+            }
+        }
+        drop(store);
+        let id = hex::encode(crate::random_bytes::<16>());
+        let plain = serde_json::to_vec(&content).map_err(|e| Refusal(e.to_string()))?;
+        let sealed = self.seal.seal(&id, &send.to, &plain);
+        let now = crate::unix_now();
+        let message = NewMessage {
+            id: &id,
+            sender,
+            reference: &send.reference,
+            recipient: &send.to,
+            sealed: &sealed,
+            sent_at: now,
+            expires_at: now + self.limits.expiry_secs as i64,
+            devices: &devices,
+        };
+        self.store().store_message(&message).map_err(db)?;
+        Ok(Accepted::Stored(id))
+    }
+
+    fn check_content(&self, send: &Send) -> Result<Content, Refusal> {
+        let refuse = |reason: String| Err(Refusal(reason));
+        match send.kind {
+            Kind::Text => {
+                let Some(body) = send.body.as_ref().filter(|b| !b.is_empty()) else {
+                    return refuse("a text message needs a body".into());
+                };
+                if send.data.is_some() {
+                    return refuse("a text message has a body, not data".into());
+                }
+                if body.len() > self.limits.max_text_bytes {
+                    return refuse(format!(
+                        "text is {} bytes; at most {} are allowed",
+                        body.len(),
+                        self.limits.max_text_bytes
+                    ));
+                }
+                Ok(Content {
+                    kind: Kind::Text,
+                    body: Some(body.clone()),
+                    data: None,
+                    content_type: None,
+                })
+            }
+            Kind::Image | Kind::Audio => {
+                let (limit, prefix) = if send.kind == Kind::Image {
+                    (self.limits.max_image_bytes, "image/")
+                } else {
+                    (self.limits.max_audio_bytes, "audio/")
+                };
+                let Some(data) = &send.data else {
+                    return refuse(format!("an {} message needs data", send.kind.as_str()));
+                };
+                let content_type = match &send.content_type {
+                    Some(t) if t.starts_with(prefix) && t.len() <= 100 => t.clone(),
+                    _ => return refuse(format!("content_type must be {prefix}...")),
+                };
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .map_err(|_| Refusal("data is not valid base64".into()))?;
+                if decoded.is_empty() || decoded.len() > limit {
+                    return refuse(format!(
+                        "{} is {} bytes; 1 to {limit} are allowed",
+                        send.kind.as_str(),
+                        decoded.len()
+                    ));
+                }
+                Ok(Content {
+                    kind: send.kind,
+                    body: None,
+                    data: Some(data.clone()),
+                    content_type: Some(content_type),
+                })
+            }
+        }
+    }
+
+    fn on_ack(&mut self, device: &DeviceId, id: &str) {
+        let closed = self.store().acknowledge(device, id);
+        match closed {
+            Ok(Some((sender, reference, _gone))) => {
+                self.sent.remove(&(id.to_owned(), *device));
+                let receipt = Receipt {
+                    v: mailbox::VERSION,
+                    reference,
+                    id: Some(id.to_owned()),
+                    status: ReceiptStatus::Delivered,
+                    device: Some(*device),
+                    reason: None,
+                };
+                self.queue_receipt(&sender, receipt);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "cannot record an acknowledgement"),
+        }
+    }
+
+    fn refuse(&mut self, sender: &DeviceId, reference: String, reason: &str) {
+        self.audit.record(Event {
+            device: Some(*sender),
+            event: "message-refused",
+            action: Some("send".into()),
+            reason: Some(reason.to_owned()),
+            ..Event::default()
+        });
+        let receipt = Receipt {
+            v: mailbox::VERSION,
+            reference,
+            id: None,
+            status: ReceiptStatus::Refused,
+            device: None,
+            reason: Some(reason.to_owned()),
+        };
+        self.publish_inbox(sender, &Inbox::Receipt(receipt));
+    }
+
+    fn receipt_now(
+        &mut self,
+        sender: &DeviceId,
+        reference: &str,
+        id: Option<String>,
+        status: ReceiptStatus,
+    ) {
+        let receipt = Receipt {
+            v: mailbox::VERSION,
+            reference: reference.to_owned(),
+            id,
+            status,
+            device: None,
+            reason: None,
+        };
+        self.publish_inbox(sender, &Inbox::Receipt(receipt));
+    }
+
+    /// Receipts that may find their sender offline wait in the database.
+    fn queue_receipt(&mut self, sender: &DeviceId, receipt: Receipt) {
+        let Ok(text) = serde_json::to_string(&Inbox::Receipt(receipt)) else {
+            return;
+        };
+        if let Err(e) = self.store().queue_receipt(sender, &text) {
+            tracing::error!(error = %e, "cannot queue a receipt");
+            return;
+        }
+        if self.sessions.connected_devices().contains(sender) {
+            self.flush_receipts(sender);
+        }
+    }
+
+    fn flush_receipts(&mut self, device: &DeviceId) {
+        let receipts = self.store().take_receipts(device);
+        match receipts {
+            Ok(receipts) => {
+                for text in receipts {
+                    let _ = self.link.publish(topic::inbox(device), text.into_bytes());
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read queued receipts"),
+        }
+    }
+
+    /// Publishes a device's pending deliveries, oldest first, as `which`
+    /// says; with [`Resend::All`] its queued receipts too.
+    fn deliver_pending(&mut self, device: &DeviceId, which: Resend<'_>) {
+        let pending = match self.store().pending_for(device) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read pending deliveries");
+                return;
+            }
+        };
+        let now = Instant::now();
+        for message in pending {
+            let key = (message.id.clone(), *device);
+            let skip = match which {
+                Resend::All => false,
+                Resend::Only(id) => message.id != id,
+                Resend::Stale => self
+                    .sent
+                    .get(&key)
+                    .is_some_and(|at| now.duration_since(*at) < RESEND_AFTER),
+            };
+            if skip {
+                continue;
+            }
+            let Some(plain) = self
+                .seal
+                .open(&message.id, &message.recipient, &message.sealed)
+            else {
+                tracing::error!(message = %message.id, "a stored message does not open; skipping it");
+                continue;
+            };
+            let Ok(content) = serde_json::from_slice::<Content>(&plain) else {
+                continue;
+            };
+            let from_member = self.store().device_member(&message.sender).ok().flatten();
+            let Some(member) = from_member.or_else(|| "former-member".parse().ok()) else {
+                continue;
+            };
+            let delivery = Delivery {
+                v: mailbox::VERSION,
+                id: message.id.clone(),
+                from: mailbox::From {
+                    member,
+                    device: message.sender,
+                },
+                kind: content.kind,
+                body: content.body,
+                data: content.data,
+                content_type: content.content_type,
+                sent_at: message.sent_at,
+                expires_at: message.expires_at,
+            };
+            self.publish_inbox(device, &Inbox::Delivery(delivery));
+            self.sent.insert(key, now);
+        }
+        if matches!(which, Resend::All) {
+            self.flush_receipts(device);
+        }
+    }
+
+    fn expire(&mut self) {
+        let expired = self.store().expire_messages(crate::unix_now());
+        match expired {
+            Ok(expired) => {
+                for message in expired {
+                    self.sent.retain(|(id, _), _| id != &message.id);
+                    let receipt = Receipt {
+                        v: mailbox::VERSION,
+                        reference: message.reference,
+                        id: Some(message.id),
+                        status: ReceiptStatus::Expired,
+                        device: None,
+                        reason: None,
+                    };
+                    self.queue_receipt(&message.sender, receipt);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot expire messages"),
+        }
+    }
+
+    fn publish_inbox(&mut self, device: &DeviceId, envelope: &Inbox) {
+        let Ok(text) = serde_json::to_vec(envelope) else {
+            return;
+        };
+        if let Err(e) = self.link.publish(topic::inbox(device), text) {
+            tracing::warn!(error = %e, "cannot publish to an inbox");
+        }
+    }
+}
+
+/// Which pending deliveries to publish.
+#[derive(Clone, Copy)]
+enum Resend<'a> {
+    /// Every one: the device just subscribed to its inbox.
+    All,
+    /// Those not published in the last [`RESEND_AFTER`].
+    Stale,
+    /// One new message.
+    Only(&'a str),
+}
+
+enum Accepted {
+    Stored(String),
+    Duplicate(String),
+}
+
+struct Refusal(String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seal_opens_only_for_its_id_and_recipient() {
+        let dir = tempfile::tempdir().unwrap();
+        let seal = Seal::load_or_create(dir.path()).unwrap();
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let sealed = seal.seal("m1", "Ada", b"secret words");
+        assert!(!sealed.windows(6).any(|w| w == b"secret"));
+        assert_eq!(seal.open("m1", "Ada", &sealed).unwrap(), b"secret words");
+        assert!(seal.open("m2", "Ada", &sealed).is_none());
+        assert!(seal.open("m1", "Bob", &sealed).is_none());
+        // The same key comes back on the next start.
+        let again = Seal::load_or_create(dir.path()).unwrap();
+        assert_eq!(again.open("m1", "Ada", &sealed).unwrap(), b"secret words");
+    }
+
+    #[test]
+    fn inbox_watch_notices_filters_that_cover_the_inbox() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let watch = InboxWatch(tx);
+        let d: DeviceId = "0jqs8adyj6jyjnsqmar523qbbd".parse().unwrap();
+        watch.subscribed(&d, ["hearth/v1/dev/0jqs8adyj6jyjnsqmar523qbbd/cmd/#"]);
+        assert!(rx.try_recv().is_err());
+        for f in [
+            "hearth/v1/dev/0jqs8adyj6jyjnsqmar523qbbd/inbox",
+            "hearth/v1/dev/0jqs8adyj6jyjnsqmar523qbbd/#",
+            "$share/g/hearth/v1/dev/0jqs8adyj6jyjnsqmar523qbbd/+",
+        ] {
+            watch.subscribed(&d, [f]);
+            assert_eq!(rx.try_recv().unwrap(), d, "{f}");
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! The mailbox's tables: sealed messages, one delivery row per recipient
+//! device, sent references (for de-duplication, no content), receipts
+//! waiting for their sender, and the household's contact rules.
+
+use hearth_protocol::admin::{ContactRule, MailboxPending};
+use hearth_protocol::{DeviceId, MemberName};
+use rusqlite::{params, OptionalExtension};
+
+use super::{Store, StoreError};
+
+/// A message to store.
+#[derive(Debug)]
+pub struct NewMessage<'a> {
+    /// Its id.
+    pub id: &'a str,
+    /// The sending device.
+    pub sender: &'a DeviceId,
+    /// The sender's reference.
+    pub reference: &'a str,
+    /// The `to` it was addressed to (member or device), bound into the seal.
+    pub recipient: &'a str,
+    /// Nonce and ciphertext of the content.
+    pub sealed: &'a [u8],
+    /// Unix seconds.
+    pub sent_at: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// Every device it goes to.
+    pub devices: &'a [DeviceId],
+}
+
+/// A pending delivery, with the sealed content.
+#[derive(Debug)]
+pub struct PendingDelivery {
+    /// The message id.
+    pub id: String,
+    /// The sending device.
+    pub sender: DeviceId,
+    /// As addressed.
+    pub recipient: String,
+    /// Nonce and ciphertext.
+    pub sealed: Vec<u8>,
+    /// Unix seconds.
+    pub sent_at: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+/// A message that expired undelivered.
+#[derive(Debug)]
+pub struct ExpiredMessage {
+    /// Its id.
+    pub id: String,
+    /// The sending device.
+    pub sender: DeviceId,
+    /// The sender's reference.
+    pub reference: String,
+}
+
+fn parse_device(text: String) -> Result<DeviceId, StoreError> {
+    text.parse()
+        .map_err(|_| StoreError::Corrupt(format!("device id {text:?}")))
+}
+
+impl Store {
+    /// The id already stored for `(sender, reference)`, if any.
+    pub fn sent_reference(
+        &self,
+        sender: &DeviceId,
+        reference: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT message_id FROM sent_refs WHERE sender = ?1 AND ref = ?2",
+                params![sender.as_str(), reference],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Deliveries pending for a device.
+    pub fn pending_count(&self, device: &DeviceId) -> Result<u64, StoreError> {
+        let count: i64 = self.conn.query_row(
+            "SELECT count(*) FROM deliveries WHERE device_id = ?1",
+            params![device.as_str()],
+            |row| row.get(0),
+        )?;
+        Ok(count.max(0) as u64)
+    }
+
+    /// Stores a message and its deliveries in one transaction, committed
+    /// with full sync before this returns.
+    pub fn store_message(&mut self, message: &NewMessage<'_>) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO messages (id, sender, ref, recipient, sealed, sent_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                message.id,
+                message.sender.as_str(),
+                message.reference,
+                message.recipient,
+                message.sealed,
+                message.sent_at,
+                message.expires_at
+            ],
+        )?;
+        for device in message.devices {
+            tx.execute(
+                "INSERT INTO deliveries (message_id, device_id) VALUES (?1, ?2)",
+                params![message.id, device.as_str()],
+            )?;
+        }
+        tx.execute(
+            "INSERT INTO sent_refs (sender, ref, message_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                message.sender.as_str(),
+                message.reference,
+                message.id,
+                message.expires_at
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The devices a message still waits for.
+    pub fn message_recipients(&self, id: &str) -> Result<Vec<DeviceId>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT device_id FROM deliveries WHERE message_id = ?1 ORDER BY seq")?;
+        let rows = stmt.query_map(params![id], |row| row.get::<_, String>(0))?;
+        rows.map(|r| parse_device(r?)).collect()
+    }
+
+    /// Pending deliveries of a device, oldest first (in order per sender).
+    pub fn pending_for(&self, device: &DeviceId) -> Result<Vec<PendingDelivery>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT m.id, m.sender, m.recipient, m.sealed, m.sent_at, m.expires_at
+             FROM deliveries d JOIN messages m ON m.id = d.message_id
+             WHERE d.device_id = ?1 ORDER BY d.seq",
+        )?;
+        let rows = stmt.query_map(params![device.as_str()], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, Vec<u8>>(3)?,
+                row.get::<_, i64>(4)?,
+                row.get::<_, i64>(5)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (id, sender, recipient, sealed, sent_at, expires_at) = row?;
+            Ok(PendingDelivery {
+                id,
+                sender: parse_device(sender)?,
+                recipient,
+                sealed,
+                sent_at,
+                expires_at,
+            })
+        })
+        .collect()
+    }
+
+    /// Records a device's acknowledgement. Returns the sender and reference
+    /// if a pending delivery was closed, and whether the message is gone
+    /// (every recipient device acknowledged).
+    pub fn acknowledge(
+        &mut self,
+        device: &DeviceId,
+        id: &str,
+    ) -> Result<Option<(DeviceId, String, bool)>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let closed = tx.execute(
+            "DELETE FROM deliveries WHERE message_id = ?1 AND device_id = ?2",
+            params![id, device.as_str()],
+        )?;
+        if closed == 0 {
+            return Ok(None);
+        }
+        let (sender, reference): (String, String) = tx.query_row(
+            "SELECT sender, ref FROM messages WHERE id = ?1",
+            params![id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        let remaining: i64 = tx.query_row(
+            "SELECT count(*) FROM deliveries WHERE message_id = ?1",
+            params![id],
+            |row| row.get(0),
+        )?;
+        if remaining == 0 {
+            tx.execute("DELETE FROM messages WHERE id = ?1", params![id])?;
+        }
+        tx.commit()?;
+        Ok(Some((parse_device(sender)?, reference, remaining == 0)))
+    }
+
+    /// Deletes messages past their expiry (and deliveries to devices no
+    /// longer active, which can never be acknowledged). Returns the expired
+    /// messages for their receipts.
+    pub fn expire_messages(&mut self, now: i64) -> Result<Vec<ExpiredMessage>, StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "DELETE FROM deliveries WHERE device_id NOT IN
+                (SELECT id FROM devices WHERE status = 'active')",
+            [],
+        )?;
+        let expired = {
+            let mut stmt = tx.prepare(
+                "DELETE FROM messages WHERE expires_at <= ?1
+                    OR id NOT IN (SELECT message_id FROM deliveries)
+                 RETURNING id, sender, ref, expires_at <= ?1",
+            )?;
+            let rows = stmt.query_map(params![now], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, bool>(3)?,
+                ))
+            })?;
+            let mut expired = Vec::new();
+            for row in rows {
+                let (id, sender, reference, timed_out) = row?;
+                if timed_out {
+                    expired.push(ExpiredMessage {
+                        id,
+                        sender: parse_device(sender)?,
+                        reference,
+                    });
+                }
+            }
+            expired
+        };
+        tx.execute(
+            "DELETE FROM deliveries WHERE message_id NOT IN (SELECT id FROM messages)",
+            [],
+        )?;
+        tx.execute("DELETE FROM sent_refs WHERE expires_at <= ?1", params![now])?;
+        tx.commit()?;
+        Ok(expired)
+    }
+
+    /// Queues a receipt (JSON, no content) for a sender device.
+    pub fn queue_receipt(&self, device: &DeviceId, envelope: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO receipts (device_id, envelope) VALUES (?1, ?2)",
+            params![device.as_str(), envelope],
+        )?;
+        Ok(())
+    }
+
+    /// Takes the receipts waiting for a device.
+    pub fn take_receipts(&mut self, device: &DeviceId) -> Result<Vec<String>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let envelopes = {
+            let mut stmt =
+                tx.prepare("DELETE FROM receipts WHERE device_id = ?1 RETURNING seq, envelope")?;
+            let mut rows: Vec<(i64, String)> = stmt
+                .query_map(params![device.as_str()], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            rows.sort_by_key(|(seq, _)| *seq);
+            rows.into_iter().map(|(_, e)| e).collect()
+        };
+        tx.commit()?;
+        Ok(envelopes)
+    }
+
+    /// Active devices of a member.
+    pub fn member_devices(&self, member: &MemberName) -> Result<Vec<DeviceId>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id FROM devices WHERE member = ?1 AND status = 'active' ORDER BY created_at",
+        )?;
+        let rows = stmt.query_map(params![member.as_str()], |row| row.get::<_, String>(0))?;
+        rows.map(|r| parse_device(r?)).collect()
+    }
+
+    /// The member owning an active device.
+    pub fn device_member(&self, device: &DeviceId) -> Result<Option<MemberName>, StoreError> {
+        let name: Option<Option<String>> = self
+            .conn
+            .query_row(
+                "SELECT member FROM devices WHERE id = ?1 AND status = 'active'",
+                params![device.as_str()],
+                |row| row.get(0),
+            )
+            .optional()?;
+        match name.flatten() {
+            Some(name) => {
+                Ok(Some(name.parse().map_err(|_| {
+                    StoreError::Corrupt(format!("member {name:?}"))
+                })?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The explicit rule for `from` messaging `to`, if an administrator set one.
+    pub fn contact_rule(
+        &self,
+        from: &MemberName,
+        to: &MemberName,
+    ) -> Result<Option<bool>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT allowed FROM contacts WHERE from_member = ?1 AND to_member = ?2",
+                params![from.as_str(), to.as_str()],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Sets the rule both ways between two members.
+    pub fn set_contact(
+        &mut self,
+        a: &MemberName,
+        b: &MemberName,
+        allowed: bool,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        for name in [a, b] {
+            let exists: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM members WHERE name = ?1)",
+                params![name.as_str()],
+                |row| row.get(0),
+            )?;
+            if !exists {
+                return Err(StoreError::NoSuchMember(name.to_string()));
+            }
+        }
+        for (from, to) in [(a, b), (b, a)] {
+            tx.execute(
+                "INSERT INTO contacts (from_member, to_member, allowed) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (from_member, to_member) DO UPDATE SET allowed = excluded.allowed",
+                params![from.as_str(), to.as_str(), allowed],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every explicit contact rule.
+    pub fn contact_rules(&self) -> Result<Vec<ContactRule>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT from_member, to_member, allowed FROM contacts ORDER BY from_member, to_member",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, bool>(2)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (from, to, allowed) = row?;
+            let parse = |n: String| {
+                n.parse::<MemberName>()
+                    .map_err(|_| StoreError::Corrupt(format!("member {n:?}")))
+            };
+            Ok(ContactRule {
+                from: parse(from)?,
+                to: parse(to)?,
+                allowed,
+            })
+        })
+        .collect()
+    }
+
+    /// What is pending per recipient device: count and oldest, no content.
+    pub fn mailbox_pending(&self) -> Result<Vec<MailboxPending>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT d.device_id, count(*), min(m.sent_at), min(m.expires_at)
+             FROM deliveries d JOIN messages m ON m.id = d.message_id
+             GROUP BY d.device_id ORDER BY d.device_id",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, i64>(3)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (device, count, oldest, next_expiry) = row?;
+            Ok(MailboxPending {
+                device: parse_device(device)?,
+                count: count.max(0) as u64,
+                oldest_sent_at: oldest,
+                next_expiry,
+            })
+        })
+        .collect()
+    }
+}
