@@ -157,11 +157,25 @@ pub fn rewrite_connect(packet: Packet, client_id: String, login: Login) -> Packe
     match packet {
         Packet::Connect(mut connect, properties, will, will_properties, _) => {
             connect.client_id = client_id;
+            // Keep-alive 0 means "no keep-alive" (3.1.1 §3.1.2.10, 5
+            // §3.1.2.10), but rumqttd times such a client out at once. The
+            // broker is given a long one instead, and the relay keeps the
+            // broker side alive for the client (see relay::BROKER_PING).
+            if connect.keep_alive == 0 {
+                connect.keep_alive = SILENT_CLIENT_KEEP_ALIVE;
+            }
             Packet::Connect(connect, properties, will, will_properties, Some(login))
         }
         other => other,
     }
 }
+
+/// The keep-alive the broker sees for a client that asked for none.
+pub const SILENT_CLIENT_KEEP_ALIVE: u16 = 3600;
+
+/// CONNACK rejecting a zero-byte client id without a clean session
+/// (3.1.1 §3.1.3.1 [MQTT-3.1.3-8]: return code 2).
+pub const CONNACK_IDENTIFIER_REJECTED: &[u8] = &[0x20, 0x02, 0x00, 0x02];
 
 /// CONNACK refusing a client as not authorized (3.1.1: return code 5;
 /// 5: reason 0x87), sent before closing.

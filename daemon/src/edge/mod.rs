@@ -151,6 +151,8 @@ enum SessionEnd {
     Frame(#[from] FrameError),
     #[error("client id {0:?} is not the certificate's device id")]
     WrongClientId(String),
+    #[error("zero-byte client id without a clean session")]
+    IdentifierRejected,
     #[error("broker unreachable: {0}")]
     Broker(std::io::Error),
     #[error("client sent a packet only a server may send (type {0})")]
@@ -259,16 +261,18 @@ impl Edge {
                     Ok(result) => result?,
                     Err(_) => return Err(SessionEnd::Timeout),
                 };
-            let checked = client_id_for(&peer, &connect).and_then(|id| {
+            let checked = client_id_for(&peer, version, &connect).and_then(|id| {
                 check_will(&peer, &connect)?;
                 Ok(id)
             });
             let client_id = match checked {
                 Ok(id) => id,
                 Err(end) => {
-                    let _ = client
-                        .write_all(frame::connack_not_authorized(version))
-                        .await;
+                    let connack = match end {
+                        SessionEnd::IdentifierRejected => frame::CONNACK_IDENTIFIER_REJECTED,
+                        _ => frame::connack_not_authorized(version),
+                    };
+                    let _ = client.write_all(connack).await;
                     let _ = client.shutdown().await;
                     if let Some(device) = device {
                         let (action, topic) = match &end {
@@ -288,6 +292,15 @@ impl Edge {
                 }
             };
             let _ = inbound.split_to(connect_len);
+            let connect_keep_alive = match &connect {
+                Packet::Connect(c, ..) => {
+                    if c.clean_session {
+                        self.sessions.outbound_reset(&client_id);
+                    }
+                    Some(c.keep_alive)
+                }
+                _ => None,
+            };
             let login = Login {
                 username: self.broker.username.clone(),
                 password: self.broker.password.clone(),
@@ -324,11 +337,30 @@ impl Edge {
                     ..Event::default()
                 });
             }
-            let result = relay::run(self, &peer, version, client, &mut broker, inbound, stop).await;
+            let silent = matches!(&connect_keep_alive, Some(0));
+            let result = relay::run(
+                self,
+                &peer,
+                version,
+                &client_id,
+                client,
+                &mut broker,
+                inbound,
+                silent,
+                stop,
+            )
+            .await;
             close_broker_connection(broker).await;
             result
         }
         .await;
+        // Most MQTT clients close TCP without a TLS close_notify after
+        // DISCONNECT, and a toy losing power does the same: an ordinary
+        // end, not a warning.
+        let result = match result {
+            Err(SessionEnd::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(()),
+            other => other,
+        };
         match (&device, &result) {
             (Some(device), Ok(())) => tracing::info!(device = %device, "disconnected"),
             (None, Ok(())) => {}
@@ -430,10 +462,19 @@ fn check_will(peer: &Peer, connect: &Packet) -> Result<(), SessionEnd> {
 }
 
 /// The client id the broker will see, or why the CONNECT is refused.
-fn client_id_for(peer: &Peer, connect: &Packet) -> Result<String, SessionEnd> {
+fn client_id_for(
+    peer: &Peer,
+    version: MqttVersion,
+    connect: &Packet,
+) -> Result<String, SessionEnd> {
     let Packet::Connect(connect, ..) = connect else {
         return Err(SessionEnd::NotConnect);
     };
+    // 3.1.1 §3.1.3.1 [MQTT-3.1.3-8]: a zero-byte id asks for a session
+    // nobody could resume; it must be rejected unless the session is clean.
+    if version == MqttVersion::V311 && connect.client_id.is_empty() && !connect.clean_session {
+        return Err(SessionEnd::IdentifierRejected);
+    }
     match peer {
         Peer::Device(identity) => {
             let wanted = identity.device.as_str();

@@ -30,6 +30,11 @@ const ALIAS_BYTES_MAX: usize = 64 * 1024;
 pub const DENIAL_LIMIT: usize = 10;
 /// The window for [`DENIAL_LIMIT`].
 pub const DENIAL_WINDOW: Duration = Duration::from_secs(10);
+/// How often the edge pings the broker for a client that asked for no
+/// keep-alive, well within the broker's 1.5 × [`frame::SILENT_CLIENT_KEEP_ALIVE`].
+const BROKER_PING: Duration = Duration::from_secs(frame::SILENT_CLIENT_KEEP_ALIVE as u64 / 3);
+/// PINGREQ.
+const PINGREQ: [u8; 2] = [0xc0, 0x00];
 
 /// What the upstream half asks the downstream half (the client's writer).
 #[derive(Debug)]
@@ -49,13 +54,16 @@ enum ToClient {
 }
 
 /// Relays until either side closes or `stop` fires.
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 pub(super) async fn run<S>(
     edge: &Edge,
     peer: &Peer,
     version: MqttVersion,
+    client_id: &str,
     client: S,
     broker: &mut TcpStream,
     inbound: BytesMut,
+    silent_client: bool,
     stop: CancellationToken,
 ) -> Result<(), SessionEnd>
 where
@@ -64,7 +72,11 @@ where
     let (client_read, client_write) = tokio::io::split(client);
     let (broker_read, broker_write) = broker.split();
     let (to_client, from_upstream) = mpsc::channel(64);
+    // PINGRESPs owed to the edge's own PINGREQs, dropped on the way down.
+    let edge_pings = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let mut upstream = Upstream {
+        client_id,
+        ping_broker: silent_client.then(|| std::sync::Arc::clone(&edge_pings)),
         edge,
         peer,
         v5: version == MqttVersion::V5,
@@ -81,6 +93,8 @@ where
         broker_read,
         client_write,
         from_upstream,
+        edge_pings,
+        (&edge.sessions, client_id),
     );
     tokio::select! {
         _ = stop.cancelled() => Ok(()),
@@ -100,6 +114,9 @@ enum Verdict {
 }
 
 struct Upstream<'a> {
+    client_id: &'a str,
+    /// For a client without keep-alive: the edge's PINGREQs in flight.
+    ping_broker: Option<std::sync::Arc<std::sync::atomic::AtomicU32>>,
     edge: &'a Edge,
     peer: &'a Peer,
     v5: bool,
@@ -144,7 +161,20 @@ impl Upstream<'_> {
                 broker.write_all(&out).await?;
                 out.clear();
             }
-            if client.read_buf(&mut inbound).await? == 0 {
+            let read = match &self.ping_broker {
+                None => client.read_buf(&mut inbound).await?,
+                Some(owed) => {
+                    tokio::select! {
+                        read = client.read_buf(&mut inbound) => read?,
+                        _ = tokio::time::sleep(BROKER_PING) => {
+                            owed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            broker.write_all(&PINGREQ).await?;
+                            continue;
+                        }
+                    }
+                }
+            };
+            if read == 0 {
                 return Ok(());
             }
         }
@@ -177,9 +207,13 @@ impl Upstream<'_> {
                 }
                 Ok(Verdict::Forward)
             }
-            kind::PUBACK | kind::PUBREC | kind::PUBCOMP | kind::PINGREQ | kind::DISCONNECT => {
+            kind::PUBACK | kind::PUBREC => {
+                if let Ok(pkid) = inspect::packet_id(packet, frame.header_len) {
+                    self.edge.sessions.outbound_acked(self.client_id, pkid);
+                }
                 Ok(Verdict::Forward)
             }
+            kind::PUBCOMP | kind::PINGREQ | kind::DISCONNECT => Ok(Verdict::Forward),
             other => Err(SessionEnd::ForbiddenPacket(other)),
         }
     }
@@ -388,6 +422,8 @@ async fn downstream<R, W>(
     mut broker: R,
     mut client: W,
     mut from_upstream: mpsc::Receiver<ToClient>,
+    edge_pings: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    (sessions, client_id): (&super::sessions::Sessions, &str),
 ) -> Result<(), SessionEnd>
 where
     R: AsyncRead + Unpin,
@@ -421,9 +457,24 @@ where
                 let mut out: Option<Vec<u8>> = None;
                 while let Some(f) = frame::next_frame(&buf[complete..], limit)? {
                     let packet = &buf[complete..complete + f.len];
-                    let merged = (f.kind() == kind::SUBACK && !merges.is_empty())
-                        .then(|| merge_suback(&mut merges, v5, &f, packet))
-                        .flatten();
+                    let owed_pong = f.kind() == kind::PINGRESP
+                        && edge_pings
+                            .fetch_update(
+                                std::sync::atomic::Ordering::SeqCst,
+                                std::sync::atomic::Ordering::SeqCst,
+                                |n| n.checked_sub(1),
+                            )
+                            .is_ok();
+                    let merged = if owed_pong {
+                        // The answer to the edge's own PINGREQ: not the client's.
+                        Some(Vec::new())
+                    } else if f.kind() == kind::PUBLISH {
+                        redelivery_marked(sessions, client_id, v5, &f, packet)
+                    } else {
+                        (f.kind() == kind::SUBACK && !merges.is_empty())
+                            .then(|| merge_suback(&mut merges, v5, &f, packet))
+                            .flatten()
+                    };
                     match (merged, out.as_mut()) {
                         (Some(bytes), Some(o)) => o.extend_from_slice(&bytes),
                         (Some(bytes), None) => {
@@ -445,6 +496,26 @@ where
             }
         }
     }
+}
+
+/// A QoS 1/2 PUBLISH whose packet id the client has not acknowledged
+/// since it was last sent is a redelivery: 3.1.1 §3.3.1.1 [MQTT-3.3.1-1]
+/// and 5 §3.3.1.1 require DUP 1, which rumqttd does not set.
+fn redelivery_marked(
+    sessions: &super::sessions::Sessions,
+    client_id: &str,
+    v5: bool,
+    frame: &Frame,
+    packet: &[u8],
+) -> Option<Vec<u8>> {
+    let header = inspect::publish(packet, frame.header_len, v5).ok()?;
+    let pkid = header.pkid?;
+    if sessions.outbound_sent(client_id, pkid) && packet[0] & 0x08 == 0 {
+        let mut marked = packet.to_vec();
+        marked[0] |= 0x08;
+        return Some(marked);
+    }
+    None
 }
 
 fn merge_suback(

@@ -15,7 +15,15 @@ pub struct Sessions {
     next: AtomicU64,
     live: Mutex<HashMap<u64, Session>>,
     turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per client id, the packet ids of QoS 1/2 PUBLISHes sent to the
+    /// client and not yet acknowledged, across its connections: rumqttd
+    /// resends them on reconnect without the DUP flag the specification
+    /// requires, so the edge sets it.
+    unacked: Mutex<HashMap<String, std::collections::HashSet<u16>>>,
 }
+
+/// Packet ids remembered per client id; rumqttd's inflight window is 100.
+const UNACKED_MAX: usize = 1024;
 
 #[derive(Debug)]
 struct Session {
@@ -42,6 +50,36 @@ pub struct SessionGuard {
 }
 
 impl Sessions {
+    /// A clean session starts: nothing it was sent before counts.
+    pub fn outbound_reset(&self, client_id: &str) {
+        self.unacked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(client_id);
+    }
+
+    /// A QoS 1/2 PUBLISH with `pkid` goes to the client; returns whether
+    /// it was sent before and not acknowledged (so it is a redelivery).
+    pub fn outbound_sent(&self, client_id: &str, pkid: u16) -> bool {
+        let mut unacked = self.unacked.lock().unwrap_or_else(|p| p.into_inner());
+        let ids = unacked.entry(client_id.to_owned()).or_default();
+        if ids.len() >= UNACKED_MAX && !ids.contains(&pkid) {
+            ids.clear();
+        }
+        !ids.insert(pkid)
+    }
+
+    /// The client acknowledged `pkid` (PUBACK or PUBREC).
+    pub fn outbound_acked(&self, client_id: &str, pkid: u16) {
+        let mut unacked = self.unacked.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ids) = unacked.get_mut(client_id) {
+            ids.remove(&pkid);
+            if ids.is_empty() {
+                unacked.remove(client_id);
+            }
+        }
+    }
+
     /// Records a session; `stop` ends it.
     pub fn register(
         self: &Arc<Self>,
