@@ -5,6 +5,7 @@
 //! `-- --ignored` once those are installed.
 
 mod attacks;
+mod cli;
 mod foreign;
 mod hub_core;
 mod pairing;

@@ -4,3 +4,4 @@
 
 pub mod device;
 pub mod hearth;
+pub mod hearthd;
