@@ -14,21 +14,17 @@
 # way the unit would: as hearth:hearth-admin, umask 0077, with
 # STATE_DIRECTORY/RUNTIME_DIRECTORY set, and it collects sd_notify's READY=1
 # itself. Where systemd runs, it drives the service with systemctl instead.
-# It only uses loopback (127.0.0.1:8883), stops by itself, and removes its
+# It only uses loopback (127.0.0.1:8883 and :8443) with mDNS off, stops by itself, and removes its
 # test user, processes and files on exit. On failure it also purges the
 # package it installed (set HEARTH_TEST_KEEP=1 to keep it for a look).
 # The last line is `package: N passed, 0 failed`.
 set -euo pipefail
 
-# TODO(discovery/enroll): the test config below holds only keys today's
-# hearthd knows. Once [discovery] and [enroll] exist, put them here so the
-# test daemon stays on loopback and off the LAN:
-#   EXTRA_TEST_CONFIG=$'[discovery]\nenabled = false\n\n[enroll]\nlisten = "127.0.0.1:8443"\n'
-EXTRA_TEST_CONFIG=''
 
 PKG=hearth-daemon
 UNIT_NAME=hearthd.service
 MQTT_PORT=8883
+ENROLL_PORT=8443
 TEST_USER=hearthpkgtest
 STATE=/var/lib/hearth
 RUNTIME=/run/hearth
@@ -99,8 +95,12 @@ case "$(status_of)" in
     *) fail "$PKG is already installed here; this test installs and purges it itself (dpkg -P $PKG first)" ;;
 esac
 if [ -d /run/systemd/system ]; then MODE=systemd; else MODE=manual; fi
-if [ "$MODE" = manual ] && (exec 3<>"/dev/tcp/127.0.0.1/$MQTT_PORT") 2>/dev/null; then
-    fail "127.0.0.1:$MQTT_PORT is already in use; stop whatever listens there"
+if [ "$MODE" = manual ]; then
+    for port in "$MQTT_PORT" "$ENROLL_PORT"; do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            fail "127.0.0.1:$port is already in use; stop whatever listens there"
+        fi
+    done
 fi
 echo "== testing $DEB (mode: $MODE)"
 cd /
@@ -108,8 +108,19 @@ cd /
 WORK=$(mktemp -d /run/hearth-pkgtest.XXXXXX)
 chmod 0711 "$WORK"
 TEST_CONF=$WORK/hearth-test.toml
-printf '# test-package.sh: the packaged defaults, but loopback only.\n[mqtt]\nlisten = "127.0.0.1:%s"\n%s' \
-    "$MQTT_PORT" "$EXTRA_TEST_CONFIG" >"$TEST_CONF"
+# Tests never send traffic on real interfaces: every listener binds
+# loopback and mDNS advertisement (multicast on every LAN) is off.
+cat >"$TEST_CONF" <<EOF
+# test-package.sh: the packaged defaults, but loopback only and no mDNS.
+[mqtt]
+listen = "127.0.0.1:$MQTT_PORT"
+
+[enroll]
+listen = "127.0.0.1:$ENROLL_PORT"
+
+[discovery]
+enabled = false
+EOF
 chmod 0644 "$TEST_CONF"
 DROPIN_DIR=/run/systemd/system/$UNIT_NAME.d
 DAEMON_PID=
@@ -159,6 +170,9 @@ cleanup() {
     fi
 }
 trap cleanup EXIT
+# Interrupted (Ctrl-C, CI cancelling the job): still clean up, via EXIT.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 if [ "$MODE" = systemd ]; then
     # Point the service at the loopback config before postinst starts it.
