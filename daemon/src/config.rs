@@ -7,6 +7,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// The commented default configuration, as packaged in
+/// /etc/hearth/hearth.toml and printed by `hearthd print-default-config`.
+/// A unit test below keeps it equal to [`Config::default`].
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../packaging/hearth.toml");
+
 /// Exit code for a bad configuration or unusable data dir (sysexits EX_CONFIG).
 pub const EXIT_CONFIG: i32 = 78;
 
@@ -41,7 +46,8 @@ pub enum ConfigError {
 }
 
 /// Everything `hearthd` can be told. Every field has a default.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where the CA, certificates and database live.
@@ -65,7 +71,8 @@ pub struct Config {
 }
 
 /// `[mailbox]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct MailboxSection {
     /// Seconds an undelivered message is kept (default 7 days).
@@ -108,7 +115,8 @@ impl Default for MailboxSection {
 }
 
 /// `[enroll]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct EnrollSection {
     /// Address of the EST (HTTPS) listener.
@@ -124,7 +132,8 @@ impl Default for EnrollSection {
 }
 
 /// `[discovery]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct DiscoverySection {
     /// Advertise `_hearth._tcp` and `_secure-mqtt._tcp` over mDNS.
@@ -144,7 +153,8 @@ impl Default for DiscoverySection {
 }
 
 /// `[audit]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditSection {
     /// Days an audit entry is kept.
@@ -158,7 +168,8 @@ impl Default for AuditSection {
 }
 
 /// `[mqtt]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttSection {
     /// Address of the mutual-TLS listener.
@@ -174,7 +185,8 @@ impl Default for MqttSection {
 }
 
 /// `[admin]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSection {
     /// Path of the admin socket; default `$RUNTIME_DIRECTORY/admin.sock`,
@@ -183,7 +195,8 @@ pub struct AdminSection {
 }
 
 /// `[limits]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSection {
     /// Connections served at once (TLS and dev listeners together).
@@ -212,7 +225,8 @@ impl LimitsSection {
 }
 
 /// `[dev]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct DevSection {
     /// Plaintext listener, loopback only; off unless set.
@@ -240,8 +254,12 @@ impl Config {
             let message = e.message().trim().replace('\n', " ");
             match e.span() {
                 Some(span) => {
-                    let line = text[..span.start].matches('\n').count() + 1;
-                    format!("line {line}: {message}")
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    match key_at(text, line) {
+                        Some(key) => format!("line {line}: {key}: {message}"),
+                        None => format!("line {line}: {message}"),
+                    }
                 }
                 None => message,
             }
@@ -345,6 +363,30 @@ impl Config {
     }
 }
 
+/// The dotted key (`mqtt.listen`) set on 1-based line `line` of a TOML
+/// text, for error messages; `None` when that line sets no simple key.
+fn key_at(text: &str, line: usize) -> Option<String> {
+    let mut section = None;
+    for (number, content) in text.lines().enumerate() {
+        let content = content.trim();
+        if number + 1 == line {
+            let (key, _) = content.split_once('=')?;
+            let key = key.trim();
+            if key.is_empty() || key.starts_with(['[', '#']) {
+                return None;
+            }
+            return Some(match section {
+                Some(section) => format!("{section}.{key}"),
+                None => key.to_owned(),
+            });
+        }
+        if let Some(header) = content.strip_prefix('[') {
+            section = header.split_once(']').map(|(name, _)| name.trim());
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,5 +423,79 @@ mod tests {
         assert!(err.contains("dev.listen"), "{err}");
         let c = Config::parse("[dev]\nlisten = \"[::1]:1883\"\n").unwrap();
         c.check().unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_dotted_key() {
+        let err = Config::parse("# x\n[mqtt]\nlisten = \"nowhere:88x\"\n").unwrap_err();
+        assert!(err.starts_with("line 3: mqtt.listen: "), "{err}");
+        let err = Config::parse("[limits]\nmax_payload = \"big\"\n").unwrap_err();
+        assert!(err.starts_with("line 2: limits.max_payload: "), "{err}");
+        let err = Config::parse("data_dir = 3\n").unwrap_err();
+        assert!(err.starts_with("line 1: data_dir: "), "{err}");
+    }
+
+    /// The packaged file with every `#key = value` and `#[section]` line
+    /// uncommented: what an administrator gets by uncommenting everything.
+    fn uncommented_default_file() -> String {
+        DEFAULT_CONFIG_TOML
+            .lines()
+            .map(|line| match line.strip_prefix('#') {
+                Some(rest)
+                    if rest.starts_with('[')
+                        || rest.starts_with(|c: char| c.is_ascii_lowercase()) =>
+                {
+                    rest
+                }
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn the_packaged_file_as_shipped_means_all_defaults() {
+        let c = Config::parse(DEFAULT_CONFIG_TOML).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn the_packaged_file_states_exactly_the_defaults() {
+        let text = uncommented_default_file();
+        let mut c = Config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        c.check().unwrap();
+        // Settings without a fixed default show what systemd's
+        // environment (or the example) gives; the rest must equal the code.
+        assert_eq!(c.data_dir.take(), Some("/var/lib/hearth".into()));
+        assert_eq!(c.admin.socket.take(), Some("/run/hearth/admin.sock".into()));
+        assert_eq!(c.dev.listen.take(), Some("127.0.0.1:1883".parse().unwrap()));
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn the_packaged_file_lists_every_setting() {
+        fn keys(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
+            for (key, value) in table {
+                let key = format!("{prefix}{key}");
+                match value {
+                    toml::Value::Table(inner) => keys(&format!("{key}."), inner, out),
+                    _ => out.push(key),
+                }
+            }
+        }
+        let mut all = Config {
+            data_dir: Some("/x".into()),
+            ..Config::default()
+        };
+        all.admin.socket = Some("/x".into());
+        all.dev.listen = Some("127.0.0.1:1".parse().unwrap());
+        let mut want = Vec::new();
+        keys("", &toml::Table::try_from(&all).unwrap(), &mut want);
+        let mut have = Vec::new();
+        let file: toml::Table = toml::from_str(&uncommented_default_file()).unwrap();
+        keys("", &file, &mut have);
+        want.sort();
+        have.sort();
+        assert_eq!(have, want, "packaging/hearth.toml must list every setting");
     }
 }

@@ -264,6 +264,10 @@ pub async fn run(
         startup_ms = started.elapsed().as_millis() as u64,
         "hearthd ready"
     );
+    notify_service_manager(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("serving"),
+    ]);
 
     let outcome = tokio::select! {
         _ = stop.cancelled() => Ok(()),
@@ -276,6 +280,10 @@ pub async fn run(
         tracing::error!(error = %e, "the broker stopped routing");
     }
     tracing::info!("shutting down");
+    notify_service_manager(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status("draining connections"),
+    ]);
     stop.cancel();
     tracker.close();
     if tokio::time::timeout(DRAIN_LIMIT, tracker.wait())
@@ -287,6 +295,15 @@ pub async fn run(
     let _ = std::fs::remove_file(&admin_path);
     drop(store);
     outcome
+}
+
+/// Tells systemd (Type=notify) how the hub is doing. Does nothing when
+/// `$NOTIFY_SOCKET` is unset (not started by systemd, or in tests); a
+/// failure is logged, not fatal: the hub serves either way.
+fn notify_service_manager(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "cannot notify the service manager ($NOTIFY_SOCKET)");
+    }
 }
 
 async fn bind(key: &str, addr: SocketAddr) -> Result<TcpListener, DaemonError> {

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod audit;
 pub mod broker;
 pub mod ca;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod datadir;

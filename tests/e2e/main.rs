@@ -5,6 +5,7 @@
 //! `-- --ignored` once those are installed.
 
 mod attacks;
+mod cli;
 mod discovery;
 mod foreign;
 mod hub_core;

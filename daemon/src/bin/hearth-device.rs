@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
 use bytes::Bytes;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use hearth_protocol::mailbox::{self, Inbox, Kind, Outbox, ReceiptStatus};
 use hearth_protocol::pairing::PairingUri;
 use hearth_protocol::{topic, DeviceId};
@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use hearth_daemon::cli::device::{Cli, Command};
 use hearth_daemon::enroll::pkcs7;
 
 const EST: &str = "/.well-known/est/";
@@ -34,93 +35,6 @@ const EST: &str = "/.well-known/est/";
 const MAX_RESPONSE: usize = 64 * 1024;
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
-
-/// A Hearth reference device: pair with a hub, run, renew.
-#[derive(Debug, Parser)]
-#[command(name = "hearth-device", version, about)]
-struct Cli {
-    /// The device's own directory: key (0600), certificate, hub CA, settings.
-    #[arg(
-        long,
-        env = "HEARTH_DEVICE_DIR",
-        default_value = "hearth-device",
-        global = true
-    )]
-    dir: PathBuf,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Pairs with a hub: makes a key here, enrolls over EST with the
-    /// one-time token, and stores the certificate.
-    Pair {
-        /// The hearth://pair?... URI from `hearth pair` (or its QR code).
-        /// Without it, the hub is found on the LAN by mDNS.
-        uri: Option<PairingUri>,
-        /// The token, when the hub is found by mDNS.
-        #[arg(long, required_unless_present = "uri")]
-        token: Option<String>,
-        /// Seconds to look for a hub on the LAN.
-        #[arg(long, default_value_t = 5)]
-        discover_secs: u64,
-        /// Replace an existing pairing in the directory.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Connects over mutual TLS, publishes telemetry to its `tele` topic,
-    /// prints commands received on its `cmd` topic; reconnects with backoff.
-    Run {
-        /// Seconds between telemetry messages.
-        #[arg(long, default_value_t = 10.0)]
-        interval: f64,
-        /// Stop after this many telemetry messages were acknowledged.
-        #[arg(long)]
-        count: Option<u64>,
-    },
-    /// Renews the certificate with a new key made here.
-    Renew,
-    /// Sends a message (text, picture or voice note) through the hub's
-    /// mailbox and waits until the hub has stored it.
-    Send {
-        /// A member nickname, or a device id.
-        #[arg(long)]
-        to: String,
-        /// Text to send.
-        #[arg(long, group = "content", required = true)]
-        text: Option<String>,
-        /// A picture to send.
-        #[arg(long, group = "content", value_name = "FILE")]
-        image: Option<PathBuf>,
-        /// A voice note to send.
-        #[arg(long, group = "content", value_name = "FILE")]
-        audio: Option<PathBuf>,
-        /// The file's MIME type (default: from its extension).
-        #[arg(long)]
-        content_type: Option<String>,
-        /// The client reference; sending again with the same one is
-        /// stored once (default: a new random one).
-        #[arg(long = "ref")]
-        reference: Option<String>,
-    },
-    /// Prints messages and receipts waiting in the inbox, saves
-    /// attachments under DIR/inbox/, and acknowledges each message.
-    Inbox {
-        /// Seconds without news before it stops.
-        #[arg(long, default_value_t = 3)]
-        wait: u64,
-        /// Keep listening.
-        #[arg(long)]
-        follow: bool,
-    },
-    /// Lists the hubs advertised on the LAN.
-    Discover {
-        /// Seconds to listen.
-        #[arg(long, default_value_t = 3)]
-        secs: u64,
-    },
-}
 
 /// What the device remembers about its hub, in `device.toml`.
 #[derive(Debug, Serialize, Deserialize)]

@@ -4,24 +4,21 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use hearth_daemon::config::{Config, EXIT_CONFIG};
+use hearth_daemon::cli::hearthd::{Args, Command};
+use hearth_daemon::config::{Config, DEFAULT_CONFIG_TOML, EXIT_CONFIG};
 use tokio_util::sync::CancellationToken;
 
-/// The Hearth home hub: mutual-TLS MQTT for a household's toys and phones.
-#[derive(Debug, Parser)]
-#[command(name = "hearthd", version, about)]
-struct Args {
-    /// Configuration file (TOML). Without one, the embedded defaults apply.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// State directory; overrides the config file and $STATE_DIRECTORY.
-    #[arg(long, value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-}
-
 fn main() -> ExitCode {
-    hearth_daemon::logging::init();
     let args = Args::parse();
+    match args.command {
+        Some(Command::CheckConfig { file }) => return check_config(file.or(args.config)),
+        Some(Command::PrintDefaultConfig) => {
+            print!("{DEFAULT_CONFIG_TOML}");
+            return ExitCode::SUCCESS;
+        }
+        None => {}
+    }
+    hearth_daemon::logging::init();
     let mut config = match &args.config {
         Some(path) => match Config::load(path) {
             Ok(config) => config,
@@ -61,6 +58,33 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e}");
             ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+/// `hearthd check-config [FILE]`: one line on stdout if the file is good,
+/// one line on stderr naming the problem (and exit 78) if not.
+fn check_config(file: Option<PathBuf>) -> ExitCode {
+    let Some(path) = file else {
+        return match Config::default().check() {
+            Ok(()) => {
+                println!("built-in defaults: ok");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("hearthd: {e}");
+                ExitCode::from(EXIT_CONFIG as u8)
+            }
+        };
+    };
+    match Config::load(&path) {
+        Ok(_) => {
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hearthd: {e}");
+            ExitCode::from(EXIT_CONFIG as u8)
         }
     }
 }

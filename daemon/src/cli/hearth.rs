@@ -1,0 +1,234 @@
+//! The `hearth` command line's clap definition, shared by the binary and by
+//! the man-page and completion generator (examples/gen-assets.rs).
+
+use std::path::PathBuf;
+
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use hearth_protocol::{DeviceId, Label, MemberName, Role};
+
+use crate::unix_now;
+
+/// Administer a Hearth hub: members, devices and status.
+#[derive(Debug, Parser)]
+#[command(name = "hearth", version, about)]
+pub struct Cli {
+    /// The hub's admin socket.
+    #[arg(long, env = "HEARTH_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Print the daemon's JSON answer instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Uptime, version, listeners and connected devices.
+    Status,
+    /// Household members.
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Devices and their certificates.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Grants a service device a topic filter, literally (no substitution).
+    Grant(GrantArgs),
+    /// Takes a grant back; the service's sessions close at once.
+    RevokeGrant(GrantArgs),
+    /// Reads the audit log (connects, refusals, denials, admin changes).
+    Audit(AuditArgs),
+    /// Opens a pairing window for one device and prints its token, URI and
+    /// QR code; or lists or closes windows.
+    Pair(PairArgs),
+    /// What waits in the mailbox: counts and ages per device, no content.
+    Mailbox,
+    /// Who may message whom, beyond the defaults (parents: anyone;
+    /// children: their parents).
+    #[command(subcommand)]
+    Contacts(ContactsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContactsCommand {
+    /// Lets two members message each other.
+    Allow {
+        /// One member.
+        a: MemberName,
+        /// The other.
+        b: MemberName,
+    },
+    /// Stops two members messaging each other.
+    Deny {
+        /// One member.
+        a: MemberName,
+        /// The other.
+        b: MemberName,
+    },
+    /// Lists the rules set with allow and deny.
+    List,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct PairArgs {
+    /// The member the new device will belong to.
+    #[arg(long, required_unless_present_any = ["list", "cancel"])]
+    pub member: Option<MemberName>,
+    /// A label for people ("Ada's robot").
+    #[arg(long, required_unless_present_any = ["list", "cancel"])]
+    pub label: Option<Label>,
+    /// How long the window stays open: 90s, 10m, 2h (at most 24h).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub ttl: u64,
+    /// The host name or address devices should use (default: the hub's
+    /// LAN address).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Do not draw the QR code.
+    #[arg(long)]
+    pub no_qr: bool,
+    /// Lists the open windows.
+    #[arg(long, conflicts_with_all = ["member", "label", "cancel"])]
+    pub list: bool,
+    /// Closes a window by number, or every window.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["member", "label"])]
+    pub cancel: Option<Option<u32>>,
+}
+
+/// Parses a pairing window length: `90s`, `10m`, `2h` (1 s to 24 h).
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?}: use 90s, 10m or 2h"))?;
+    let seconds = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?}: use 90s, 10m or 2h")),
+    };
+    if seconds == 0 || seconds > 24 * 3600 {
+        return Err(format!("{s:?}: between 1s and 24h"));
+    }
+    Ok(seconds)
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct GrantArgs {
+    /// The service device.
+    pub id: DeviceId,
+    /// The topic filter, under hearth/v1/<literal>/.
+    pub filter: String,
+    /// Allow publishing to topics the filter matches.
+    #[arg(
+        long,
+        required_unless_present = "subscribe",
+        conflicts_with = "subscribe"
+    )]
+    pub publish: bool,
+    /// Allow subscribing to filters within it.
+    #[arg(long)]
+    pub subscribe: bool,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct AuditArgs {
+    /// Only this device.
+    #[arg(long)]
+    pub device: Option<DeviceId>,
+    /// Only the last period: 90s, 10m, 2h, 7d (or Unix seconds).
+    #[arg(long, value_parser = parse_since)]
+    pub since: Option<i64>,
+    /// At most this many entries (the newest).
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    /// Keep printing new entries as they come.
+    #[arg(long)]
+    pub follow: bool,
+}
+
+/// Parses `--since`: Unix seconds, or a period back from now (`7d`).
+pub fn parse_since(s: &str) -> Result<i64, String> {
+    let now = unix_now();
+    if let Ok(unix) = s.parse::<i64>() {
+        return Ok(unix);
+    }
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = number
+        .parse()
+        .map_err(|_| format!("{s:?}: use 90s, 10m, 2h or 7d"))?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("{s:?}: use 90s, 10m, 2h or 7d")),
+    };
+    Ok(now - seconds)
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// Adds a member, known only by a nickname and a role.
+    Add {
+        /// The nickname ("Ada", "Mum").
+        name: MemberName,
+        /// parent or child.
+        #[arg(long)]
+        role: Role,
+    },
+    /// Lists the members.
+    List,
+    /// Removes a member; their devices are revoked and removed.
+    Remove {
+        /// The nickname.
+        name: MemberName,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Issues a device certificate and registers the device.
+    Issue(IssueArgs),
+    /// Lists the devices.
+    List,
+    /// Revokes a device: its connections close at once and its
+    /// certificates are refused from then on.
+    Revoke {
+        /// The device id.
+        id: DeviceId,
+    },
+    /// Revokes a device and deletes it from the registry.
+    Remove {
+        /// The device id.
+        id: DeviceId,
+    },
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct IssueArgs {
+    /// The member the device belongs to.
+    #[arg(long, required_unless_present = "service", conflicts_with = "service")]
+    pub member: Option<MemberName>,
+    /// A service device (a local integration) instead of a member's.
+    #[arg(long)]
+    pub service: bool,
+    /// A label for people ("Ada's tablet").
+    #[arg(long)]
+    pub label: Label,
+    /// Sign this PKCS#10 request (PEM); the key stays where it was made.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "out",
+        conflicts_with = "out"
+    )]
+    pub csr: Option<PathBuf>,
+    /// With --csr: where to write the certificate (default: the request's
+    /// path with the extension .pem); the CA goes to ca.pem beside it.
+    #[arg(long, value_name = "FILE", requires = "csr")]
+    pub cert_out: Option<PathBuf>,
+    /// Make a key here and write device.key (0600), device.pem and ca.pem.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
