@@ -81,11 +81,7 @@ async fn an_empty_client_id_is_assigned_one(b: Bench) {
         client.connack
     );
 }
-on_both_listeners!(
-    an_empty_client_id_is_assigned_one,
-    [ignore = "CONFORMANCE.md: the edge replaces the empty id but does not add Assigned Client Identifier to rumqttd's CONNACK"],
-    [ignore = "CONFORMANCE.md: the edge replaces the empty id but does not add Assigned Client Identifier to rumqttd's CONNACK"]
-);
+on_both_listeners!(an_empty_client_id_is_assigned_one);
 
 /// §3.1.2.11.2: "If the Session Expiry Interval is absent the value 0 is
 /// used ... the Session ends when the Network Connection is closed", so a
@@ -100,11 +96,7 @@ async fn session_expiry_zero_ends_the_session_at_disconnect(b: Bench) {
     let again = V5::connect(options).await;
     assert!(!again.connack.session_present);
 }
-on_both_listeners!(
-    session_expiry_zero_ends_the_session_at_disconnect,
-    [ignore = "CONFORMANCE.md: rumqttd keeps every Clean Start 0 session regardless of Session Expiry Interval"],
-    [ignore = "CONFORMANCE.md: rumqttd keeps every Clean Start 0 session regardless of Session Expiry Interval"]
-);
+on_both_listeners!(session_expiry_zero_ends_the_session_at_disconnect);
 
 /// §3.1.2.11.2 and §3.1.2.4: with a Session Expiry Interval the session
 /// (its subscriptions and the QoS 1 messages that arrive meanwhile)
@@ -424,12 +416,23 @@ async fn the_clients_maximum_packet_size_is_respected(b: Bench) {
         .await;
     let got = sub.publish(LONG).await.expect("the small one");
     assert_eq!(&got.payload[..], b"small", "the large one was discarded");
+    // At QoS 2 too, and the discarded flows complete (nothing stays in
+    // flight): later messages keep coming.
+    let topic2 = b.topic("maxsize2");
+    sub.subscribe(&topic2, QoS::ExactlyOnce).await;
+    for round in 0..3u8 {
+        for payload in [vec![round; 2000], vec![round]] {
+            publisher
+                .client
+                .publish(&topic2, QoS::ExactlyOnce, false, payload)
+                .await
+                .unwrap();
+        }
+        let got = sub.publish(LONG).await.expect("the small one at QoS 2");
+        assert_eq!(&got.payload[..], &[round][..]);
+    }
 }
-on_both_listeners!(
-    the_clients_maximum_packet_size_is_respected,
-    [ignore = "CONFORMANCE.md: rumqttd ignores the client's Maximum Packet Size"],
-    [ignore = "CONFORMANCE.md: rumqttd ignores the client's Maximum Packet Size"]
-);
+on_both_listeners!(the_clients_maximum_packet_size_is_respected);
 
 /// §3.1.2.11.3 and §4.9 [MQTT-3.3.4-9]: "The Server MUST NOT send more than
 /// Receive Maximum QoS 1 and QoS 2 PUBLISH packets for which it has not

@@ -340,3 +340,54 @@ mod tests {
         assert_eq!((pkid, props, codes), (5, &[0u8][..], &[0x00, 0x87][..]));
     }
 }
+
+/// A v5 CONNACK with an Assigned Client Identifier property (0x12) added,
+/// or `None` if the packet is not a well-formed v5 CONNACK.
+pub fn connack_with_assigned_id(packet: &[u8], header_len: usize, id: &str) -> Option<Vec<u8>> {
+    let body = packet.get(header_len..)?;
+    let flags_and_reason = body.get(..2)?;
+    let (props_len, props_len_size) = read_varint(body.get(2..)?)?;
+    let props = body.get(2 + props_len_size..2 + props_len_size + props_len)?;
+    let id_len = u16::try_from(id.len()).ok()?;
+    let mut new_props = props.to_vec();
+    new_props.push(0x12);
+    new_props.extend_from_slice(&id_len.to_be_bytes());
+    new_props.extend_from_slice(id.as_bytes());
+    let mut variable = flags_and_reason.to_vec();
+    write_varint(new_props.len(), &mut variable);
+    variable.extend_from_slice(&new_props);
+    let mut out = vec![packet[0]];
+    write_varint(variable.len(), &mut out);
+    out.extend_from_slice(&variable);
+    Some(out)
+}
+
+fn read_varint(bytes: &[u8]) -> Option<(usize, usize)> {
+    let mut value = 0usize;
+    for (i, byte) in bytes.iter().take(4).enumerate() {
+        value |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod assigned_id_tests {
+    use super::*;
+
+    #[test]
+    fn the_assigned_id_is_appended_to_the_connack_properties() {
+        // CONNACK: flags 0, reason 0, properties: topic alias max 4096.
+        let connack = [0x20, 0x06, 0x00, 0x00, 0x03, 0x22, 0x10, 0x00];
+        let out = connack_with_assigned_id(&connack, 2, "abc").unwrap();
+        assert_eq!(
+            out,
+            vec![
+                0x20, 0x0c, 0x00, 0x00, 0x09, 0x22, 0x10, 0x00, 0x12, 0x00, 0x03, b'a', b'b', b'c'
+            ]
+        );
+        assert!(connack_with_assigned_id(&[0x20, 0x01, 0x00], 2, "x").is_none());
+    }
+}

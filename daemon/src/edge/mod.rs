@@ -292,15 +292,29 @@ impl Edge {
                 }
             };
             let _ = inbound.split_to(connect_len);
-            let connect_keep_alive = match &connect {
-                Packet::Connect(c, ..) => {
-                    if c.clean_session {
-                        self.sessions.outbound_reset(&client_id);
-                    }
-                    Some(c.keep_alive)
+            let mut traits = relay::ClientTraits::default();
+            let mut purge_on_close = false;
+            if let Packet::Connect(c, properties, ..) = &connect {
+                if c.clean_session {
+                    self.sessions.outbound_reset(&client_id);
                 }
-                _ => None,
-            };
+                traits.silent = c.keep_alive == 0;
+                if version == MqttVersion::V5 {
+                    // 5 §3.2.2.3.7 [MQTT-3.2.2-16]: an empty id is answered
+                    // with the one assigned.
+                    if c.client_id.is_empty() {
+                        traits.assigned_id = Some(client_id.clone());
+                    }
+                    // 5 §3.1.2.11.2: with no Session Expiry Interval the
+                    // session ends with the connection; rumqttd keeps it.
+                    let expiry = properties.as_ref().and_then(|p| p.session_expiry_interval);
+                    traits.max_packet = properties
+                        .as_ref()
+                        .and_then(|p| p.max_packet_size)
+                        .map(|n| n as usize);
+                    purge_on_close = !c.clean_session && expiry.unwrap_or(0) == 0;
+                }
+            }
             let login = Login {
                 username: self.broker.username.clone(),
                 password: self.broker.password.clone(),
@@ -337,7 +351,6 @@ impl Edge {
                     ..Event::default()
                 });
             }
-            let silent = matches!(&connect_keep_alive, Some(0));
             let result = relay::run(
                 self,
                 &peer,
@@ -346,11 +359,18 @@ impl Edge {
                 client,
                 &mut broker,
                 inbound,
-                silent,
+                traits,
                 stop,
             )
             .await;
             close_broker_connection(broker).await;
+            if purge_on_close {
+                // Still holding the client id's broker turn: no newer
+                // connection of it can be hit.
+                if let Err(e) = crate::broker::purge_session(&self.broker, &client_id).await {
+                    tracing::warn!(error = %e, "cannot end an expired session");
+                }
+            }
             result
         }
         .await;

@@ -36,6 +36,17 @@ const BROKER_PING: Duration = Duration::from_secs(frame::SILENT_CLIENT_KEEP_ALIV
 /// PINGREQ.
 const PINGREQ: [u8; 2] = [0xc0, 0x00];
 
+/// What the edge must do for this client that the broker does not.
+#[derive(Debug, Default)]
+pub(super) struct ClientTraits {
+    /// It asked for no keep-alive: the edge keeps the broker side alive.
+    pub silent: bool,
+    /// It sent an empty client id (v5): the CONNACK must name this one.
+    pub assigned_id: Option<String>,
+    /// Its Maximum Packet Size (v5): larger packets are not sent to it.
+    pub max_packet: Option<usize>,
+}
+
 /// What the upstream half asks the downstream half (the client's writer).
 #[derive(Debug)]
 enum ToClient {
@@ -63,7 +74,7 @@ pub(super) async fn run<S>(
     client: S,
     broker: &mut TcpStream,
     inbound: BytesMut,
-    silent_client: bool,
+    traits: ClientTraits,
     stop: CancellationToken,
 ) -> Result<(), SessionEnd>
 where
@@ -72,11 +83,14 @@ where
     let (client_read, client_write) = tokio::io::split(client);
     let (broker_read, broker_write) = broker.split();
     let (to_client, from_upstream) = mpsc::channel(64);
+    // Acknowledgements the edge owes the broker for messages it discarded
+    // for the client (too large for it); bounded by the broker's inflight.
+    let (to_broker, from_downstream) = mpsc::unbounded_channel();
     // PINGRESPs owed to the edge's own PINGREQs, dropped on the way down.
     let edge_pings = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let mut upstream = Upstream {
         client_id,
-        ping_broker: silent_client.then(|| std::sync::Arc::clone(&edge_pings)),
+        ping_broker: traits.silent.then(|| std::sync::Arc::clone(&edge_pings)),
         edge,
         peer,
         v5: version == MqttVersion::V5,
@@ -86,15 +100,21 @@ where
         denials: VecDeque::new(),
         to_client,
     };
-    let up = upstream.run(client_read, broker_write, inbound);
+    let up = upstream.run(client_read, broker_write, inbound, from_downstream);
     let down = downstream(
-        version == MqttVersion::V5,
-        edge.limits.max_packet,
         broker_read,
         client_write,
         from_upstream,
-        edge_pings,
-        (&edge.sessions, client_id),
+        Downstream {
+            v5: version == MqttVersion::V5,
+            max_packet: edge.limits.max_packet,
+            edge_pings,
+            sessions: &edge.sessions,
+            client_id,
+            assigned_id: traits.assigned_id,
+            to_broker,
+            client_max: traits.max_packet,
+        },
     );
     tokio::select! {
         _ = stop.cancelled() => Ok(()),
@@ -133,6 +153,7 @@ impl Upstream<'_> {
         mut client: R,
         mut broker: W,
         mut inbound: BytesMut,
+        mut from_downstream: mpsc::UnboundedReceiver<Vec<u8>>,
     ) -> Result<(), SessionEnd>
     where
         R: AsyncRead + Unpin,
@@ -161,17 +182,24 @@ impl Upstream<'_> {
                 broker.write_all(&out).await?;
                 out.clear();
             }
-            let read = match &self.ping_broker {
-                None => client.read_buf(&mut inbound).await?,
-                Some(owed) => {
-                    tokio::select! {
-                        read = client.read_buf(&mut inbound) => read?,
-                        _ = tokio::time::sleep(BROKER_PING) => {
-                            owed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            broker.write_all(&PINGREQ).await?;
-                            continue;
-                        }
+            let ping_due = async {
+                match self.ping_broker {
+                    Some(_) => tokio::time::sleep(BROKER_PING).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let read = tokio::select! {
+                read = client.read_buf(&mut inbound) => read?,
+                Some(owed) = from_downstream.recv() => {
+                    broker.write_all(&owed).await?;
+                    continue;
+                }
+                _ = ping_due => {
+                    if let Some(owed) = &self.ping_broker {
+                        owed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        broker.write_all(&PINGREQ).await?;
                     }
+                    continue;
                 }
             };
             if read == 0 {
@@ -414,23 +442,50 @@ pub(super) fn printable(bytes: &[u8]) -> String {
     }
 }
 
+/// What the downstream half needs besides its streams.
+struct Downstream<'a> {
+    v5: bool,
+    /// The largest packet a client may send (broker packets may exceed it
+    /// by their properties).
+    max_packet: usize,
+    /// PINGRESPs owed to the edge's own PINGREQs.
+    edge_pings: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    sessions: &'a super::sessions::Sessions,
+    client_id: &'a str,
+    /// The id to name in the CONNACK (v5, empty id sent).
+    assigned_id: Option<String>,
+    /// Acknowledgements owed to the broker for discarded messages.
+    to_broker: mpsc::UnboundedSender<Vec<u8>>,
+    /// The client's Maximum Packet Size.
+    client_max: Option<usize>,
+}
+
 /// Writes to the client: broker packets as they come (SUBACKs merged when
 /// asked), and the packets the upstream half sends itself.
 async fn downstream<R, W>(
-    v5: bool,
-    max_packet: usize,
     mut broker: R,
     mut client: W,
     mut from_upstream: mpsc::Receiver<ToClient>,
-    edge_pings: std::sync::Arc<std::sync::atomic::AtomicU32>,
-    (sessions, client_id): (&super::sessions::Sessions, &str),
+    state: Downstream<'_>,
 ) -> Result<(), SessionEnd>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let Downstream {
+        v5,
+        max_packet,
+        edge_pings,
+        sessions,
+        client_id,
+        mut assigned_id,
+        to_broker,
+        client_max,
+    } = state;
     let mut buf = BytesMut::with_capacity(8192);
     let mut merges: HashMap<u16, (Vec<usize>, usize, u8)> = HashMap::new();
+    // QoS 2 messages discarded for the client, whose PUBREL the edge answers.
+    let mut discarded_qos2: HashSet<u16> = HashSet::new();
     // Broker packets may be a little larger than client ones (properties).
     let limit = max_packet + 64 * 1024;
     loop {
@@ -468,6 +523,14 @@ where
                     let merged = if owed_pong {
                         // The answer to the edge's own PINGREQ: not the client's.
                         Some(Vec::new())
+                    } else if client_max.is_some_and(|max| f.len > max)
+                        || (f.kind() == kind::PUBREL && !discarded_qos2.is_empty())
+                    {
+                        discard_for_client(v5, &f, packet, client_max, &mut discarded_qos2, &to_broker)
+                    } else if f.kind() == kind::CONNACK && assigned_id.is_some() {
+                        assigned_id
+                            .take()
+                            .and_then(|id| inspect::connack_with_assigned_id(packet, f.header_len, &id))
                     } else if f.kind() == kind::PUBLISH {
                         redelivery_marked(sessions, client_id, v5, &f, packet)
                     } else {
@@ -496,6 +559,51 @@ where
             }
         }
     }
+}
+
+/// 5 §3.1.2.11.4 [MQTT-3.1.2-25, -26]: a packet larger than the client's
+/// Maximum Packet Size is not sent; a PUBLISH is discarded "as if it had
+/// completed sending", so the edge acknowledges it to the broker (PUBACK,
+/// or PUBREC and later PUBCOMP). Returns `Some(empty)` to drop the packet,
+/// `None` to forward it unchanged.
+fn discard_for_client(
+    v5: bool,
+    frame: &Frame,
+    packet: &[u8],
+    client_max: Option<usize>,
+    discarded_qos2: &mut HashSet<u16>,
+    to_broker: &mpsc::UnboundedSender<Vec<u8>>,
+) -> Option<Vec<u8>> {
+    if frame.kind() == kind::PUBREL {
+        let pkid = inspect::packet_id(packet, frame.header_len).ok()?;
+        if !discarded_qos2.remove(&pkid) {
+            return None;
+        }
+        let _ = to_broker.send(inspect::ack(kind::PUBCOMP, pkid, None));
+        return Some(Vec::new());
+    }
+    if client_max.is_none_or(|max| frame.len <= max) {
+        return None;
+    }
+    if frame.kind() == kind::PUBLISH {
+        if let Ok(header) = inspect::publish(packet, frame.header_len, v5) {
+            match (header.qos, header.pkid) {
+                (1, Some(pkid)) => {
+                    let _ = to_broker.send(inspect::ack(kind::PUBACK, pkid, None));
+                }
+                (2, Some(pkid)) => {
+                    discarded_qos2.insert(pkid);
+                    let _ = to_broker.send(inspect::ack(kind::PUBREC, pkid, None));
+                }
+                _ => {}
+            }
+        }
+    }
+    tracing::debug!(
+        size = frame.len,
+        "packet larger than the client accepts; discarded"
+    );
+    Some(Vec::new())
 }
 
 /// A QoS 1/2 PUBLISH whose packet id the client has not acknowledged
