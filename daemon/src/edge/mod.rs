@@ -312,6 +312,7 @@ impl Edge {
                         .as_ref()
                         .and_then(|p| p.max_packet_size)
                         .map(|n| n as usize);
+                    traits.receive_max = properties.as_ref().and_then(|p| p.receive_maximum);
                     purge_on_close = !c.clean_session && expiry.unwrap_or(0) == 0;
                 }
             }

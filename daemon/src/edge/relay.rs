@@ -45,6 +45,8 @@ pub(super) struct ClientTraits {
     pub assigned_id: Option<String>,
     /// Its Maximum Packet Size (v5): larger packets are not sent to it.
     pub max_packet: Option<usize>,
+    /// Its Receive Maximum (v5): QoS 1/2 PUBLISHes it may have unacknowledged.
+    pub receive_max: Option<u16>,
 }
 
 /// What the upstream half asks the downstream half (the client's writer).
@@ -86,9 +88,12 @@ where
     // Acknowledgements the edge owes the broker for messages it discarded
     // for the client (too large for it); bounded by the broker's inflight.
     let (to_broker, from_downstream) = mpsc::unbounded_channel();
+    // The client's PUBACKs and PUBCOMPs, which free its receive window.
+    let (client_acks, acks) = mpsc::unbounded_channel();
     // PINGRESPs owed to the edge's own PINGREQs, dropped on the way down.
     let edge_pings = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let mut upstream = Upstream {
+        client_acks,
         client_id,
         ping_broker: traits.silent.then(|| std::sync::Arc::clone(&edge_pings)),
         edge,
@@ -114,6 +119,8 @@ where
             assigned_id: traits.assigned_id,
             to_broker,
             client_max: traits.max_packet,
+            window: traits.receive_max.map(ReceiveWindow::new),
+            acks,
         },
     );
     tokio::select! {
@@ -134,6 +141,9 @@ enum Verdict {
 }
 
 struct Upstream<'a> {
+    /// Packet ids the client acknowledged (PUBACK, PUBCOMP), for the
+    /// downstream half's receive window.
+    client_acks: mpsc::UnboundedSender<u16>,
     client_id: &'a str,
     /// For a client without keep-alive: the edge's PINGREQs in flight.
     ping_broker: Option<std::sync::Arc<std::sync::atomic::AtomicU32>>,
@@ -235,13 +245,18 @@ impl Upstream<'_> {
                 }
                 Ok(Verdict::Forward)
             }
-            kind::PUBACK | kind::PUBREC => {
+            kind::PUBACK | kind::PUBREC | kind::PUBCOMP => {
                 if let Ok(pkid) = inspect::packet_id(packet, frame.header_len) {
-                    self.edge.sessions.outbound_acked(self.client_id, pkid);
+                    if frame.kind() != kind::PUBCOMP {
+                        self.edge.sessions.outbound_acked(self.client_id, pkid);
+                    }
+                    if frame.kind() != kind::PUBREC {
+                        let _ = self.client_acks.send(pkid);
+                    }
                 }
                 Ok(Verdict::Forward)
             }
-            kind::PUBCOMP | kind::PINGREQ | kind::DISCONNECT => Ok(Verdict::Forward),
+            kind::PINGREQ | kind::DISCONNECT => Ok(Verdict::Forward),
             other => Err(SessionEnd::ForbiddenPacket(other)),
         }
     }
@@ -458,6 +473,58 @@ struct Downstream<'a> {
     to_broker: mpsc::UnboundedSender<Vec<u8>>,
     /// The client's Maximum Packet Size.
     client_max: Option<usize>,
+    /// The client's Receive Maximum, applied.
+    window: Option<ReceiveWindow>,
+    /// Packet ids the client acknowledged.
+    acks: mpsc::UnboundedReceiver<u16>,
+}
+
+/// 5 §3.1.2.11.3 and §4.9 [MQTT-3.3.4-9]: at most `max` QoS 1/2 PUBLISHes
+/// unacknowledged at the client; later ones wait here, in order. The wait
+/// is bounded by the broker's own inflight window (it sends no more until
+/// the edge passes acknowledgements back).
+#[derive(Debug)]
+struct ReceiveWindow {
+    max: usize,
+    inflight: HashSet<u16>,
+    held: VecDeque<(u16, Vec<u8>)>,
+}
+
+impl ReceiveWindow {
+    fn new(max: u16) -> ReceiveWindow {
+        ReceiveWindow {
+            max: usize::from(max.max(1)),
+            inflight: HashSet::new(),
+            held: VecDeque::new(),
+        }
+    }
+
+    /// A QoS 1/2 PUBLISH for the client: the bytes to send now, or `None`
+    /// if it must wait.
+    fn offer(&mut self, pkid: u16, bytes: Vec<u8>) -> Option<Vec<u8>> {
+        // A resend of one already in flight does not take another slot.
+        if self.inflight.contains(&pkid) || (self.held.is_empty() && self.inflight.len() < self.max)
+        {
+            self.inflight.insert(pkid);
+            return Some(bytes);
+        }
+        self.held.push_back((pkid, bytes));
+        None
+    }
+
+    /// The client acknowledged `pkid`: what may go now.
+    fn acked(&mut self, pkid: u16) -> Vec<Vec<u8>> {
+        self.inflight.remove(&pkid);
+        let mut ready = Vec::new();
+        while self.inflight.len() < self.max {
+            let Some((next, bytes)) = self.held.pop_front() else {
+                break;
+            };
+            self.inflight.insert(next);
+            ready.push(bytes);
+        }
+        ready
+    }
 }
 
 /// Writes to the client: broker packets as they come (SUBACKs merged when
@@ -481,6 +548,8 @@ where
         mut assigned_id,
         to_broker,
         client_max,
+        mut window,
+        mut acks,
     } = state;
     let mut buf = BytesMut::with_capacity(8192);
     let mut merges: HashMap<u16, (Vec<usize>, usize, u8)> = HashMap::new();
@@ -491,6 +560,13 @@ where
     loop {
         tokio::select! {
             biased;
+            Some(pkid) = acks.recv() => {
+                if let Some(window) = window.as_mut() {
+                    for bytes in window.acked(pkid) {
+                        client.write_all(&bytes).await?;
+                    }
+                }
+            }
             message = from_upstream.recv() => match message {
                 Some(ToClient::Packet(bytes)) => client.write_all(&bytes).await?,
                 Some(ToClient::MergeSubAck { pkid, refused, total, code }) => {
@@ -532,7 +608,17 @@ where
                             .take()
                             .and_then(|id| inspect::connack_with_assigned_id(packet, f.header_len, &id))
                     } else if f.kind() == kind::PUBLISH {
-                        redelivery_marked(sessions, client_id, v5, &f, packet)
+                        let marked = redelivery_marked(sessions, client_id, v5, &f, packet);
+                        let pkid = inspect::publish(packet, f.header_len, v5)
+                            .ok()
+                            .and_then(|h| h.pkid);
+                        match (window.as_mut(), pkid) {
+                            (Some(window), Some(pkid)) => {
+                                let bytes = marked.unwrap_or_else(|| packet.to_vec());
+                                Some(window.offer(pkid, bytes).unwrap_or_default())
+                            }
+                            _ => marked,
+                        }
                     } else {
                         (f.kind() == kind::SUBACK && !merges.is_empty())
                             .then(|| merge_suback(&mut merges, v5, &f, packet))
