@@ -529,3 +529,49 @@ async fn publish_and_subscribe_at_each_qos(b: Bench) {
     }
 }
 on_both_listeners!(publish_and_subscribe_at_each_qos);
+
+/// §4.4 [MQTT-4.4.0-1] (v5): on a resumed session (Clean Start 0) the
+/// server resends unacknowledged QoS 1 PUBLISHes with their original packet
+/// identifiers and DUP 1 (§3.3.1.1).
+async fn unacknowledged_messages_are_redelivered_on_reconnect(b: Bench) {
+    let topic = b.topic("redeliver5");
+    let mut options = b.v5(Who::Phone);
+    options.set_clean_start(false);
+    options.set_session_expiry_interval(Some(300));
+    options.set_manual_acks(true);
+    let mut sub = V5::connect(options.clone()).await;
+    sub.subscribe(&topic, QoS::AtLeastOnce).await;
+    let mut publisher = V5::connect(b.v5(Who::Toy)).await;
+    publisher
+        .send(&topic, QoS::AtLeastOnce, false, b"again", no_props())
+        .await;
+    let first = sub.publish(LONG).await.expect("first delivery");
+    sub.drop_connection();
+    let mut back = V5::connect(options).await;
+    let again = back.publish(LONG).await.expect("redelivered");
+    assert_eq!(&again.payload[..], b"again");
+    assert_eq!(again.pkid, first.pkid);
+    assert!(again.dup, "DUP set on redelivery");
+}
+on_both_listeners!(unacknowledged_messages_are_redelivered_on_reconnect);
+
+/// §3.10.4 [MQTT-3.10.4-2] (v5): UNSUBSCRIBE stops new deliveries.
+async fn unsubscribe_stops_delivery(b: Bench) {
+    let topic = b.topic("unsub5");
+    let mut sub = V5::connect(b.v5(Who::Phone)).await;
+    sub.subscribe(&topic, QoS::AtLeastOnce).await;
+    let mut publisher = V5::connect(b.v5(Who::Toy)).await;
+    publisher
+        .send(&topic, QoS::AtLeastOnce, false, b"1", no_props())
+        .await;
+    assert!(sub.publish(LONG).await.is_some());
+    sub.client.unsubscribe(&topic).await.unwrap();
+    sub.next_where(LONG, |p| matches!(p, P5::UnsubAck(_)).then_some(()))
+        .await
+        .expect("UNSUBACK");
+    publisher
+        .send(&topic, QoS::AtLeastOnce, false, b"2", no_props())
+        .await;
+    assert!(sub.publish(SHORT).await.is_none());
+}
+on_both_listeners!(unsubscribe_stops_delivery);
