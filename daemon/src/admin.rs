@@ -415,30 +415,42 @@ fn lan_host() -> String {
 /// [`RENEWAL_GRACE`] at the latest.
 pub(crate) fn renew_device(
     hub: &Hub,
-    identity: &DeviceIdentity,
+    presented: &[u8; 32],
     csr_pem: &str,
-) -> Result<String, String> {
+) -> Result<(DeviceId, String), String> {
+    let Some(identity) = hub.registry.lookup(presented) else {
+        return Err("the certificate presented is no longer accepted".into());
+    };
     let issued = hub
         .ca
         .issue_device(csr_pem, &identity.device)
         .map_err(|e| e.to_string())?;
-    hub.store()
+    // The store lock is held until the registry knows the new certificate,
+    // so a revocation cannot fall between the two; the identity (grants)
+    // is read afresh under it.
+    let store = hub.store();
+    store
         .add_renewed_certificate(
             &identity.device,
+            presented,
             issued.sha256,
             &issued.serial_hex,
             issued.not_after,
             crate::unix_now() + RENEWAL_GRACE.as_secs() as i64,
         )
         .map_err(|e| e.to_string())?;
-    hub.registry.insert(issued.sha256, identity.clone());
+    let Some(current) = hub.registry.lookup(presented) else {
+        return Err("the certificate presented is no longer accepted".into());
+    };
+    hub.registry.insert(issued.sha256, current);
     hub.registry.mark_renewing(identity.device);
+    drop(store);
     hub.admin_audit(
         "renew",
         Some(identity.device),
         format!("certificate {}", hex::encode(issued.sha256)),
     );
-    Ok(issued.pem)
+    Ok((identity.device, issued.pem))
 }
 
 pub(crate) fn issue_device(
@@ -476,7 +488,8 @@ pub(crate) fn issue_device(
             not_after: issued.not_after,
         })
         .map_err(|e| e.to_string())?;
-    drop(store);
+    // Registered before the store lock is released: a member removal
+    // cannot fall in between.
     hub.registry.insert(
         issued.sha256,
         DeviceIdentity {
@@ -486,6 +499,7 @@ pub(crate) fn issue_device(
             grants: Vec::new().into(),
         },
     );
+    drop(store);
     tracing::info!(device = %device, "device certificate issued");
     hub.admin_audit(
         "device-issue",
@@ -525,6 +539,7 @@ impl Hub {
         if turn.is_err() {
             tracing::warn!(device = %device, "old connection still open; purging anyway");
         }
+        self.sessions.outbound_reset(device.as_str());
         if let Err(e) = broker::purge_session(&self.broker, device.as_str()).await {
             tracing::warn!(error = %e, "cannot purge the broker session");
         }

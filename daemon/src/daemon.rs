@@ -327,6 +327,13 @@ async fn retire_renewed(hub: Arc<Hub>, stop: CancellationToken) {
         let retired = hub.store().retire_due(crate::unix_now());
         match retired {
             Ok(retired) if !retired.is_empty() => {
+                // A session still open on a retired certificate ends too.
+                for sha in &retired {
+                    if let Some(identity) = hub.registry.lookup(sha) {
+                        hub.registry.retire(Some(&identity.device), &[*sha]);
+                        hub.sessions.disconnect(&identity.device);
+                    }
+                }
                 hub.registry.retire(None, &retired);
                 tracing::info!(
                     count = retired.len(),

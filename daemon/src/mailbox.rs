@@ -41,6 +41,9 @@ const SUBSCRIBE_SETTLE: Duration = Duration::from_millis(150);
 const RESEND_AFTER: Duration = Duration::from_secs(3);
 /// How often expiry and resends run.
 const TICK: Duration = Duration::from_millis(500);
+/// Content bytes published to one device per round, so a backlog of
+/// pictures neither floods the broker's log nor holds the store.
+const ROUND_BYTES: usize = 16 * 1024 * 1024;
 
 /// The mailbox could not start.
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +175,9 @@ pub struct Mailbox {
     sent: HashMap<(String, DeviceId), Instant>,
     /// Devices whose inbox subscription is settling, and when to deliver.
     due: HashMap<DeviceId, Instant>,
+    /// Connected devices that subscribed to their inbox: the only ones
+    /// resends and receipts go to.
+    listening: std::collections::HashSet<DeviceId>,
 }
 
 impl std::fmt::Debug for Mailbox {
@@ -202,6 +208,7 @@ impl Mailbox {
             link,
             sent: HashMap::new(),
             due: HashMap::new(),
+            listening: std::collections::HashSet::new(),
         };
         Ok((mailbox, InboxWatch(tx), rx))
     }
@@ -250,12 +257,17 @@ impl Mailbox {
             .collect();
         for device in ready {
             self.due.remove(&device);
+            self.listening.insert(device);
             self.deliver_pending(&device, Resend::All);
         }
+        let connected: std::collections::HashSet<DeviceId> =
+            self.sessions.connected_devices().into_iter().collect();
+        self.listening.retain(|d| connected.contains(d));
         self.expire();
-        // Resend what a connected device has not acknowledged (a delivery
+        // Resend what a listening device has not acknowledged (a delivery
         // can race its subscription, or be dropped by a full queue).
-        for device in self.sessions.connected_devices() {
+        let listening: Vec<DeviceId> = self.listening.iter().copied().collect();
+        for device in listening {
             self.deliver_pending(&device, Resend::Stale);
         }
         self.sent
@@ -506,7 +518,7 @@ impl Mailbox {
             tracing::error!(error = %e, "cannot queue a receipt");
             return;
         }
-        if self.sessions.connected_devices().contains(sender) {
+        if self.listening.contains(sender) {
             self.flush_receipts(sender);
         }
     }
@@ -526,7 +538,7 @@ impl Mailbox {
     /// Publishes a device's pending deliveries, oldest first, as `which`
     /// says; with [`Resend::All`] its queued receipts too.
     fn deliver_pending(&mut self, device: &DeviceId, which: Resend<'_>) {
-        let pending = match self.store().pending_for(device) {
+        let pending = match self.store().pending_ids(device) {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read pending deliveries");
@@ -534,11 +546,12 @@ impl Mailbox {
             }
         };
         let now = Instant::now();
-        for message in pending {
-            let key = (message.id.clone(), *device);
+        let mut budget = ROUND_BYTES;
+        for id in pending {
+            let key = (id.clone(), *device);
             let skip = match which {
                 Resend::All => false,
-                Resend::Only(id) => message.id != id,
+                Resend::Only(only) => id != only,
                 Resend::Stale => self
                     .sent
                     .get(&key)
@@ -547,6 +560,20 @@ impl Mailbox {
             if skip {
                 continue;
             }
+            let message = match self.store().message(&id) {
+                Ok(Some(m)) => m,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read a stored message");
+                    return;
+                }
+            };
+            if message.sealed.len() > budget && budget < ROUND_BYTES {
+                // The rest waits for the next round (oldest first, so order
+                // per sender holds).
+                break;
+            }
+            budget = budget.saturating_sub(message.sealed.len());
             let Some(plain) = self
                 .seal
                 .open(&message.id, &message.recipient, &message.sealed)

@@ -111,7 +111,7 @@ impl PairingWindows {
         let sha: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         self.lock()
             .iter()
-            .find(|w| w.token_sha256 == sha)
+            .find(|w| constant_time_eq(&w.token_sha256, &sha))
             .map(|w| OpenWindow {
                 id: w.id,
                 member: w.member.clone(),
@@ -128,7 +128,7 @@ impl PairingWindows {
     pub fn locked_out(&self, ip: IpAddr) -> bool {
         let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         failures
-            .get(&ip)
+            .get(&source_key(ip))
             .and_then(|f| f.locked_until)
             .is_some_and(|until| Instant::now() < until)
     }
@@ -137,10 +137,19 @@ impl PairingWindows {
     pub fn record_failure(&self, ip: IpAddr) -> bool {
         let now = Instant::now();
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if failures.len() > 10_000 {
+        if failures.len() >= MAX_SOURCES {
             failures.retain(|_, f| f.locked_until.is_some_and(|u| now < u));
+            if failures.len() >= MAX_SOURCES {
+                // Still full of lockouts: a flood from many addresses.
+                // Forget the oldest half rather than grow without bound.
+                let mut ends: Vec<Instant> =
+                    failures.values().filter_map(|f| f.locked_until).collect();
+                ends.sort();
+                let cut = ends[ends.len() / 2];
+                failures.retain(|_, f| f.locked_until.is_some_and(|u| u > cut));
+            }
         }
-        let f = failures.entry(ip).or_default();
+        let f = failures.entry(source_key(ip)).or_default();
         if f.since
             .is_none_or(|since| now.duration_since(since) > FAILURE_WINDOW)
         {
@@ -162,6 +171,29 @@ impl PairingWindows {
         let now = Instant::now();
         windows.retain(|w| w.closes > now);
         windows
+    }
+}
+
+/// Compares two digests without an early exit.
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Sources of wrong tokens remembered at once.
+const MAX_SOURCES: usize = 10_000;
+
+/// What a lockout applies to: an IPv4 address, or an IPv6 /64 (one
+/// network hands a host a whole /64, so counting /128s counts nothing).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
     }
 }
 

@@ -46,6 +46,8 @@ pub enum StoreError {
     #[error("device {0} is not a service device; grants are for service devices only")]
     NotAService(String),
     /// A stored value does not parse: the file was edited or is damaged.
+    #[error("device {0} has renewed recently; connect with the new certificate first")]
+    RenewalPending(String),
     #[error("database holds an invalid value: {0}")]
     Corrupt(String),
 }
@@ -353,23 +355,35 @@ impl Store {
     /// Adds a renewed certificate to an active device and schedules its
     /// other active certificates to retire at `retire_at`.
     pub fn add_renewed_certificate(
-        &mut self,
+        &self,
         device: &DeviceId,
+        presented: &[u8; 32],
         sha256: [u8; 32],
         serial_hex: &str,
         not_after: i64,
         retire_at: i64,
     ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.unchecked_transaction()?;
         let active: Option<String> = tx
             .query_row(
-                "SELECT status FROM devices WHERE id = ?1",
-                params![device.as_str()],
+                "SELECT d.status FROM devices d JOIN certificates c ON c.device_id = d.id
+                 WHERE d.id = ?1 AND c.sha256 = ?2 AND c.status = 'active'",
+                params![device.as_str(), hex::encode(presented)],
                 |row| row.get(0),
             )
             .optional()?;
         if active.as_deref() != Some("active") {
             return Err(StoreError::NoSuchDevice(device.to_string()));
+        }
+        // At most three live certificates per device: renewing again and
+        // again cannot grow the registry (a retry after a lost answer fits).
+        let live: i64 = tx.query_row(
+            "SELECT count(*) FROM certificates WHERE device_id = ?1 AND status = 'active'",
+            params![device.as_str()],
+            |row| row.get(0),
+        )?;
+        if live >= 3 {
+            return Err(StoreError::RenewalPending(device.to_string()));
         }
         tx.execute(
             "UPDATE certificates SET retire_at = ?2

@@ -244,6 +244,15 @@ pub fn decide(who: &Subject<'_>, action: Action, topic: &str) -> Decision {
 }
 
 fn decide_service(who: &Subject<'_>, action: Action, topic: &str) -> Decision {
+    // Under a device's prefix, retained messages only where the namespace
+    // allows them for anyone (telemetry): a grant on `cmd` must not leave a
+    // command waiting for every future subscriber.
+    if let Action::Publish { retain: true } | Action::Will { retain: true } = action {
+        let on_a_device = matches(pattern(Level::One, &[Level::Rest]), topic);
+        if on_a_device && !matches(pattern(Level::One, TELE), topic) {
+            return Decision::Deny(DenyReason::NotPermitted);
+        }
+    }
     let granted = who
         .grants
         .iter()
@@ -298,6 +307,38 @@ mod tests {
 
     const PUB: Action = Action::Publish { retain: false };
     const RETAIN: Action = Action::Publish { retain: true };
+
+    #[test]
+    fn a_service_may_retain_only_telemetry() {
+        let me = id(1);
+        let grants = [Grant {
+            filter: "hearth/v1/dev/+/#".into(),
+            direction: Direction::Publish,
+        }];
+        let service = Subject {
+            device: &me,
+            role: DeviceRole::Service,
+            grants: &grants,
+        };
+        let cmd = format!("hearth/v1/dev/{}/cmd/led", id(2));
+        let tele = format!("hearth/v1/dev/{}/tele/x", id(2));
+        assert_eq!(
+            decide(&service, Action::Publish { retain: false }, &cmd),
+            Decision::Allow
+        );
+        assert!(matches!(
+            decide(&service, Action::Publish { retain: true }, &cmd),
+            Decision::Deny(_)
+        ));
+        assert!(matches!(
+            decide(&service, Action::Will { retain: true }, &cmd),
+            Decision::Deny(_)
+        ));
+        assert_eq!(
+            decide(&service, Action::Publish { retain: true }, &tele),
+            Decision::Allow
+        );
+    }
 
     #[test]
     fn a_child_reaches_only_its_own_topics() {

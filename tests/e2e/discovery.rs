@@ -145,16 +145,34 @@ fn the_reference_device_discovers_the_hub_and_pair_follows_the_window() {
     let (id, token, _) = open_pairing(&hub, "Ada", "Ada's robot", "10m");
     let seen = discover_until(&ns, |s| s.contains("pair=1"));
     assert!(!seen.contains("Ada") && !seen.contains("robot"), "{seen}");
-    // A device on the LAN pairs by discovery and the token alone.
+    // A device on the LAN pairs by discovery, the token and the CA prefix
+    // `hearth pair` printed; a CA it was not told is never trusted.
     let dir = hub.dir.path().join("found");
-    let out = ns
-        .exec(&ns.lan)
-        .arg(HEARTH_DEVICE)
-        .arg("--dir")
-        .arg(&dir)
-        .args(["pair", "--token", &token])
-        .output()
-        .unwrap();
+    let pair = |ca: &str| {
+        ns.exec(&ns.lan)
+            .arg(HEARTH_DEVICE)
+            .arg("--dir")
+            .arg(&dir)
+            .args([
+                "pair",
+                "--discover-secs",
+                "3",
+                "--token",
+                &token,
+                "--ca",
+                ca,
+            ])
+            .output()
+            .unwrap()
+    };
+    let stranger = pair(&"0".repeat(16));
+    assert!(!stranger.status.success());
+    assert!(
+        String::from_utf8_lossy(&stranger.stderr).contains("no hub with that CA"),
+        "{}",
+        String::from_utf8_lossy(&stranger.stderr)
+    );
+    let out = pair(&ca_prefix(&hub));
     assert!(
         out.status.success(),
         "{}",

@@ -54,9 +54,10 @@ async fn main() -> std::process::ExitCode {
         Command::Pair {
             uri,
             token,
+            ca,
             discover_secs,
             force,
-        } => pair(&cli.dir, uri, token, discover_secs, force).await,
+        } => pair(&cli.dir, uri, token.zip(ca), discover_secs, force).await,
         Command::Run { interval, count } => run(&cli.dir, interval, count).await,
         Command::Renew => renew(&cli.dir).await,
         Command::Send {
@@ -107,7 +108,7 @@ fn provider() -> Arc<CryptoProvider> {
 async fn pair(
     dir: &Path,
     uri: Option<PairingUri>,
-    token: Option<String>,
+    token_and_ca: Option<(String, String)>,
     discover_secs: u64,
     force: bool,
 ) -> Result<()> {
@@ -123,22 +124,31 @@ async fn pair(
             (uri, pin)
         }
         None => {
-            let token = token.context("--token is needed without a URI")?;
+            let (token, ca) = token_and_ca.context("--token and --ca are needed without a URI")?;
+            let ca = ca.to_ascii_lowercase();
+            if ca.len() < 16 || ca.len() > 64 || !ca.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!("--ca takes at least the first 16 hex digits of the hub's CA fingerprint");
+            }
+            // mDNS only says where hubs are; which one to trust comes from
+            // the administrator (--ca), never from the advertisement.
             let hubs = discover(discover_secs).await?;
-            let open: Vec<&FoundHub> = hubs.iter().filter(|h| h.pairing_open).collect();
+            let open: Vec<&FoundHub> = hubs
+                .iter()
+                .filter(|h| h.pairing_open && ca.starts_with(&h.ca_prefix))
+                .collect();
             let hub = match open.as_slice() {
                 [one] => *one,
-                [] => bail!("no hub with an open pairing window was found on the LAN"),
-                _ => bail!("several hubs have a pairing window open; use the URI"),
+                [] => bail!("no hub with that CA and an open pairing window was found on the LAN"),
+                _ => bail!("several hubs claim that CA; use the pairing URI"),
             };
             let uri = PairingUri {
                 host: hub.address.clone(),
                 port: hub.enroll_port,
                 mqtt_port: hub.mqtt_port,
-                ca_sha256: hub.ca_prefix.clone(),
+                ca_sha256: ca.clone(),
                 token,
             };
-            (uri, Pin::Prefix(hub.ca_prefix.clone()))
+            (uri, Pin::Prefix(ca))
         }
     };
     // 1. The hub CA, pinned: the URI (or the advertisement) carries its
@@ -404,6 +414,7 @@ struct Paired {
 }
 
 fn load(dir: &Path) -> Result<Paired> {
+    finish_renewal(dir)?;
     let read = |name: &str| {
         std::fs::read(dir.join(name)).with_context(|| {
             format!(
@@ -676,6 +687,14 @@ async fn inbox(dir: &Path, wait: u64, follow: bool) -> Result<()> {
                     match (&d.body, &d.data) {
                         (Some(body), _) => println!("message {} from {from}: {body}", d.id),
                         (None, Some(data)) => {
+                            // The id names the file: only the hub's hex ids.
+                            if d.id.is_empty()
+                                || d.id.len() > 64
+                                || !d.id.bytes().all(|b| b.is_ascii_hexdigit())
+                            {
+                                eprintln!("ignoring a delivery with a malformed id");
+                                continue;
+                            }
                             let bytes = base64::engine::general_purpose::STANDARD.decode(data)?;
                             make_private_dir(&saved)?;
                             let kind = d.content_type.as_deref().unwrap_or_default();
@@ -773,6 +792,22 @@ async fn renew(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Completes a renewal that stopped between writing and moving its files
+/// (see [`renew`]): both new files written means the hub issued them.
+fn finish_renewal(dir: &Path) -> Result<()> {
+    let (key_new, pem_new) = (dir.join("device.key.new"), dir.join("device.pem.new"));
+    if pem_new.exists() {
+        if key_new.exists() {
+            std::fs::rename(&key_new, dir.join("device.key"))?;
+        }
+        std::fs::rename(&pem_new, dir.join("device.pem"))?;
+    } else if key_new.exists() {
+        // The certificate never arrived: the old pair is still the one.
+        std::fs::remove_file(&key_new)?;
+    }
+    Ok(())
+}
+
 // -------------------------------------------------------------- discovery
 
 /// A hub seen on the LAN.
@@ -820,6 +855,11 @@ async fn discover(secs: u64) -> Result<Vec<FoundHub>> {
         };
         let mut addresses: Vec<std::net::IpAddr> =
             info.addresses.iter().map(|a| a.to_ip_addr()).collect();
+        // IPv6 link-local needs a zone no TLS server name can carry.
+        addresses.retain(|a| match a {
+            std::net::IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 != 0xfe80,
+            std::net::IpAddr::V4(_) => true,
+        });
         addresses.sort_by_key(|a| (a.is_ipv6(), *a));
         let (Some(address), Some(mqtt), Some(ca)) = (addresses.first(), txt("mqtt"), txt("ca"))
         else {
@@ -838,8 +878,14 @@ async fn discover(secs: u64) -> Result<Vec<FoundHub>> {
             ca_prefix: ca,
             pairing_open: txt("pair").as_deref() == Some("1"),
         };
-        hubs.retain(|h| h.instance != hub.instance);
-        hubs.push(hub);
+        // Every distinct advertisement is kept: a second one under the same
+        // name (an impostor) must show up, not replace the first.
+        if !hubs.iter().any(|h| {
+            h.instance == hub.instance && h.address == hub.address && h.ca_prefix == hub.ca_prefix
+        }) {
+            hubs.retain(|h| !(h.instance == hub.instance && h.address == hub.address));
+            hubs.push(hub);
+        }
     }
     if let Ok(done) = mdns.shutdown() {
         let _ = tokio::time::timeout(Duration::from_secs(1), done.recv_async()).await;

@@ -379,11 +379,23 @@ fn pair(
     }
     writeln!(out, "pairing window {} open for {}s", ticket.id, args.ttl)?;
     writeln!(out, "token: {}", ticket.token)?;
+    let ca = ticket
+        .uri
+        .split('&')
+        .find_map(|p| p.strip_prefix("ca="))
+        .unwrap_or_default();
+    writeln!(out, "ca:    {}", &ca[..ca.len().min(16)])?;
     writeln!(out, "uri:   {}", ticket.uri)?;
     writeln!(
         out,
         "On the device: hearth-device pair '{}'  (or scan the code)",
         ticket.uri
+    )?;
+    writeln!(
+        out,
+        "or, on the same network: hearth-device pair --token {} --ca {}",
+        ticket.token,
+        &ca[..ca.len().min(16)]
     )?;
     Ok(())
 }

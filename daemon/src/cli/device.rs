@@ -31,8 +31,13 @@ pub enum Command {
         /// Without it, the hub is found on the LAN by mDNS.
         uri: Option<PairingUri>,
         /// The token, when the hub is found by mDNS.
-        #[arg(long, required_unless_present = "uri")]
+        #[arg(long, required_unless_present = "uri", requires = "ca")]
         token: Option<String>,
+        /// With --token: the hub's CA fingerprint (at least its first 16 hex
+        /// digits, as `hearth pair` prints them). The device trusts only the
+        /// hub whose CA matches it; what mDNS says is never trusted.
+        #[arg(long, value_name = "HEX")]
+        ca: Option<String>,
         /// Seconds to look for a hub on the LAN.
         #[arg(long, default_value_t = 5)]
         discover_secs: u64,

@@ -366,6 +366,7 @@ impl Edge {
             .await;
             close_broker_connection(broker).await;
             if purge_on_close {
+                self.sessions.outbound_reset(&client_id);
                 // Still holding the client id's broker turn: no newer
                 // connection of it can be hit.
                 if let Err(e) = crate::broker::purge_session(&self.broker, &client_id).await {

@@ -150,7 +150,9 @@ struct Upstream<'a> {
     edge: &'a Edge,
     peer: &'a Peer,
     v5: bool,
-    aliases: HashMap<u16, String>,
+    /// Topic aliases as the client defined them, raw: a definition that is
+    /// not a valid topic stays invalid when the alias is used.
+    aliases: HashMap<u16, Vec<u8>>,
     alias_bytes: usize,
     refused_qos2: HashSet<u16>,
     denials: VecDeque<Instant>,
@@ -250,7 +252,12 @@ impl Upstream<'_> {
                     if frame.kind() != kind::PUBCOMP {
                         self.edge.sessions.outbound_acked(self.client_id, pkid);
                     }
-                    if frame.kind() != kind::PUBREC {
+                    // A PUBREC with an error reason (v5, >= 0x80) ends the
+                    // QoS 2 flow too (5 §4.9): its receive slot is free.
+                    let failed_pubrec = frame.kind() == kind::PUBREC
+                        && self.v5
+                        && packet.get(frame.header_len + 2).is_some_and(|r| *r >= 0x80);
+                    if frame.kind() != kind::PUBREC || failed_pubrec {
                         let _ = self.client_acks.send(pkid);
                     }
                 }
@@ -273,7 +280,7 @@ impl Upstream<'_> {
                 }
                 if header.topic.is_empty() {
                     match self.aliases.get(&alias) {
-                        Some(topic) => topic.as_bytes().to_vec(),
+                        Some(topic) => topic.clone(),
                         None => {
                             self.deny_audit(
                                 Action::Publish {
@@ -287,13 +294,12 @@ impl Upstream<'_> {
                         }
                     }
                 } else {
-                    let topic = String::from_utf8_lossy(header.topic).into_owned();
                     let old = self
                         .aliases
-                        .insert(alias, topic)
+                        .insert(alias, header.topic.to_vec())
                         .map(|t| t.len())
                         .unwrap_or(0);
-                    self.alias_bytes = self.alias_bytes + header.topic.len() - old;
+                    self.alias_bytes = (self.alias_bytes + header.topic.len()).saturating_sub(old);
                     if self.alias_bytes > ALIAS_BYTES_MAX {
                         self.reply(inspect::disconnect_v5(0x97)).await;
                         return Err(SessionEnd::Protocol("topic aliases hold too many bytes"));
@@ -562,7 +568,8 @@ where
             biased;
             Some(pkid) = acks.recv() => {
                 if let Some(window) = window.as_mut() {
-                    for bytes in window.acked(pkid) {
+                    for raw in window.acked(pkid) {
+                        let bytes = mark_redelivery(sessions, client_id, v5, raw);
                         client.write_all(&bytes).await?;
                     }
                 }
@@ -608,16 +615,18 @@ where
                             .take()
                             .and_then(|id| inspect::connack_with_assigned_id(packet, f.header_len, &id))
                     } else if f.kind() == kind::PUBLISH {
-                        let marked = redelivery_marked(sessions, client_id, v5, &f, packet);
                         let pkid = inspect::publish(packet, f.header_len, v5)
                             .ok()
                             .and_then(|h| h.pkid);
                         match (window.as_mut(), pkid) {
-                            (Some(window), Some(pkid)) => {
-                                let bytes = marked.unwrap_or_else(|| packet.to_vec());
-                                Some(window.offer(pkid, bytes).unwrap_or_default())
-                            }
-                            _ => marked,
+                            // Marked as sent (for DUP) only when it is sent.
+                            (Some(window), Some(pkid)) => Some(
+                                window
+                                    .offer(pkid, packet.to_vec())
+                                    .map(|raw| mark_redelivery(sessions, client_id, v5, raw))
+                                    .unwrap_or_default(),
+                            ),
+                            _ => redelivery_marked(sessions, client_id, v5, &f, packet),
                         }
                     } else {
                         (f.kind() == kind::SUBACK && !merges.is_empty())
@@ -690,6 +699,19 @@ fn discard_for_client(
         "packet larger than the client accepts; discarded"
     );
     Some(Vec::new())
+}
+
+/// [`redelivery_marked`] for a whole PUBLISH held back earlier.
+fn mark_redelivery(
+    sessions: &super::sessions::Sessions,
+    client_id: &str,
+    v5: bool,
+    raw: Vec<u8>,
+) -> Vec<u8> {
+    match frame::next_frame(&raw, usize::MAX) {
+        Ok(Some(f)) => redelivery_marked(sessions, client_id, v5, &f, &raw).unwrap_or(raw),
+        _ => raw,
+    }
 }
 
 /// A QoS 1/2 PUBLISH whose packet id the client has not acknowledged

@@ -33,6 +33,8 @@ pub const MAX_BODY: usize = 16 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to send its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send its request body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Enrollment connections served at once.
 const MAX_CONNECTIONS: usize = 64;
 
@@ -300,7 +302,9 @@ async fn simple_reenroll(
     request: Request<Incoming>,
 ) -> Answer {
     const ACTION: &str = "simplereenroll";
-    let Some(identity) = client_cert.and_then(|sha| hub.registry.lookup(&sha)) else {
+    let Some((presented, identity)) =
+        client_cert.and_then(|sha| Some((sha, hub.registry.lookup(&sha)?)))
+    else {
         return refused(
             hub,
             ip,
@@ -314,8 +318,8 @@ async fn simple_reenroll(
         Ok(pem) => pem,
         Err(answer) => return refused(hub, ip, Some(identity.device), ACTION, answer.0, answer.1),
     };
-    match crate::admin::renew_device(hub, &identity, &csr_pem) {
-        Ok(pem) => match pem_to_der(&pem) {
+    match crate::admin::renew_device(hub, &presented, &csr_pem) {
+        Ok((_, pem)) => match pem_to_der(&pem) {
             Some(der) => Answer::pkcs7(&[&der]),
             None => Answer::refuse(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -349,9 +353,15 @@ fn basic_password(request: &Request<Incoming>) -> Option<String> {
 
 /// Reads a base64 PKCS#10 body (line breaks allowed) and returns it as PEM.
 async fn read_csr(request: Request<Incoming>) -> Result<String, (StatusCode, &'static str)> {
-    let body = Limited::new(request.into_body(), MAX_BODY)
-        .collect()
+    let body = Limited::new(request.into_body(), MAX_BODY).collect();
+    let body = tokio::time::timeout(BODY_TIMEOUT, body)
         .await
+        .map_err(|_| {
+            (
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time",
+            )
+        })?
         .map_err(|e| {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()

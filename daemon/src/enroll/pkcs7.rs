@@ -73,8 +73,8 @@ fn read(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
         return None;
     }
     let (header, len) = length(input)?;
-    let value = input.get(header..header + len)?;
-    Some((value, &input[header + len..]))
+    let end = header.checked_add(len)?;
+    Some((input.get(header..end)?, &input[end..]))
 }
 
 /// Reads one whole TLV (header included); returns (tlv, rest).

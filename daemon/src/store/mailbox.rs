@@ -134,25 +134,37 @@ impl Store {
         rows.map(|r| parse_device(r?)).collect()
     }
 
-    /// Pending deliveries of a device, oldest first (in order per sender).
-    pub fn pending_for(&self, device: &DeviceId) -> Result<Vec<PendingDelivery>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT m.id, m.sender, m.recipient, m.sealed, m.sent_at, m.expires_at
-             FROM deliveries d JOIN messages m ON m.id = d.message_id
-             WHERE d.device_id = ?1 ORDER BY d.seq",
-        )?;
-        let rows = stmt.query_map(params![device.as_str()], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, Vec<u8>>(3)?,
-                row.get::<_, i64>(4)?,
-                row.get::<_, i64>(5)?,
-            ))
-        })?;
-        rows.map(|row| {
-            let (id, sender, recipient, sealed, sent_at, expires_at) = row?;
+    /// Ids of a device's pending deliveries, oldest first (in order per
+    /// sender). No content: the caller fetches only what it will send.
+    pub fn pending_ids(&self, device: &DeviceId) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT message_id FROM deliveries WHERE device_id = ?1 ORDER BY seq")?;
+        let rows = stmt.query_map(params![device.as_str()], |row| row.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One stored message, sealed.
+    pub fn message(&self, id: &str) -> Result<Option<PendingDelivery>, StoreError> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT id, sender, recipient, sealed, sent_at, expires_at
+                 FROM messages WHERE id = ?1",
+                params![id],
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, Vec<u8>>(3)?,
+                        row.get::<_, i64>(4)?,
+                        row.get::<_, i64>(5)?,
+                    ))
+                },
+            )
+            .optional()?;
+        row.map(|(id, sender, recipient, sealed, sent_at, expires_at)| {
             Ok(PendingDelivery {
                 id,
                 sender: parse_device(sender)?,
@@ -162,7 +174,7 @@ impl Store {
                 expires_at,
             })
         })
-        .collect()
+        .transpose()
     }
 
     /// Records a device's acknowledgement. Returns the sender and reference
@@ -223,15 +235,15 @@ impl Store {
                 ))
             })?;
             let mut expired = Vec::new();
+            // Timed out, or no recipient device left (revoked or removed):
+            // either way the sender hears it was not delivered.
             for row in rows {
-                let (id, sender, reference, timed_out) = row?;
-                if timed_out {
-                    expired.push(ExpiredMessage {
-                        id,
-                        sender: parse_device(sender)?,
-                        reference,
-                    });
-                }
+                let (id, sender, reference, _timed_out) = row?;
+                expired.push(ExpiredMessage {
+                    id,
+                    sender: parse_device(sender)?,
+                    reference,
+                });
             }
             expired
         };
