@@ -415,6 +415,20 @@ async fn renewal_gives_a_new_certificate_and_the_old_one_stops_once_the_new_is_u
     )
     .await;
     assert_eq!(renewed.status, 200, "{renewed:?}");
+    // Renewing again and again is capped: three live certificates (here
+    // the current one and two pending renewals), then a clear refusal.
+    stdout(&hearth_device(&dir, &["renew"]));
+    let again = hearth_device(&dir, &["renew"]);
+    assert!(
+        !again.status.success(),
+        "a fourth live certificate is refused"
+    );
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("renewed recently"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let after = Device::load(&id, &dir);
     // A revoked device cannot renew: its handshake is refused.
     hub.hearth_ok(&["device", "revoke", &id]);
     let tls = tokio::net::TcpStream::connect(hub.enroll).await.unwrap();
