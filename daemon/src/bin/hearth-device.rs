@@ -453,7 +453,9 @@ fn client_tls(
     Ok(Arc::new(config))
 }
 
-async fn run(dir: &Path, interval: f64, count: Option<u64>) -> Result<()> {
+/// MQTT over mutual TLS as this device: client id = device id, the hub CA
+/// as the only root, the device's key and certificate.
+fn mqtt_options(dir: &Path) -> Result<(Pairing, MqttOptions)> {
     let Paired {
         pairing,
         ca_pem,
@@ -462,10 +464,19 @@ async fn run(dir: &Path, interval: f64, count: Option<u64>) -> Result<()> {
     } = load(dir)?;
     let ca = CertificateDer::from_pem_slice(&ca_pem)?;
     let tls = client_tls(&ca, Some((&chain_pem, &key_pem)))?;
-    let id = pairing.device_id;
-    let mut options = MqttOptions::new(id.as_str(), pairing.host.as_str(), pairing.mqtt_port);
+    let mut options = MqttOptions::new(
+        pairing.device_id.as_str(),
+        pairing.host.as_str(),
+        pairing.mqtt_port,
+    );
     options.set_keep_alive(Duration::from_secs(30));
     options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    Ok((pairing, options))
+}
+
+async fn run(dir: &Path, interval: f64, count: Option<u64>) -> Result<()> {
+    let (pairing, options) = mqtt_options(dir)?;
+    let id = pairing.device_id;
     let (client, mut events) = rumqttc::AsyncClient::new(options, 16);
     let tele = topic::tele(&id, "status");
     let commands = topic::cmd(&id, "#");
@@ -529,20 +540,10 @@ async fn run(dir: &Path, interval: f64, count: Option<u64>) -> Result<()> {
 /// Connects, subscribes to the device's inbox, and returns once the
 /// subscription is in place.
 async fn connect_inbox(dir: &Path) -> Result<(DeviceId, rumqttc::AsyncClient, rumqttc::EventLoop)> {
-    let Paired {
-        pairing,
-        ca_pem,
-        chain_pem,
-        key_pem,
-    } = load(dir)?;
-    let ca = CertificateDer::from_pem_slice(&ca_pem)?;
-    let tls = client_tls(&ca, Some((&chain_pem, &key_pem)))?;
+    let (pairing, mut options) = mqtt_options(dir)?;
     let id = pairing.device_id;
-    let mut options = MqttOptions::new(id.as_str(), pairing.host.as_str(), pairing.mqtt_port);
-    options.set_keep_alive(Duration::from_secs(30));
     // Attachments are large: accept packets up to the hub's own limit.
     options.set_max_packet_size(16 * 1024 * 1024, 16 * 1024 * 1024);
-    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
     let (client, mut events) = rumqttc::AsyncClient::new(options, 16);
     let subscribed = async {
         loop {
@@ -925,18 +926,13 @@ fn make_private_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Writes atomically (temporary sibling, sync, rename) with the mode:
+/// 0600 for keys, 0644 for the rest.
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    Ok(())
+    let written = if mode == 0o600 {
+        hearth_daemon::datadir::write_private(path, contents)
+    } else {
+        hearth_daemon::datadir::write_public(path, contents)
+    };
+    written.with_context(|| format!("writing {}", path.display()))
 }

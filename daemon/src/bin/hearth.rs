@@ -449,16 +449,13 @@ fn make_private_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Writes atomically (temporary sibling, sync, rename) with the mode:
+/// 0600 for keys, 0644 for the rest.
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-    file.write_all(contents)?;
-    Ok(())
+    let written = if mode == 0o600 {
+        hearth_daemon::datadir::write_private(path, contents)
+    } else {
+        hearth_daemon::datadir::write_public(path, contents)
+    };
+    written.with_context(|| format!("writing {}", path.display()))
 }
