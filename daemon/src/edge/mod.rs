@@ -331,8 +331,18 @@ impl Edge {
                 MqttVersion::V311 => self.broker.v4,
                 MqttVersion::V5 => self.broker.v5,
             };
-            self.sessions.take_over(&client_id);
-            let _turn = tokio::time::timeout(TURN_WAIT, self.sessions.broker_turn(&client_id))
+            // The previous connection may not have registered yet when this
+            // one arrives; asking it to go again while waiting covers that.
+            let waiting = async {
+                loop {
+                    self.sessions.take_over(&client_id);
+                    let turn = self.sessions.broker_turn(&client_id);
+                    if let Ok(turn) = tokio::time::timeout(TAKEOVER_RETRY, turn).await {
+                        return turn;
+                    }
+                }
+            };
+            let _turn = tokio::time::timeout(TURN_WAIT, waiting)
                 .await
                 .map_err(|_| SessionEnd::Busy)?;
             let mut broker = TcpStream::connect(addr).await.map_err(SessionEnd::Broker)?;
@@ -444,6 +454,9 @@ impl Edge {
 /// How long a new connection waits for the previous connection of the same
 /// client id to close at the broker.
 const TURN_WAIT: Duration = Duration::from_secs(5);
+/// How often a connection waiting for its client id's turn asks the
+/// holder to go.
+const TAKEOVER_RETRY: Duration = Duration::from_millis(200);
 
 /// Closes the broker connection without a DISCONNECT (so the broker still
 /// publishes the client's will), and waits until the broker has closed its
