@@ -88,11 +88,17 @@ where
     // Acknowledgements the edge owes the broker for messages it discarded
     // for the client (too large for it); bounded by the broker's inflight.
     let (to_broker, from_downstream) = mpsc::unbounded_channel();
+    // Only a client with a Maximum Packet Size can make the edge answer for
+    // it, so only then are acknowledgements sequenced.
+    let order = traits
+        .max_packet
+        .map(|_| std::sync::Arc::new(std::sync::Mutex::new(AckOrder::default())));
     // The client's PUBACKs and PUBCOMPs, which free its receive window.
     let (client_acks, acks) = mpsc::unbounded_channel();
     // PINGRESPs owed to the edge's own PINGREQs, dropped on the way down.
     let edge_pings = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let mut upstream = Upstream {
+        order: order.clone(),
         client_acks,
         client_id,
         ping_broker: traits.silent.then(|| std::sync::Arc::clone(&edge_pings)),
@@ -118,6 +124,7 @@ where
             client_id,
             assigned_id: traits.assigned_id,
             to_broker,
+            order,
             client_max: traits.max_packet,
             window: traits.receive_max.map(ReceiveWindow::new),
             acks,
@@ -141,6 +148,9 @@ enum Verdict {
 }
 
 struct Upstream<'a> {
+    /// Acknowledgement order towards the broker, when the edge may answer
+    /// for the client.
+    order: Option<std::sync::Arc<std::sync::Mutex<AckOrder>>>,
     /// Packet ids the client acknowledged (PUBACK, PUBCOMP), for the
     /// downstream half's receive window.
     client_acks: mpsc::UnboundedSender<u16>,
@@ -165,7 +175,7 @@ impl Upstream<'_> {
         mut client: R,
         mut broker: W,
         mut inbound: BytesMut,
-        mut from_downstream: mpsc::UnboundedReceiver<Vec<u8>>,
+        mut from_downstream: mpsc::UnboundedReceiver<()>,
     ) -> Result<(), SessionEnd>
     where
         R: AsyncRead + Unpin,
@@ -202,8 +212,13 @@ impl Upstream<'_> {
             };
             let read = tokio::select! {
                 read = client.read_buf(&mut inbound) => read?,
-                Some(owed) = from_downstream.recv() => {
-                    broker.write_all(&owed).await?;
+                Some(()) = from_downstream.recv() => {
+                    // The edge answered for the client: send what is now
+                    // in order.
+                    let owed = self.order.as_ref().map(|o| lock(o).drain()).unwrap_or_default();
+                    if !owed.is_empty() {
+                        broker.write_all(&owed).await?;
+                    }
                     continue;
                 }
                 _ = ping_due => {
@@ -259,6 +274,12 @@ impl Upstream<'_> {
                         && packet.get(frame.header_len + 2).is_some_and(|r| *r >= 0x80);
                     if frame.kind() != kind::PUBREC || failed_pubrec {
                         let _ = self.client_acks.send(pkid);
+                    }
+                    if let Some(order) = &self.order {
+                        let mut order = lock(order);
+                        if order.answered(frame.kind() == kind::PUBCOMP, pkid, packet) {
+                            return Ok(Verdict::Replace(order.drain()));
+                        }
                     }
                 }
                 Ok(Verdict::Forward)
@@ -475,8 +496,10 @@ struct Downstream<'a> {
     client_id: &'a str,
     /// The id to name in the CONNACK (v5, empty id sent).
     assigned_id: Option<String>,
-    /// Acknowledgements owed to the broker for discarded messages.
-    to_broker: mpsc::UnboundedSender<Vec<u8>>,
+    /// Wakes the upstream half when the edge answered for the client.
+    to_broker: mpsc::UnboundedSender<()>,
+    /// Acknowledgement order towards the broker (with `client_max`).
+    order: Option<std::sync::Arc<std::sync::Mutex<AckOrder>>>,
     /// The client's Maximum Packet Size.
     client_max: Option<usize>,
     /// The client's Receive Maximum, applied.
@@ -553,6 +576,7 @@ where
         client_id,
         mut assigned_id,
         to_broker,
+        order,
         client_max,
         mut window,
         mut acks,
@@ -609,7 +633,14 @@ where
                     } else if client_max.is_some_and(|max| f.len > max)
                         || (f.kind() == kind::PUBREL && !discarded_qos2.is_empty())
                     {
-                        discard_for_client(v5, &f, packet, client_max, &mut discarded_qos2, &to_broker)
+                        discard_for_client(
+                            v5,
+                            &f,
+                            packet,
+                            client_max,
+                            &mut discarded_qos2,
+                            (order.as_deref(), &to_broker),
+                        )
                     } else if f.kind() == kind::CONNACK && assigned_id.is_some() {
                         assigned_id
                             .take()
@@ -618,6 +649,9 @@ where
                         let pkid = inspect::publish(packet, f.header_len, v5)
                             .ok()
                             .and_then(|h| h.pkid);
+                        if let (Some(order), Some(pkid)) = (&order, pkid) {
+                            lock(order).expect(false, pkid, None);
+                        }
                         match (window.as_mut(), pkid) {
                             // Marked as sent (for DUP) only when it is sent.
                             (Some(window), Some(pkid)) => Some(
@@ -628,6 +662,15 @@ where
                             ),
                             _ => redelivery_marked(sessions, client_id, v5, &f, packet),
                         }
+                    } else if f.kind() == kind::PUBREL && order.is_some() {
+                        // A PUBREL the client will answer (the edge's own
+                        // were taken above).
+                        if let (Some(order), Ok(pkid)) =
+                            (&order, inspect::packet_id(packet, f.header_len))
+                        {
+                            lock(order).expect(true, pkid, None);
+                        }
+                        None
                     } else {
                         (f.kind() == kind::SUBACK && !merges.is_empty())
                             .then(|| merge_suback(&mut merges, v5, &f, packet))
@@ -667,14 +710,27 @@ fn discard_for_client(
     packet: &[u8],
     client_max: Option<usize>,
     discarded_qos2: &mut HashSet<u16>,
-    to_broker: &mpsc::UnboundedSender<Vec<u8>>,
+    (order, wake): (
+        Option<&std::sync::Mutex<AckOrder>>,
+        &mpsc::UnboundedSender<()>,
+    ),
 ) -> Option<Vec<u8>> {
+    let answer = |completion: bool, pkid: u16, bytes: Vec<u8>| {
+        if let Some(order) = order {
+            lock(order).expect(completion, pkid, Some(bytes));
+            let _ = wake.send(());
+        }
+    };
     if frame.kind() == kind::PUBREL {
         let pkid = inspect::packet_id(packet, frame.header_len).ok()?;
         if !discarded_qos2.remove(&pkid) {
+            // The client's to answer: its place in the order is kept.
+            if let Some(order) = order {
+                lock(order).expect(true, pkid, None);
+            }
             return None;
         }
-        let _ = to_broker.send(inspect::ack(kind::PUBCOMP, pkid, None));
+        answer(true, pkid, inspect::ack(kind::PUBCOMP, pkid, None));
         return Some(Vec::new());
     }
     if client_max.is_none_or(|max| frame.len <= max) {
@@ -683,12 +739,10 @@ fn discard_for_client(
     if frame.kind() == kind::PUBLISH {
         if let Ok(header) = inspect::publish(packet, frame.header_len, v5) {
             match (header.qos, header.pkid) {
-                (1, Some(pkid)) => {
-                    let _ = to_broker.send(inspect::ack(kind::PUBACK, pkid, None));
-                }
+                (1, Some(pkid)) => answer(false, pkid, inspect::ack(kind::PUBACK, pkid, None)),
                 (2, Some(pkid)) => {
                     discarded_qos2.insert(pkid);
-                    let _ = to_broker.send(inspect::ack(kind::PUBREC, pkid, None));
+                    answer(false, pkid, inspect::ack(kind::PUBREC, pkid, None));
                 }
                 _ => {}
             }
@@ -699,6 +753,70 @@ fn discard_for_client(
         "packet larger than the client accepts; discarded"
     );
     Some(Vec::new())
+}
+
+/// rumqttd takes acknowledgements only in the order it sent what they
+/// answer: PUBACK/PUBREC in PUBLISH order, PUBCOMP in PUBREL order. When
+/// the edge answers for the client (a discarded packet), its answers and
+/// the client's are released to the broker in that order.
+#[derive(Debug, Default)]
+struct AckOrder {
+    acks: VecDeque<(u16, Option<Vec<u8>>)>,
+    completions: VecDeque<(u16, Option<Vec<u8>>)>,
+}
+
+impl AckOrder {
+    /// The broker sent a PUBLISH (or, `completion`, a PUBREL) for `pkid`;
+    /// `answer` is the edge's own, or `None` if the client will answer.
+    fn expect(&mut self, completion: bool, pkid: u16, answer: Option<Vec<u8>>) {
+        let queue = if completion {
+            &mut self.completions
+        } else {
+            &mut self.acks
+        };
+        // Bounded by the broker's inflight window; a runaway queue means the
+        // client stopped answering, and the session ends anyway.
+        if queue.len() < 4096 {
+            queue.push_back((pkid, answer));
+        }
+    }
+
+    /// The client answered `pkid`; false if nothing waits for it (the
+    /// packet then passes unchanged).
+    fn answered(&mut self, completion: bool, pkid: u16, packet: &[u8]) -> bool {
+        let queue = if completion {
+            &mut self.completions
+        } else {
+            &mut self.acks
+        };
+        match queue
+            .iter_mut()
+            .find(|(id, answer)| *id == pkid && answer.is_none())
+        {
+            Some(slot) => {
+                slot.1 = Some(packet.to_vec());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every answer now in order, ready for the broker.
+    fn drain(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for queue in [&mut self.acks, &mut self.completions] {
+            while queue.front().is_some_and(|(_, answer)| answer.is_some()) {
+                if let Some((_, Some(bytes))) = queue.pop_front() {
+                    out.extend_from_slice(&bytes);
+                }
+            }
+        }
+        out
+    }
+}
+
+fn lock(order: &std::sync::Mutex<AckOrder>) -> std::sync::MutexGuard<'_, AckOrder> {
+    order.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// [`redelivery_marked`] for a whole PUBLISH held back earlier.
