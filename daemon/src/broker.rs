@@ -232,8 +232,16 @@ pub fn debug_fault(name: &str) -> bool {
 /// Asks the kernel for a free loopback port. rumqttd binds its own
 /// listeners from a configured address, so the port is chosen here and
 /// handed over; `wait_listening` proves rumqttd got it.
+/// A free port on a random address of 127.0.0.0/8. The port is found free
+/// and released before rumqttd binds it; on a random loopback address no
+/// other program (nor another hub, as in the tests) is likely to take it in
+/// between, as it could on 127.0.0.1.
 fn free_loopback_port() -> Result<SocketAddr, BrokerError> {
-    let listener = StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(BrokerError::Port)?;
+    let [a, b, c] = crate::random_bytes::<3>().map(|x| x.clamp(1, 254));
+    let ip = Ipv4Addr::new(127, a, b, c);
+    let listener = StdTcpListener::bind((ip, 0))
+        .or_else(|_| StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .map_err(BrokerError::Port)?;
     listener.local_addr().map_err(BrokerError::Port)
 }
 
