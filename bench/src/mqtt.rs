@@ -140,15 +140,23 @@ pub struct Reader {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    chunk: usize,
 }
 
 impl Reader {
+    /// Caps how many bytes one `read` pulls from the socket (a deliberately
+    /// slow reader in tests).
+    pub fn set_chunk(&mut self, chunk: usize) {
+        self.chunk = chunk.max(1);
+    }
+
     fn new(inner: ReadHalf<TlsStream<TcpStream>>) -> Self {
         Reader {
             inner,
             buf: vec![0; 64 * 1024],
             start: 0,
             end: 0,
+            chunk: usize::MAX,
         }
     }
 
@@ -167,7 +175,8 @@ impl Reader {
             }
             self.buf.resize(len, 0);
         }
-        let n = self.inner.read(&mut self.buf[self.end..]).await?;
+        let upto = self.end.saturating_add(self.chunk).min(self.buf.len());
+        let n = self.inner.read(&mut self.buf[self.end..upto]).await?;
         if n == 0 {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
         }
