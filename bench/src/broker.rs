@@ -18,6 +18,11 @@ use rustls::pki_types::CertificateDer;
 
 use crate::mqtt::{self, Identity};
 
+/// HEARTH_BENCH_KEEP=1 keeps the work directory (data dirs, configs, logs).
+fn keep() -> bool {
+    std::env::var_os("HEARTH_BENCH_KEEP").is_some()
+}
+
 /// Which broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -125,7 +130,10 @@ pub struct Pool {
     pub ca: CertificateDer<'static>,
     /// Devices of the parent "Mum" (subscribers, mailbox sender).
     pub parents: Vec<Device>,
-    /// Devices of the child "Ada" (publishers, idle connections).
+    /// Devices of the child "Ada" (publishers, idle connections). A third
+    /// member, the child "Bo", has one device that stays offline: the
+    /// mailbox scenario's recipient (a send to a member is stored for each
+    /// of the member's devices, so Bo has exactly one).
     pub children: Vec<Device>,
 }
 
@@ -220,12 +228,18 @@ impl Broker {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !keep() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
+        if keep() {
+            eprintln!("HEARTH_BENCH_KEEP: kept {}", self.work.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.work);
     }
 }
@@ -292,7 +306,11 @@ impl Env {
         let result: Result<Pool> = (|| {
             let socket = template.join("admin.sock");
             wait_admin(&socket, &mut child, Duration::from_secs(30))?;
-            for (name, role) in [("Mum", Role::Parent), ("Ada", Role::Child)] {
+            for (name, role) in [
+                ("Mum", Role::Parent),
+                ("Ada", Role::Child),
+                ("Bo", Role::Child),
+            ] {
                 admin(
                     &socket,
                     &AdminRequest::MemberAdd {
@@ -336,6 +354,7 @@ impl Env {
             };
             let parents = issue("Mum", parents)?;
             let children = issue("Ada", children)?;
+            issue("Bo", 1)?;
             Ok(Pool {
                 ca: ca.clone(),
                 parents,
@@ -368,10 +387,13 @@ impl Env {
             .arg(&conf)
             .arg("--data-dir")
             .arg(dir)
-            .env("HEARTH_LOG", "warn")
+            .env(
+                "HEARTH_LOG",
+                std::env::var("HEARTH_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(log.try_clone()?)
             .stderr(log);
         cmd.spawn()
             .with_context(|| format!("cannot start {}", self.hearthd.display()))

@@ -50,6 +50,9 @@ struct Args {
     /// Paced scenario rate, msg/s.
     #[arg(long, default_value_t = 20_000)]
     paced_rate: u32,
+    /// Outstanding mailbox sends (the window of sends awaiting a receipt).
+    #[arg(long, default_value_t = 64)]
+    mailbox_window: usize,
     /// hearthd binary (default: next to this executable).
     #[arg(long)]
     hearthd: Option<PathBuf>,
@@ -135,7 +138,7 @@ async fn run(args: Args) -> Result<()> {
             paced_rate: args.paced_rate,
             idle: args.idle,
             idle_concurrency: 32,
-            mailbox_window: 64,
+            mailbox_window: args.mailbox_window,
         }
     };
     let runs = if smoke { 1 } else { args.runs.max(1) };

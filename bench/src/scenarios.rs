@@ -201,13 +201,16 @@ async fn conn(b: &Broker, d: &Device) -> Result<Client> {
     mqtt::connect(b.addr, d.tls.clone(), d.id(), 300, Duration::from_secs(10)).await
 }
 
+/// Where a subscriber puts latencies (µs), and whether to record now.
+type Recorder = (Arc<Mutex<Vec<u32>>>, watch::Receiver<bool>);
+
 /// A subscriber task: counts publishes into `counter`, PUBACKs QoS 1, and
 /// records latencies while `record` is true.
 fn spawn_subscriber(
     mut c: Client,
     counter: Arc<AtomicU64>,
     mut stop: watch::Receiver<bool>,
-    record: Option<(Arc<Mutex<Vec<u32>>>, watch::Receiver<bool>)>,
+    record: Option<Recorder>,
 ) -> JoinHandle<Result<()>> {
     tokio::spawn(async move {
         let mut lat = Vec::new();
@@ -249,6 +252,7 @@ fn spawn_flood0(
     mut c: Client,
     topic: String,
     size: usize,
+    sent: Arc<AtomicU64>,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<Result<()>> {
     tokio::spawn(async move {
@@ -262,6 +266,7 @@ fn spawn_flood0(
                 _ = stop.changed() => break,
                 r = c.tx.flush() => r?,
             }
+            sent.fetch_add(32, Ordering::Relaxed);
         }
         Ok(())
     })
@@ -273,6 +278,7 @@ fn spawn_flood1(
     topic: String,
     size: usize,
     window: usize,
+    sent: Arc<AtomicU64>,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<Result<()>> {
     tokio::spawn(async move {
@@ -293,6 +299,7 @@ fn spawn_flood1(
                 r = c.rx.read(|p| if let Packet::Puback { .. } = p { acked += 1 }) => r?,
             }
             inflight = inflight.saturating_sub(acked);
+            sent.fetch_add(acked as u64, Ordering::Relaxed);
         }
         Ok(())
     })
@@ -401,18 +408,39 @@ async fn flood(b: &Broker, pool: &Pool, p: &Params, qos: u8) -> Result<Outcome> 
     let pc = conn(b, publisher).await?;
     let (stop_tx, stop) = watch::channel(false);
     let got = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
     let mut tasks = vec![spawn_subscriber(sub, got.clone(), stop.clone(), None)];
     tasks.push(if qos == 0 {
-        spawn_flood0(pc, publisher.tele(), p.payload, stop.clone())
+        spawn_flood0(pc, publisher.tele(), p.payload, sent.clone(), stop.clone())
     } else {
-        spawn_flood1(pc, publisher.tele(), p.payload, p.qos1_window, stop.clone())
+        spawn_flood1(
+            pc,
+            publisher.tele(),
+            p.payload,
+            p.qos1_window,
+            sent.clone(),
+            stop.clone(),
+        )
     });
-    let (m0, m1) = measure(b, p, &got, None).await?;
+    tokio::time::sleep(p.warmup).await;
+    let s0 = sent.load(Ordering::Relaxed);
+    let (m0, m1) = measure(
+        b,
+        &Params {
+            warmup: Duration::ZERO,
+            ..p.clone()
+        },
+        &got,
+        None,
+    )
+    .await?;
+    let s1 = sent.load(Ordering::Relaxed);
     finish(stop_tx, tasks).await?;
     let (secs, n, cpu, gen) = delta(&m0, &m1);
     Ok(Outcome {
         figures: vec![
             fig("delivered", "msg/s", n as f64 / secs, true, true),
+            fig("published", "msg/s", (s1 - s0) as f64 / secs, true, true),
             fig("broker CPU", "µs/msg", cpu / n.max(1) as f64, false, false),
             fig(
                 "broker RSS end",
@@ -445,7 +473,14 @@ async fn fanout(b: &Broker, pool: &Pool, p: &Params) -> Result<Outcome> {
         tasks.push(spawn_subscriber(c, got.clone(), stop.clone(), None));
     }
     let pc = conn(b, publisher).await?;
-    tasks.push(spawn_flood0(pc, publisher.tele(), p.payload, stop.clone()));
+    let sent = Arc::new(AtomicU64::new(0));
+    tasks.push(spawn_flood0(
+        pc,
+        publisher.tele(),
+        p.payload,
+        sent,
+        stop.clone(),
+    ));
     let (m0, m1) = measure(b, p, &got, None).await?;
     finish(stop_tx, tasks).await?;
     let (secs, n, cpu, gen) = delta(&m0, &m1);
@@ -673,7 +708,7 @@ async fn mailbox(b: &Broker, pool: &Pool, p: &Params) -> Result<Outcome> {
                 pid = pid.checked_add(1).unwrap_or(1);
                 let send = serde_json::json!({
                     "v": 1, "type": "send", "ref": format!("bench-{next_ref}"),
-                    "to": "Ada", "kind": "text", "body": body,
+                    "to": "Bo", "kind": "text", "body": body,
                 });
                 encode_publish(&mut c.tx.buf, &outbox, 1, pid, send.to_string().as_bytes());
                 outstanding += 1;
