@@ -78,7 +78,7 @@ async fn memory_stays_bounded_under_a_flood_to_a_slow_subscriber() {
             Ok(r) => r.expect("publish"),
             Err(_) => break, // the broker pushes back: fine, that is bounded.
         }
-        if sent % 6400 == 0 {
+        if sent.is_multiple_of(6400) {
             peak_kib = peak_kib.max(broker.stat().expect("stat").hwm_kib);
         }
     }
