@@ -449,6 +449,7 @@ impl Env {
                          log_type error\n\
                          log_type warning\n\
                          user root\n\
+                         set_tcp_nodelay true\n\
                          listener {port} 127.0.0.1\n\
                          cafile {}\n\
                          certfile {}\n\

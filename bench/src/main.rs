@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use hearth_bench::broker::{self, Env, Kind, Pool};
+use hearth_bench::broker::{self, Env, Kind};
 use hearth_bench::report::{self, Collector};
-use hearth_bench::scenarios::{self, Outcome, Params, Scenario};
+use hearth_bench::scenarios::{check_smoke, run_one, Params, Scenario};
 
 /// Benchmark hearthd side by side with Mosquitto over mutual-TLS MQTT on loopback.
 #[derive(Debug, Parser)]
@@ -112,18 +112,8 @@ async fn run(args: Args) -> Result<()> {
     let smoke = args.smoke;
     let params = if smoke {
         Params {
-            smoke,
-            warmup: Duration::from_millis(300),
-            window: Duration::from_millis(800),
             payload: args.payload,
-            qos1_window: 100,
-            fanout_subs: 5,
-            fanin_devices: 5,
-            fanin_rate: 50,
-            paced_rate: 2000,
-            idle: 20,
-            idle_concurrency: 8,
-            mailbox_window: 8,
+            ..Params::smoke()
         }
     } else {
         Params {
@@ -296,26 +286,4 @@ async fn run(args: Args) -> Result<()> {
         bail!("{} run(s) failed", collector.failures.len());
     }
     Ok(())
-}
-
-/// Smoke mode: messages flowed and every figure is a number.
-fn check_smoke(o: &Outcome) -> Result<()> {
-    if o.count == 0 {
-        bail!("nothing flowed");
-    }
-    if let Some(f) = o.figures.iter().find(|f| !f.value.is_finite()) {
-        bail!("figure {} is not a number", f.name);
-    }
-    Ok(())
-}
-
-async fn run_one(env: &Env, pool: &Pool, s: Scenario, kind: Kind, p: &Params) -> Result<Outcome> {
-    let mut b = env.start(kind)?;
-    let result = async {
-        let ready = broker::wait_ready(&mut b, &pool.parents[0], Duration::from_secs(20)).await?;
-        scenarios::run(s, &b, pool, p, ready).await
-    }
-    .await;
-    b.stop();
-    result
 }

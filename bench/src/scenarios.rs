@@ -41,6 +41,55 @@ pub struct Params {
     pub mailbox_window: usize,
 }
 
+impl Params {
+    /// Toy scale for `--smoke` and the tests: about a second per run.
+    pub fn smoke() -> Params {
+        Params {
+            smoke: true,
+            warmup: Duration::from_millis(300),
+            window: Duration::from_millis(800),
+            payload: 256,
+            qos1_window: 100,
+            fanout_subs: 5,
+            fanin_devices: 5,
+            fanin_rate: 50,
+            paced_rate: 2000,
+            idle: 20,
+            idle_concurrency: 8,
+            mailbox_window: 8,
+        }
+    }
+}
+
+/// Smoke mode: messages flowed and every figure is a number (no timing).
+pub fn check_smoke(o: &Outcome) -> Result<()> {
+    if o.count == 0 {
+        bail!("nothing flowed");
+    }
+    if let Some(f) = o.figures.iter().find(|f| !f.value.is_finite()) {
+        bail!("figure {} is not a number", f.name);
+    }
+    Ok(())
+}
+
+/// One run: a fresh broker process, ready, the scenario, stopped.
+pub async fn run_one(
+    env: &broker::Env,
+    pool: &Pool,
+    s: Scenario,
+    kind: Kind,
+    p: &Params,
+) -> Result<Outcome> {
+    let mut b = env.start(kind)?;
+    let result = async {
+        let ready = broker::wait_ready(&mut b, &pool.parents[0], Duration::from_secs(20)).await?;
+        run(s, &b, pool, p, ready).await
+    }
+    .await;
+    b.stop();
+    result
+}
+
 /// The scenarios, in priority order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
