@@ -255,6 +255,7 @@ async fn run(args: Args) -> Result<()> {
     let table = report::table(&rows);
     println!("{table}");
     let doc = serde_json::json!({
+        "_about": "hearth-bench results: every run's figures, medians and ratios Hearth / Mosquitto (docs/BENCHMARKS.md)",
         "machine": machine,
         "smoke": smoke,
         "runs_per_broker": runs,

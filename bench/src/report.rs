@@ -165,7 +165,9 @@ pub fn svg(rows: &[Row], title: &str) -> String {
     let (left, width, bar_h, top) = (330.0, 560.0, 22.0, 60.0);
     let height = top + rows.len() as f64 * bar_h + 50.0;
     let x = |ratio: f64| left + (ratio.log2().clamp(-4.0, 4.0) + 4.0) / 8.0 * width;
-    let mut s = String::new();
+    let mut s = String::from(
+        "<!-- hearth-bench: ratios Hearth / Mosquitto per scenario and figure (docs/BENCHMARKS.md) -->\n",
+    );
     let _ = writeln!(
         s,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{height}" font-family="sans-serif" font-size="12">"#,
