@@ -1,0 +1,7 @@
+//! hearth-bench: runs hearthd and Mosquitto side by side on loopback under
+//! the same mutual-TLS MQTT load and reports medians and ratios (issue 7).
+
+pub mod broker;
+pub mod mqtt;
+pub mod report;
+pub mod scenarios;
