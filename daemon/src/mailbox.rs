@@ -44,6 +44,8 @@ const TICK: Duration = Duration::from_millis(500);
 /// Content bytes published to one device per round, so a backlog of
 /// pictures neither floods the broker's log nor holds the store.
 const ROUND_BYTES: usize = 16 * 1024 * 1024;
+/// How often deliveries to devices no longer active are swept.
+const ORPHAN_SWEEP: Duration = Duration::from_secs(60);
 
 /// The mailbox could not start.
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +180,8 @@ pub struct Mailbox {
     /// Connected devices that subscribed to their inbox: the only ones
     /// resends and receipts go to.
     listening: std::collections::HashSet<DeviceId>,
+    /// When deliveries to inactive devices were last swept.
+    last_sweep: Instant,
 }
 
 impl std::fmt::Debug for Mailbox {
@@ -209,6 +213,7 @@ impl Mailbox {
             sent: HashMap::new(),
             due: HashMap::new(),
             listening: std::collections::HashSet::new(),
+            last_sweep: Instant::now(),
         };
         Ok((mailbox, InboxWatch(tx), rx))
     }
@@ -538,6 +543,12 @@ impl Mailbox {
     /// Publishes a device's pending deliveries, oldest first, as `which`
     /// says; with [`Resend::All`] its queued receipts too.
     fn deliver_pending(&mut self, device: &DeviceId, which: Resend<'_>) {
+        let now = Instant::now();
+        if let Resend::Only(id) = which {
+            // A new message: no need to walk the device's backlog.
+            self.send_one(device, id, now);
+            return;
+        }
         let pending = match self.store().pending_ids(device) {
             Ok(p) => p,
             Err(e) => {
@@ -545,73 +556,79 @@ impl Mailbox {
                 return;
             }
         };
-        let now = Instant::now();
-        let mut budget = ROUND_BYTES;
+        let mut sent_bytes = 0usize;
         for id in pending {
-            let key = (id.clone(), *device);
-            let skip = match which {
-                Resend::All => false,
-                Resend::Only(only) => id != only,
-                Resend::Stale => self
-                    .sent
-                    .get(&key)
-                    .is_some_and(|at| now.duration_since(*at) < RESEND_AFTER),
-            };
-            if skip {
+            let recent = self
+                .sent
+                .get(&(id.clone(), *device))
+                .is_some_and(|at| now.duration_since(*at) < RESEND_AFTER);
+            if matches!(which, Resend::Stale) && recent {
                 continue;
             }
-            let message = match self.store().message(&id) {
-                Ok(Some(m)) => m,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read a stored message");
-                    return;
-                }
-            };
-            if message.sealed.len() > budget && budget < ROUND_BYTES {
-                // The rest waits for the next round (oldest first, so order
-                // per sender holds).
+            // Oldest first and at least one per round, so order per sender
+            // holds and a large message is never stuck.
+            if sent_bytes >= ROUND_BYTES {
                 break;
             }
-            budget = budget.saturating_sub(message.sealed.len());
-            let Some(plain) = self
-                .seal
-                .open(&message.id, &message.recipient, &message.sealed)
-            else {
-                tracing::error!(message = %message.id, "a stored message does not open; skipping it");
-                continue;
-            };
-            let Ok(content) = serde_json::from_slice::<Content>(&plain) else {
-                continue;
-            };
-            let from_member = self.store().device_member(&message.sender).ok().flatten();
-            let Some(member) = from_member.or_else(|| "former-member".parse().ok()) else {
-                continue;
-            };
-            let delivery = Delivery {
-                v: mailbox::VERSION,
-                id: message.id.clone(),
-                from: mailbox::From {
-                    member,
-                    device: message.sender,
-                },
-                kind: content.kind,
-                body: content.body,
-                data: content.data,
-                content_type: content.content_type,
-                sent_at: message.sent_at,
-                expires_at: message.expires_at,
-            };
-            self.publish_inbox(device, &Inbox::Delivery(delivery));
-            self.sent.insert(key, now);
+            match self.send_one(device, &id, now) {
+                Some(bytes) => sent_bytes += bytes,
+                None => continue,
+            }
         }
         if matches!(which, Resend::All) {
             self.flush_receipts(device);
         }
     }
 
+    /// Publishes one stored message to a device's inbox; returns its
+    /// sealed size, or `None` if it is gone or cannot be opened.
+    fn send_one(&mut self, device: &DeviceId, id: &str, now: Instant) -> Option<usize> {
+        let message = match self.store().message(id) {
+            Ok(Some(m)) => m,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read a stored message");
+                return None;
+            }
+        };
+        let Some(plain) = self
+            .seal
+            .open(&message.id, &message.recipient, &message.sealed)
+        else {
+            tracing::error!(message = %message.id, "a stored message does not open; skipping it");
+            return None;
+        };
+        let content = serde_json::from_slice::<Content>(&plain).ok()?;
+        let from_member = self.store().device_member(&message.sender).ok().flatten();
+        let member = from_member.or_else(|| "former-member".parse().ok())?;
+        let size = message.sealed.len();
+        let delivery = Delivery {
+            v: mailbox::VERSION,
+            id: message.id.clone(),
+            from: mailbox::From {
+                member,
+                device: message.sender,
+            },
+            kind: content.kind,
+            body: content.body,
+            data: content.data,
+            content_type: content.content_type,
+            sent_at: message.sent_at,
+            expires_at: message.expires_at,
+        };
+        self.publish_inbox(device, &Inbox::Delivery(delivery));
+        self.sent.insert((message.id, *device), now);
+        Some(size)
+    }
+
     fn expire(&mut self) {
-        let expired = self.store().expire_messages(crate::unix_now());
+        // Deliveries to devices revoked or removed are swept once a minute
+        // (a scan); expiry itself is an index lookup every tick.
+        let sweep = self.last_sweep.elapsed() >= ORPHAN_SWEEP;
+        if sweep {
+            self.last_sweep = Instant::now();
+        }
+        let expired = self.store().expire_messages(crate::unix_now(), sweep);
         match expired {
             Ok(expired) => {
                 for message in expired {

@@ -139,6 +139,8 @@ const MIGRATIONS: &[&str] = &[
         allowed INTEGER NOT NULL,
         PRIMARY KEY (from_member, to_member)
      ) STRICT;",
+    // 5: expiry of sent references is an index lookup, not a scan.
+    "CREATE INDEX sent_refs_by_expiry ON sent_refs(expires_at);",
 ];
 
 /// A certificate the registry accepts, with the device it names.

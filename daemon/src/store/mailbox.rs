@@ -213,20 +213,26 @@ impl Store {
     /// Deletes messages past their expiry (and deliveries to devices no
     /// longer active, which can never be acknowledged). Returns the expired
     /// messages for their receipts.
-    pub fn expire_messages(&mut self, now: i64) -> Result<Vec<ExpiredMessage>, StoreError> {
+    pub fn expire_messages(
+        &mut self,
+        now: i64,
+        sweep_inactive: bool,
+    ) -> Result<Vec<ExpiredMessage>, StoreError> {
         let tx = self.conn.transaction()?;
-        tx.execute(
-            "DELETE FROM deliveries WHERE device_id NOT IN
-                (SELECT id FROM devices WHERE status = 'active')",
-            [],
-        )?;
+        if sweep_inactive {
+            tx.execute(
+                "DELETE FROM deliveries WHERE device_id NOT IN
+                    (SELECT id FROM devices WHERE status = 'active')",
+                [],
+            )?;
+        }
         let expired = {
             let mut stmt = tx.prepare(
                 "DELETE FROM messages WHERE expires_at <= ?1
-                    OR id NOT IN (SELECT message_id FROM deliveries)
+                    OR (?2 AND id NOT IN (SELECT message_id FROM deliveries))
                  RETURNING id, sender, ref, expires_at <= ?1",
             )?;
-            let rows = stmt.query_map(params![now], |row| {
+            let rows = stmt.query_map(params![now, sweep_inactive], |row| {
                 Ok((
                     row.get::<_, String>(0)?,
                     row.get::<_, String>(1)?,
@@ -247,10 +253,12 @@ impl Store {
             }
             expired
         };
-        tx.execute(
-            "DELETE FROM deliveries WHERE message_id NOT IN (SELECT id FROM messages)",
-            [],
-        )?;
+        if sweep_inactive {
+            tx.execute(
+                "DELETE FROM deliveries WHERE message_id NOT IN (SELECT id FROM messages)",
+                [],
+            )?;
+        }
         tx.execute("DELETE FROM sent_refs WHERE expires_at <= ?1", params![now])?;
         tx.commit()?;
         Ok(expired)
