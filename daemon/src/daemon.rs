@@ -329,12 +329,12 @@ async fn retire_renewed(hub: Arc<Hub>, stop: CancellationToken) {
             Ok(retired) if !retired.is_empty() => {
                 // A session still open on a retired certificate ends too.
                 for sha in &retired {
-                    if let Some(identity) = hub.registry.lookup(sha) {
-                        hub.registry.retire(Some(&identity.device), &[*sha]);
-                        hub.sessions.disconnect(&identity.device);
+                    let device = hub.registry.lookup(sha).map(|identity| identity.device);
+                    hub.registry.retire(device.as_ref(), &[*sha]);
+                    if let Some(device) = device {
+                        hub.sessions.disconnect(&device);
                     }
                 }
-                hub.registry.retire(None, &retired);
                 tracing::info!(
                     count = retired.len(),
                     "renewal grace over; previous certificates retired"

@@ -50,6 +50,16 @@ pub fn prepare(path: &Path) -> Result<(), DataDirError> {
     Ok(())
 }
 
+/// Creates a directory (and its parents) only its owner can enter, if it
+/// does not exist yet; an existing one is left as it is.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("creating {}: {e}", dir.display())))
+}
+
 /// Writes a file readable by its owner only (keys, tokens), atomically:
 /// a temporary sibling created 0600, synced, then renamed over the target.
 pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
@@ -61,7 +71,13 @@ pub fn write_public(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     write_with_mode(path, contents, 0o644)
 }
 
-fn write_with_mode(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+/// Writes atomically with `mode` from the first byte; an error names the file.
+pub fn write_with_mode(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    write_atomically(path, contents, mode)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("writing {}: {e}", path.display())))
+}
+
+fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);

@@ -303,23 +303,23 @@ impl Mailbox {
                 // lost the receipt; tell it again.
                 self.receipt_now(sender, &send.reference, Some(id), ReceiptStatus::Stored);
             }
-            Ok(Accepted::Stored(id)) => {
+            Ok(Accepted::Stored { devices, delivery }) => {
+                let id = delivery.id.clone();
                 self.receipt_now(
                     sender,
                     &send.reference,
                     Some(id.clone()),
                     ReceiptStatus::Stored,
                 );
-                for device in self.recipients_of(&id).unwrap_or_default() {
-                    self.deliver_pending(&device, Resend::Only(&id));
+                let envelope = Inbox::Delivery(*delivery);
+                let now = Instant::now();
+                for device in devices {
+                    self.publish_inbox(&device, &envelope);
+                    self.sent.insert((id.clone(), device), now);
                 }
             }
             Err(Refusal(reason)) => self.refuse(sender, send.reference, &reason),
         }
-    }
-
-    fn recipients_of(&self, id: &str) -> Option<Vec<DeviceId>> {
-        self.store().message_recipients(id).ok()
     }
 
     fn accept(&mut self, sender: &DeviceId, send: &Send) -> Result<Accepted, Refusal> {
@@ -397,7 +397,26 @@ impl Mailbox {
             devices: &devices,
         };
         self.store().store_message(&message).map_err(db)?;
-        Ok(Accepted::Stored(id))
+        // What goes out now is built from what is in hand, not read back
+        // and unsealed once per device.
+        let delivery = Delivery {
+            v: mailbox::VERSION,
+            id: id.clone(),
+            from: mailbox::From {
+                member: from_member,
+                device: *sender,
+            },
+            kind: content.kind,
+            body: content.body,
+            data: content.data,
+            content_type: content.content_type,
+            sent_at: message.sent_at,
+            expires_at: message.expires_at,
+        };
+        Ok(Accepted::Stored {
+            devices,
+            delivery: Box::new(delivery),
+        })
     }
 
     fn check_content(&self, send: &Send) -> Result<Content, Refusal> {
@@ -542,13 +561,8 @@ impl Mailbox {
 
     /// Publishes a device's pending deliveries, oldest first, as `which`
     /// says; with [`Resend::All`] its queued receipts too.
-    fn deliver_pending(&mut self, device: &DeviceId, which: Resend<'_>) {
+    fn deliver_pending(&mut self, device: &DeviceId, which: Resend) {
         let now = Instant::now();
-        if let Resend::Only(id) = which {
-            // A new message: no need to walk the device's backlog.
-            self.send_one(device, id, now);
-            return;
-        }
         let pending = match self.store().pending_ids(device) {
             Ok(p) => p,
             Err(e) => {
@@ -660,17 +674,20 @@ impl Mailbox {
 
 /// Which pending deliveries to publish.
 #[derive(Clone, Copy)]
-enum Resend<'a> {
+enum Resend {
     /// Every one: the device just subscribed to its inbox.
     All,
     /// Those not published in the last [`RESEND_AFTER`].
     Stale,
-    /// One new message.
-    Only(&'a str),
 }
 
 enum Accepted {
-    Stored(String),
+    /// Stored for these devices; the delivery to send them now.
+    Stored {
+        devices: Vec<DeviceId>,
+        delivery: Box<Delivery>,
+    },
+    /// The sender's retry of a message stored before, by its id.
     Duplicate(String),
 }
 

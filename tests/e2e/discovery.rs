@@ -142,7 +142,7 @@ fn the_reference_device_discovers_the_hub_and_pair_follows_the_window() {
     assert!(seen.starts_with("hearth-"), "{seen}");
     // Nobody's name is on the network.
     hub.hearth_ok(&["member", "add", "Ada", "--role", "child"]);
-    let (id, token, _) = open_pairing(&hub, "Ada", "Ada's robot", "10m");
+    let (_, token, _) = open_pairing(&hub, "Ada", "Ada's robot", "10m");
     let seen = discover_until(&ns, |s| s.contains("pair=1"));
     assert!(!seen.contains("Ada") && !seen.contains("robot"), "{seen}");
     // A device on the LAN pairs by discovery, the token and the CA prefix
@@ -179,7 +179,6 @@ fn the_reference_device_discovers_the_hub_and_pair_follows_the_window() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(hub.hearth_ok(&["device", "list"]).contains("Ada's robot"));
-    let _ = id;
     // The window closed with its use: pair=0 again.
     discover_until(&ns, |s| s.contains("pair=0"));
 }

@@ -10,6 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
 use bytes::Bytes;
 use clap::Parser;
+use hearth_daemon::datadir::{create_private_dir, write_with_mode};
 use hearth_protocol::mailbox::{self, Inbox, Kind, Outbox, ReceiptStatus};
 use hearth_protocol::pairing::PairingUri;
 use hearth_protocol::{topic, DeviceId};
@@ -174,18 +175,18 @@ async fn pair(
     let device_id =
         hearth_daemon::ca::device_id_of(&cert).context("the hub's certificate names no device")?;
     // 4. Store key (0600), certificate chain, CA and settings.
-    make_private_dir(dir)?;
-    write_file(
+    create_private_dir(dir)?;
+    write_with_mode(
         &dir.join("device.key"),
         key.serialize_pem().as_bytes(),
         0o600,
     )?;
-    write_file(
+    write_with_mode(
         &dir.join("device.pem"),
         pem_chain(&cert, &ca).as_bytes(),
         0o644,
     )?;
-    write_file(
+    write_with_mode(
         &dir.join("ca.pem"),
         pem("CERTIFICATE", &ca).as_bytes(),
         0o644,
@@ -197,7 +198,7 @@ async fn pair(
         enroll_port: target.port,
         ca_sha256,
     };
-    write_file(
+    write_with_mode(
         &dir.join("device.toml"),
         toml::to_string(&pairing)?.as_bytes(),
         0o644,
@@ -697,10 +698,10 @@ async fn inbox(dir: &Path, wait: u64, follow: bool) -> Result<()> {
                                 continue;
                             }
                             let bytes = base64::engine::general_purpose::STANDARD.decode(data)?;
-                            make_private_dir(&saved)?;
+                            create_private_dir(&saved)?;
                             let kind = d.content_type.as_deref().unwrap_or_default();
                             let path = saved.join(format!("{}.{}", d.id, extension_of(kind)));
-                            write_file(&path, &bytes, 0o600)?;
+                            write_with_mode(&path, &bytes, 0o600)?;
                             println!(
                                 "{} {} from {from}: saved {} ({} bytes)",
                                 d.kind.as_str(),
@@ -785,8 +786,8 @@ async fn renew(dir: &Path) -> Result<()> {
     // Write both beside the old ones, then move them into place.
     let new_key = dir.join("device.key.new");
     let new_cert = dir.join("device.pem.new");
-    write_file(&new_key, key.serialize_pem().as_bytes(), 0o600)?;
-    write_file(&new_cert, pem_chain(&cert, &ca).as_bytes(), 0o644)?;
+    write_with_mode(&new_key, key.serialize_pem().as_bytes(), 0o600)?;
+    write_with_mode(&new_cert, pem_chain(&cert, &ca).as_bytes(), 0o644)?;
     std::fs::rename(&new_key, dir.join("device.key"))?;
     std::fs::rename(&new_cert, dir.join("device.pem"))?;
     println!("renewed the certificate of {}", pairing.device_id);
@@ -913,26 +914,4 @@ fn pem(label: &str, der: &[u8]) -> String {
 
 fn pem_chain(cert: &[u8], ca: &[u8]) -> String {
     format!("{}{}", pem("CERTIFICATE", cert), pem("CERTIFICATE", ca))
-}
-
-fn make_private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    Ok(())
-}
-
-/// Writes atomically (temporary sibling, sync, rename) with the mode:
-/// 0600 for keys, 0644 for the rest.
-fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
-    let written = if mode == 0o600 {
-        hearth_daemon::datadir::write_private(path, contents)
-    } else {
-        hearth_daemon::datadir::write_public(path, contents)
-    };
-    written.with_context(|| format!("writing {}", path.display()))
 }

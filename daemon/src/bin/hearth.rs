@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use hearth_daemon::datadir::{create_private_dir, write_with_mode};
 use hearth_protocol::admin::{AdminRequest, AdminResponse, AuditEntry, DeviceStatus};
 use hearth_protocol::policy::Direction;
 use hearth_protocol::Owner;
@@ -290,9 +291,9 @@ fn issue(
     };
     let (cert_path, ca_path) = match (&args.out, &args.csr) {
         (Some(dir), _) => {
-            make_private_dir(dir)?;
+            create_private_dir(dir)?;
             let key = key.expect("a key is made when --out is given");
-            write_file(
+            write_with_mode(
                 &dir.join("device.key"),
                 key.serialize_pem().as_bytes(),
                 0o600,
@@ -310,8 +311,8 @@ fn issue(
         (None, None) => bail!("give --out DIR or --csr FILE"),
     };
     let chain = format!("{}{}", issued.certificate_pem, issued.ca_pem);
-    write_file(&cert_path, chain.as_bytes(), 0o644)?;
-    write_file(&ca_path, issued.ca_pem.as_bytes(), 0o644)?;
+    write_with_mode(&cert_path, chain.as_bytes(), 0o644)?;
+    write_with_mode(&ca_path, issued.ca_pem.as_bytes(), 0o644)?;
     if !json {
         writeln!(out, "{}", issued.device_id)?;
         eprintln!(
@@ -379,12 +380,14 @@ fn pair(
     }
     writeln!(out, "pairing window {} open for {}s", ticket.id, args.ttl)?;
     writeln!(out, "token: {}", ticket.token)?;
-    let ca = ticket
+    // What a device found by mDNS is checked against: the CA's first 16
+    // hex digits (the advertisement's own prefix is never trusted).
+    let pairing: hearth_protocol::pairing::PairingUri = ticket
         .uri
-        .split('&')
-        .find_map(|p| p.strip_prefix("ca="))
-        .unwrap_or_default();
-    writeln!(out, "ca:    {}", &ca[..ca.len().min(16)])?;
+        .parse()
+        .context("hearthd sent a bad pairing URI")?;
+    let ca = pairing.ca_sha256.get(..16).unwrap_or(&pairing.ca_sha256);
+    writeln!(out, "ca:    {ca}")?;
     writeln!(out, "uri:   {}", ticket.uri)?;
     writeln!(
         out,
@@ -394,8 +397,7 @@ fn pair(
     writeln!(
         out,
         "or, on the same network: hearth-device pair --token {} --ca {}",
-        ticket.token,
-        &ca[..ca.len().min(16)]
+        ticket.token, ca
     )?;
     Ok(())
 }
@@ -435,27 +437,4 @@ fn default_socket() -> PathBuf {
     } else {
         PathBuf::from("hearth-data/admin.sock")
     }
-}
-
-fn make_private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-    }
-    Ok(())
-}
-
-/// Writes atomically (temporary sibling, sync, rename) with the mode:
-/// 0600 for keys, 0644 for the rest.
-fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
-    let written = if mode == 0o600 {
-        hearth_daemon::datadir::write_private(path, contents)
-    } else {
-        hearth_daemon::datadir::write_public(path, contents)
-    };
-    written.with_context(|| format!("writing {}", path.display()))
 }

@@ -206,32 +206,18 @@ fn refused(
 
 async fn simple_enroll(hub: &Hub, ip: IpAddr, request: Request<Incoming>) -> Answer {
     const ACTION: &str = "simpleenroll";
+    let refuse = |status: StatusCode, reason: &str| refused(hub, ip, None, ACTION, status, reason);
     if hub.windows.locked_out(ip) {
-        return refused(
-            hub,
-            ip,
-            None,
-            ACTION,
+        return refuse(
             StatusCode::TOO_MANY_REQUESTS,
             "too many wrong tokens; try again later",
         );
     }
     if !hub.windows.any_open() {
-        return refused(
-            hub,
-            ip,
-            None,
-            ACTION,
-            StatusCode::FORBIDDEN,
-            "no pairing window is open",
-        );
+        return refuse(StatusCode::FORBIDDEN, "no pairing window is open");
     }
     let Some(token) = basic_password(&request) else {
-        return refused(
-            hub,
-            ip,
-            None,
-            ACTION,
+        return refuse(
             StatusCode::UNAUTHORIZED,
             "the pairing token goes in HTTP Basic authentication",
         );
@@ -243,31 +229,20 @@ async fn simple_enroll(hub: &Hub, ip: IpAddr, request: Request<Incoming>) -> Ans
         } else {
             "wrong, used or expired pairing token"
         };
-        return refused(hub, ip, None, ACTION, StatusCode::UNAUTHORIZED, reason);
+        return refuse(StatusCode::UNAUTHORIZED, reason);
     };
     let csr_pem = match read_csr(request).await {
         Ok(pem) => pem,
-        Err(answer) => return refused(hub, ip, None, ACTION, answer.0, answer.1),
+        Err(answer) => return refuse(answer.0, answer.1),
     };
     // A malformed request or a bad signature does not spend the token.
     if let Err(e) = hub.ca.check_request(&csr_pem) {
-        return refused(
-            hub,
-            ip,
-            None,
-            ACTION,
-            StatusCode::BAD_REQUEST,
-            &e.to_string(),
-        );
+        return refuse(StatusCode::BAD_REQUEST, &e.to_string());
     }
     // Consume the window before issuing, so two requests with one token
     // cannot both enroll.
     if !hub.windows.consume(window.id) {
-        return refused(
-            hub,
-            ip,
-            None,
-            ACTION,
+        return refuse(
             StatusCode::UNAUTHORIZED,
             "wrong, used or expired pairing token",
         );
@@ -291,7 +266,7 @@ async fn simple_enroll(hub: &Hub, ip: IpAddr, request: Request<Incoming>) -> Ans
                 ),
             }
         }
-        Err(message) => refused(hub, ip, None, ACTION, StatusCode::BAD_REQUEST, &message),
+        Err(message) => refuse(StatusCode::BAD_REQUEST, &message),
     }
 }
 

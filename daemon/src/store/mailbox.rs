@@ -125,15 +125,6 @@ impl Store {
         Ok(())
     }
 
-    /// The devices a message still waits for.
-    pub fn message_recipients(&self, id: &str) -> Result<Vec<DeviceId>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT device_id FROM deliveries WHERE message_id = ?1 ORDER BY seq")?;
-        let rows = stmt.query_map(params![id], |row| row.get::<_, String>(0))?;
-        rows.map(|r| parse_device(r?)).collect()
-    }
-
     /// Ids of a device's pending deliveries, oldest first (in order per
     /// sender). No content: the caller fetches only what it will send.
     pub fn pending_ids(&self, device: &DeviceId) -> Result<Vec<String>, StoreError> {
