@@ -46,6 +46,11 @@ const TICK: Duration = Duration::from_millis(500);
 const ROUND_BYTES: usize = 16 * 1024 * 1024;
 /// How often deliveries to devices no longer active are swept.
 const ORPHAN_SWEEP: Duration = Duration::from_secs(60);
+/// At most this many outbox messages, or [`BATCH_BYTES`] of them, are
+/// handled in one transaction: one sync makes the whole batch durable.
+const BATCH_MAX: usize = 256;
+/// Outbox payload bytes per batch (the store is held while a batch runs).
+const BATCH_BYTES: usize = 16 * 1024 * 1024;
 
 /// The mailbox could not start.
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +187,11 @@ pub struct Mailbox {
     listening: std::collections::HashSet<DeviceId>,
     /// When deliveries to inactive devices were last swept.
     last_sweep: Instant,
+    /// While a batch runs: what it will publish once it is committed.
+    held: Option<Vec<(String, Vec<u8>)>>,
+    /// While a batch runs: pending deliveries per recipient device, so the
+    /// per-device cap is checked without counting rows on every send.
+    pending: HashMap<DeviceId, u64>,
 }
 
 impl std::fmt::Debug for Mailbox {
@@ -214,12 +224,14 @@ impl Mailbox {
             due: HashMap::new(),
             listening: std::collections::HashSet::new(),
             last_sweep: Instant::now(),
+            held: None,
+            pending: HashMap::new(),
         };
         Ok((mailbox, InboxWatch(tx), rx))
     }
 
     fn store(&self) -> std::sync::MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.store)
     }
 
     /// Serves until `stop`.
@@ -233,17 +245,35 @@ impl Mailbox {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                note = outbox.next() => match note {
-                    Ok(Some(Notification::Forward(forward))) => {
-                        let topic = String::from_utf8_lossy(&forward.publish.topic).into_owned();
-                        self.on_outbox(&topic, &forward.publish.payload);
+                note = outbox.next() => {
+                    // Take what else the router has already handed over,
+                    // and handle it all in one transaction.
+                    let mut batch = Batch::default();
+                    let mut note = Some(note);
+                    while let Some(next) = note.take().or_else(|| ready_now(outbox.next())) {
+                        match next {
+                            Ok(Some(Notification::Forward(forward))) => {
+                                if batch.add(forward.publish) {
+                                    break;
+                                }
+                            }
+                            // The router paused the link (its buffer was
+                            // full) until it is woken.
+                            Ok(Some(Notification::Unschedule)) => batch.wake = true,
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::error!(error = %e, "the mailbox lost its broker link");
+                                return;
+                            }
+                        }
                     }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::error!(error = %e, "the mailbox lost its broker link");
+                    let wake = batch.wake;
+                    self.on_batch(batch.outbox);
+                    if wake && outbox.wake().await.is_err() {
+                        tracing::error!("the mailbox lost its broker link");
                         return;
                     }
-                },
+                }
                 Some(device) = subscribed.recv() => {
                     self.due.insert(device, Instant::now() + SUBSCRIBE_SETTLE);
                 }
@@ -279,25 +309,63 @@ impl Mailbox {
             .retain(|_, at| now.duration_since(*at) < Duration::from_secs(3600));
     }
 
-    fn on_outbox(&mut self, topic: &str, payload: &[u8]) {
-        let Some(sender) = topic
-            .strip_prefix("hearth/v1/dev/")
-            .and_then(|rest| rest.strip_suffix("/outbox"))
-            .and_then(|id| id.parse::<DeviceId>().ok())
-        else {
+    /// Handles outbox messages in one transaction; receipts and deliveries
+    /// go out only once it is committed.
+    fn on_batch(&mut self, outbox: Vec<rumqttd::protocol::Publish>) {
+        if outbox.is_empty() {
+            return;
+        }
+        let store = Arc::clone(&self.store);
+        let mut db = lock(&store);
+        self.held = Some(Vec::new());
+        self.pending.clear();
+        let committed = db.batch(|db| {
+            for publish in &outbox {
+                let topic = String::from_utf8_lossy(&publish.topic);
+                self.on_outbox(db, &topic, &publish.payload);
+            }
+        });
+        drop(db);
+        let held = self.held.take().unwrap_or_default();
+        self.pending.clear();
+        match committed {
+            Ok(()) => {
+                for (topic, bytes) in held {
+                    self.publish_raw(topic, bytes);
+                }
+            }
+            Err(e) => {
+                // Nothing of the batch was kept: every sender is told to
+                // try again; unacknowledged deliveries are sent again.
+                tracing::error!(error = %e, "mailbox database error");
+                for publish in &outbox {
+                    let topic = String::from_utf8_lossy(&publish.topic);
+                    let Some(sender) = outbox_sender(&topic) else {
+                        continue;
+                    };
+                    if let Ok(Outbox::Send(send)) = mailbox::parse_outbox(&publish.payload) {
+                        self.refuse(&sender, send.reference, TRY_AGAIN);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_outbox(&mut self, db: &mut Store, topic: &str, payload: &[u8]) {
+        let Some(sender) = outbox_sender(topic) else {
             return;
         };
         match mailbox::parse_outbox(payload) {
-            Ok(Outbox::Send(send)) => self.on_send(&sender, send),
-            Ok(Outbox::Ack(ack)) => self.on_ack(&sender, &ack.id),
+            Ok(Outbox::Send(send)) => self.on_send(db, &sender, send),
+            Ok(Outbox::Ack(ack)) => self.on_ack(db, &sender, &ack.id),
             Err(BadEnvelope { reference, reason }) => {
                 self.refuse(&sender, reference.unwrap_or_default(), &reason)
             }
         }
     }
 
-    fn on_send(&mut self, sender: &DeviceId, send: Send) {
-        match self.accept(sender, &send) {
+    fn on_send(&mut self, db: &mut Store, sender: &DeviceId, send: Send) {
+        match self.accept(db, sender, &send) {
             Ok(Accepted::Duplicate(id)) => {
                 // Already stored (and delivered or pending): the sender
                 // lost the receipt; tell it again.
@@ -322,12 +390,16 @@ impl Mailbox {
         }
     }
 
-    fn accept(&mut self, sender: &DeviceId, send: &Send) -> Result<Accepted, Refusal> {
+    fn accept(
+        &mut self,
+        store: &mut Store,
+        sender: &DeviceId,
+        send: &Send,
+    ) -> Result<Accepted, Refusal> {
         let db = |e: StoreError| {
             tracing::error!(error = %e, "mailbox database error");
-            Refusal("the hub could not store the message; try again".into())
+            Refusal(TRY_AGAIN.into())
         };
-        let store = self.store();
         if let Some(id) = store.sent_reference(sender, &send.reference).map_err(db)? {
             return Ok(Accepted::Duplicate(id));
         }
@@ -374,14 +446,18 @@ impl Mailbox {
             )));
         }
         for device in &devices {
-            if store.pending_count(device).map_err(db)? >= self.limits.max_pending_per_device {
+            let pending = match self.pending.get(device) {
+                Some(n) => *n,
+                None => store.pending_count(device).map_err(db)?,
+            };
+            self.pending.insert(*device, pending);
+            if pending >= self.limits.max_pending_per_device {
                 return Err(Refusal(format!(
                     "the mailbox of {} is full ({} messages waiting)",
                     send.to, self.limits.max_pending_per_device
                 )));
             }
         }
-        drop(store);
         let id = hex::encode(crate::random_bytes::<16>());
         let plain = serde_json::to_vec(&content).map_err(|e| Refusal(e.to_string()))?;
         let sealed = self.seal.seal(&id, &send.to, &plain);
@@ -396,7 +472,10 @@ impl Mailbox {
             expires_at: now + self.limits.expiry_secs as i64,
             devices: &devices,
         };
-        self.store().store_message(&message).map_err(db)?;
+        store.store_message(&message).map_err(db)?;
+        for device in &devices {
+            *self.pending.entry(*device).or_default() += 1;
+        }
         // What goes out now is built from what is in hand, not read back
         // and unsealed once per device.
         let delivery = Delivery {
@@ -476,11 +555,13 @@ impl Mailbox {
         }
     }
 
-    fn on_ack(&mut self, device: &DeviceId, id: &str) {
-        let closed = self.store().acknowledge(device, id);
-        match closed {
+    fn on_ack(&mut self, db: &mut Store, device: &DeviceId, id: &str) {
+        match db.acknowledge(device, id) {
             Ok(Some((sender, reference, _gone))) => {
                 self.sent.remove(&(id.to_owned(), *device));
+                if let Some(n) = self.pending.get_mut(device) {
+                    *n = n.saturating_sub(1);
+                }
                 let receipt = Receipt {
                     v: mailbox::VERSION,
                     reference,
@@ -489,7 +570,7 @@ impl Mailbox {
                     device: Some(*device),
                     reason: None,
                 };
-                self.queue_receipt(&sender, receipt);
+                self.queue_receipt(db, &sender, receipt);
             }
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "cannot record an acknowledgement"),
@@ -534,25 +615,24 @@ impl Mailbox {
     }
 
     /// Receipts that may find their sender offline wait in the database.
-    fn queue_receipt(&mut self, sender: &DeviceId, receipt: Receipt) {
+    fn queue_receipt(&mut self, db: &mut Store, sender: &DeviceId, receipt: Receipt) {
         let Ok(text) = serde_json::to_string(&Inbox::Receipt(receipt)) else {
             return;
         };
-        if let Err(e) = self.store().queue_receipt(sender, &text) {
+        if let Err(e) = db.queue_receipt(sender, &text) {
             tracing::error!(error = %e, "cannot queue a receipt");
             return;
         }
         if self.listening.contains(sender) {
-            self.flush_receipts(sender);
+            self.flush_receipts(db, sender);
         }
     }
 
-    fn flush_receipts(&mut self, device: &DeviceId) {
-        let receipts = self.store().take_receipts(device);
-        match receipts {
+    fn flush_receipts(&mut self, db: &mut Store, device: &DeviceId) {
+        match db.take_receipts(device) {
             Ok(receipts) => {
                 for text in receipts {
-                    let _ = self.link.publish(topic::inbox(device), text.into_bytes());
+                    self.publish_raw(topic::inbox(device), text.into_bytes());
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot read queued receipts"),
@@ -590,7 +670,8 @@ impl Mailbox {
             }
         }
         if matches!(which, Resend::All) {
-            self.flush_receipts(device);
+            let store = Arc::clone(&self.store);
+            self.flush_receipts(&mut lock(&store), device);
         }
     }
 
@@ -642,8 +723,9 @@ impl Mailbox {
         if sweep {
             self.last_sweep = Instant::now();
         }
-        let expired = self.store().expire_messages(crate::unix_now(), sweep);
-        match expired {
+        let store = Arc::clone(&self.store);
+        let mut db = lock(&store);
+        match db.expire_messages(crate::unix_now(), sweep) {
             Ok(expired) => {
                 for message in expired {
                     self.sent.retain(|(id, _), _| id != &message.id);
@@ -655,7 +737,7 @@ impl Mailbox {
                         device: None,
                         reason: None,
                     };
-                    self.queue_receipt(&message.sender, receipt);
+                    self.queue_receipt(&mut db, &message.sender, receipt);
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot expire messages"),
@@ -666,9 +748,61 @@ impl Mailbox {
         let Ok(text) = serde_json::to_vec(envelope) else {
             return;
         };
-        if let Err(e) = self.link.publish(topic::inbox(device), text) {
+        self.publish_raw(topic::inbox(device), text);
+    }
+
+    /// Publishes now, or once the running batch is committed.
+    fn publish_raw(&mut self, topic: String, bytes: Vec<u8>) {
+        if let Some(held) = &mut self.held {
+            held.push((topic, bytes));
+        } else if let Err(e) = self.link.publish(topic, bytes) {
             tracing::warn!(error = %e, "cannot publish to an inbox");
         }
+    }
+}
+
+/// What a refused send is told when the store failed.
+const TRY_AGAIN: &str = "the hub could not store the message; try again";
+
+fn lock(store: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
+    store.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The device an outbox topic belongs to.
+fn outbox_sender(topic: &str) -> Option<DeviceId> {
+    topic
+        .strip_prefix("hearth/v1/dev/")?
+        .strip_suffix("/outbox")?
+        .parse()
+        .ok()
+}
+
+/// Outbox messages taken from the link for one transaction.
+#[derive(Default)]
+struct Batch {
+    outbox: Vec<rumqttd::protocol::Publish>,
+    bytes: usize,
+    /// The router paused the link; it must be woken once this is handled.
+    wake: bool,
+}
+
+impl Batch {
+    /// Adds one; true once the batch is full.
+    fn add(&mut self, publish: rumqttd::protocol::Publish) -> bool {
+        self.bytes += publish.payload.len();
+        self.outbox.push(publish);
+        self.outbox.len() >= BATCH_MAX || self.bytes >= BATCH_BYTES
+    }
+}
+
+/// The output of a future that is ready without waiting, else `None` (the
+/// future is dropped; the link's `next` loses nothing when dropped).
+fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
     }
 }
 

@@ -213,6 +213,20 @@ impl Store {
         Ok(store)
     }
 
+    /// Runs `work` in one transaction, so everything it writes becomes
+    /// durable together with one sync at the commit (group commit). Store
+    /// methods called inside nest as savepoints: one that fails undoes only
+    /// its own writes. If the commit fails, nothing `work` wrote is kept.
+    pub fn batch<T>(&mut self, work: impl FnOnce(&mut Store) -> T) -> Result<T, StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let out = work(self);
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return Err(e.into());
+        }
+        Ok(out)
+    }
+
     fn migrate(&mut self) -> Result<(), StoreError> {
         let version: i64 = self
             .conn
@@ -266,11 +280,8 @@ impl Store {
     pub fn member_role(&self, name: &MemberName) -> Result<Option<Role>, StoreError> {
         let role: Option<String> = self
             .conn
-            .query_row(
-                "SELECT role FROM members WHERE name = ?1",
-                params![name.as_str()],
-                |row| row.get(0),
-            )
+            .prepare_cached("SELECT role FROM members WHERE name = ?1")?
+            .query_row(params![name.as_str()], |row| row.get(0))
             .optional()?;
         role.map(|r| r.parse().map_err(|e| StoreError::Corrupt(format!("{e}"))))
             .transpose()

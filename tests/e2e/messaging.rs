@@ -535,3 +535,42 @@ fn the_reference_device_sends_reads_saves_attachments_and_acknowledges() {
     let receipts = said(hearth_device(&mum, &["inbox", "--wait", "2"]));
     assert_eq!(receipts.matches(" delivered to ").count(), 2, "{receipts}");
 }
+
+#[tokio::test]
+async fn a_burst_of_sends_from_several_devices_is_stored_in_full() {
+    // More sends at once than the broker hands the mailbox in one batch
+    // (rumqttd pauses a link after 200 notifications until it is woken).
+    const PER_DEVICE: usize = 150;
+    let hub = TestHub::start();
+    let senders = [
+        hub.device("Mum", "parent"),
+        hub.device("Dad", "parent"),
+        hub.device("Mum", "parent"),
+    ];
+    hub.device("Ada", "child");
+    let mut mails = Vec::new();
+    for device in &senders {
+        mails.push(Mail::connect(&hub, device).await);
+    }
+    for n in 0..PER_DEVICE {
+        for (d, mail) in mails.iter().enumerate() {
+            mail.send(text(&format!("b{d}-{n}"), "Ada", "burst")).await;
+        }
+    }
+    for (d, mail) in mails.iter_mut().enumerate() {
+        let mut stored = HashSet::new();
+        while stored.len() < PER_DEVICE {
+            let receipt = mail
+                .next_where(Duration::from_secs(20), |e| matches!(e, Inbox::Receipt(_)))
+                .await;
+            match receipt {
+                Some(Inbox::Receipt(r)) => {
+                    assert_eq!(r.status, ReceiptStatus::Stored, "{r:?}");
+                    stored.insert(r.reference);
+                }
+                _ => panic!("device {d}: only {} of {PER_DEVICE} stored", stored.len()),
+            }
+        }
+    }
+    assert_eq!(db_count(&hub.data, "messages"), (3 * PER_DEVICE) as i64);
+}

@@ -71,56 +71,50 @@ impl Store {
     ) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT message_id FROM sent_refs WHERE sender = ?1 AND ref = ?2",
-                params![sender.as_str(), reference],
-                |row| row.get(0),
-            )
+            .prepare_cached("SELECT message_id FROM sent_refs WHERE sender = ?1 AND ref = ?2")?
+            .query_row(params![sender.as_str(), reference], |row| row.get(0))
             .optional()?)
     }
 
     /// Deliveries pending for a device.
     pub fn pending_count(&self, device: &DeviceId) -> Result<u64, StoreError> {
-        let count: i64 = self.conn.query_row(
-            "SELECT count(*) FROM deliveries WHERE device_id = ?1",
-            params![device.as_str()],
-            |row| row.get(0),
-        )?;
+        let count: i64 = self
+            .conn
+            .prepare_cached("SELECT count(*) FROM deliveries WHERE device_id = ?1")?
+            .query_row(params![device.as_str()], |row| row.get(0))?;
         Ok(count.max(0) as u64)
     }
 
-    /// Stores a message and its deliveries in one transaction, committed
-    /// with full sync before this returns.
+    /// Stores a message and its deliveries, all or nothing: committed with
+    /// full sync before this returns, or with the [`Store::batch`] it is in.
     pub fn store_message(&mut self, message: &NewMessage<'_>) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        tx.execute(
+        let tx = self.conn.savepoint()?;
+        tx.prepare_cached(
             "INSERT INTO messages (id, sender, ref, recipient, sealed, sent_at, expires_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                message.id,
-                message.sender.as_str(),
-                message.reference,
-                message.recipient,
-                message.sealed,
-                message.sent_at,
-                message.expires_at
-            ],
-        )?;
+        )?
+        .execute(params![
+            message.id,
+            message.sender.as_str(),
+            message.reference,
+            message.recipient,
+            message.sealed,
+            message.sent_at,
+            message.expires_at
+        ])?;
         for device in message.devices {
-            tx.execute(
-                "INSERT INTO deliveries (message_id, device_id) VALUES (?1, ?2)",
-                params![message.id, device.as_str()],
-            )?;
+            tx.prepare_cached("INSERT INTO deliveries (message_id, device_id) VALUES (?1, ?2)")?
+                .execute(params![message.id, device.as_str()])?;
         }
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO sent_refs (sender, ref, message_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                message.sender.as_str(),
-                message.reference,
-                message.id,
-                message.expires_at
-            ],
-        )?;
+        )?
+        .execute(params![
+            message.sender.as_str(),
+            message.reference,
+            message.id,
+            message.expires_at
+        ])?;
         tx.commit()?;
         Ok(())
     }
@@ -176,7 +170,7 @@ impl Store {
         device: &DeviceId,
         id: &str,
     ) -> Result<Option<(DeviceId, String, bool)>, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let closed = tx.execute(
             "DELETE FROM deliveries WHERE message_id = ?1 AND device_id = ?2",
             params![id, device.as_str()],
@@ -266,7 +260,7 @@ impl Store {
 
     /// Takes the receipts waiting for a device.
     pub fn take_receipts(&mut self, device: &DeviceId) -> Result<Vec<String>, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let envelopes = {
             let mut stmt =
                 tx.prepare("DELETE FROM receipts WHERE device_id = ?1 RETURNING seq, envelope")?;
@@ -284,7 +278,7 @@ impl Store {
 
     /// Active devices of a member.
     pub fn member_devices(&self, member: &MemberName) -> Result<Vec<DeviceId>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT id FROM devices WHERE member = ?1 AND status = 'active' ORDER BY created_at",
         )?;
         let rows = stmt.query_map(params![member.as_str()], |row| row.get::<_, String>(0))?;
@@ -295,11 +289,8 @@ impl Store {
     pub fn device_member(&self, device: &DeviceId) -> Result<Option<MemberName>, StoreError> {
         let name: Option<Option<String>> = self
             .conn
-            .query_row(
-                "SELECT member FROM devices WHERE id = ?1 AND status = 'active'",
-                params![device.as_str()],
-                |row| row.get(0),
-            )
+            .prepare_cached("SELECT member FROM devices WHERE id = ?1 AND status = 'active'")?
+            .query_row(params![device.as_str()], |row| row.get(0))
             .optional()?;
         match name.flatten() {
             Some(name) => {
@@ -319,11 +310,10 @@ impl Store {
     ) -> Result<Option<bool>, StoreError> {
         Ok(self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT allowed FROM contacts WHERE from_member = ?1 AND to_member = ?2",
-                params![from.as_str(), to.as_str()],
-                |row| row.get(0),
-            )
+            )?
+            .query_row(params![from.as_str(), to.as_str()], |row| row.get(0))
             .optional()?)
     }
 
