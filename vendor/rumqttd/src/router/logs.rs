@@ -380,8 +380,9 @@ impl AckLog {
     /// New log
     pub fn new() -> AckLog {
         AckLog {
-            committed: VecDeque::with_capacity(100),
-            recorded: VecDeque::with_capacity(100),
+            // Hearth: allocated on first use, not per idle connection.
+            committed: VecDeque::new(),
+            recorded: VecDeque::new(),
         }
     }
 

@@ -232,7 +232,7 @@ impl Router {
     }
 
     fn events(&mut self, id: ConnectionId, data: Event) {
-        let span = tracing::error_span!("[>] incoming", connection_id = id);
+        let span = tracing::trace_span!("[>] incoming", connection_id = id);
         let _guard = span.enter();
 
         match data {
@@ -542,7 +542,7 @@ impl Router {
         };
 
         let client_id = incoming.client_id.clone();
-        let span = tracing::error_span!("incoming_payload", client_id);
+        let span = tracing::trace_span!("incoming_payload", client_id);
         let _guard = span.enter();
 
         // Instead of exchanging, we should just append new incoming packets inside cache
@@ -558,7 +558,7 @@ impl Router {
         for packet in packets.drain(0..) {
             match packet {
                 Packet::Publish(publish, properties) => {
-                    let span = tracing::error_span!("publish", topic = ?publish.topic, pkid = publish.pkid);
+                    let span = tracing::trace_span!("publish", topic = ?publish.topic, pkid = publish.pkid);
                     let _guard = span.enter();
 
                     let qos = publish.qos;
@@ -761,7 +761,7 @@ impl Router {
                     }
                 }
                 Packet::PubAck(puback, _) => {
-                    let span = tracing::info_span!("puback", pkid = puback.pkid);
+                    let span = tracing::trace_span!("puback", pkid = puback.pkid);
                     let _guard = span.enter();
 
                     let outgoing = self.obufs.get_mut(id).unwrap();
@@ -775,7 +775,7 @@ impl Router {
                     self.scheduler.reschedule(id, ScheduleReason::IncomingAck);
                 }
                 Packet::PubRec(pubrec, _) => {
-                    let span = tracing::info_span!("pubrec", pkid = pubrec.pkid);
+                    let span = tracing::trace_span!("pubrec", pkid = pubrec.pkid);
                     let _guard = span.enter();
 
                     let outgoing = self.obufs.get_mut(id).unwrap();
@@ -797,7 +797,7 @@ impl Router {
                     self.scheduler.reschedule(id, ScheduleReason::IncomingAck);
                 }
                 Packet::PubRel(pubrel, None) => {
-                    let span = tracing::info_span!("pubrel", pkid = pubrel.pkid);
+                    let span = tracing::trace_span!("pubrel", pkid = pubrel.pkid);
                     let _guard = span.enter();
 
                     let ackslog = self.ackslog.get_mut(id).unwrap();
@@ -846,7 +846,7 @@ impl Router {
                     self.scheduler.reschedule(id, ScheduleReason::IncomingAck);
                 }
                 Packet::PubComp(pubcomp, _) => {
-                    let span = tracing::info_span!("pubcomp", pkid = pubcomp.pkid);
+                    let span = tracing::trace_span!("pubcomp", pkid = pubcomp.pkid);
                     let _guard = span.enter();
 
                     let outgoing = self.obufs.get_mut(id).unwrap();
@@ -997,7 +997,7 @@ impl Router {
     fn consume(&mut self) -> Option<()> {
         let (id, mut requests) = self.scheduler.poll()?;
 
-        let span = tracing::info_span!("[<] outgoing", connection_id = id);
+        let span = tracing::trace_span!("[<] outgoing", connection_id = id);
         let _guard = span.enter();
 
         let outgoing = match self.obufs.get_mut(id) {
