@@ -253,7 +253,7 @@ impl Edge {
             Peer::Device(identity) => Some(identity.device),
             Peer::Developer => None,
         };
-        let mut inbound = BytesMut::with_capacity(4096);
+        let mut inbound = BytesMut::with_capacity(relay::IDLE_READ);
         let mut connected = false;
         let result = async {
             let (version, connect, connect_len) =
@@ -463,7 +463,8 @@ const TAKEOVER_RETRY: Duration = Duration::from_millis(200);
 /// end: by then it has queued the disconnect in its router.
 async fn close_broker_connection(mut broker: TcpStream) {
     let _ = broker.shutdown().await;
-    let mut sink = [0u8; 4096];
+    // On the heap: an array here would be part of every connection's task.
+    let mut sink = vec![0u8; 4096];
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         while matches!(broker.read(&mut sink).await, Ok(n) if n > 0) {}
     })

@@ -137,6 +137,19 @@ where
     }
 }
 
+/// What a connection's client-side read buffer keeps while it waits: an
+/// idle connection costs this, a busy one grows it as far as it needs.
+pub(super) const IDLE_READ: usize = 512;
+/// How much room a read from the broker gets.
+const BROKER_READ: usize = 16 * 1024;
+
+/// Gives back a buffer that grew during a burst once it is empty again.
+fn release_if_idle(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 4 * IDLE_READ {
+        *buf = BytesMut::with_capacity(IDLE_READ);
+    }
+}
+
 /// What to do with one client packet.
 enum Verdict {
     /// Pass it to the broker unchanged.
@@ -182,7 +195,7 @@ impl Upstream<'_> {
         W: AsyncWrite + Unpin,
     {
         let max = self.edge.limits.max_packet;
-        let mut out = BytesMut::with_capacity(8192);
+        let mut out = BytesMut::new();
         loop {
             while let Some(frame) = frame::next_frame(&inbound, max)? {
                 let packet = &inbound[..frame.len];
@@ -204,6 +217,8 @@ impl Upstream<'_> {
                 broker.write_all(&out).await?;
                 out.clear();
             }
+            release_if_idle(&mut inbound);
+            release_if_idle(&mut out);
             let ping_due = async {
                 match self.ping_broker {
                     Some(_) => tokio::time::sleep(BROKER_PING).await,
@@ -558,14 +573,13 @@ impl ReceiveWindow {
 
 /// Writes to the client: broker packets as they come (SUBACKs merged when
 /// asked), and the packets the upstream half sends itself.
-async fn downstream<R, W>(
-    mut broker: R,
+async fn downstream<W>(
+    broker: tokio::net::tcp::ReadHalf<'_>,
     mut client: W,
     mut from_upstream: mpsc::Receiver<ToClient>,
     state: Downstream<'_>,
 ) -> Result<(), SessionEnd>
 where
-    R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let Downstream {
@@ -581,7 +595,9 @@ where
         mut window,
         mut acks,
     } = state;
-    let mut buf = BytesMut::with_capacity(8192);
+    // Allocated when the broker has something to say, released when all
+    // of it was passed on: an idle connection holds no buffer here.
+    let mut buf = BytesMut::new();
     let mut merges: HashMap<u16, (Vec<usize>, usize, u8)> = HashMap::new();
     // QoS 2 messages discarded for the client, whose PUBREL the edge answers.
     let mut discarded_qos2: HashSet<u16> = HashSet::new();
@@ -610,8 +626,14 @@ where
                 }
                 None => return Ok(()),
             },
-            read = broker.read_buf(&mut buf) => {
-                if read? == 0 {
+            ready = broker.readable() => {
+                ready?;
+                buf.reserve(BROKER_READ);
+                let read = match broker.try_read_buf(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    read => read?,
+                };
+                if read == 0 {
                     let _ = client.shutdown().await;
                     return Ok(());
                 }
@@ -694,6 +716,9 @@ where
                     None => {}
                 }
                 buf.advance(complete);
+                if buf.is_empty() {
+                    buf = BytesMut::new();
+                }
             }
         }
     }
