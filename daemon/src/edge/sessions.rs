@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Default)]
 pub struct Sessions {
     next: AtomicU64,
-    live: Mutex<HashMap<u64, Session>>,
+    live: Mutex<Live>,
     turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Per client id, the packet ids of QoS 1/2 PUBLISHes sent to the
     /// client and not yet acknowledged, across its connections: rumqttd
@@ -24,6 +24,14 @@ pub struct Sessions {
 
 /// Packet ids remembered per client id; rumqttd's inflight window is 100.
 const UNACKED_MAX: usize = 1024;
+
+/// The live sessions, and which of them use each client id (so a takeover
+/// does not scan every connection).
+#[derive(Debug, Default)]
+struct Live {
+    by_id: HashMap<u64, Session>,
+    by_client: HashMap<String, Vec<u64>>,
+}
 
 #[derive(Debug)]
 struct Session {
@@ -88,7 +96,12 @@ impl Sessions {
         stop: CancellationToken,
     ) -> SessionGuard {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(
+        let mut live = self.lock();
+        live.by_client
+            .entry(client_id.to_owned())
+            .or_default()
+            .push(id);
+        live.by_id.insert(
             id,
             Session {
                 device,
@@ -104,7 +117,12 @@ impl Sessions {
 
     /// The devices connected now, sorted, each once.
     pub fn connected_devices(&self) -> Vec<DeviceId> {
-        let mut devices: Vec<DeviceId> = self.lock().values().filter_map(|s| s.device).collect();
+        let mut devices: Vec<DeviceId> = self
+            .lock()
+            .by_id
+            .values()
+            .filter_map(|s| s.device)
+            .collect();
         devices.sort();
         devices.dedup();
         devices
@@ -113,7 +131,8 @@ impl Sessions {
     /// Ends every session of a device; returns how many there were.
     pub fn disconnect(&self, device: &DeviceId) -> usize {
         let live = self.lock();
-        live.values()
+        live.by_id
+            .values()
             .filter(|s| s.device.as_ref() == Some(device))
             .map(|s| s.stop.cancel())
             .count()
@@ -123,8 +142,10 @@ impl Sessions {
     /// a new connection with the same client id replaces the old one).
     pub fn take_over(&self, client_id: &str) -> usize {
         let live = self.lock();
-        live.values()
-            .filter(|s| s.client_id == client_id)
+        let ids = live.by_client.get(client_id).map(Vec::as_slice);
+        ids.unwrap_or_default()
+            .iter()
+            .filter_map(|id| live.by_id.get(id))
             .map(|s| s.stop.cancel())
             .count()
     }
@@ -142,14 +163,23 @@ impl Sessions {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Session>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Live> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        self.sessions.lock().remove(&self.id);
+        let mut live = self.sessions.lock();
+        let Some(session) = live.by_id.remove(&self.id) else {
+            return;
+        };
+        if let Some(ids) = live.by_client.get_mut(&session.client_id) {
+            ids.retain(|id| *id != self.id);
+            if ids.is_empty() {
+                live.by_client.remove(&session.client_id);
+            }
+        }
     }
 }
 
@@ -184,5 +214,30 @@ impl RetainedTopics {
         map.remove(device)
             .map(|t| t.into_iter().collect())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_takeover_ends_exactly_the_sessions_of_its_client_id() {
+        let sessions = Arc::new(Sessions::default());
+        let (a1, a2, b) = (
+            CancellationToken::new(),
+            CancellationToken::new(),
+            CancellationToken::new(),
+        );
+        let g1 = sessions.register(None, "a", a1.clone());
+        let g2 = sessions.register(None, "a", a2.clone());
+        let gb = sessions.register(None, "b", b.clone());
+        assert_eq!(sessions.take_over("a"), 2);
+        assert!(a1.is_cancelled() && a2.is_cancelled() && !b.is_cancelled());
+        drop((g1, g2));
+        assert_eq!(sessions.take_over("a"), 0);
+        drop(gb);
+        let live = sessions.lock();
+        assert!(live.by_id.is_empty() && live.by_client.is_empty());
     }
 }
