@@ -285,11 +285,14 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
             since,
             after_id,
             limit,
-        } => hub
-            .store()
-            .audit(device.as_ref(), since, after_id, limit.clamp(1, 10_000))
-            .map(|entries| AdminResponse::Audit { entries })
-            .map_err(|e| e.to_string()),
+        } => {
+            // What was recorded before the question is in the answer.
+            hub.audit.flush().await;
+            hub.store()
+                .audit(device.as_ref(), since, after_id, limit.clamp(1, 10_000))
+                .map(|entries| AdminResponse::Audit { entries })
+                .map_err(|e| e.to_string())
+        }
         _ => Err("this hearthd does not know that request".into()),
     };
     result.unwrap_or_else(error)

@@ -22,6 +22,11 @@ const WINDOW: Duration = Duration::from_secs(60);
 const QUEUE: usize = 4096;
 /// How often old entries are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+/// How long the writer lets a burst of entries gather after the first, so
+/// a storm of connections or denials costs one sync per batch.
+const LINGER: Duration = Duration::from_millis(50);
+/// Most entries written in one transaction.
+const BATCH: usize = 256;
 
 /// What happened, for [`Audit::record`].
 #[derive(Debug, Clone, Default)]
@@ -47,10 +52,19 @@ struct Bucket {
     suppressed: u32,
 }
 
+/// What the writer is sent.
+#[derive(Debug)]
+enum ToWriter {
+    Entry(AuditEntry),
+    /// Write what came before now, then answer: a reader of the log sees
+    /// everything recorded before it asked.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 /// A handle to the audit log, cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Audit {
-    tx: mpsc::Sender<AuditEntry>,
+    tx: mpsc::Sender<ToWriter>,
     buckets: Arc<Mutex<HashMap<String, Bucket>>>,
 }
 
@@ -140,8 +154,16 @@ impl Audit {
             reason: event.reason,
             peer: event.peer,
         };
-        if self.tx.try_send(entry).is_err() {
+        if self.tx.try_send(ToWriter::Entry(entry)).is_err() {
             tracing::warn!("audit queue full; entry dropped");
+        }
+    }
+
+    /// Returns once every entry recorded before the call is written.
+    pub async fn flush(&self) {
+        let (done, written) = tokio::sync::oneshot::channel();
+        if self.tx.send(ToWriter::Flush(done)).await.is_ok() {
+            let _ = written.await;
         }
     }
 }
@@ -152,20 +174,34 @@ fn peer_host(peer: &str) -> &str {
 
 async fn write_loop(
     store: Arc<Mutex<Store>>,
-    mut rx: mpsc::Receiver<AuditEntry>,
+    mut rx: mpsc::Receiver<ToWriter>,
     retention: Duration,
     stop: CancellationToken,
 ) {
     let mut next_prune = Instant::now();
     loop {
         let mut batch = Vec::new();
+        let flushing = |batch: &[ToWriter]| batch.iter().any(|m| matches!(m, ToWriter::Flush(_)));
         tokio::select! {
             biased;
-            n = rx.recv_many(&mut batch, 256) => if n == 0 { return },
+            n = rx.recv_many(&mut batch, BATCH) => {
+                if n == 0 {
+                    return;
+                }
+                let linger = tokio::time::sleep(LINGER);
+                tokio::pin!(linger);
+                while batch.len() < BATCH && !flushing(&batch) {
+                    let room = BATCH - batch.len();
+                    tokio::select! {
+                        n = rx.recv_many(&mut batch, room) => if n == 0 { break },
+                        _ = &mut linger => break,
+                    }
+                }
+            },
             _ = stop.cancelled() => {
                 // Drain what is queued, then stop.
                 rx.close();
-                while rx.recv_many(&mut batch, 256).await > 0 {}
+                while rx.recv_many(&mut batch, BATCH).await > 0 {}
                 if !batch.is_empty() {
                     write(&store, batch).await;
                 }
@@ -194,7 +230,28 @@ async fn write_loop(
     }
 }
 
-async fn write(store: &Arc<Mutex<Store>>, batch: Vec<AuditEntry>) {
+async fn write(store: &Arc<Mutex<Store>>, batch: Vec<ToWriter>) {
+    let mut flushes = Vec::new();
+    let batch: Vec<AuditEntry> = batch
+        .into_iter()
+        .filter_map(|m| match m {
+            ToWriter::Entry(entry) => Some(entry),
+            ToWriter::Flush(done) => {
+                flushes.push(done);
+                None
+            }
+        })
+        .collect();
+    write_entries(store, batch).await;
+    for done in flushes {
+        let _ = done.send(());
+    }
+}
+
+async fn write_entries(store: &Arc<Mutex<Store>>, batch: Vec<AuditEntry>) {
+    if batch.is_empty() {
+        return;
+    }
     let store = Arc::clone(store);
     let result = tokio::task::spawn_blocking(move || {
         store

@@ -610,6 +610,15 @@ impl Store {
     pub fn append_audit(&mut self, entries: &[AuditEntry]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
+            // A device's `last_seen` is its latest connect, written with
+            // the audit batch rather than with a sync of its own on every
+            // connection.
+            let mut seen = tx.prepare_cached("UPDATE devices SET last_seen = ?2 WHERE id = ?1")?;
+            for e in entries.iter().filter(|e| e.event == "connect") {
+                if let Some(device) = &e.device {
+                    seen.execute(params![device.as_str(), e.at])?;
+                }
+            }
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO audit (at, device, event, action, topic, reason, peer)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -723,15 +732,6 @@ impl Store {
             })
         })
         .collect()
-    }
-
-    /// Records that a device connected now.
-    pub fn touch_device(&self, id: &DeviceId) -> Result<(), StoreError> {
-        self.conn.execute(
-            "UPDATE devices SET last_seen = ?2 WHERE id = ?1",
-            params![id.as_str(), crate::unix_now()],
-        )?;
-        Ok(())
     }
 }
 

@@ -204,6 +204,28 @@ async fn a_device_issued_from_its_own_csr_connects() {
     let toy = Device::load(id.trim(), &dir);
     let (_client, mut eventloop) = rumqttc::AsyncClient::new(mqtt_v4(&hub, &toy, &toy.id), 10);
     v4_connected(&mut eventloop).await.unwrap();
+    // Its connection is recorded as last seen (with the audit batch).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let list: serde_json::Value =
+            serde_json::from_str(&hub.hearth_ok(&["--json", "device", "list"])).unwrap();
+        let seen = list["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == toy.id.as_str())
+            .map(|d| d["last_seen"].as_i64());
+        if let Some(Some(at)) = seen {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64;
+            assert!((at - now).abs() < 60, "last_seen {at}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no last_seen: {list}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     // The hub never saw the key.
     let key_text = key.serialize_pem();
     let key_body = key_text.lines().nth(1).unwrap();

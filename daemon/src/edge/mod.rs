@@ -72,7 +72,7 @@ pub struct Edge {
     pub limits: EdgeLimits,
     /// Live sessions.
     pub sessions: Arc<Sessions>,
-    /// For `last_seen`.
+    /// For retiring a renewed certificate's predecessors.
     pub store: Arc<Mutex<Store>>,
     /// Connection slots shared by every listener.
     pub slots: Arc<Semaphore>,
@@ -354,7 +354,7 @@ impl Edge {
             let _session = self.sessions.register(device, &client_id, stop.clone());
             connected = true;
             if let Some(device) = &device {
-                self.record_seen(device);
+                // The audit writer also records it as the device's last_seen.
                 tracing::info!(device = %device, "connected");
                 self.audit.record(Event {
                     device: Some(*device),
@@ -441,13 +441,6 @@ impl Edge {
         let packet = frame::decode(version, &inbound[..frame.len], self.limits.max_packet)
             .map_err(FrameError::MalformedConnect)?;
         Ok((version, packet, frame.len))
-    }
-
-    fn record_seen(&self, device: &DeviceId) {
-        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = store.touch_device(device) {
-            tracing::warn!(error = %e, "cannot record last_seen");
-        }
     }
 }
 
