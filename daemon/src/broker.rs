@@ -113,8 +113,12 @@ pub async fn start(limits: BrokerLimits) -> Result<RunningBroker, BrokerError> {
         connections: connections.clone(),
     };
     // rumqttd keeps one in-memory log per filter; its default lets that log
-    // grow to 1 GiB. Two segments of one packet's size bound it to a few MiB.
-    let segment = limits.max_payload.max(256 * 1024);
+    // grow to 1 GiB. A segment closes once it holds this many bytes, so a
+    // larger packet still fits; two of them bound a busy filter's log to
+    // ~15 MiB (with rumqttd's per-entry overhead) and keep the broker under
+    // 64 MiB in a flood. A subscriber further behind than that loses the
+    // oldest QoS 0 messages; mailbox deliveries are resent until acknowledged.
+    let segment = 4 * 1024 * 1024;
     let config = Config {
         id: 0,
         router: RouterConfig {

@@ -253,7 +253,7 @@ impl Edge {
             Peer::Device(identity) => Some(identity.device),
             Peer::Developer => None,
         };
-        let mut inbound = BytesMut::with_capacity(relay::IDLE_READ);
+        let mut inbound = BytesMut::new();
         let mut connected = false;
         let result = async {
             let (version, connect, connect_len) =
@@ -423,7 +423,7 @@ impl Edge {
             if let Some(frame) = frame::next_frame(inbound, self.limits.max_packet)? {
                 break frame;
             }
-            if client.read_buf(inbound).await? == 0 {
+            if relay::read_client(client, inbound).await? == 0 {
                 return Err(SessionEnd::ClosedEarly);
             }
         };

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use hearth_protocol::filter;
 use hearth_protocol::policy::{self, Action, Decision, DenyReason};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -137,16 +137,40 @@ where
     }
 }
 
-/// What a connection's client-side read buffer keeps while it waits: an
-/// idle connection costs this, a busy one grows it as far as it needs.
-pub(super) const IDLE_READ: usize = 512;
 /// How much room a read from the broker gets.
 const BROKER_READ: usize = 16 * 1024;
+/// How much one read from a client takes (a TLS record's plaintext).
+const CLIENT_READ: usize = 16 * 1024;
 
-/// Gives back a buffer that grew during a burst once it is empty again.
+thread_local! {
+    /// Where client reads land first, one per runtime thread.
+    static CLIENT_SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; CLIENT_READ].into_boxed_slice());
+}
+
+/// Reads what a client sent and appends it to `inbound`, through a
+/// per-thread buffer: a connection waiting for its client holds no read
+/// buffer of its own, and a busy one still reads a whole record at a time.
+/// Returns the bytes read (0: the client closed).
+pub(super) async fn read_client<R>(client: &mut R, inbound: &mut BytesMut) -> std::io::Result<usize>
+where
+    R: AsyncRead + Unpin,
+{
+    std::future::poll_fn(|cx| {
+        CLIENT_SCRATCH.with_borrow_mut(|scratch| {
+            let mut buf = tokio::io::ReadBuf::new(scratch);
+            std::task::ready!(std::pin::Pin::new(&mut *client).poll_read(cx, &mut buf))?;
+            inbound.extend_from_slice(buf.filled());
+            std::task::Poll::Ready(Ok(buf.filled().len()))
+        })
+    })
+    .await
+}
+
+/// Gives back a buffer once it is empty again.
 fn release_if_idle(buf: &mut BytesMut) {
-    if buf.is_empty() && buf.capacity() > 4 * IDLE_READ {
-        *buf = BytesMut::with_capacity(IDLE_READ);
+    if buf.is_empty() && buf.capacity() > 0 {
+        *buf = BytesMut::new();
     }
 }
 
@@ -226,7 +250,7 @@ impl Upstream<'_> {
                 }
             };
             let read = tokio::select! {
-                read = client.read_buf(&mut inbound) => read?,
+                read = read_client(&mut client, &mut inbound) => read?,
                 Some(()) = from_downstream.recv() => {
                     // The edge answered for the client: send what is now
                     // in order.
