@@ -654,7 +654,13 @@ where
                 ready?;
                 buf.reserve(BROKER_READ);
                 let read = match broker.try_read_buf(&mut buf) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        // Readiness was stale: wait again without a buffer.
+                        if buf.is_empty() {
+                            buf = BytesMut::new();
+                        }
+                        continue;
+                    }
                     read => read?,
                 };
                 if read == 0 {
