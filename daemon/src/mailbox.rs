@@ -51,6 +51,9 @@ const ORPHAN_SWEEP: Duration = Duration::from_secs(60);
 const BATCH_MAX: usize = 256;
 /// Outbox payload bytes per batch (the store is held while a batch runs).
 const BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// How old a device's pending count may be before it is counted again
+/// (deliveries removed by an administrator are seen after this).
+const PENDING_RECOUNT: Duration = Duration::from_secs(1);
 
 /// The mailbox could not start.
 #[derive(Debug, thiserror::Error)]
@@ -189,9 +192,11 @@ pub struct Mailbox {
     last_sweep: Instant,
     /// While a batch runs: what it will publish once it is committed.
     held: Option<Vec<(String, Vec<u8>)>>,
-    /// While a batch runs: pending deliveries per recipient device, so the
-    /// per-device cap is checked without counting rows on every send.
-    pending: HashMap<DeviceId, u64>,
+    /// Pending deliveries per recipient device and when they were counted:
+    /// the per-device cap is checked against a count at most
+    /// [`PENDING_RECOUNT`] old plus what was stored since, not by counting
+    /// rows on every send.
+    pending: HashMap<DeviceId, (u64, Instant)>,
 }
 
 impl std::fmt::Debug for Mailbox {
@@ -307,6 +312,8 @@ impl Mailbox {
         }
         self.sent
             .retain(|_, at| now.duration_since(*at) < Duration::from_secs(3600));
+        self.pending
+            .retain(|_, (_, at)| now.duration_since(*at) < PENDING_RECOUNT);
     }
 
     /// Handles outbox messages in one transaction; receipts and deliveries
@@ -318,7 +325,6 @@ impl Mailbox {
         let store = Arc::clone(&self.store);
         let mut db = lock(&store);
         self.held = Some(Vec::new());
-        self.pending.clear();
         let committed = db.batch(|db| {
             for publish in &outbox {
                 let topic = String::from_utf8_lossy(&publish.topic);
@@ -327,7 +333,6 @@ impl Mailbox {
         });
         drop(db);
         let held = self.held.take().unwrap_or_default();
-        self.pending.clear();
         match committed {
             Ok(()) => {
                 for (topic, bytes) in held {
@@ -447,10 +452,13 @@ impl Mailbox {
         }
         for device in &devices {
             let pending = match self.pending.get(device) {
-                Some(n) => *n,
-                None => store.pending_count(device).map_err(db)?,
+                Some((n, at)) if at.elapsed() < PENDING_RECOUNT => *n,
+                _ => {
+                    let n = store.pending_count(device).map_err(db)?;
+                    self.pending.insert(*device, (n, Instant::now()));
+                    n
+                }
             };
-            self.pending.insert(*device, pending);
             if pending >= self.limits.max_pending_per_device {
                 return Err(Refusal(format!(
                     "the mailbox of {} is full ({} messages waiting)",
@@ -474,7 +482,9 @@ impl Mailbox {
         };
         store.store_message(&message).map_err(db)?;
         for device in &devices {
-            *self.pending.entry(*device).or_default() += 1;
+            if let Some((n, _)) = self.pending.get_mut(device) {
+                *n += 1;
+            }
         }
         // What goes out now is built from what is in hand, not read back
         // and unsealed once per device.
@@ -559,7 +569,7 @@ impl Mailbox {
         match db.acknowledge(device, id) {
             Ok(Some((sender, reference, _gone))) => {
                 self.sent.remove(&(id.to_owned(), *device));
-                if let Some(n) = self.pending.get_mut(device) {
+                if let Some((n, _)) = self.pending.get_mut(device) {
                     *n = n.saturating_sub(1);
                 }
                 let receipt = Receipt {

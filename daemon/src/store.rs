@@ -141,6 +141,8 @@ const MIGRATIONS: &[&str] = &[
      ) STRICT;",
     // 5: expiry of sent references is an index lookup, not a scan.
     "CREATE INDEX sent_refs_by_expiry ON sent_refs(expires_at);",
+    // 6: a member's devices without a scan (the mailbox asks on every send).
+    "CREATE INDEX devices_by_member ON devices(member, created_at);",
 ];
 
 /// A certificate the registry accepts, with the device it names.
