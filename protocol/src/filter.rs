@@ -64,6 +64,19 @@ fn check_text(s: &str) -> Result<(), TopicError> {
     if s.len() > 65535 {
         return Err(TopicError::TooLong);
     }
+    // Every publish passes here: ASCII (nearly every topic) is checked a
+    // byte at a time, anything else a character at a time.
+    if s.is_ascii() {
+        for &b in s.as_bytes() {
+            if b == 0 {
+                return Err(TopicError::Nul);
+            }
+            if b < 0x20 || b == 0x7f {
+                return Err(TopicError::ControlCharacter);
+            }
+        }
+        return Ok(());
+    }
     for c in s.chars() {
         if c == '\0' {
             return Err(TopicError::Nul);
@@ -78,7 +91,7 @@ fn check_text(s: &str) -> Result<(), TopicError> {
 /// Checks a topic name.
 pub fn check_topic(topic: &str) -> Result<(), TopicError> {
     check_text(topic)?;
-    if topic.contains(['+', '#']) {
+    if topic.bytes().any(|b| b == b'+' || b == b'#') {
         return Err(TopicError::WildcardInTopic);
     }
     Ok(())
@@ -203,6 +216,12 @@ mod tests {
         assert_eq!(check_topic(&"a".repeat(65536)), Err(TopicError::TooLong));
         assert!(check_topic("hearth/v1/dev/x/tele").is_ok());
         assert!(check_topic("/").is_ok());
+        // The same rules for topics that are not ASCII.
+        assert_eq!(check_topic("a\u{7f}b"), Err(TopicError::ControlCharacter));
+        assert_eq!(check_topic("é\u{85}b"), Err(TopicError::ControlCharacter));
+        assert_eq!(check_topic("é\0"), Err(TopicError::Nul));
+        assert_eq!(check_topic("é/+"), Err(TopicError::WildcardInTopic));
+        assert!(check_topic("maison/cuisine/température").is_ok());
     }
 
     #[test]
