@@ -1,6 +1,6 @@
 use bytes::BytesMut;
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     time::timeout,
 };
 
@@ -20,6 +20,13 @@ pub enum Error {
     Protocol(#[from] protocol::Error),
     #[error["Keep alive timeout"]]
     KeepAlive(#[from] Elapsed),
+}
+
+thread_local! {
+    /// Hearth: where reads land before they are appended to a connection's
+    /// buffer; one per thread.
+    static READ_SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; 16 * 1024].into_boxed_slice());
 }
 
 /// Network transforms packets <-> frames efficiently. It takes
@@ -75,7 +82,21 @@ impl<P: Protocol> Network<P> {
         // TODO: Fix this cancellation bug and write unit test
         let mut total_read = 0;
         loop {
-            let read = self.socket.read_buf(&mut self.read).await?;
+            // Hearth: read into a per-thread scratch buffer and append, so an
+            // idle connection holds no read buffer while it waits and a busy
+            // one still reads up to 16 KiB at a time (an empty, shared
+            // BytesMut would otherwise grow 64 bytes per read).
+            let socket = &mut self.socket;
+            let read_buf = &mut self.read;
+            let read = std::future::poll_fn(|cx| {
+                READ_SCRATCH.with_borrow_mut(|scratch| {
+                    let mut buf = tokio::io::ReadBuf::new(scratch);
+                    std::task::ready!(std::pin::Pin::new(&mut *socket).poll_read(cx, &mut buf))?;
+                    read_buf.extend_from_slice(buf.filled());
+                    std::task::Poll::Ready(Ok::<_, io::Error>(buf.filled().len()))
+                })
+            })
+            .await?;
             if 0 == read {
                 let error = if self.read.is_empty() {
                     io::Error::new(ErrorKind::ConnectionAborted, "connection closed by peer")
