@@ -35,6 +35,17 @@ pub const DENIAL_WINDOW: Duration = Duration::from_secs(10);
 const BROKER_PING: Duration = Duration::from_secs(frame::SILENT_CLIENT_KEEP_ALIVE as u64 / 3);
 /// PINGREQ.
 const PINGREQ: [u8; 2] = [0xc0, 0x00];
+/// After this many publishes (or [`PACE_BYTES`]) from one client, the edge
+/// asks the broker for a PINGRESP and reads no more from that client until
+/// it comes: the router answers in order, after it has taken every earlier
+/// publish, and only when the connection's turn comes round with the
+/// subscribers'. A flooding publisher then goes as fast as the router
+/// delivers instead of filling its log with messages no subscriber reads.
+const PACE_PUBLISHES: usize = 100;
+/// Bytes of publishes between two paces.
+const PACE_BYTES: usize = 256 * 1024;
+/// Longest wait for a pace's answer (a stuck router is not waited for).
+const PACE_WAIT: Duration = Duration::from_millis(100);
 
 /// What the edge must do for this client that the broker does not.
 #[derive(Debug, Default)]
@@ -97,11 +108,15 @@ where
     let (client_acks, acks) = mpsc::unbounded_channel();
     // PINGRESPs owed to the edge's own PINGREQs, dropped on the way down.
     let edge_pings = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    // Told when one of them came back.
+    let pong = std::sync::Arc::new(tokio::sync::Notify::new());
     let mut upstream = Upstream {
         order: order.clone(),
         client_acks,
         client_id,
         ping_broker: traits.silent.then(|| std::sync::Arc::clone(&edge_pings)),
+        paces: std::sync::Arc::clone(&edge_pings),
+        pong: std::sync::Arc::clone(&pong),
         edge,
         peer,
         v5: version == MqttVersion::V5,
@@ -120,6 +135,7 @@ where
             v5: version == MqttVersion::V5,
             max_packet: edge.limits.max_packet,
             edge_pings,
+            pong,
             sessions: &edge.sessions,
             client_id,
             assigned_id: traits.assigned_id,
@@ -194,6 +210,10 @@ struct Upstream<'a> {
     client_id: &'a str,
     /// For a client without keep-alive: the edge's PINGREQs in flight.
     ping_broker: Option<std::sync::Arc<std::sync::atomic::AtomicU32>>,
+    /// The edge's PINGREQs in flight, for pacing a publisher.
+    paces: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    /// Signalled when the broker answered one of the edge's PINGREQs.
+    pong: std::sync::Arc<tokio::sync::Notify>,
     edge: &'a Edge,
     peer: &'a Peer,
     v5: bool,
@@ -220,9 +240,12 @@ impl Upstream<'_> {
     {
         let max = self.edge.limits.max_packet;
         let mut out = BytesMut::new();
+        // Publishes and their bytes passed on since the last pace.
+        let (mut unpaced, mut unpaced_bytes) = (0usize, 0usize);
         loop {
             while let Some(frame) = frame::next_frame(&inbound, max)? {
                 let packet = &inbound[..frame.len];
+                let publish = frame.kind() == kind::PUBLISH;
                 match self.inspect(&frame, packet).await {
                     Ok(Verdict::Forward) => out.extend_from_slice(packet),
                     Ok(Verdict::Replace(bytes)) => out.extend_from_slice(&bytes),
@@ -236,10 +259,23 @@ impl Upstream<'_> {
                     }
                 }
                 inbound.advance(frame.len);
+                if publish {
+                    unpaced += 1;
+                    unpaced_bytes += frame.len;
+                }
+            }
+            let pace = unpaced >= PACE_PUBLISHES || unpaced_bytes >= PACE_BYTES;
+            if pace {
+                self.paces.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                out.extend_from_slice(&PINGREQ);
+                (unpaced, unpaced_bytes) = (0, 0);
             }
             if !out.is_empty() {
                 broker.write_all(&out).await?;
                 out.clear();
+            }
+            if pace {
+                let _ = tokio::time::timeout(PACE_WAIT, self.pong.notified()).await;
             }
             release_if_idle(&mut inbound);
             release_if_idle(&mut out);
@@ -531,6 +567,8 @@ struct Downstream<'a> {
     max_packet: usize,
     /// PINGRESPs owed to the edge's own PINGREQs.
     edge_pings: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    /// Told when one of them arrives.
+    pong: std::sync::Arc<tokio::sync::Notify>,
     sessions: &'a super::sessions::Sessions,
     client_id: &'a str,
     /// The id to name in the CONNACK (v5, empty id sent).
@@ -610,6 +648,7 @@ where
         v5,
         max_packet,
         edge_pings,
+        pong,
         sessions,
         client_id,
         mut assigned_id,
@@ -679,6 +718,9 @@ where
                                 |n| n.checked_sub(1),
                             )
                             .is_ok();
+                    if owed_pong {
+                        pong.notify_one();
+                    }
                     let merged = if owed_pong {
                         // The answer to the edge's own PINGREQ: not the client's.
                         Some(Vec::new())
