@@ -68,7 +68,8 @@ struct Args {
     /// Ratio chart as SVG.
     #[arg(long, default_value = "bench-ratios.svg")]
     svg: PathBuf,
-    /// Do not pin (no re-exec under taskset).
+    /// Pin nothing: the brokers and the generator share every CPU (the
+    /// unpinned run, reported separately).
     #[arg(long)]
     no_pin: bool,
 }
@@ -177,7 +178,7 @@ async fn run(args: Args) -> Result<()> {
         "hearthd": sh(&format!("'{}' --version", hearthd.display())),
         "mosquitto": mosquitto.as_ref().map(|m| sh(&format!("'{}' -h | head -1", m.display()))),
         "generator_affinity": sh("taskset -pc $$ 2>/dev/null | cut -d: -f2"),
-        "broker_pinning": broker::pin_prefix(0).join(" "),
+        "broker_pinning": if args.no_pin { "none".to_owned() } else { broker::pin_prefix(0).join(" ") },
         "clk_tck": broker::clk_tck(),
         "nofile": sh("ulimit -n"),
     });
@@ -190,7 +191,10 @@ async fn run(args: Args) -> Result<()> {
         parents + children
     );
     let t = Instant::now();
-    let (env, pool) = Env::prepare(hearthd.clone(), mosquitto.clone(), parents, children)?;
+    let (mut env, pool) = Env::prepare(hearthd.clone(), mosquitto.clone(), parents, children)?;
+    if args.no_pin {
+        env.pin.clear();
+    }
     eprintln!(
         "prepared in {:.1} s ({})",
         t.elapsed().as_secs_f64(),
