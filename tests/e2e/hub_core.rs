@@ -449,3 +449,23 @@ async fn a_new_connection_of_a_device_takes_over_and_quick_reconnects_work() {
         );
     }
 }
+
+#[tokio::test]
+async fn sessions_open_at_shutdown_are_audited_before_hearthd_exits() {
+    let mut hub = TestHub::start();
+    let toy = hub.device("Ada", "child");
+    let (_client, mut eventloop) = rumqttc::AsyncClient::new(mqtt_v4(&hub, &toy, &toy.id), 10);
+    v4_connected(&mut eventloop).await.unwrap();
+    let driver = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    assert!(hub.terminate().success());
+    driver.abort();
+    let conn = rusqlite::Connection::open(hub.data.join("hearth.db")).unwrap();
+    let ended: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM audit WHERE event = 'disconnect' AND device = ?1",
+            [&toy.id],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(ended, 1, "the session's end is in the audit log");
+}

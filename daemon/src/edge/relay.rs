@@ -242,6 +242,8 @@ impl Upstream<'_> {
         let mut out = BytesMut::new();
         // Publishes and their bytes passed on since the last pace.
         let (mut unpaced, mut unpaced_bytes) = (0usize, 0usize);
+        // Once the client said DISCONNECT, nothing is paced any more.
+        let mut leaving = false;
         loop {
             while let Some(frame) = frame::next_frame(&inbound, max)? {
                 let packet = &inbound[..frame.len];
@@ -263,8 +265,16 @@ impl Upstream<'_> {
                     unpaced += 1;
                     unpaced_bytes += frame.len;
                 }
+                leaving |= frame.kind() == kind::DISCONNECT;
             }
-            let pace = unpaced >= PACE_PUBLISHES || unpaced_bytes >= PACE_BYTES;
+            // The router answers a PINGREQ only when it would give the
+            // connection its turn; a client still owing acknowledgements
+            // for QoS 1/2 messages it was sent gets no turn until those come
+            // in, which the edge would not read while it waits. Such a
+            // client is not paced (QoS 1/2 already paces it).
+            let pace = (unpaced >= PACE_PUBLISHES || unpaced_bytes >= PACE_BYTES)
+                && !leaving
+                && !self.edge.sessions.owes_acks(self.client_id);
             if pace {
                 self.paces.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 out.extend_from_slice(&PINGREQ);
@@ -275,7 +285,14 @@ impl Upstream<'_> {
                 out.clear();
             }
             if pace {
-                let _ = tokio::time::timeout(PACE_WAIT, self.pong.notified()).await;
+                // Until every PINGREQ of the edge's is answered (a late
+                // answer's wake-up only causes a look at the count).
+                let answered = async {
+                    while self.paces.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                        self.pong.notified().await;
+                    }
+                };
+                let _ = tokio::time::timeout(PACE_WAIT, answered).await;
             }
             release_if_idle(&mut inbound);
             release_if_idle(&mut out);

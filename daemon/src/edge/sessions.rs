@@ -77,6 +77,16 @@ impl Sessions {
         !ids.insert(pkid)
     }
 
+    /// Whether QoS 1/2 PUBLISHes sent to the client await its
+    /// acknowledgement.
+    pub fn owes_acks(&self, client_id: &str) -> bool {
+        self.unacked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(client_id)
+            .is_some_and(|ids| !ids.is_empty())
+    }
+
     /// The client acknowledged `pkid` (PUBACK or PUBREC).
     pub fn outbound_acked(&self, client_id: &str, pkid: u16) {
         let mut unacked = self.unacked.lock().unwrap_or_else(|p| p.into_inner());
