@@ -124,11 +124,15 @@ pub async fn run(
     let enroll_tls = tls_setup(ClientAuth::Optional)?;
 
     let tracker = TaskTracker::new();
+    // The audit writer stops last, after the sessions it records have
+    // ended, so their last entries are written.
+    let audit_stop = CancellationToken::new();
+    let audit_tracker = TaskTracker::new();
     let audit = Audit::start(
         Arc::clone(&store),
         Duration::from_secs(u64::from(config.audit.retention_days) * 86_400),
-        stop.child_token(),
-        &tracker,
+        audit_stop.clone(),
+        &audit_tracker,
     );
     let retained = Arc::new(RetainedTopics::default());
     let sessions = Arc::new(Sessions::default());
@@ -292,6 +296,9 @@ pub async fn run(
     {
         tracing::warn!("connections did not close within {DRAIN_LIMIT:?}; exiting anyway");
     }
+    audit_stop.cancel();
+    audit_tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), audit_tracker.wait()).await;
     let _ = std::fs::remove_file(&admin_path);
     drop(store);
     outcome

@@ -327,6 +327,9 @@ impl Mailbox {
         self.held = Some(Vec::new());
         let committed = db.batch(|db| {
             for publish in &outbox {
+                if db.batch_lost() {
+                    break;
+                }
                 let topic = String::from_utf8_lossy(&publish.topic);
                 self.on_outbox(db, &topic, &publish.payload);
             }
@@ -343,6 +346,7 @@ impl Mailbox {
                 // Nothing of the batch was kept: every sender is told to
                 // try again; unacknowledged deliveries are sent again.
                 tracing::error!(error = %e, "mailbox database error");
+                self.pending.clear();
                 for publish in &outbox {
                     let topic = String::from_utf8_lossy(&publish.topic);
                     let Some(sender) = outbox_sender(&topic) else {
@@ -737,6 +741,9 @@ impl Mailbox {
         let mut db = lock(&store);
         match db.expire_messages(crate::unix_now(), sweep) {
             Ok(expired) => {
+                if !expired.is_empty() {
+                    self.pending.clear();
+                }
                 for message in expired {
                     self.sent.retain(|(id, _), _| id != &message.id);
                     let receipt = Receipt {

@@ -45,11 +45,16 @@ pub enum StoreError {
     /// The operation needs a service device.
     #[error("device {0} is not a service device; grants are for service devices only")]
     NotAService(String),
-    /// A stored value does not parse: the file was edited or is damaged.
+    /// The device renewed and has not used its new certificate yet.
     #[error("device {0} has renewed recently; connect with the new certificate first")]
     RenewalPending(String),
+    /// A stored value does not parse: the file was edited or is damaged.
     #[error("database holds an invalid value: {0}")]
     Corrupt(String),
+    /// SQLite rolled a batch's transaction back after an error (a full
+    /// disk, an I/O error); none of the batch was kept.
+    #[error("the transaction was rolled back after a database error")]
+    BatchLost,
 }
 
 /// Schema migrations, applied in order; `user_version` counts how many ran.
@@ -222,11 +227,23 @@ impl Store {
     pub fn batch<T>(&mut self, work: impl FnOnce(&mut Store) -> T) -> Result<T, StoreError> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let out = work(self);
+        if self.conn.is_autocommit() {
+            // SQLite rolled the transaction back on its own (a full disk,
+            // an I/O error): what `work` wrote after that committed piece
+            // by piece, but the batch as a whole did not happen.
+            return Err(StoreError::BatchLost);
+        }
         if let Err(e) = self.conn.execute_batch("COMMIT") {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Err(e.into());
         }
         Ok(out)
+    }
+
+    /// Whether a [`Store::batch`] in progress lost its transaction (SQLite
+    /// rolled it back after an error); the batch should stop.
+    pub fn batch_lost(&self) -> bool {
+        self.conn.is_autocommit()
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {

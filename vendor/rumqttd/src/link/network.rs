@@ -154,10 +154,20 @@ impl<P: Protocol> Network<P> {
         }
     }
 
+    /// Hearth: empties the write buffer, and gives it back if a large
+    /// packet grew it (it would otherwise stay that size while idle).
+    fn release_write(&mut self) {
+        if self.write.capacity() > 64 * 1024 {
+            self.write = BytesMut::new();
+        } else {
+            self.write.clear();
+        }
+    }
+
     pub async fn write(&mut self, packet: Packet) -> Result<(), Error> {
         Protocol::write(&self.protocol, packet, &mut self.write)?;
         self.socket.write_all(&self.write).await?;
-        self.write.clear();
+        self.release_write();
         Ok(())
     }
 
@@ -166,7 +176,7 @@ impl<P: Protocol> Network<P> {
             Protocol::write(&self.protocol, packet, &mut self.write)?;
         }
         self.socket.write_all(&self.write).await?;
-        self.write.clear();
+        self.release_write();
         Ok(())
     }
 }

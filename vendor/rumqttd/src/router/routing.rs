@@ -232,6 +232,7 @@ impl Router {
     }
 
     fn events(&mut self, id: ConnectionId, data: Event) {
+        // Hearth: trace, not error/info: a span per packet.
         let span = tracing::trace_span!("[>] incoming", connection_id = id);
         let _guard = span.enter();
 
@@ -542,6 +543,7 @@ impl Router {
         };
 
         let client_id = incoming.client_id.clone();
+        // Hearth: trace, not error/info: a span per packet.
         let span = tracing::trace_span!("incoming_payload", client_id);
         let _guard = span.enter();
 
@@ -558,6 +560,7 @@ impl Router {
         for packet in packets.drain(0..) {
             match packet {
                 Packet::Publish(publish, properties) => {
+                    // Hearth: trace, not error/info: a span per packet.
                     let span = tracing::trace_span!("publish", topic = ?publish.topic, pkid = publish.pkid);
                     let _guard = span.enter();
 
@@ -761,6 +764,7 @@ impl Router {
                     }
                 }
                 Packet::PubAck(puback, _) => {
+                    // Hearth: trace, not error/info: a span per packet.
                     let span = tracing::trace_span!("puback", pkid = puback.pkid);
                     let _guard = span.enter();
 
@@ -775,6 +779,7 @@ impl Router {
                     self.scheduler.reschedule(id, ScheduleReason::IncomingAck);
                 }
                 Packet::PubRec(pubrec, _) => {
+                    // Hearth: trace, not error/info: a span per packet.
                     let span = tracing::trace_span!("pubrec", pkid = pubrec.pkid);
                     let _guard = span.enter();
 
@@ -797,6 +802,7 @@ impl Router {
                     self.scheduler.reschedule(id, ScheduleReason::IncomingAck);
                 }
                 Packet::PubRel(pubrel, None) => {
+                    // Hearth: trace, not error/info: a span per packet.
                     let span = tracing::trace_span!("pubrel", pkid = pubrel.pkid);
                     let _guard = span.enter();
 
@@ -846,6 +852,7 @@ impl Router {
                     self.scheduler.reschedule(id, ScheduleReason::IncomingAck);
                 }
                 Packet::PubComp(pubcomp, _) => {
+                    // Hearth: trace, not error/info: a span per packet.
                     let span = tracing::trace_span!("pubcomp", pkid = pubcomp.pkid);
                     let _guard = span.enter();
 
@@ -997,6 +1004,7 @@ impl Router {
     fn consume(&mut self) -> Option<()> {
         let (id, mut requests) = self.scheduler.poll()?;
 
+        // Hearth: trace, not error/info: a span per packet.
         let span = tracing::trace_span!("[<] outgoing", connection_id = id);
         let _guard = span.enter();
 
