@@ -411,7 +411,7 @@ impl Env {
         let dir = self.next_dir(kind);
         let port = free_port()?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        match kind {
+        let (child, spawned) = match kind {
             Kind::Hearth => {
                 let status = Command::new("cp")
                     .arg("-a")
@@ -422,14 +422,7 @@ impl Env {
                     bail!("cannot copy the template data dir");
                 }
                 let spawned = Instant::now();
-                let child = self.spawn_hearthd(&dir, port, true)?;
-                Ok(Broker {
-                    kind,
-                    child,
-                    addr,
-                    spawned,
-                    dir,
-                })
+                (self.spawn_hearthd(&dir, port, true)?, spawned)
             }
             Kind::Mosquitto => {
                 let bin = self
@@ -474,15 +467,16 @@ impl Env {
                     .stderr(log)
                     .spawn()
                     .with_context(|| format!("cannot start {}", bin.display()))?;
-                Ok(Broker {
-                    kind,
-                    child,
-                    addr,
-                    spawned,
-                    dir,
-                })
+                (child, spawned)
             }
-        }
+        };
+        Ok(Broker {
+            kind,
+            child,
+            addr,
+            spawned,
+            dir,
+        })
     }
 }
 

@@ -566,6 +566,36 @@ fn latency_figures(lat: &Mutex<Vec<u32>>) -> Vec<Figure> {
     ]
 }
 
+/// The end of a latency scenario: the measured window, then latency
+/// percentiles, messages delivered and broker CPU per message.
+async fn latency_outcome(
+    b: &Broker,
+    p: &Params,
+    got: &AtomicU64,
+    lat: &Mutex<Vec<u32>>,
+    rec_tx: watch::Sender<bool>,
+    stop_tx: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<Result<()>>>,
+) -> Result<Outcome> {
+    let (m0, m1) = measure(b, p, got, Some(&rec_tx)).await?;
+    finish(stop_tx, tasks).await?;
+    let (secs, n, cpu, gen) = delta(&m0, &m1);
+    let mut figures = latency_figures(lat);
+    figures.push(fig("delivered", "msg/s", n as f64 / secs, true, true));
+    figures.push(fig(
+        "broker CPU",
+        "µs/msg",
+        cpu / n.max(1) as f64,
+        false,
+        false,
+    ));
+    Ok(Outcome {
+        figures,
+        gen_cpu: gen,
+        count: n,
+    })
+}
+
 async fn fanin(b: &Broker, pool: &Pool, p: &Params) -> Result<Outcome> {
     let (stop_tx, stop) = watch::channel(false);
     let (rec_tx, rec) = watch::channel(false);
@@ -593,23 +623,7 @@ async fn fanin(b: &Broker, pool: &Pool, p: &Params) -> Result<Outcome> {
             stop.clone(),
         ));
     }
-    let (m0, m1) = measure(b, p, &got, Some(&rec_tx)).await?;
-    finish(stop_tx, tasks).await?;
-    let (secs, n, cpu, gen) = delta(&m0, &m1);
-    let mut figures = latency_figures(&lat);
-    figures.push(fig("delivered", "msg/s", n as f64 / secs, true, true));
-    figures.push(fig(
-        "broker CPU",
-        "µs/msg",
-        cpu / n.max(1) as f64,
-        false,
-        false,
-    ));
-    Ok(Outcome {
-        figures,
-        gen_cpu: gen,
-        count: n,
-    })
+    latency_outcome(b, p, &got, &lat, rec_tx, stop_tx, tasks).await
 }
 
 async fn paced(b: &Broker, pool: &Pool, p: &Params) -> Result<Outcome> {
@@ -635,23 +649,7 @@ async fn paced(b: &Broker, pool: &Pool, p: &Params) -> Result<Outcome> {
         Duration::ZERO,
         stop.clone(),
     ));
-    let (m0, m1) = measure(b, p, &got, Some(&rec_tx)).await?;
-    finish(stop_tx, tasks).await?;
-    let (secs, n, cpu, gen) = delta(&m0, &m1);
-    let mut figures = latency_figures(&lat);
-    figures.push(fig("delivered", "msg/s", n as f64 / secs, true, true));
-    figures.push(fig(
-        "broker CPU",
-        "µs/msg",
-        cpu / n.max(1) as f64,
-        false,
-        false,
-    ));
-    Ok(Outcome {
-        figures,
-        gen_cpu: gen,
-        count: n,
-    })
+    latency_outcome(b, p, &got, &lat, rec_tx, stop_tx, tasks).await
 }
 
 async fn idle(b: &Broker, pool: &Pool, p: &Params) -> Result<Outcome> {

@@ -181,16 +181,18 @@ async fn write_loop(
     let mut next_prune = Instant::now();
     loop {
         let mut batch = Vec::new();
-        let flushing = |batch: &[ToWriter]| batch.iter().any(|m| matches!(m, ToWriter::Flush(_)));
         tokio::select! {
             biased;
             n = rx.recv_many(&mut batch, BATCH) => {
                 if n == 0 {
                     return;
                 }
+                let flushing = |new: &[ToWriter]| new.iter().any(|m| matches!(m, ToWriter::Flush(_)));
                 let linger = tokio::time::sleep(LINGER);
                 tokio::pin!(linger);
-                while batch.len() < BATCH && !flushing(&batch) {
+                let mut seen = 0;
+                while batch.len() < BATCH && !flushing(&batch[seen..]) {
+                    seen = batch.len();
                     let room = BATCH - batch.len();
                     tokio::select! {
                         n = rx.recv_many(&mut batch, room) => if n == 0 { break },

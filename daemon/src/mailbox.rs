@@ -173,6 +173,29 @@ struct Content {
     content_type: Option<String>,
 }
 
+impl Content {
+    /// The inbox envelope that carries this content.
+    fn into_delivery(
+        self,
+        id: String,
+        from: mailbox::From,
+        sent_at: i64,
+        expires_at: i64,
+    ) -> Delivery {
+        Delivery {
+            v: mailbox::VERSION,
+            id,
+            from,
+            kind: self.kind,
+            body: self.body,
+            data: self.data,
+            content_type: self.content_type,
+            sent_at,
+            expires_at,
+        }
+    }
+}
+
 /// A running mailbox.
 pub struct Mailbox {
     store: Arc<Mutex<Store>>,
@@ -492,20 +515,11 @@ impl Mailbox {
         }
         // What goes out now is built from what is in hand, not read back
         // and unsealed once per device.
-        let delivery = Delivery {
-            v: mailbox::VERSION,
-            id: id.clone(),
-            from: mailbox::From {
-                member: from_member,
-                device: *sender,
-            },
-            kind: content.kind,
-            body: content.body,
-            data: content.data,
-            content_type: content.content_type,
-            sent_at: message.sent_at,
-            expires_at: message.expires_at,
+        let from = mailbox::From {
+            member: from_member,
+            device: *sender,
         };
+        let delivery = content.into_delivery(id.clone(), from, message.sent_at, message.expires_at);
         Ok(Accepted::Stored {
             devices,
             delivery: Box::new(delivery),
@@ -711,20 +725,16 @@ impl Mailbox {
         let from_member = self.store().device_member(&message.sender).ok().flatten();
         let member = from_member.or_else(|| "former-member".parse().ok())?;
         let size = message.sealed.len();
-        let delivery = Delivery {
-            v: mailbox::VERSION,
-            id: message.id.clone(),
-            from: mailbox::From {
-                member,
-                device: message.sender,
-            },
-            kind: content.kind,
-            body: content.body,
-            data: content.data,
-            content_type: content.content_type,
-            sent_at: message.sent_at,
-            expires_at: message.expires_at,
+        let from = mailbox::From {
+            member,
+            device: message.sender,
         };
+        let delivery = content.into_delivery(
+            message.id.clone(),
+            from,
+            message.sent_at,
+            message.expires_at,
+        );
         self.publish_inbox(device, &Inbox::Delivery(delivery));
         self.sent.insert((message.id, *device), now);
         Some(size)

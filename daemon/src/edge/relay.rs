@@ -245,6 +245,11 @@ impl Upstream<'_> {
         // Once the client said DISCONNECT, nothing is paced any more.
         let mut leaving = false;
         loop {
+            // What goes on is usually what came in (plus a pace's PINGREQ):
+            // one allocation for the batch, not a growth per packet.
+            if !inbound.is_empty() {
+                out.reserve(inbound.len() + PINGREQ.len());
+            }
             while let Some(frame) = frame::next_frame(&inbound, max)? {
                 let packet = &inbound[..frame.len];
                 let publish = frame.kind() == kind::PUBLISH;
