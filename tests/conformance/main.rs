@@ -9,5 +9,6 @@
 mod support;
 
 mod harness;
+mod mixed;
 mod v311;
 mod v5;

@@ -55,6 +55,10 @@ fn connect_code(return_code: ConnectReturnCode) -> u8 {
         ConnectReturnCode::ServiceUnavailable => 3,
         ConnectReturnCode::BadUserNamePassword => 4,
         ConnectReturnCode::NotAuthorized => 5,
-        _ => unreachable!(),
+        // Hearth: 5-only codes map to their nearest 3.1.1 answer instead of
+        // a panic that aborts the broker (3.1.1 §3.2.2.3).
+        ConnectReturnCode::UnsupportedProtocolVersion => 1,
+        ConnectReturnCode::Banned => 5,
+        _ => 3,
     }
 }

@@ -426,7 +426,12 @@ impl Protocol for V5 {
                 let (pubcomp, properties) = pubcomp::read(fixed_header, packet)?;
                 Packet::PubComp(pubcomp, properties)
             }
-            _ => unreachable!(),
+            // Hearth: upstream had `unreachable!()` here, which a client
+            // sending a CONNACK or UNSUBACK reached; a server never reads
+            // them, so they are a protocol error for that connection only.
+            PacketType::ConnAck | PacketType::UnsubAck => {
+                return Err(Error::InvalidPacketType(packet_type as u8))
+            }
         };
 
         Ok(packet)
@@ -469,7 +474,6 @@ impl Protocol for V5 {
             }
             Packet::PingReq(pingreq) => ping::pingreq::write(buffer)?,
             Packet::PingResp(pingresp) => ping::pingresp::write(buffer)?,
-            _ => unreachable!(),
         };
         Ok(size)
     }
