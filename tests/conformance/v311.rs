@@ -313,3 +313,19 @@ async fn persistent_sessions_queue_while_offline(b: Bench) {
     assert_eq!(&got.payload[..], b"queued");
 }
 on_both_listeners!(persistent_sessions_queue_while_offline);
+
+/// §3.8.4: "the QoS of the Payload Messages delivered [is] the minimum of
+/// the QoS of the originally published message and the maximum QoS
+/// granted": a QoS 2 subscription receives QoS 0 and 1 messages at 0 and 1.
+async fn a_higher_subscription_qos_does_not_raise_the_delivered_qos(b: Bench) {
+    let topic = b.topic("upgrade");
+    let mut sub = V4::connect(b.v4(Who::Phone)).await;
+    sub.subscribe(&topic, QoS::ExactlyOnce).await;
+    let mut publisher = V4::connect(b.v4(Who::Toy)).await;
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        publisher.send(&topic, qos, false, b"q").await;
+        let got = sub.publish(LONG).await.expect("delivered");
+        assert_eq!(got.qos, qos, "published at {qos:?}");
+    }
+}
+on_both_listeners!(a_higher_subscription_qos_does_not_raise_the_delivered_qos);

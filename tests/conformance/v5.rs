@@ -595,3 +595,22 @@ async fn unsubscribe_stops_delivery(b: Bench) {
     assert!(sub.publish(SHORT).await.is_none());
 }
 on_both_listeners!(unsubscribe_stops_delivery);
+
+/// §3.8.4 (v5): delivered QoS is the minimum of the published QoS and the
+/// subscription's Maximum QoS — never raised to the subscription's.
+async fn a_higher_subscription_qos_does_not_raise_the_delivered_qos(b: Bench) {
+    let topic = b.topic("upgrade5");
+    let mut sub = V5::connect(b.v5(Who::Phone)).await;
+    sub.subscribe(&topic, QoS::ExactlyOnce).await;
+    let mut publisher = V5::connect(b.v5(Who::Toy)).await;
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        publisher
+            .client
+            .publish(&topic, qos, false, b"q".to_vec())
+            .await
+            .unwrap();
+        let got = sub.publish(LONG).await.expect("delivered");
+        assert_eq!(got.qos, qos, "published at {qos:?}");
+    }
+}
+on_both_listeners!(a_higher_subscription_qos_does_not_raise_the_delivered_qos);

@@ -1569,7 +1569,10 @@ fn forward_device_data(
     let forwards = publishes
         .into_iter()
         .map(|((mut publish, mut properties), offset)| {
-            publish.qos = protocol::qos(qos).unwrap();
+            // Hearth: delivered at the minimum of the published QoS and the
+            // subscription's (3.1.1 and 5 §3.8.4); upstream raised every
+            // message to the subscription's QoS.
+            publish.qos = protocol::qos(qos.min(publish.qos as u8)).unwrap_or(publish.qos);
 
             // if there is some topic alias to use, set it in publish properties
             if topic_alias.is_some() {
@@ -1598,7 +1601,7 @@ fn forward_device_data(
             }
         });
 
-    let (len, inflight) = outgoing.push_forwards(forwards, qos, filter_idx);
+    let (len, inflight) = outgoing.push_forwards(forwards, filter_idx);
 
     debug!(
         inflight_count = inflight,
