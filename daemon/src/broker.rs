@@ -16,7 +16,9 @@ pub const LIVENESS_INTERVAL: Duration = Duration::from_secs(2);
 pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(3);
 /// The topic the probe publishes to and listens on. Clients never reach it:
 /// the edge's policy only admits the `hearth/` namespace.
-const LIVENESS_TOPIC: &str = "hearth-internal/liveness";
+/// Under `$hearth/`: `#` and `+` never match it (MQTT §4.7.2) and the edge
+/// refuses it to every client.
+const LIVENESS_TOPIC: &str = "$hearth/liveness";
 
 /// The broker could not start or has stopped working.
 #[derive(Debug, thiserror::Error)]
@@ -190,7 +192,7 @@ impl RunningBroker {
             let topic = if debug_fault("router-unreachable") {
                 // Debug builds only: publish where nobody listens, exactly
                 // what a dead router looks like from here.
-                "hearth-internal/nowhere"
+                "$hearth/nowhere"
             } else {
                 LIVENESS_TOPIC
             };

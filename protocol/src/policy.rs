@@ -194,23 +194,44 @@ const STATE: &[Level<'static>] = &[Level::Literal("state")];
 const INBOX: &[Level<'static>] = &[Level::Literal("inbox")];
 const OUTBOX: &[Level<'static>] = &[Level::Literal("outbox")];
 
-/// Decides one action. Pure: the same inputs always give the same answer.
-pub fn decide(who: &Subject<'_>, action: Action, topic: &str) -> Decision {
+/// Decides one action of a development-listener client: everything is
+/// allowed except the hub's own topics (`$…`, MQTT's convention for a
+/// server's topics, §4.7.2), which no client may publish, subscribe to or
+/// receive.
+pub fn decide_development(action: Action, topic: &str) -> Decision {
+    match checked_topic(action, topic) {
+        Ok(_) => Decision::Allow,
+        Err(reason) => Decision::Deny(reason),
+    }
+}
+
+/// The topic an action is about, well-formed and not reserved: a shared
+/// subscription's inner filter for `$share/group/filter`.
+fn checked_topic(action: Action, topic: &str) -> Result<&str, DenyReason> {
     let checked = match action {
         Action::Subscribe => filter::check_filter(topic),
         Action::Publish { .. } | Action::Will { .. } => filter::check_topic(topic),
     };
     if let Err(e) = checked {
-        return Decision::Deny(DenyReason::Malformed(e));
+        return Err(DenyReason::Malformed(e));
     }
     let topic = match (action, filter::split_shared(topic)) {
         (Action::Subscribe, Some(Ok((_group, inner)))) => inner,
-        (Action::Subscribe, Some(Err(e))) => return Decision::Deny(DenyReason::Malformed(e)),
+        (Action::Subscribe, Some(Err(e))) => return Err(DenyReason::Malformed(e)),
         _ => topic,
     };
     if topic.starts_with('$') {
-        return Decision::Deny(DenyReason::Reserved);
+        return Err(DenyReason::Reserved);
     }
+    Ok(topic)
+}
+
+/// Decides one action. Pure: the same inputs always give the same answer.
+pub fn decide(who: &Subject<'_>, action: Action, topic: &str) -> Decision {
+    let topic = match checked_topic(action, topic) {
+        Ok(topic) => topic,
+        Err(reason) => return Decision::Deny(reason),
+    };
     if who.role == DeviceRole::Service {
         return decide_service(who, action, topic);
     }
@@ -461,6 +482,41 @@ mod tests {
             decide(&parent, Action::Subscribe, "hearth/v1/dev/#"),
             Decision::Deny(DenyReason::WildcardDevice)
         );
+    }
+
+    #[test]
+    fn development_clients_may_do_anything_but_touch_the_hubs_own_topics() {
+        for (action, topic) in [
+            (Action::Subscribe, "#"),
+            (Action::Subscribe, "+/status"),
+            (Action::Subscribe, "$share/g/a/#"),
+            (Action::Publish { retain: true }, "a/b"),
+            (Action::Will { retain: false }, "hearth/v1/dev/x/cmd/y"),
+        ] {
+            assert_eq!(
+                decide_development(action, topic),
+                Decision::Allow,
+                "{topic}"
+            );
+        }
+        for (action, topic) in [
+            (Action::Subscribe, "$hearth/#"),
+            (Action::Subscribe, "$hearth/liveness"),
+            (Action::Subscribe, "$share/g/$hearth/#"),
+            (Action::Subscribe, "$SYS/#"),
+            (Action::Publish { retain: false }, "$hearth/liveness"),
+            (Action::Will { retain: false }, "$hearth/liveness"),
+        ] {
+            assert_eq!(
+                decide_development(action, topic),
+                Decision::Deny(DenyReason::Reserved),
+                "{topic}"
+            );
+        }
+        assert!(matches!(
+            decide_development(Action::Publish { retain: false }, "a/+"),
+            Decision::Deny(DenyReason::Malformed(_))
+        ));
     }
 
     #[test]

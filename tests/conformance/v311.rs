@@ -329,3 +329,26 @@ async fn a_higher_subscription_qos_does_not_raise_the_delivered_qos(b: Bench) {
     }
 }
 on_both_listeners!(a_higher_subscription_qos_does_not_raise_the_delivered_qos);
+
+/// §4.7.2 [MQTT-4.7.2-1]: "The Server MUST NOT match Topic Filters starting
+/// with a wildcard character (# or +) with Topic Names beginning with a $
+/// character"; the hub's own traffic lives under `$hearth/` and no client,
+/// not even the development listener's, may see or touch it.
+#[tokio::test]
+async fn nothing_internal_reaches_a_wildcard_subscriber() {
+    let b = Bench::start(Via::Dev);
+    let mut everything = V4::connect(b.v4(Who::Phone)).await;
+    everything.subscribe("#", QoS::AtMostOnce).await;
+    let mut top = V4::connect(b.v4(Who::Toy)).await;
+    top.subscribe("+/#", QoS::AtMostOnce).await;
+    // The hub's liveness probe makes a round trip every 2 s.
+    let seen = everything.publish(Duration::from_secs(5)).await;
+    assert!(seen.is_none(), "internal traffic leaked: {seen:?}");
+    assert!(top.publish(SHORT).await.is_none());
+    // Its own topics are refused outright.
+    let codes = everything.subscribe("$hearth/#", QoS::AtMostOnce).await;
+    assert_eq!(codes, vec![rumqttc::SubscribeReasonCode::Failure]);
+    // And the ordinary traffic still flows.
+    top.send("a/b", QoS::AtLeastOnce, false, b"x").await;
+    assert_eq!(everything.publish(LONG).await.unwrap().topic, "a/b");
+}

@@ -51,6 +51,25 @@ pub enum Peer {
     Developer,
 }
 
+impl Peer {
+    /// The household policy's answer for this peer: a device by its role, a
+    /// development client everywhere but the hub's own `$` topics.
+    pub(crate) fn decide(&self, action: Action, topic: &str) -> Decision {
+        match self {
+            Peer::Device(identity) => policy::decide(&identity.subject(), action, topic),
+            Peer::Developer => policy::decide_development(action, topic),
+        }
+    }
+
+    /// The device, for a device.
+    pub(crate) fn device(&self) -> Option<DeviceId> {
+        match self {
+            Peer::Device(identity) => Some(identity.device),
+            Peer::Developer => None,
+        }
+    }
+}
+
 /// Limits the edge applies to every client.
 #[derive(Debug, Clone, Copy)]
 pub struct EdgeLimits {
@@ -474,14 +493,14 @@ fn will_topic(connect: &Packet) -> Option<String> {
 
 /// A will must be a publish the device could make itself.
 fn check_will(peer: &Peer, connect: &Packet) -> Result<(), SessionEnd> {
-    let (Peer::Device(identity), Packet::Connect(_, _, Some(will), _, _)) = (peer, connect) else {
+    let Packet::Connect(_, _, Some(will), _, _) = connect else {
         return Ok(());
     };
     let action = Action::Will {
         retain: will.retain,
     };
     let decision = match hearth_protocol::filter::topic_from_bytes(&will.topic) {
-        Ok(topic) => policy::decide(&identity.subject(), action, topic),
+        Ok(topic) => peer.decide(action, topic),
         Err(e) => Decision::Deny(DenyReason::Malformed(e)),
     };
     match decision {

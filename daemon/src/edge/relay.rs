@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use hearth_protocol::filter;
-use hearth_protocol::policy::{self, Action, Decision, DenyReason};
+use hearth_protocol::policy::{Action, Decision, DenyReason};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -426,17 +426,17 @@ impl Upstream<'_> {
                 }
             }
         };
-        let Peer::Device(identity) = self.peer else {
-            return Ok(Verdict::Forward);
-        };
         let action = Action::Publish {
             retain: header.retain,
         };
         let decision = match filter::topic_from_bytes(&topic_bytes) {
-            Ok(topic) => policy::decide(&identity.subject(), action, topic),
+            Ok(topic) => self.peer.decide(action, topic),
             Err(e) => Decision::Deny(DenyReason::Malformed(e)),
         };
         if decision == Decision::Allow {
+            let Peer::Device(identity) = self.peer else {
+                return Ok(Verdict::Forward);
+            };
             if header.retain {
                 let topic = String::from_utf8_lossy(&topic_bytes);
                 self.edge
@@ -473,7 +473,7 @@ impl Upstream<'_> {
         }
         if self.denials.len() > DENIAL_LIMIT {
             self.edge.audit.record(Event {
-                device: Some(identity.device),
+                device: self.peer.device(),
                 event: "disconnected",
                 reason: Some(format!(
                     "more than {DENIAL_LIMIT} denied publishes in {}s",
@@ -492,14 +492,11 @@ impl Upstream<'_> {
     async fn subscribe(&mut self, frame: &Frame, packet: &[u8]) -> Result<Verdict, SessionEnd> {
         let sub = inspect::subscribe(packet, frame.header_len, self.v5)
             .map_err(|e| SessionEnd::Malformed(e.0))?;
-        let Peer::Device(identity) = self.peer else {
-            return Ok(Verdict::Forward);
-        };
         let mut refused = Vec::new();
         let mut allowed = Vec::new();
         for (index, (filter_bytes, options)) in sub.filters.iter().enumerate() {
             let decision = match filter::filter_from_bytes(filter_bytes) {
-                Ok(f) => policy::decide(&identity.subject(), Action::Subscribe, f),
+                Ok(f) => self.peer.decide(Action::Subscribe, f),
                 Err(e) => Decision::Deny(DenyReason::Malformed(e)),
             };
             match decision {
@@ -514,7 +511,7 @@ impl Upstream<'_> {
                 }
             }
         }
-        if let Some(watch) = &self.edge.inbox_watch {
+        if let (Some(watch), Peer::Device(identity)) = (&self.edge.inbox_watch, self.peer) {
             let filters = allowed
                 .iter()
                 .filter_map(|(bytes, _)| std::str::from_utf8(bytes).ok());
@@ -551,10 +548,7 @@ impl Upstream<'_> {
     }
 
     fn deny_audit(&self, action: Action, topic: &str, reason: &str) {
-        let device = match self.peer {
-            Peer::Device(identity) => Some(identity.device),
-            Peer::Developer => None,
-        };
+        let device = self.peer.device();
         self.edge.audit.record(Event {
             device,
             event: "denied",

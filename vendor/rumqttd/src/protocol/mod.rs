@@ -655,7 +655,10 @@ pub fn valid_filter(filter: &str) -> bool {
 /// **NOTE**: make sure a topic is validated during a publish and filter is validated
 /// during a subscribe
 pub fn matches(topic: &str, filter: &str) -> bool {
-    if !topic.is_empty() && topic[..1].contains('$') {
+    // Hearth: §4.7.2 [MQTT-4.7.2-1]: a filter starting with a wildcard never
+    // matches a `$` topic; one naming the `$` level does (the hub's internal
+    // `$hearth/` traffic). Upstream matched `$` topics with nothing.
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
         return false;
     }
 

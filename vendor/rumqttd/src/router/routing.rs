@@ -1744,7 +1744,12 @@ fn validate_subscription(
         }
     }
 
-    if filter.path.starts_with('$') && !filter.path.starts_with("$share") {
+    // Hearth: `$hearth/` is the hub's internal namespace (its liveness
+    // probe); the edge refuses it to every client before it gets here.
+    if filter.path.starts_with('$')
+        && !filter.path.starts_with("$share")
+        && !filter.path.starts_with("$hearth/")
+    {
         return Err(RouterError::InvalidFilterPrefix(filter.path.to_owned()));
     }
 
