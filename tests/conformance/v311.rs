@@ -352,3 +352,77 @@ async fn nothing_internal_reaches_a_wildcard_subscriber() {
     top.send("a/b", QoS::AtLeastOnce, false, b"x").await;
     assert_eq!(everything.publish(LONG).await.unwrap().topic, "a/b");
 }
+
+/// A third client beside the toy and the phone: another parent's phone
+/// over TLS, another client id on the development listener.
+fn second_phone(b: &Bench) -> rumqttc::MqttOptions {
+    match b.via {
+        Via::Tls => {
+            let dad = b.hub.device("Dad", "parent");
+            let mut options = rumqttc::MqttOptions::new(&dad.id, "127.0.0.1", b.hub.mqtt.port());
+            options.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
+                dad.tls(),
+            )));
+            options
+        }
+        Via::Dev => {
+            let port = b.hub.dev.expect("dev listener").port();
+            rumqttc::MqttOptions::new("conformance-dad", "127.0.0.1", port)
+        }
+    }
+}
+
+/// Receives until `limit` passes with nothing new; returns the payloads.
+async fn drain(client: &mut V4, limit: Duration) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    while let Some(p) = client.publish(limit).await {
+        got.push(p.payload.to_vec());
+    }
+    got
+}
+
+/// 5 §4.8.2 (shared subscriptions, also offered to 3.1.1 clients): a
+/// shared subscription is identified by its Share Name *and* its Topic
+/// Filter, so two clients using one group name with different filters
+/// each get every message of their own filter.
+async fn one_group_name_with_different_filters_is_two_groups(b: Bench) {
+    let mut mum = V4::connect(b.v4(Who::Phone)).await;
+    mum.subscribe(&format!("$share/g/{}", b.topic("a")), QoS::AtLeastOnce)
+        .await;
+    let mut dad = V4::connect(second_phone(&b)).await;
+    dad.subscribe(&format!("$share/g/{}", b.topic("b")), QoS::AtLeastOnce)
+        .await;
+    let mut toy = V4::connect(b.v4(Who::Toy)).await;
+    for i in 0..20u8 {
+        toy.send(&b.topic("a"), QoS::AtLeastOnce, false, &[i]).await;
+        toy.send(&b.topic("b"), QoS::AtLeastOnce, false, &[i]).await;
+    }
+    assert_eq!(drain(&mut mum, SHORT).await.len(), 20, "group g on a");
+    assert_eq!(drain(&mut dad, SHORT).await.len(), 20, "group g on b");
+}
+on_both_listeners!(one_group_name_with_different_filters_is_two_groups);
+
+/// Hearth: a shared group is the household member's own (a service's own):
+/// another member's device that joins the same group name and filter does
+/// not take messages from it.
+#[tokio::test]
+async fn another_member_cannot_join_a_shared_group() {
+    let b = Bench::start(Via::Tls);
+    let filter = format!("$share/g/{}", b.topic("#"));
+    let mut mum = V4::connect(b.v4(Who::Phone)).await;
+    mum.subscribe(&filter, QoS::AtLeastOnce).await;
+    let mut dad = V4::connect(second_phone(&b)).await;
+    dad.subscribe(&filter, QoS::AtLeastOnce).await;
+    let mut toy = V4::connect(b.v4(Who::Toy)).await;
+    for i in 0..20u8 {
+        toy.send(&b.topic("x"), QoS::AtLeastOnce, false, &[i]).await;
+    }
+    assert_eq!(drain(&mut mum, SHORT).await.len(), 20, "mum's group");
+    assert_eq!(drain(&mut dad, SHORT).await.len(), 20, "dad's group");
+    // Leaving works by the name the client knows.
+    mum.unsubscribe(&filter).await;
+    toy.send(&b.topic("x"), QoS::AtLeastOnce, false, b"after")
+        .await;
+    assert!(mum.publish(SHORT).await.is_none(), "mum left her group");
+    assert_eq!(drain(&mut dad, SHORT).await.len(), 1);
+}

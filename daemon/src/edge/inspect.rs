@@ -120,6 +120,74 @@ pub fn encode_subscribe(pkid: u16, properties: &[u8], filters: &[(&[u8], u8)], o
     out.extend_from_slice(&body);
 }
 
+/// An UNSUBSCRIBE's parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsubscribePacket<'a> {
+    /// The packet id.
+    pub pkid: u16,
+    /// v5 properties, with their length prefix, as sent.
+    pub properties: &'a [u8],
+    /// The filters.
+    pub filters: Vec<&'a [u8]>,
+}
+
+/// Parses an UNSUBSCRIBE.
+pub fn unsubscribe(
+    packet: &[u8],
+    header_len: usize,
+    v5: bool,
+) -> Result<UnsubscribePacket<'_>, Malformed> {
+    let mut r = Reader::new(packet.get(header_len..).unwrap_or_default());
+    let pkid = r.u16().ok_or(Malformed("UNSUBSCRIBE packet id"))?;
+    let properties = if v5 {
+        let start = r.pos;
+        r.properties().ok_or(Malformed("UNSUBSCRIBE properties"))?;
+        &r.buf[start..r.pos]
+    } else {
+        &[]
+    };
+    let mut filters = Vec::new();
+    while !r.rest().is_empty() {
+        filters.push(r.string().ok_or(Malformed("UNSUBSCRIBE filter"))?);
+    }
+    if filters.is_empty() {
+        return Err(Malformed("UNSUBSCRIBE without filters"));
+    }
+    Ok(UnsubscribePacket {
+        pkid,
+        properties,
+        filters,
+    })
+}
+
+/// Encodes an UNSUBSCRIBE.
+pub fn encode_unsubscribe(pkid: u16, properties: &[u8], filters: &[&[u8]], out: &mut Vec<u8>) {
+    let mut body = Vec::with_capacity(64);
+    body.extend_from_slice(&pkid.to_be_bytes());
+    body.extend_from_slice(properties);
+    for filter in filters {
+        body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+        body.extend_from_slice(filter);
+    }
+    out.push(0xa2);
+    write_varint(body.len(), out);
+    out.extend_from_slice(&body);
+}
+
+/// A shared subscription's filter with its group name made the scope's own
+/// (`$share/g/f` → `$share/<scope>~g/f`), so that clients of different
+/// scopes that pick the same group name never share its messages; `None`
+/// for a filter that is not shared.
+pub fn scoped_share(filter: &[u8], scope: &str) -> Option<Vec<u8>> {
+    let rest = filter.strip_prefix(b"$share/")?;
+    let mut out = Vec::with_capacity(filter.len() + scope.len() + 1);
+    out.extend_from_slice(b"$share/");
+    out.extend_from_slice(scope.as_bytes());
+    out.push(b'~');
+    out.extend_from_slice(rest);
+    Some(out)
+}
+
 /// The packet id of a PUBREL (or any packet that starts with one).
 pub fn packet_id(packet: &[u8], header_len: usize) -> Result<u16, Malformed> {
     Reader::new(&packet[header_len..])
@@ -329,6 +397,26 @@ mod tests {
             subscribe(&[0x80, 2, 0, 1], 2, false).is_err(),
             "wrong flags"
         );
+    }
+
+    #[test]
+    fn unsubscribe_round_trips_and_shares_are_scoped() {
+        for v5 in [false, true] {
+            let props: &[u8] = if v5 { &[0] } else { &[] };
+            let filters: [&[u8]; 2] = [b"a/b", b"$share/g/c/#"];
+            let mut packet = Vec::new();
+            encode_unsubscribe(7, props, &filters, &mut packet);
+            let parsed = unsubscribe(&packet, 2, v5).unwrap();
+            assert_eq!(parsed.pkid, 7);
+            assert_eq!(parsed.properties, props);
+            assert_eq!(parsed.filters, filters.to_vec());
+        }
+        assert_eq!(scoped_share(b"a/b", "s"), None);
+        assert_eq!(
+            scoped_share(b"$share/g/c/#", "m1").as_deref(),
+            Some(&b"$share/m1~g/c/#"[..])
+        );
+        assert!(unsubscribe(&[0xa2, 0x02, 0x00, 0x01], 2, false).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use hearth_protocol::filter;
+use hearth_protocol::household::Owner;
 use hearth_protocol::policy::{Action, Decision, DenyReason};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -357,7 +358,28 @@ impl Upstream<'_> {
                 if frame.flags() != 0b0010 {
                     return Err(SessionEnd::Malformed("UNSUBSCRIBE flags"));
                 }
-                Ok(Verdict::Forward)
+                let Some(scope) = self.share_scope() else {
+                    return Ok(Verdict::Forward);
+                };
+                let unsub = inspect::unsubscribe(packet, frame.header_len, self.v5)
+                    .map_err(|e| SessionEnd::Malformed(e.0))?;
+                let scoped: Vec<Option<Vec<u8>>> = unsub
+                    .filters
+                    .iter()
+                    .map(|f| inspect::scoped_share(f, &scope))
+                    .collect();
+                if scoped.iter().all(Option::is_none) {
+                    return Ok(Verdict::Forward);
+                }
+                let filters: Vec<&[u8]> = unsub
+                    .filters
+                    .iter()
+                    .zip(&scoped)
+                    .map(|(f, s)| s.as_deref().unwrap_or(f))
+                    .collect();
+                let mut rewritten = Vec::new();
+                inspect::encode_unsubscribe(unsub.pkid, unsub.properties, &filters, &mut rewritten);
+                Ok(Verdict::Replace(rewritten))
             }
             kind::PUBACK | kind::PUBREC | kind::PUBCOMP => {
                 if let Ok(pkid) = inspect::packet_id(packet, frame.header_len) {
@@ -517,8 +539,28 @@ impl Upstream<'_> {
                 .filter_map(|(bytes, _)| std::str::from_utf8(bytes).ok());
             watch.subscribed(&identity.device, filters);
         }
-        if refused.is_empty() {
+        let scoped: Vec<Option<Vec<u8>>> = match self.share_scope() {
+            Some(scope) => allowed
+                .iter()
+                .map(|(f, _)| inspect::scoped_share(f, &scope))
+                .collect(),
+            None => Vec::new(),
+        };
+        if refused.is_empty() && scoped.iter().all(Option::is_none) {
             return Ok(Verdict::Forward);
+        }
+        let allowed: Vec<(&[u8], u8)> = allowed
+            .iter()
+            .enumerate()
+            .map(|(i, (f, o))| match scoped.get(i) {
+                Some(Some(s)) => (s.as_slice(), *o),
+                _ => (*f, *o),
+            })
+            .collect();
+        if refused.is_empty() {
+            let mut rewritten = Vec::new();
+            inspect::encode_subscribe(sub.pkid, sub.properties, &allowed, &mut rewritten);
+            return Ok(Verdict::Replace(rewritten));
         }
         let code = if self.v5 { 0x87 } else { 0x80 };
         if allowed.is_empty() {
@@ -545,6 +587,25 @@ impl Upstream<'_> {
         let mut rewritten = Vec::new();
         inspect::encode_subscribe(sub.pkid, sub.properties, &allowed, &mut rewritten);
         Ok(Verdict::Replace(rewritten))
+    }
+
+    /// Whose shared-subscription groups this client joins: a member's
+    /// devices share theirs, a service has its own; development clients
+    /// use plain MQTT groups.
+    fn share_scope(&self) -> Option<String> {
+        let Peer::Device(identity) = self.peer else {
+            return None;
+        };
+        Some(match &identity.owner {
+            // A digest, not the name: the group name reaches the broker.
+            Owner::Member(name) => {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                name.hash(&mut h);
+                format!("m{:016x}", h.finish())
+            }
+            Owner::Service => format!("s{}", identity.device),
+        })
     }
 
     fn deny_audit(&self, action: Action, topic: &str, reason: &str) {

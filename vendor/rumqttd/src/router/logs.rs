@@ -106,15 +106,23 @@ impl DataLog {
         id: ConnectionId,
         filter: &Filter,
     ) -> Option<DataRequest> {
+        // Hearth: a shared subscription (`$share/g/f`) waits on the log of
+        // its inner filter `f`, and one connection may wait there for both
+        // `f` and `$share/g/f`: the waiter is found by its own filter.
+        // Upstream looked up `$share/g/f`'s log, found none and left the
+        // waiter, which kept delivering after UNSUBSCRIBE.
+        let log_filter = filter
+            .strip_prefix("$share/")
+            .and_then(|rest| rest.split_once('/'))
+            .map_or(filter.as_str(), |(_, inner)| inner);
         let data = self
             .native
-            .get_mut(*self.filter_indexes.get(filter)?)
-            .unwrap();
+            .get_mut(*self.filter_indexes.get(log_filter)?)?;
         let waiters = data.waiters.get_mut();
 
         waiters
             .iter()
-            .position(|&(conn_id, _)| conn_id == id)
+            .position(|(conn_id, request)| *conn_id == id && request.filter == *filter)
             .and_then(|index| {
                 waiters
                     .swap_remove_back(index)

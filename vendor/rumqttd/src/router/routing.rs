@@ -671,8 +671,12 @@ impl Router {
                         let mut filter = f.path.clone();
                         let mut group = None;
 
-                        if let Some((grp, filter_path)) = extract_group(&f.path) {
-                            group = Some(grp);
+                        if let Some((_, filter_path)) = extract_group(&f.path) {
+                            // Hearth: a shared subscription is its Share Name
+                            // *and* its filter (5 §4.8.2); keyed by the name
+                            // alone, two groups with different filters shared
+                            // one cursor and lost each other's messages.
+                            group = Some(f.path.clone());
                             filter = filter_path;
                         };
 
@@ -735,13 +739,15 @@ impl Router {
                                 continue;
                             }
 
-                            // Remove connections from all groups
-                            // discard empty group ( group with no client )
-                            // note: can we do this in better way?
-                            self.shared_subscriptions.retain(|_, group| {
+                            // Hearth: leave only this filter's group (keyed
+                            // by the whole `$share/g/f`); upstream took the
+                            // client out of every group it was in.
+                            if let Some(group) = self.shared_subscriptions.get_mut(filter) {
                                 group.remove_client(&client_id);
-                                !group.is_empty()
-                            });
+                                if group.is_empty() {
+                                    self.shared_subscriptions.remove(filter);
+                                }
+                            }
 
                             if let Some(broker_aliases) = connection.broker_topic_aliases.as_mut() {
                                 broker_aliases.remove_alias(filter);
