@@ -69,6 +69,8 @@ pub struct BrokerLimits {
     pub max_connections: usize,
     /// Largest packet, in bytes.
     pub max_payload: usize,
+    /// Distinct topic names whose matching filters the router remembers.
+    pub max_topics: usize,
 }
 
 /// A started broker and the link its liveness probe uses.
@@ -128,6 +130,7 @@ pub async fn start(limits: BrokerLimits) -> Result<RunningBroker, BrokerError> {
             max_outgoing_packet_count: 200,
             max_segment_size: segment,
             max_segment_count: 2,
+            max_remembered_topics: Some(limits.max_topics),
             ..RouterConfig::default()
         },
         v4: Some(HashMap::from([(

@@ -205,6 +205,19 @@ pub struct LimitsSection {
     pub max_payload: usize,
     /// Seconds from TCP accept to a complete TLS handshake and CONNECT.
     pub handshake_timeout_secs: u64,
+    /// Retained messages one device may hold.
+    pub max_retained_per_device: usize,
+    /// Bytes (topic and payload) of one device's retained messages.
+    pub max_retained_bytes_per_device: usize,
+    /// Retained messages in the whole hub.
+    pub max_retained: usize,
+    /// Bytes of all retained messages in the hub.
+    pub max_retained_bytes: usize,
+    /// Filters one client session may be subscribed to at once.
+    pub max_subscriptions_per_client: usize,
+    /// Distinct topic names the router remembers the matching filters of
+    /// (the least recently added are forgotten and matched again).
+    pub max_router_topics: usize,
 }
 
 impl Default for LimitsSection {
@@ -213,6 +226,12 @@ impl Default for LimitsSection {
             max_connections: 1024,
             max_payload: 8 * 1024 * 1024,
             handshake_timeout_secs: 10,
+            max_retained_per_device: 100,
+            max_retained_bytes_per_device: 1024 * 1024,
+            max_retained: 10_000,
+            max_retained_bytes: 32 * 1024 * 1024,
+            max_subscriptions_per_client: 128,
+            max_router_topics: 4096,
         }
     }
 }
@@ -295,6 +314,47 @@ impl Config {
                 key: "limits.handshake_timeout_secs",
                 message: "must be between 1 and 300 seconds".into(),
             });
+        }
+        let l = &self.limits;
+        for (key, value, low, high) in [
+            (
+                "limits.max_retained_per_device",
+                l.max_retained_per_device,
+                1,
+                100_000,
+            ),
+            (
+                "limits.max_retained_bytes_per_device",
+                l.max_retained_bytes_per_device,
+                1024,
+                1 << 30,
+            ),
+            ("limits.max_retained", l.max_retained, 1, 1_000_000),
+            (
+                "limits.max_retained_bytes",
+                l.max_retained_bytes,
+                1024,
+                4_000_000_000,
+            ),
+            (
+                "limits.max_subscriptions_per_client",
+                l.max_subscriptions_per_client,
+                1,
+                10_000,
+            ),
+            (
+                "limits.max_router_topics",
+                l.max_router_topics,
+                16,
+                1_000_000,
+            ),
+        ] {
+            if !(low..=high).contains(&value) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("must be between {low} and {high}"),
+                });
+            }
         }
         if let Some(bad) = self
             .discovery

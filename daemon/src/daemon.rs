@@ -20,6 +20,7 @@ use crate::broker::{self, BrokerLimits};
 use crate::ca::{HubCa, ServerNames};
 use crate::config::{Config, EXIT_CONFIG};
 use crate::discovery::Advertiser;
+use crate::edge::retained::RetainLimits;
 use crate::edge::sessions::{RetainedTopics, Sessions};
 use crate::edge::tls::{server_config, ClientAuth, ServerCertificate};
 use crate::edge::{self, Edge, EdgeLimits, ListenerKind};
@@ -101,6 +102,7 @@ pub async fn run(
     let mut broker = broker::start(BrokerLimits {
         max_connections: config.limits.max_connections,
         max_payload: config.limits.max_payload,
+        max_topics: config.limits.max_router_topics,
     })
     .await
     .map_err(|e| DaemonError::Startup(e.to_string()))?;
@@ -134,7 +136,12 @@ pub async fn run(
         audit_stop.clone(),
         &audit_tracker,
     );
-    let retained = Arc::new(RetainedTopics::default());
+    let retained = Arc::new(RetainedTopics::new(RetainLimits {
+        per_device: config.limits.max_retained_per_device,
+        per_device_bytes: config.limits.max_retained_bytes_per_device,
+        total: config.limits.max_retained,
+        total_bytes: config.limits.max_retained_bytes,
+    }));
     let sessions = Arc::new(Sessions::default());
     let (mailbox_link, outbox) = broker
         .mailbox
@@ -156,6 +163,7 @@ pub async fn run(
         limits: EdgeLimits {
             max_packet: config.limits.max_payload,
             handshake_timeout: config.limits.handshake_timeout(),
+            max_subscriptions: config.limits.max_subscriptions_per_client,
         },
         sessions: Arc::clone(&sessions),
         store: Arc::clone(&store),

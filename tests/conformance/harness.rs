@@ -43,7 +43,13 @@ pub struct Bench {
 
 impl Bench {
     pub fn start(via: Via) -> Bench {
-        let hub = TestHub::start_with("[dev]\nlisten = \"127.0.0.1:0\"\n", &[]);
+        Bench::start_with(via, "")
+    }
+
+    /// A hub with extra config (e.g. a `[limits]` section) appended.
+    pub fn start_with(via: Via, extra_config: &str) -> Bench {
+        let config = format!("[dev]\nlisten = \"127.0.0.1:0\"\n{extra_config}");
+        let hub = TestHub::start_with(&config, &[]);
         let toy = hub.device("Ada", "child");
         let phone = hub.device("Mum", "parent");
         Bench {

@@ -9,6 +9,7 @@
 mod support;
 
 mod harness;
+mod limits;
 mod mixed;
 mod v311;
 mod v5;

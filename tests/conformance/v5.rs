@@ -602,7 +602,7 @@ async fn a_higher_subscription_qos_does_not_raise_the_delivered_qos(b: Bench) {
     let topic = b.topic("upgrade5");
     let mut sub = V5::connect(b.v5(Who::Phone)).await;
     sub.subscribe(&topic, QoS::ExactlyOnce).await;
-    let mut publisher = V5::connect(b.v5(Who::Toy)).await;
+    let publisher = V5::connect(b.v5(Who::Toy)).await;
     for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
         publisher
             .client

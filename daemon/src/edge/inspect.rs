@@ -22,8 +22,8 @@ pub struct PublishHeader<'a> {
     pub pkid: Option<u16>,
     /// The v5 topic alias property.
     pub topic_alias: Option<u16>,
-    /// Whether the payload is empty (a retained clear).
-    pub empty_payload: bool,
+    /// The payload's length in bytes.
+    pub payload_len: usize,
 }
 
 /// Parses a PUBLISH (`packet` is the whole frame).
@@ -56,7 +56,7 @@ pub fn publish(packet: &[u8], header_len: usize, v5: bool) -> Result<PublishHead
         topic,
         pkid,
         topic_alias,
-        empty_payload: r.rest().is_empty(),
+        payload_len: r.rest().len(),
     })
 }
 
@@ -365,12 +365,12 @@ mod tests {
             (h.qos, h.retain, h.topic, h.pkid, h.topic_alias),
             (1, true, &b"a/b"[..], Some(7), Some(3))
         );
-        assert!(!h.empty_payload);
+        assert!(h.payload_len > 0);
         // 3.1.1, QoS 0, empty payload.
         let p = [0x30, 3, 0, 1, b't'];
         let h = publish(&p, 2, false).unwrap();
         assert_eq!(
-            (h.qos, h.pkid, h.topic_alias, h.empty_payload),
+            (h.qos, h.pkid, h.topic_alias, h.payload_len == 0),
             (0, None, None, true)
         );
         assert!(publish(&[0x36, 3, 0, 1, b't'], 2, false).is_err(), "QoS 3");

@@ -6,6 +6,7 @@
 pub mod frame;
 pub mod inspect;
 mod relay;
+pub mod retained;
 pub mod sessions;
 pub mod tls;
 
@@ -77,6 +78,8 @@ pub struct EdgeLimits {
     pub max_packet: usize,
     /// From accept to CONNECT.
     pub handshake_timeout: Duration,
+    /// Filters one client session may be subscribed to at once.
+    pub max_subscriptions: usize,
 }
 
 /// What every connection task shares.

@@ -66,13 +66,12 @@ pub(super) struct ClientTraits {
 enum ToClient {
     /// Send these bytes.
     Packet(Vec<u8>),
-    /// The broker's SUBACK for `pkid` lacks the refused filters: put
-    /// `code` back at these positions (of `total`).
+    /// The broker's SUBACK for `pkid` lacks the refused filters: put their
+    /// codes back at their positions (of `total`).
     MergeSubAck {
         pkid: u16,
-        refused: Vec<usize>,
+        refused: Vec<(usize, u8)>,
         total: usize,
-        code: u8,
     },
     /// Close the connection, for this reason.
     Close(SessionEnd),
@@ -124,6 +123,7 @@ where
         aliases: HashMap::new(),
         alias_bytes: 0,
         refused_qos2: HashSet::new(),
+        subscriptions: HashSet::new(),
         denials: VecDeque::new(),
         to_client,
     };
@@ -191,6 +191,23 @@ fn release_if_idle(buf: &mut BytesMut) {
     }
 }
 
+/// 5 reason code: the policy refuses it.
+const NOT_AUTHORIZED: u8 = 0x87;
+/// 5 reason code: a bound of the hub's (a quota) refuses it.
+const QUOTA_EXCEEDED: u8 = 0x97;
+
+/// For a SUBACK still to come from the broker: the refused filters'
+/// positions and codes, and how many filters the client asked for.
+type PendingSubAck = (Vec<(usize, u8)>, usize);
+
+/// A filter's digest in a connection's subscription count.
+fn filter_key(filter: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    filter.hash(&mut h);
+    h.finish()
+}
+
 /// What to do with one client packet.
 enum Verdict {
     /// Pass it to the broker unchanged.
@@ -223,6 +240,9 @@ struct Upstream<'a> {
     aliases: HashMap<u16, Vec<u8>>,
     alias_bytes: usize,
     refused_qos2: HashSet<u16>,
+    /// Digests of the filters this connection is subscribed to, for
+    /// `limits.max_subscriptions_per_client`.
+    subscriptions: HashSet<u64>,
     denials: VecDeque<Instant>,
     to_client: mpsc::Sender<ToClient>,
 }
@@ -358,11 +378,14 @@ impl Upstream<'_> {
                 if frame.flags() != 0b0010 {
                     return Err(SessionEnd::Malformed("UNSUBSCRIBE flags"));
                 }
+                let unsub = inspect::unsubscribe(packet, frame.header_len, self.v5)
+                    .map_err(|e| SessionEnd::Malformed(e.0))?;
+                for filter in &unsub.filters {
+                    self.subscriptions.remove(&filter_key(filter));
+                }
                 let Some(scope) = self.share_scope() else {
                     return Ok(Verdict::Forward);
                 };
-                let unsub = inspect::unsubscribe(packet, frame.header_len, self.v5)
-                    .map_err(|e| SessionEnd::Malformed(e.0))?;
                 let scoped: Vec<Option<Vec<u8>>> = unsub
                     .filters
                     .iter()
@@ -455,30 +478,30 @@ impl Upstream<'_> {
             Ok(topic) => self.peer.decide(action, topic),
             Err(e) => Decision::Deny(DenyReason::Malformed(e)),
         };
-        if decision == Decision::Allow {
-            let Peer::Device(identity) = self.peer else {
-                return Ok(Verdict::Forward);
-            };
-            if header.retain {
+        let refusal = match decision {
+            Decision::Deny(reason) => Some((reason.to_string(), NOT_AUTHORIZED)),
+            Decision::Allow if header.retain => {
                 let topic = String::from_utf8_lossy(&topic_bytes);
                 self.edge
                     .retained
-                    .record(&identity.device, &topic, !header.empty_payload);
+                    .admit(self.peer.device().as_ref(), &topic, header.payload_len)
+                    .err()
+                    .map(|quota| (quota.to_string(), QUOTA_EXCEEDED))
             }
-            return Ok(Verdict::Forward);
-        }
-        let Decision::Deny(reason) = decision else {
-            unreachable!()
+            Decision::Allow => None,
         };
-        self.deny_audit(action, &printable(&topic_bytes), &reason.to_string());
+        let Some((reason, code)) = refusal else {
+            return Ok(Verdict::Forward);
+        };
+        self.deny_audit(action, &printable(&topic_bytes), &reason);
         match (header.qos, header.pkid) {
             (1, Some(pkid)) => {
                 // 3.1.1 has no way to refuse a publish: acknowledge and drop.
-                let code = self.v5.then_some(0x87);
+                let code = self.v5.then_some(code);
                 self.reply(inspect::ack(kind::PUBACK, pkid, code)).await;
             }
             (2, Some(pkid)) => {
-                let code = self.v5.then_some(0x87);
+                let code = self.v5.then_some(code);
                 self.refused_qos2.insert(pkid);
                 self.reply(inspect::ack(kind::PUBREC, pkid, code)).await;
             }
@@ -521,15 +544,26 @@ impl Upstream<'_> {
                 Ok(f) => self.peer.decide(Action::Subscribe, f),
                 Err(e) => Decision::Deny(DenyReason::Malformed(e)),
             };
-            match decision {
-                Decision::Allow => allowed.push((*filter_bytes, *options)),
-                Decision::Deny(reason) => {
-                    self.deny_audit(
-                        Action::Subscribe,
-                        &printable(filter_bytes),
-                        &reason.to_string(),
-                    );
-                    refused.push(index);
+            let refusal = match decision {
+                Decision::Deny(reason) => Some((reason.to_string(), self.not_authorized())),
+                Decision::Allow => {
+                    let key = filter_key(filter_bytes);
+                    if self.subscriptions.contains(&key)
+                        || self.subscriptions.len() < self.edge.limits.max_subscriptions
+                    {
+                        self.subscriptions.insert(key);
+                        None
+                    } else {
+                        let quota = if self.v5 { QUOTA_EXCEEDED } else { 0x80 };
+                        Some(("subscription quota of the client exceeded".into(), quota))
+                    }
+                }
+            };
+            match refusal {
+                None => allowed.push((*filter_bytes, *options)),
+                Some((reason, code)) => {
+                    self.deny_audit(Action::Subscribe, &printable(filter_bytes), &reason);
+                    refused.push((index, code));
                 }
             }
         }
@@ -562,16 +596,10 @@ impl Upstream<'_> {
             inspect::encode_subscribe(sub.pkid, sub.properties, &allowed, &mut rewritten);
             return Ok(Verdict::Replace(rewritten));
         }
-        let code = if self.v5 { 0x87 } else { 0x80 };
         if allowed.is_empty() {
+            let codes: Vec<u8> = refused.iter().map(|(_, code)| *code).collect();
             let mut suback = Vec::new();
-            inspect::encode_suback(
-                sub.pkid,
-                self.v5,
-                &[],
-                &vec![code; refused.len()],
-                &mut suback,
-            );
+            inspect::encode_suback(sub.pkid, self.v5, &[], &codes, &mut suback);
             self.reply(suback).await;
             return Ok(Verdict::Drop);
         }
@@ -581,12 +609,20 @@ impl Upstream<'_> {
                 pkid: sub.pkid,
                 refused,
                 total: sub.filters.len(),
-                code,
             })
             .await;
         let mut rewritten = Vec::new();
         inspect::encode_subscribe(sub.pkid, sub.properties, &allowed, &mut rewritten);
         Ok(Verdict::Replace(rewritten))
+    }
+
+    /// The 5 reason code (3.1.1: return code) of a policy refusal.
+    fn not_authorized(&self) -> u8 {
+        if self.v5 {
+            NOT_AUTHORIZED
+        } else {
+            0x80
+        }
     }
 
     /// Whose shared-subscription groups this client joins: a member's
@@ -738,7 +774,7 @@ where
     // Allocated when the broker has something to say, released when all
     // of it was passed on: an idle connection holds no buffer here.
     let mut buf = BytesMut::new();
-    let mut merges: HashMap<u16, (Vec<usize>, usize, u8)> = HashMap::new();
+    let mut merges: HashMap<u16, PendingSubAck> = HashMap::new();
     // QoS 2 messages discarded for the client, whose PUBREL the edge answers.
     let mut discarded_qos2: HashSet<u16> = HashSet::new();
     // Broker packets may be a little larger than client ones (properties).
@@ -756,8 +792,8 @@ where
             }
             message = from_upstream.recv() => match message {
                 Some(ToClient::Packet(bytes)) => client.write_all(&bytes).await?,
-                Some(ToClient::MergeSubAck { pkid, refused, total, code }) => {
-                    merges.insert(pkid, (refused, total, code));
+                Some(ToClient::MergeSubAck { pkid, refused, total }) => {
+                    merges.insert(pkid, (refused, total));
                 }
                 Some(ToClient::Close(end)) => {
                     let _ = client.flush().await;
@@ -1027,21 +1063,19 @@ fn redelivery_marked(
 }
 
 fn merge_suback(
-    merges: &mut HashMap<u16, (Vec<usize>, usize, u8)>,
+    merges: &mut HashMap<u16, PendingSubAck>,
     v5: bool,
     frame: &Frame,
     packet: &[u8],
 ) -> Option<Vec<u8>> {
     let (pkid, properties, codes) = inspect::suback(packet, frame.header_len, v5).ok()?;
-    let (refused, total, code) = merges.remove(&pkid)?;
+    let (refused, total) = merges.remove(&pkid)?;
     let mut broker_codes = codes.iter();
     let merged: Vec<u8> = (0..total)
-        .map(|i| {
-            if refused.contains(&i) {
-                code
-            } else {
-                broker_codes.next().copied().unwrap_or(code)
-            }
+        .map(|i| match refused.iter().find(|(at, _)| *at == i) {
+            Some((_, code)) => *code,
+            // 0x80: "failure" in 3.1.1, "unspecified error" in 5.
+            None => broker_codes.next().copied().unwrap_or(0x80),
         })
         .collect();
     let mut out = Vec::new();

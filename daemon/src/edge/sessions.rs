@@ -193,39 +193,7 @@ impl Drop for SessionGuard {
     }
 }
 
-/// Topics each device holds a retained message on, so revoking a device can
-/// clear them. In memory only: rumqttd keeps retained messages in memory
-/// too, so both start empty after a restart.
-#[derive(Debug, Default)]
-pub struct RetainedTopics {
-    by_device: Mutex<HashMap<DeviceId, std::collections::HashSet<String>>>,
-}
-
-impl RetainedTopics {
-    /// Notes a retained publish the edge let through (`set` false: a clear).
-    pub fn record(&self, device: &DeviceId, topic: &str, set: bool) {
-        let mut map = self.by_device.lock().unwrap_or_else(|p| p.into_inner());
-        let topics = map.entry(*device).or_default();
-        if set {
-            // Bounded like everything a client can grow: beyond this many
-            // distinct retained topics the oldest knowledge is not kept,
-            // and the revoke clears what it knows.
-            if topics.len() < 1024 {
-                topics.insert(topic.to_owned());
-            }
-        } else {
-            topics.remove(topic);
-        }
-    }
-
-    /// Forgets and returns a device's retained topics.
-    pub fn take(&self, device: &DeviceId) -> Vec<String> {
-        let mut map = self.by_device.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(device)
-            .map(|t| t.into_iter().collect())
-            .unwrap_or_default()
-    }
-}
+pub use super::retained::RetainedTopics;
 
 #[cfg(test)]
 mod tests {

@@ -202,6 +202,11 @@ pub struct RouterConfig {
     // defaults to Round Robin
     #[serde(default)]
     pub shared_subscriptions_strategy: Strategy,
+    /// Hearth: how many topic names the router remembers the matching
+    /// filters of (`None`: every topic ever published, upstream's choice,
+    /// which let one client grow the broker without bound).
+    #[serde(default)]
+    pub max_remembered_topics: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

@@ -341,6 +341,10 @@ pub struct MeterData {
     pub size: usize,
 }
 
+/// Hearth: bounds of a connection's per-topic meters.
+const MAX_METERED_TOPICS: usize = 32;
+const MAX_METERED_TOPIC_LEN: usize = 256;
+
 #[derive(Debug, Default, Clone)]
 pub struct IncomingMeter {
     publishes: HashMap<Topic, MeterData>,
@@ -350,12 +354,21 @@ pub struct IncomingMeter {
 
 impl IncomingMeter {
     pub fn register_publish(&mut self, publish: &Publish) -> Result<(), std::str::Utf8Error> {
-        let meter = {
-            let topic = std::str::from_utf8(&publish.topic)?.to_string();
-            self.publishes.entry(topic).or_default()
+        // Hearth: per-topic meters only for topics already metered or while
+        // there are few; upstream kept an entry for every topic a connection
+        // ever published, so 3000 unique 60 KB topics grew the broker by
+        // 180 MiB for the connection's lifetime. Totals are always kept.
+        let topic = std::str::from_utf8(&publish.topic)?;
+        let room = self.publishes.len() < MAX_METERED_TOPICS && topic.len() <= MAX_METERED_TOPIC_LEN;
+        let meter = if room {
+            Some(self.publishes.entry(topic.to_owned()).or_default())
+        } else {
+            self.publishes.get_mut(topic)
         };
-        meter.count += 1;
-        meter.size += publish.len();
+        if let Some(meter) = meter {
+            meter.count += 1;
+            meter.size += publish.len();
+        }
 
         self.total_publishes.count += 1;
         self.total_publishes.size += publish.len();

@@ -1,0 +1,230 @@
+//! Hearth's bounds (`[limits]`): a device that reaches one gets the answer
+//! the specification gives (5: reason 0x97 Quota exceeded; 3.1.1: SUBACK
+//! failure, or a publish acknowledged and dropped), the audit says so, and
+//! every other device is served as before. The two exhaustion attacks found
+//! on the hub (issue 13) are replayed and the hub's RSS measured.
+
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::v5::{Filter, PubAckReason, PublishProperties, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::QoS;
+
+use crate::harness::*;
+use crate::support::{wait_audit, Device};
+
+const LONG: Duration = Duration::from_secs(10);
+const MIB: u64 = 1024;
+
+/// 5 options for another device of the household over mutual TLS.
+fn v5_for(b: &Bench, device: &Device) -> rumqttc::v5::MqttOptions {
+    let mut options = rumqttc::v5::MqttOptions::new(&device.id, "127.0.0.1", b.hub.mqtt.port());
+    options.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
+        device.tls(),
+    )));
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_max_packet_size(Some(16 * 1024 * 1024));
+    options
+}
+
+/// Publishes at QoS 1 and returns the PUBACK's reason (`None`: no PUBACK,
+/// the connection ended).
+async fn publish_reason(
+    client: &mut V5,
+    topic: &str,
+    retain: bool,
+    payload: Vec<u8>,
+) -> Option<PubAckReason> {
+    client
+        .client
+        .publish_with_properties(
+            topic,
+            QoS::AtLeastOnce,
+            retain,
+            payload,
+            PublishProperties::default(),
+        )
+        .await
+        .ok()?;
+    client
+        .next_where(LONG, |p| match p {
+            P5::PubAck(ack) => Some(ack.reason),
+            _ => None,
+        })
+        .await
+}
+
+/// A device holds at most `max_retained_per_device` retained messages: the
+/// next is refused with 0x97 and audited, replacing or clearing one of its
+/// own is fine, and another device still retains.
+#[tokio::test]
+async fn a_device_over_its_retained_quota_is_refused_and_others_are_served() {
+    let b = Bench::start_with(Via::Tls, "[limits]\nmax_retained_per_device = 3\n");
+    let mut toy = V5::connect(b.v5(Who::Toy)).await;
+    for i in 1..=3 {
+        let topic = b.topic(&format!("r{i}"));
+        let reason = publish_reason(&mut toy, &topic, true, b"v".to_vec()).await;
+        assert_eq!(reason, Some(PubAckReason::Success), "r{i}");
+    }
+    let over = publish_reason(&mut toy, &b.topic("r4"), true, b"v".to_vec()).await;
+    assert_eq!(over, Some(PubAckReason::QuotaExceeded));
+    let toy_id = b.toy.id.clone();
+    let audited = wait_audit(&b.hub, |e| {
+        e.device.is_some_and(|d| d.to_string() == toy_id)
+            && e.reason.as_deref().is_some_and(|r| r.contains("quota"))
+    });
+    assert!(audited.is_some(), "the refusal is audited");
+    // Its own: replaced, or cleared to make room.
+    let replaced = publish_reason(&mut toy, &b.topic("r1"), true, b"w".to_vec()).await;
+    assert_eq!(replaced, Some(PubAckReason::Success));
+    let cleared = publish_reason(&mut toy, &b.topic("r2"), true, Vec::new()).await;
+    assert_eq!(cleared, Some(PubAckReason::Success));
+    let now = publish_reason(&mut toy, &b.topic("r4"), true, b"v".to_vec()).await;
+    assert_eq!(now, Some(PubAckReason::Success));
+    // Not retained, it still flows.
+    let live = publish_reason(&mut toy, &b.topic("r5"), false, b"v".to_vec()).await;
+    assert_eq!(live, Some(PubAckReason::Success));
+    // Another device is unaffected.
+    let bob = b.hub.device("Bob", "child");
+    let mut bobs_toy = V5::connect(v5_for(&b, &bob)).await;
+    let topic = format!("hearth/v1/dev/{}/tele/r1", bob.id);
+    let reason = publish_reason(&mut bobs_toy, &topic, true, b"v".to_vec()).await;
+    assert_eq!(reason, Some(PubAckReason::Success));
+    // And a subscriber sees exactly what was admitted.
+    let mut phone = V5::connect(b.v5(Who::Phone)).await;
+    phone.subscribe(&b.topic("#"), QoS::AtLeastOnce).await;
+    let mut retained = Vec::new();
+    while let Some(p) = phone.publish(Duration::from_millis(700)).await {
+        retained.push(String::from_utf8_lossy(&p.topic).into_owned());
+    }
+    retained.sort();
+    assert_eq!(
+        retained,
+        ["r1", "r3", "r4"].map(|leaf| b.topic(leaf)).to_vec()
+    );
+}
+
+/// Issue 13's first exhaustion: 60 retained messages of 1 MiB on a device's
+/// own telemetry grew the hub by 119 MiB. With the default bounds (1 MiB of
+/// retained messages per device) the hub grows by less than 16 MiB.
+#[tokio::test]
+async fn sixty_retained_mebibytes_do_not_grow_the_hub() {
+    let mut b = Bench::start(Via::Tls);
+    let mut toy = V5::connect(b.v5(Who::Toy)).await;
+    // Warm up: one ordinary retained message and a subscriber.
+    publish_reason(&mut toy, &b.topic("warm"), true, b"w".to_vec()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = b.hub.rss_kib();
+    let mut refused = 0;
+    for i in 0..60 {
+        let topic = b.topic(&format!("big/{i}"));
+        match publish_reason(&mut toy, &topic, true, vec![b'x'; 1024 * 1024]).await {
+            Some(PubAckReason::Success) => {}
+            Some(PubAckReason::QuotaExceeded) => refused += 1,
+            other => {
+                // Too many refusals in a row end the connection, as any
+                // run of denials does; an attacker reconnects.
+                assert!(other.is_none(), "{other:?}");
+                toy = V5::connect(b.v5(Who::Toy)).await;
+            }
+        }
+    }
+    assert!(refused >= 50, "only {refused} refused");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let grown = b.hub.rss_kib().saturating_sub(before);
+    assert!(grown < 16 * MIB, "RSS grew by {grown} KiB");
+    assert!(b.hub.is_running());
+}
+
+/// Issue 13's second exhaustion: 3000 tiny publishes on unique long topics,
+/// with a parent subscribed to the device's telemetry, grew the hub by 181
+/// MiB for good (rumqttd remembered every topic). Less than 16 MiB now.
+#[tokio::test]
+async fn unique_long_topics_do_not_grow_the_hub() {
+    let mut b = Bench::start(Via::Tls);
+    let mut phone = V5::connect(b.v5(Who::Phone)).await;
+    phone.subscribe(&b.topic("#"), QoS::AtMostOnce).await;
+    let mut toy = V5::connect(b.v5(Who::Toy)).await;
+    let long = "x".repeat(60_000);
+    let send = |toy: &V5, i: usize| {
+        let topic = b.topic(&format!("{long}/{i}"));
+        let client = toy.client.clone();
+        async move {
+            client
+                .publish(topic, QoS::AtMostOnce, false, b"1".to_vec())
+                .await
+                .unwrap()
+        }
+    };
+    // Warm up the paths (buffers, TLS records of this size) first.
+    for i in 0..100 {
+        send(&toy, i).await;
+    }
+    while phone.publish(Duration::from_millis(500)).await.is_some() {}
+    let before = b.hub.rss_kib();
+    for i in 100..3100 {
+        send(&toy, i).await;
+        if i % 100 == 0 {
+            // Read along so that nothing queues in the test's own client.
+            while phone.publish(Duration::from_millis(1)).await.is_some() {}
+        }
+    }
+    let mut quiet = 0;
+    while quiet < 3 {
+        match phone.publish(Duration::from_millis(300)).await {
+            Some(_) => quiet = 0,
+            None => quiet += 1,
+        }
+    }
+    let grown = b.hub.rss_kib().saturating_sub(before);
+    assert!(grown < 16 * MIB, "RSS grew by {grown} KiB");
+    // Still served.
+    let reason = publish_reason(&mut toy, &b.topic("after"), false, b"a".to_vec()).await;
+    assert_eq!(reason, Some(PubAckReason::Success));
+    assert!(b.hub.is_running());
+}
+
+/// A client session holds at most `max_subscriptions_per_client` filters:
+/// the next gets 0x97 (5) or 0x80 (3.1.1), a filter it holds may be
+/// subscribed again, an UNSUBSCRIBE makes room, and another device is not
+/// affected.
+#[tokio::test]
+async fn a_client_over_its_subscription_quota_is_refused_and_others_are_served() {
+    let b = Bench::start_with(Via::Tls, "[limits]\nmax_subscriptions_per_client = 3\n");
+    let mut phone = V5::connect(b.v5(Who::Phone)).await;
+    for leaf in ["a", "b", "c"] {
+        phone.subscribe(&b.topic(leaf), QoS::AtLeastOnce).await;
+    }
+    let over = phone
+        .subscribe_with(Filter::new(b.topic("d"), QoS::AtLeastOnce), None)
+        .await;
+    assert_eq!(over, vec![SubscribeReasonCode::QuotaExceeded]);
+    let again = phone
+        .subscribe_with(Filter::new(b.topic("a"), QoS::AtMostOnce), None)
+        .await;
+    assert_eq!(again, vec![SubscribeReasonCode::Success(QoS::AtMostOnce)]);
+    phone.client.unsubscribe(b.topic("b")).await.unwrap();
+    phone
+        .next_where(LONG, |p| matches!(p, P5::UnsubAck(_)).then_some(()))
+        .await
+        .expect("UNSUBACK");
+    phone.subscribe(&b.topic("d"), QoS::AtLeastOnce).await;
+    // 3.1.1: the failure return code.
+    let mut old = V4::connect(b.v4(Who::Toy)).await;
+    let own_cmd = format!("hearth/v1/dev/{}/cmd", b.toy.id);
+    for leaf in ["x", "y", "z"] {
+        old.subscribe(&format!("{own_cmd}/{leaf}"), rumqttc::QoS::AtLeastOnce)
+            .await;
+    }
+    let codes = old
+        .subscribe(&format!("{own_cmd}/#"), rumqttc::QoS::AtLeastOnce)
+        .await;
+    assert_eq!(codes, vec![rumqttc::SubscribeReasonCode::Failure]);
+    // The phone's subscriptions still deliver.
+    let mut toy = V5::connect(b.v5(Who::Toy)).await;
+    let reason = publish_reason(&mut toy, &b.topic("d"), false, b"d".to_vec()).await;
+    assert_eq!(reason, Some(PubAckReason::Success));
+    assert_eq!(
+        &phone.publish(LONG).await.expect("delivered").payload[..],
+        b"d"
+    );
+}
