@@ -218,6 +218,9 @@ pub struct LimitsSection {
     /// Distinct topic names the router remembers the matching filters of
     /// (the least recently added are forgotten and matched again).
     pub max_router_topics: usize,
+    /// The longest a client's session (its subscriptions and queued
+    /// messages) outlives its connection, whatever the client asked for.
+    pub max_session_expiry_secs: u64,
 }
 
 impl Default for LimitsSection {
@@ -232,6 +235,7 @@ impl Default for LimitsSection {
             max_retained_bytes: 32 * 1024 * 1024,
             max_subscriptions_per_client: 128,
             max_router_topics: 4096,
+            max_session_expiry_secs: 7 * 24 * 3600,
         }
     }
 }
@@ -347,6 +351,12 @@ impl Config {
                 l.max_router_topics,
                 16,
                 1_000_000,
+            ),
+            (
+                "limits.max_session_expiry_secs",
+                l.max_session_expiry_secs as usize,
+                1,
+                365 * 24 * 3600,
             ),
         ] {
             if !(low..=high).contains(&value) {

@@ -164,6 +164,7 @@ pub async fn run(
             max_packet: config.limits.max_payload,
             handshake_timeout: config.limits.handshake_timeout(),
             max_subscriptions: config.limits.max_subscriptions_per_client,
+            max_session_expiry: Duration::from_secs(config.limits.max_session_expiry_secs),
         },
         sessions: Arc::clone(&sessions),
         store: Arc::clone(&store),

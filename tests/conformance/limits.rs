@@ -228,3 +228,29 @@ async fn a_client_over_its_subscription_quota_is_refused_and_others_are_served()
         b"d"
     );
 }
+
+/// Sessions are stored state too: `max_session_expiry_secs` bounds how long
+/// a 3.1.1 persistent session (which asks for no limit) and a 5 session
+/// that asks for longer outlive their connection.
+#[tokio::test]
+async fn sessions_outlive_their_connection_at_most_the_configured_time() {
+    let b = Bench::start_with(Via::Tls, "[limits]\nmax_session_expiry_secs = 2\n");
+    let topic = b.topic("capped");
+    let mut old = b.v4(Who::Phone);
+    old.set_clean_session(false);
+    let mut sub = V4::connect(old.clone()).await;
+    sub.subscribe(&topic, rumqttc::QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let mut new = b.v5(Who::Toy);
+    new.set_clean_start(false);
+    new.set_session_expiry_interval(Some(u32::MAX));
+    let own = format!("hearth/v1/dev/{}/cmd/x", b.toy.id);
+    let mut toy = V5::connect(new.clone()).await;
+    toy.subscribe(&own, QoS::AtLeastOnce).await;
+    toy.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let back = V4::connect(old).await;
+    assert!(!back.connack.session_present, "3.1.1 session ended");
+    let back = V5::connect(new).await;
+    assert!(!back.connack.session_present, "5 session ended");
+}

@@ -614,3 +614,53 @@ async fn a_higher_subscription_qos_does_not_raise_the_delivered_qos(b: Bench) {
     }
 }
 on_both_listeners!(a_higher_subscription_qos_does_not_raise_the_delivered_qos);
+
+/// §3.1.2.4 and §3.1.2.11.2: Clean Start 1 discards an existing session,
+/// but with a Session Expiry Interval the new session still outlives the
+/// connection (paho's default is Clean Start 1 on the first connect): a
+/// reconnect with Clean Start 0 finds it (Session Present 1) and the QoS 1
+/// message published meanwhile.
+async fn a_clean_start_session_with_expiry_outlives_its_connection(b: Bench) {
+    let topic = b.topic("fresh");
+    let mut first = b.v5(Who::Phone);
+    first.set_clean_start(true);
+    first.set_session_expiry_interval(Some(300));
+    let mut sub = V5::connect(first).await;
+    assert!(!sub.connack.session_present);
+    sub.subscribe(&topic, QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let mut publisher = V5::connect(b.v5(Who::Toy)).await;
+    publisher
+        .send(&topic, QoS::AtLeastOnce, false, b"kept", no_props())
+        .await;
+    let mut again = b.v5(Who::Phone);
+    again.set_clean_start(false);
+    again.set_session_expiry_interval(Some(300));
+    let mut back = V5::connect(again).await;
+    assert!(back.connack.session_present, "the session was kept");
+    let got = back.publish(LONG).await.expect("the queued message");
+    assert_eq!(&got.payload[..], b"kept");
+}
+on_both_listeners!(a_clean_start_session_with_expiry_outlives_its_connection);
+
+/// §3.1.2.11.2: "The Client and Server MUST store the Session State after
+/// the Network Connection is closed if the Session Expiry Interval is
+/// greater than 0" — and no longer than that: after it the session is gone.
+async fn a_session_ends_when_its_expiry_interval_passes(b: Bench) {
+    let topic = b.topic("expires");
+    let mut options = b.v5(Who::Phone);
+    options.set_clean_start(false);
+    options.set_session_expiry_interval(Some(2));
+    let mut sub = V5::connect(options.clone()).await;
+    sub.subscribe(&topic, QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let mut publisher = V5::connect(b.v5(Who::Toy)).await;
+    publisher
+        .send(&topic, QoS::AtLeastOnce, false, b"late", no_props())
+        .await;
+    let mut back = V5::connect(options).await;
+    assert!(!back.connack.session_present, "expired");
+    assert!(back.publish(SHORT).await.is_none());
+}
+on_both_listeners!(a_session_ends_when_its_expiry_interval_passes);

@@ -71,6 +71,54 @@ impl Peer {
     }
 }
 
+/// How long a session outlives its connection (5 §3.1.2.11.2; 3.1.1
+/// §3.1.2.4 keeps a Clean Session 0 session without limit, which Hearth
+/// bounds like every stored thing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionLifetime {
+    /// It ends with the connection.
+    Ends,
+    /// It resumes or starts, and lives this long after the connection.
+    Kept(Duration),
+    /// A clean start whose new session lives this long after it.
+    FreshKept(Duration),
+}
+
+impl SessionLifetime {
+    fn of(version: MqttVersion, connect: &Packet, cap: Duration) -> SessionLifetime {
+        let Packet::Connect(c, properties, ..) = connect else {
+            return SessionLifetime::Ends;
+        };
+        let asked = match version {
+            MqttVersion::V311 if c.clean_session => return SessionLifetime::Ends,
+            MqttVersion::V311 => cap,
+            MqttVersion::V5 => {
+                let secs = properties
+                    .as_ref()
+                    .and_then(|p| p.session_expiry_interval)
+                    .unwrap_or(0);
+                if secs == 0 {
+                    return SessionLifetime::Ends;
+                }
+                Duration::from_secs(u64::from(secs))
+            }
+        };
+        let kept = asked.min(cap);
+        if c.clean_session {
+            SessionLifetime::FreshKept(kept)
+        } else {
+            SessionLifetime::Kept(kept)
+        }
+    }
+
+    fn kept_for(self) -> Option<Duration> {
+        match self {
+            SessionLifetime::Ends => None,
+            SessionLifetime::Kept(d) | SessionLifetime::FreshKept(d) => Some(d),
+        }
+    }
+}
+
 /// Limits the edge applies to every client.
 #[derive(Debug, Clone, Copy)]
 pub struct EdgeLimits {
@@ -80,6 +128,8 @@ pub struct EdgeLimits {
     pub handshake_timeout: Duration,
     /// Filters one client session may be subscribed to at once.
     pub max_subscriptions: usize,
+    /// The longest a session outlives its connection.
+    pub max_session_expiry: Duration,
 }
 
 /// What every connection task shares.
@@ -316,8 +366,19 @@ impl Edge {
             let _ = inbound.split_to(connect_len);
             let mut traits = relay::ClientTraits::default();
             let mut purge_on_close = false;
+            let lifetime = SessionLifetime::of(version, &connect, self.limits.max_session_expiry);
+            let mut connect = connect;
+            if let (SessionLifetime::FreshKept(_), Packet::Connect(c, ..)) =
+                (lifetime, &mut connect)
+            {
+                // rumqttd keeps no session made with a clean start: the
+                // edge discards the old one itself (below, on its turn)
+                // and asks rumqttd for a session that outlives the
+                // connection.
+                c.clean_session = false;
+            }
             if let Packet::Connect(c, properties, ..) = &connect {
-                if c.clean_session {
+                if c.clean_session || matches!(lifetime, SessionLifetime::FreshKept(_)) {
                     self.sessions.outbound_reset(&client_id);
                 }
                 traits.silent = c.keep_alive == 0;
@@ -367,13 +428,18 @@ impl Edge {
             let _turn = tokio::time::timeout(TURN_WAIT, waiting)
                 .await
                 .map_err(|_| SessionEnd::Busy)?;
+            if matches!(lifetime, SessionLifetime::FreshKept(_)) {
+                crate::broker::purge_session(&self.broker, &client_id)
+                    .await
+                    .map_err(|e| SessionEnd::Broker(std::io::Error::other(e.to_string())))?;
+            }
             let mut broker = TcpStream::connect(addr).await.map_err(SessionEnd::Broker)?;
             let _ = broker.set_nodelay(true);
             broker
                 .write_all(&connect_out)
                 .await
                 .map_err(SessionEnd::Broker)?;
-            let _session = self.sessions.register(device, &client_id, stop.clone());
+            let session = self.sessions.register(device, &client_id, stop.clone());
             connected = true;
             if let Some(device) = &device {
                 // The audit writer also records it as the device's last_seen.
@@ -397,6 +463,10 @@ impl Edge {
             )
             .await;
             close_broker_connection(broker).await;
+            if let Some(after) = lifetime.kept_for() {
+                self.expire_later(&client_id, session.generation(), after);
+            }
+            drop(session);
             if purge_on_close {
                 self.sessions.outbound_reset(&client_id);
                 // Still holding the client id's broker turn: no newer
@@ -431,6 +501,27 @@ impl Edge {
                 ..Event::default()
             });
         }
+    }
+
+    /// Ends the session connection `generation` of `client_id` left, after
+    /// `after`, unless a connection of that client id resumed it first.
+    fn expire_later(&self, client_id: &str, generation: u64, after: Duration) {
+        self.sessions.session_left(client_id, generation);
+        let sessions = Arc::clone(&self.sessions);
+        let broker = self.broker.clone();
+        let client_id = client_id.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            // On the client id's turn: a connection cannot resume the
+            // session while it is being ended.
+            let _turn = sessions.broker_turn(&client_id).await;
+            if sessions.session_expired(&client_id, generation) {
+                sessions.outbound_reset(&client_id);
+                if let Err(e) = crate::broker::purge_session(&broker, &client_id).await {
+                    tracing::warn!(error = %e, "cannot end an expired session");
+                }
+            }
+        });
     }
 
     async fn read_connect<S>(

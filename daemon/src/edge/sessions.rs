@@ -20,6 +20,10 @@ pub struct Sessions {
     /// resends them on reconnect without the DUP flag the specification
     /// requires, so the edge sets it.
     unacked: Mutex<HashMap<String, std::collections::HashSet<u16>>>,
+    /// Client ids whose session outlives its last connection, each with the
+    /// number of the connection that left it; a new connection of the
+    /// client id takes it out (the session is resumed, not expired).
+    expiring: Mutex<HashMap<String, u64>>,
 }
 
 /// Packet ids remembered per client id; rumqttd's inflight window is 100.
@@ -106,6 +110,10 @@ impl Sessions {
         stop: CancellationToken,
     ) -> SessionGuard {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.expiring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(client_id);
         let mut live = self.lock();
         live.by_client
             .entry(client_id.to_owned())
@@ -160,6 +168,27 @@ impl Sessions {
             .count()
     }
 
+    /// Connection `generation` of `client_id` ended and its session lives
+    /// on until it expires or a new connection resumes it.
+    pub fn session_left(&self, client_id: &str, generation: u64) {
+        self.expiring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(client_id.to_owned(), generation);
+    }
+
+    /// Whether the session connection `generation` left is still unclaimed
+    /// (no connection of the client id since): then it expires now, and is
+    /// forgotten here.
+    pub fn session_expired(&self, client_id: &str, generation: u64) -> bool {
+        let mut expiring = self.expiring.lock().unwrap_or_else(|p| p.into_inner());
+        if expiring.get(client_id) == Some(&generation) {
+            expiring.remove(client_id);
+            return true;
+        }
+        false
+    }
+
     /// Waits until no other connection of `client_id` is open to the broker.
     pub async fn broker_turn(&self, client_id: &str) -> BrokerTurn {
         let lock = {
@@ -175,6 +204,13 @@ impl Sessions {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Live> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl SessionGuard {
+    /// The connection's number: later connections have larger ones.
+    pub fn generation(&self) -> u64 {
+        self.id
     }
 }
 
@@ -198,6 +234,26 @@ pub use super::retained::RetainedTopics;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_left_session_expires_unless_a_connection_claimed_it() {
+        let sessions = Arc::new(Sessions::default());
+        let first = sessions.register(None, "a", CancellationToken::new());
+        let left = first.generation();
+        drop(first);
+        sessions.session_left("a", left);
+        assert!(!sessions.session_expired("b", left));
+        assert!(sessions.session_expired("a", left));
+        assert!(!sessions.session_expired("a", left), "only once");
+        // Resumed before the deadline: not expired.
+        sessions.session_left("a", left);
+        let resumed = sessions.register(None, "a", CancellationToken::new());
+        assert!(!sessions.session_expired("a", left));
+        // The resumed connection's own departure counts, not the old one.
+        sessions.session_left("a", resumed.generation());
+        assert!(!sessions.session_expired("a", left));
+        assert!(sessions.session_expired("a", resumed.generation()));
+    }
 
     #[test]
     fn a_takeover_ends_exactly_the_sessions_of_its_client_id() {

@@ -58,6 +58,8 @@ pub struct RemoteLink<P> {
     link_rx: LinkRx,
     notifications: VecDeque<Notification>,
     pub(crate) will_delay_interval: u32,
+    /// Hearth: whether this connection brought a will at all.
+    pub(crate) has_will: bool,
 }
 
 impl<P: Protocol> RemoteLink<P> {
@@ -93,6 +95,7 @@ impl<P: Protocol> RemoteLink<P> {
         // the Will Delay Interval has passed or the Session ends, whichever happens first
         let will_delay_interval = min(session_expiry, delay_interval);
 
+        let has_will = lastwill.is_some();
         let (link_tx, link_rx, notification) = LinkBuilder::new(client_id, router_tx)
             .tenant_id(tenant_id)
             .clean_session(clean_session)
@@ -122,6 +125,7 @@ impl<P: Protocol> RemoteLink<P> {
             link_rx,
             notifications: VecDeque::new(), // Hearth: allocated on first use
             will_delay_interval,
+            has_will,
         })
     }
 

@@ -579,6 +579,7 @@ async fn remote<P: Protocol>(
 
     let connection_id = link.connection_id;
     let will_delay_interval = link.will_delay_interval;
+    let has_will = link.has_will;
     let mut send_disconnect = true;
 
     match link.start().await {
@@ -626,7 +627,11 @@ async fn remote<P: Protocol>(
         }
     };
 
-    if publish_will {
+    // Hearth: the router looks wills up by client id, so a connection
+    // without one that ended just before the next connection of its client
+    // id registered (the edge's session reset does exactly that) published
+    // the newer connection's will while it was still connected.
+    if publish_will && has_will {
         let message = Event::PublishWill((client_id, tenant_id));
         // is this connection_id really correct at this point?
         // as we have disconnected already, some other connection
