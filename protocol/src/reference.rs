@@ -156,7 +156,10 @@ mod tests {
         let devices = [(id(1), "robot"), (id(2), "robot"), (id(3), "kite")];
         let err = resolve_device("robot", devices.iter().map(|(i, l)| (*i, *l))).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains(id(1).as_str()) && text.contains(id(2).as_str()), "{text}");
+        assert!(
+            text.contains(id(1).as_str()) && text.contains(id(2).as_str()),
+            "{text}"
+        );
         assert!(!text.contains(id(3).as_str()), "{text}");
     }
 
