@@ -215,7 +215,7 @@ fn errors_reaching_the_hub_name_the_fix() {
         let locked = tmp.path().join("locked");
         std::fs::create_dir(&locked).unwrap();
         std::os::unix::fs::symlink(&hub.socket, locked.join("admin.sock")).unwrap();
-        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0)).unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
         let out = hearth(&locked.join("admin.sock"));
         std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
         out
