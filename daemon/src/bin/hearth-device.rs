@@ -84,7 +84,9 @@ async fn main() -> std::process::ExitCode {
         Command::Inbox { wait, follow } => inbox(&cli.dir, wait, follow).await,
         Command::Discover { secs } => discover(secs).await.map(|hubs| {
             for hub in &hubs {
-                println!("{hub}");
+                // Anyone on the LAN can advertise: their names are shown,
+                // not obeyed.
+                println!("{}", terminal::field(&hub.to_string()));
             }
             if hubs.is_empty() {
                 eprintln!("no hub found");
@@ -94,7 +96,8 @@ async fn main() -> std::process::ExitCode {
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("hearth-device: {e:#}");
+            // An error can quote what the hub or the network sent.
+            eprintln!("hearth-device: {}", terminal::text(&format!("{e:#}")));
             std::process::ExitCode::FAILURE
         }
     }

@@ -25,7 +25,8 @@ fn main() -> ExitCode {
             if is_broken_pipe(&e) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("hearth: {e:#}");
+            // An error can quote what a device sent (a CSR's contents, say).
+            eprintln!("hearth: {}", terminal::text(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
