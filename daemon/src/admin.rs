@@ -414,7 +414,7 @@ fn open_pairing(
         return Err("the window must stay open between 1 second and 24 hours".into());
     }
     let explicit = host.is_some();
-    let host = host.unwrap_or_else(lan_host);
+    let host = host.unwrap_or_else(|| default_host(&hub.listeners));
     check_pairing_host(
         &host,
         explicit,
@@ -561,6 +561,19 @@ fn check_pairing_host(
         "no pairing window opened: devices could not reach the hub at {chosen} because it \
          listens for enrollment on {enroll} and for MQTT on {mqtt}. {fix}"
     ))
+}
+
+/// The host a pairing URI names by default: the address enrollment is
+/// bound to when that is one LAN address, else [`lan_host`].
+fn default_host(listeners: &[ListenerInfo]) -> String {
+    listeners
+        .iter()
+        .find(|l| l.name == "enroll")
+        .and_then(|l| l.address.parse::<std::net::SocketAddr>().ok())
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified() && !ip.is_loopback())
+        .map(|ip| ip.to_string())
+        .unwrap_or_else(lan_host)
 }
 
 /// The address a device on the LAN most likely reaches the hub by: the
@@ -735,5 +748,81 @@ impl Hub {
 
     pub(crate) fn store(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listening(enroll: &str, mqtt: &str) -> Vec<ListenerInfo> {
+        vec![
+            ListenerInfo {
+                name: "mqtt".into(),
+                address: mqtt.into(),
+            },
+            ListenerInfo {
+                name: "enroll".into(),
+                address: enroll.into(),
+            },
+        ]
+    }
+
+    fn machine() -> crate::ca::ServerNames {
+        crate::ca::ServerNames {
+            host: "den".into(),
+            dns: ["den", "den.local", "localhost"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            ips: ["127.0.0.1", "::1", "192.0.2.10", "2001:db8::10"]
+                .iter()
+                .map(|s| s.parse().unwrap())
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_wildcard_listener_serves_every_address_of_the_machine() {
+        let all = listening("0.0.0.0:8443", "0.0.0.0:8883");
+        for host in ["192.0.2.10", "127.0.0.1", "localhost", "den.local", "den"] {
+            assert!(
+                check_pairing_host(host, true, &all, &machine()).is_ok(),
+                "{host}"
+            );
+        }
+        // Not this machine's address; IPv6 on an IPv4-only wildcard.
+        assert!(check_pairing_host("192.0.2.99", true, &all, &machine()).is_err());
+        assert!(check_pairing_host("[2001:db8::10]", true, &all, &machine()).is_err());
+        let dual = listening("[::]:8443", "[::]:8883");
+        assert!(check_pairing_host("[2001:db8::10]", true, &dual, &machine()).is_ok());
+        // Another machine's name cannot be checked without DNS: trusted.
+        assert!(check_pairing_host("hub.example", true, &all, &machine()).is_ok());
+    }
+
+    #[test]
+    fn a_loopback_hub_refuses_the_lan_address_and_says_what_to_change() {
+        let lo = listening("127.0.0.1:8443", "127.0.0.1:8883");
+        let err = check_pairing_host("192.0.2.10", false, &lo, &machine()).unwrap_err();
+        assert!(err.contains("listen = \"0.0.0.0:8443\""), "{err}");
+        assert!(err.contains("listen = \"0.0.0.0:8883\""), "{err}");
+        assert!(err.contains("--host 127.0.0.1"), "{err}");
+        assert!(check_pairing_host("den.local", false, &lo, &machine()).is_err());
+        assert!(check_pairing_host("127.0.0.1", true, &lo, &machine()).is_ok());
+        // Both listeners must be reachable at the host.
+        let split = listening("0.0.0.0:8443", "127.0.0.1:8883");
+        assert!(check_pairing_host("192.0.2.10", true, &split, &machine()).is_err());
+    }
+
+    #[test]
+    fn the_default_host_is_the_one_lan_address_enrollment_is_bound_to() {
+        assert_eq!(
+            default_host(&listening("192.0.2.10:8443", "192.0.2.10:8883")),
+            "192.0.2.10"
+        );
+        assert_ne!(
+            default_host(&listening("127.0.0.1:8443", "127.0.0.1:8883")),
+            "127.0.0.1"
+        );
     }
 }

@@ -718,7 +718,7 @@ pub fn open_pairing(hub: &TestHub, member: &str, label: &str, ttl: &str) -> (u32
                     member: member.parse().unwrap(),
                     label: label.parse().unwrap(),
                     ttl_secs: seconds,
-                    host: Some("127.0.0.1".into()),
+                    host: Some(hub.enroll.ip().to_string()),
                 },
             )
             .unwrap();
@@ -738,7 +738,7 @@ pub fn open_pairing(hub: &TestHub, member: &str, label: &str, ttl: &str) -> (u32
         "--ttl",
         ttl,
         "--host",
-        "127.0.0.1",
+        &hub.enroll.ip().to_string(),
     ]);
     let answer: AdminResponse = serde_json::from_str(&out).expect("pair answer");
     let AdminResponse::PairOpened(ticket) = answer else {
