@@ -167,6 +167,13 @@ fn the_state_dir_and_socket_do_not_depend_on_the_working_directory() {
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
     stop(hub);
+    if !Path::new("/run/hearth").is_dir() {
+        // Stopped: it says so, where it looked and why there.
+        let err = failed(&hearth_by_hand(root, &root.join("b"), &["status"]));
+        assert!(err.contains("not running"), "{err}");
+        assert!(err.contains(socket.to_str().unwrap()), "{err}");
+        assert!(err.contains("the default for this user"), "{err}");
+    }
 
     // Started again from b: the same hub, the same CA, no announcement.
     let mark = std::fs::read_to_string(&log).unwrap().len();

@@ -715,7 +715,15 @@ fn request_once(socket: &Path, request: &AdminRequest) -> Result<AdminResponse> 
 /// Why the admin socket could not be reached, and what to do about it:
 /// each cause has its own fix, so each gets its own words.
 fn unreachable_hub(socket: &Path, e: &std::io::Error) -> anyhow::Error {
-    let at = socket.display();
+    // Where it looked, and why there: the wrong socket is the usual cause.
+    let at = if default_socket().is_ok_and(|d| d == socket) {
+        format!("{} (the default for this user)", socket.display())
+    } else {
+        format!(
+            "{} (given with --socket or HEARTH_SOCKET)",
+            socket.display()
+        )
+    };
     let choose = "if hearthd runs as another user or with --data-dir, give its socket with \
                   --socket PATH or HEARTH_SOCKET";
     match e.kind() {
