@@ -640,3 +640,29 @@ fn the_reference_device_shows_messages_without_obeying_them() {
     let mailbox = hub.hearth_ok(&["mailbox"]);
     shows_no_escapes(&mailbox);
 }
+
+#[test]
+fn lists_show_a_label_that_reorders_text_without_obeying_it() {
+    // A right-to-left override is not a control character, so a label may
+    // hold one: "robot\u{202e}gnp.exe" would read "robotexe.png".
+    let hub = TestHub::start();
+    hub.hearth_ok(&["member", "add", "Ada", "--role", "child"]);
+    let label = "robot\u{202e}gnp.exe";
+    let id = hub.hearth_ok(&[
+        "device",
+        "issue",
+        "--member",
+        "Ada",
+        "--label",
+        label,
+        "--out",
+        hub.dir.path().join("robot").to_str().unwrap(),
+    ]);
+    let list = hub.hearth_ok(&["device", "list"]);
+    assert!(!list.contains('\u{202e}'), "{list:?}");
+    assert!(list.contains("robot\\u{202e}gnp.exe"), "{list}");
+    // It still names the device, as typed.
+    assert!(hub
+        .hearth_ok(&["device", "revoke", label])
+        .contains(id.trim()));
+}
