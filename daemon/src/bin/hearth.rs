@@ -68,7 +68,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Status => {
             if let AdminResponse::Status(status) = ask(AdminRequest::Status)? {
                 if !json {
-                    writeln!(out, "hearthd {} up {}s", status.version, status.uptime_secs)?;
+                    writeln!(
+                        out,
+                        "hearthd {} up {}",
+                        status.version,
+                        human_span(i64::try_from(status.uptime_secs).unwrap_or(i64::MAX))
+                    )?;
                     for l in &status.listeners {
                         writeln!(out, "listener {:<6} {}", l.name, l.address)?;
                     }
