@@ -729,8 +729,15 @@ fn unreachable_hub(socket: &Path, e: &std::io::Error) -> anyhow::Error {
             socket.display()
         )
     };
-    let choose = "if hearthd runs as another user or with --data-dir, give its socket with \
-                  --socket PATH or HEARTH_SOCKET";
+    let root = hearth_daemon::datadir::effective_uid() == Some(0);
+    let choose = if root {
+        "if hearthd runs as another user or with --data-dir, give its socket with --socket \
+         PATH or HEARTH_SOCKET"
+    } else {
+        "if hearthd runs as another user or with --data-dir, give its socket with --socket \
+         PATH or HEARTH_SOCKET (a hub started by root has it in /var/lib/hearth: use sudo \
+         hearth)"
+    };
     match e.kind() {
         std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
             "permission denied on the admin socket {at}: only members of the group \
