@@ -270,7 +270,13 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
         } => open_pairing(hub, hub.member_named(member), label, ttl_secs, host),
         AdminRequest::PairUnlock { address } => {
             if hub.windows.unlock(address) {
-                hub.admin_audit("pair-unlock", None, "lockout lifted".into());
+                hub.audit.record(Event {
+                    event: "admin",
+                    action: Some("pair-unlock".into()),
+                    reason: Some("lockout lifted".into()),
+                    peer: Some(address.to_string()),
+                    ..Event::default()
+                });
                 Ok(done(format!(
                     "{address} may try pairing tokens again (the lockout is lifted)"
                 )))

@@ -587,6 +587,12 @@ async fn an_administrator_lifts_a_lockout_that_says_how_long() {
     assert_eq!(post(token).await.status, 200);
     let err = failed(&hub.hearth(&["pair", "--unlock", "127.0.0.1"]));
     assert!(err.contains("not locked out"), "{err}");
+    // Audited with the address, like the refusals it ends.
+    assert!(
+        wait_audit(&hub, |e| e.action.as_deref() == Some("pair-unlock")
+            && e.peer.as_deref() == Some("127.0.0.1"))
+        .is_some()
+    );
 }
 
 /// What an attacker would put in a field to drive the terminal: retitle
