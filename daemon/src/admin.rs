@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use hearth_protocol::admin::{
-    AdminRequest, AdminResponse, IssuedDevice, ListenerInfo, MemberInfo, PairingTicket,
-    StatusReport,
+    AdminRequest, AdminResponse, DeviceStatus, IssuedDevice, ListenerInfo, MemberInfo,
+    PairingTicket, StatusReport,
 };
 use hearth_protocol::pairing::PairingUri;
 use hearth_protocol::policy::{DeviceRole, Direction, Grant};
@@ -167,14 +167,7 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
             listeners: hub.listeners.clone(),
             connected: hub.sessions.connected_devices(),
         })),
-        AdminRequest::MemberAdd { name, role } => hub
-            .store()
-            .add_member(&name, role)
-            .map_err(|e| e.to_string())
-            .map(|()| {
-                hub.admin_audit("member-add", None, format!("{role}"));
-                AdminResponse::Member(MemberInfo { name, role })
-            }),
+        AdminRequest::MemberAdd { name, role } => add_member(hub, name, role),
         AdminRequest::MemberList => hub
             .store()
             .members()
@@ -184,17 +177,32 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
             owner,
             label,
             csr_pem,
-        } => issue_device(hub, owner, label, &csr_pem).map(AdminResponse::DeviceIssued),
+        } => {
+            let owner = match owner {
+                Owner::Member(name) => Owner::Member(hub.member_named(name)),
+                Owner::Service => Owner::Service,
+            };
+            issue_device(hub, owner, label, &csr_pem).map(AdminResponse::DeviceIssued)
+        }
         AdminRequest::DeviceList => hub
             .store()
             .devices()
             .map(|devices| AdminResponse::Devices { devices })
             .map_err(|e| e.to_string()),
         AdminRequest::DeviceRevoke { id } => {
+            let already = hub.store().devices().map(|all| {
+                all.iter()
+                    .any(|d| d.id == id && d.status == DeviceStatus::Revoked)
+            });
+            let already = matches!(already, Ok(true));
             let revoked = hub.store().revoke_device(&id).map_err(|e| e.to_string());
             match revoked {
                 Ok(()) => {
                     hub.cut_off(&id).await;
+                    if already {
+                        // Cut off again all the same: cheap, and never less safe.
+                        return done(format!("{id} was already revoked; nothing changed"));
+                    }
                     hub.admin_audit("device-revoke", Some(id), "certificates revoked".into());
                     Ok(done(format!("revoked {id}")))
                 }
@@ -213,7 +221,19 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
             }
         }
         AdminRequest::MemberRemove { name } => {
-            let removed = hub.store().remove_member(&name).map_err(|e| e.to_string());
+            let name = hub.member_named(name);
+            let removed = {
+                let mut store = hub.store();
+                match last_parent(&store, &name) {
+                    Ok(true) => Err(format!(
+                        "{name} is the household's last parent, and the others would have \
+                         no parent to message or to look after their devices; add another \
+                         parent first (`hearth member add NAME --role parent`)"
+                    )),
+                    Ok(false) => store.remove_member(&name).map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                }
+            };
             match removed {
                 Ok(devices) => {
                     for id in &devices {
@@ -247,7 +267,28 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
             label,
             ttl_secs,
             host,
-        } => open_pairing(hub, member, label, ttl_secs, host),
+        } => open_pairing(hub, hub.member_named(member), label, ttl_secs, host),
+        AdminRequest::PairUnlock { address } => {
+            if hub.windows.unlock(address) {
+                hub.audit.record(Event {
+                    event: "admin",
+                    action: Some("pair-unlock".into()),
+                    reason: Some("lockout lifted".into()),
+                    peer: Some(address.to_string()),
+                    ..Event::default()
+                });
+                Ok(done(format!(
+                    "{address} may try pairing tokens again (the lockout is lifted)"
+                )))
+            } else {
+                Err(format!(
+                    "{address} is not locked out; nothing changed (an address is locked out \
+                     for {} minutes after {} wrong pairing tokens)",
+                    crate::pairing::LOCKOUT.as_secs() / 60,
+                    crate::pairing::MAX_FAILURES
+                ))
+            }
+        }
         AdminRequest::MailboxStatus => hub
             .store()
             .mailbox_pending()
@@ -259,6 +300,7 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
             .map(|rules| AdminResponse::Contacts { rules })
             .map_err(|e| e.to_string()),
         AdminRequest::ContactSet { a, b, allowed } => {
+            let (a, b) = (hub.member_named(a), hub.member_named(b));
             let set = hub.store().set_contact(&a, &b, allowed);
             if let Err(e) = set {
                 return AdminResponse::Error {
@@ -277,8 +319,18 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
         }),
         AdminRequest::PairCancel { id } => {
             let closed = hub.windows.cancel(id);
-            hub.admin_audit("pair-cancel", None, format!("{closed} window(s) closed"));
-            Ok(done(format!("{closed} pairing window(s) closed")))
+            match (closed, id) {
+                // A script closing one window wants to know it was not open.
+                (0, Some(id)) => Err(format!(
+                    "no pairing window {id} is open (it closed, was used or never existed); \
+                     nothing changed. `hearth pair --list` shows the open ones"
+                )),
+                (0, None) => Ok(done("no pairing window was open; nothing changed".into())),
+                _ => {
+                    hub.admin_audit("pair-cancel", None, format!("{closed} window(s) closed"));
+                    Ok(done(format!("{closed} pairing window(s) closed")))
+                }
+            }
         }
         AdminRequest::Audit {
             device,
@@ -321,14 +373,14 @@ async fn change_grant(
         (changed, store.grants(&id).map_err(|e| e.to_string())?)
     };
     if !changed {
-        return Ok(done(
-            if add {
-                "already granted"
-            } else {
-                "no such grant"
-            }
-            .into(),
-        ));
+        return if add {
+            Ok(done(format!(
+                "{id} already had that grant; nothing changed"
+            )))
+        } else {
+            // A script taking a grant back wants to know it was not there.
+            Err(format!("{id} has no such grant; nothing changed"))
+        };
     }
     hub.registry.set_grants(&id, grants);
     // Sessions hold the grants they started with: reconnecting picks up
@@ -367,7 +419,14 @@ fn open_pairing(
     if ttl_secs == 0 || ttl_secs > crate::pairing::MAX_TTL.as_secs() {
         return Err("the window must stay open between 1 second and 24 hours".into());
     }
-    let host = host.unwrap_or_else(lan_host);
+    let explicit = host.is_some();
+    let host = host.unwrap_or_else(|| default_host(&hub.listeners));
+    check_pairing_host(
+        &host,
+        explicit,
+        &hub.listeners,
+        &crate::ca::ServerNames::discover(),
+    )?;
     let (id, token, expires_at) = hub.windows.open(
         member.clone(),
         label,
@@ -396,6 +455,131 @@ fn open_pairing(
         uri,
         expires_at,
     }))
+}
+
+/// Adds a member; nicknames are unique whatever their case, so "ada" is
+/// refused beside "Ada" (the check and the insert happen under one lock).
+fn add_member(
+    hub: &Hub,
+    name: hearth_protocol::MemberName,
+    role: Role,
+) -> Result<AdminResponse, String> {
+    {
+        let store = hub.store();
+        let members = store.members().map_err(|e| e.to_string())?;
+        if let Some(existing) = members
+            .iter()
+            .find(|m| hearth_protocol::reference::same_member(&m.name, &name))
+        {
+            return Err(format!(
+                "a member named {:?} already exists (nicknames are unique whatever their case)",
+                existing.name.as_str()
+            ));
+        }
+        store.add_member(&name, role).map_err(|e| e.to_string())?;
+    }
+    hub.admin_audit("member-add", None, format!("{role}"));
+    Ok(AdminResponse::Member(MemberInfo { name, role }))
+}
+
+/// Whether `name` is a parent whose removal would leave other members
+/// without any parent.
+fn last_parent(store: &Store, name: &hearth_protocol::MemberName) -> Result<bool, String> {
+    let members = store.members().map_err(|e| e.to_string())?;
+    let Some(member) = members.iter().find(|m| &m.name == name) else {
+        return Ok(false);
+    };
+    let parents = members.iter().filter(|m| m.role == Role::Parent).count();
+    Ok(member.role == Role::Parent && parents == 1 && members.len() > 1)
+}
+
+/// Refuses a pairing host that devices could not reach the hub at: an
+/// address neither the enrollment nor the MQTT listener is bound to (the
+/// hub listening on loopback only, say), with what to do about it. A name
+/// other than this machine's is taken on trust: checking it needs DNS.
+fn check_pairing_host(
+    host: &str,
+    explicit: bool,
+    listeners: &[ListenerInfo],
+    machine: &crate::ca::ServerNames,
+) -> Result<(), String> {
+    let bound = |name: &str| {
+        listeners
+            .iter()
+            .find(|l| l.name == name)
+            .and_then(|l| l.address.parse::<std::net::SocketAddr>().ok())
+    };
+    let (Some(enroll), Some(mqtt)) = (bound("enroll"), bound("mqtt")) else {
+        return Ok(());
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let lower = bare.to_ascii_lowercase();
+    let candidates: Vec<std::net::IpAddr> = if let Ok(ip) = bare.parse() {
+        vec![ip]
+    } else if lower == "localhost" {
+        vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()]
+    } else if machine.dns.contains(&lower) || lower.ends_with(".local") {
+        // This machine by name, or an mDNS name (ours): its LAN addresses.
+        machine
+            .ips
+            .iter()
+            .copied()
+            .filter(|ip| !ip.is_loopback())
+            .collect()
+    } else {
+        return Ok(());
+    };
+    let local = |ip: &std::net::IpAddr| ip.is_loopback() || machine.ips.contains(ip);
+    let serves = |listener: std::net::SocketAddr, ip: &std::net::IpAddr| match listener.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => ip.is_ipv4() && local(ip),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => local(ip),
+        bound => bound == *ip,
+    };
+    if candidates
+        .iter()
+        .any(|ip| serves(enroll, ip) && serves(mqtt, ip))
+    {
+        return Ok(());
+    }
+    let chosen = if explicit {
+        format!("the host given, {host},")
+    } else {
+        format!("this machine's network address ({host})")
+    };
+    let loopback_only = enroll.ip().is_loopback() || mqtt.ip().is_loopback();
+    let fix = if loopback_only {
+        format!(
+            "To pair devices on the home network, set `listen = \"0.0.0.0:{}\"` under [enroll] \
+             and `listen = \"0.0.0.0:{}\"` under [mqtt] in hearthd's config and restart it; to \
+             pair a device on this machine, pass --host {}",
+            enroll.port(),
+            mqtt.port(),
+            enroll.ip()
+        )
+    } else {
+        format!(
+            "Pass --host with an address the hub listens on ({}), or change [enroll] listen and \
+             [mqtt] listen in hearthd's config",
+            enroll.ip()
+        )
+    };
+    Err(format!(
+        "no pairing window opened: devices could not reach the hub at {chosen} because it \
+         listens for enrollment on {enroll} and for MQTT on {mqtt}. {fix}"
+    ))
+}
+
+/// The host a pairing URI names by default: the address enrollment is
+/// bound to when that is one LAN address, else [`lan_host`].
+fn default_host(listeners: &[ListenerInfo]) -> String {
+    listeners
+        .iter()
+        .find(|l| l.name == "enroll")
+        .and_then(|l| l.address.parse::<std::net::SocketAddr>().ok())
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified() && !ip.is_loopback())
+        .map(|ip| ip.to_string())
+        .unwrap_or_else(lan_host)
 }
 
 /// The address a device on the LAN most likely reaches the hub by: the
@@ -558,7 +742,93 @@ impl Hub {
         });
     }
 
+    /// The member `name` names, in its stored case ("mum" is "Mum");
+    /// `name` itself when there is none, so the caller's "no member named"
+    /// error names what was asked.
+    fn member_named(&self, name: hearth_protocol::MemberName) -> hearth_protocol::MemberName {
+        let members = self.store().members().unwrap_or_default();
+        hearth_protocol::reference::find_member(&name, members.iter().map(|m| &m.name))
+            .cloned()
+            .unwrap_or(name)
+    }
+
     pub(crate) fn store(&self) -> std::sync::MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listening(enroll: &str, mqtt: &str) -> Vec<ListenerInfo> {
+        vec![
+            ListenerInfo {
+                name: "mqtt".into(),
+                address: mqtt.into(),
+            },
+            ListenerInfo {
+                name: "enroll".into(),
+                address: enroll.into(),
+            },
+        ]
+    }
+
+    fn machine() -> crate::ca::ServerNames {
+        crate::ca::ServerNames {
+            host: "den".into(),
+            dns: ["den", "den.local", "localhost"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            ips: ["127.0.0.1", "::1", "192.0.2.10", "2001:db8::10"]
+                .iter()
+                .map(|s| s.parse().unwrap())
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_wildcard_listener_serves_every_address_of_the_machine() {
+        let all = listening("0.0.0.0:8443", "0.0.0.0:8883");
+        for host in ["192.0.2.10", "127.0.0.1", "localhost", "den.local", "den"] {
+            assert!(
+                check_pairing_host(host, true, &all, &machine()).is_ok(),
+                "{host}"
+            );
+        }
+        // Not this machine's address; IPv6 on an IPv4-only wildcard.
+        assert!(check_pairing_host("192.0.2.99", true, &all, &machine()).is_err());
+        assert!(check_pairing_host("[2001:db8::10]", true, &all, &machine()).is_err());
+        let dual = listening("[::]:8443", "[::]:8883");
+        assert!(check_pairing_host("[2001:db8::10]", true, &dual, &machine()).is_ok());
+        // Another machine's name cannot be checked without DNS: trusted.
+        assert!(check_pairing_host("hub.example", true, &all, &machine()).is_ok());
+    }
+
+    #[test]
+    fn a_loopback_hub_refuses_the_lan_address_and_says_what_to_change() {
+        let lo = listening("127.0.0.1:8443", "127.0.0.1:8883");
+        let err = check_pairing_host("192.0.2.10", false, &lo, &machine()).unwrap_err();
+        assert!(err.contains("listen = \"0.0.0.0:8443\""), "{err}");
+        assert!(err.contains("listen = \"0.0.0.0:8883\""), "{err}");
+        assert!(err.contains("--host 127.0.0.1"), "{err}");
+        assert!(check_pairing_host("den.local", false, &lo, &machine()).is_err());
+        assert!(check_pairing_host("127.0.0.1", true, &lo, &machine()).is_ok());
+        // Both listeners must be reachable at the host.
+        let split = listening("0.0.0.0:8443", "127.0.0.1:8883");
+        assert!(check_pairing_host("192.0.2.10", true, &split, &machine()).is_err());
+    }
+
+    #[test]
+    fn the_default_host_is_the_one_lan_address_enrollment_is_bound_to() {
+        assert_eq!(
+            default_host(&listening("192.0.2.10:8443", "192.0.2.10:8883")),
+            "192.0.2.10"
+        );
+        assert_ne!(
+            default_host(&listening("127.0.0.1:8443", "127.0.0.1:8883")),
+            "127.0.0.1"
+        );
     }
 }

@@ -403,19 +403,17 @@ impl Config {
         Ok(())
     }
 
-    /// The data dir: the config's, else `$STATE_DIRECTORY`, else `./hearth-data`.
-    pub fn resolved_data_dir(&self) -> PathBuf {
-        if let Some(dir) = &self.data_dir {
-            return dir.clone();
-        }
-        // systemd may pass several colon-separated directories; ours is the first.
-        match std::env::var_os("STATE_DIRECTORY") {
-            Some(dirs) if !dirs.is_empty() => {
-                let dirs = dirs.to_string_lossy().into_owned();
-                PathBuf::from(dirs.split(':').next().unwrap_or_default())
-            }
-            _ => PathBuf::from("hearth-data"),
-        }
+    /// The data dir, absolute: the config's, else the default rule of
+    /// [`crate::datadir::default_dir`] (`$STATE_DIRECTORY`, `/var/lib/hearth`
+    /// for root, `~/.local/state/hearth` for others). A relative path given
+    /// in the config or on the command line is taken from the working
+    /// directory, once, here.
+    pub fn resolved_data_dir(&self) -> Result<PathBuf, String> {
+        let dir = match &self.data_dir {
+            Some(dir) => dir.clone(),
+            None => crate::datadir::default_dir()?,
+        };
+        std::path::absolute(&dir).map_err(|e| format!("data dir {}: {e}", dir.display()))
     }
 
     /// The admin socket path, given the data dir.

@@ -74,6 +74,7 @@ pub async fn run(
     let started = Instant::now();
     let config_error = |e: &dyn std::fmt::Display| DaemonError::Config(e.to_string());
     crate::datadir::prepare(&data_dir).map_err(|e| config_error(&e))?;
+    tracing::info!(data_dir = %data_dir.display(), "state directory");
     // Bind everything before creating or serving anything: a failed bind
     // is a clear fatal error, not a half-started hub.
     let mqtt = bind("mqtt.listen", config.mqtt.listen).await?;
@@ -84,7 +85,19 @@ pub async fn run(
     };
     let store = Store::open(&data_dir)
         .map_err(|e| DaemonError::Config(format!("data dir {}: {e}", data_dir.display())))?;
+    let new_hub = !data_dir.join("ca.pem").exists() && !data_dir.join("ca.key").exists();
     let ca = Arc::new(HubCa::load_or_create(&data_dir).map_err(|e| config_error(&e))?);
+    if new_hub {
+        // Said loudly: a hub started on the wrong directory is a new
+        // household to every device, and the family only sees refusals.
+        tracing::warn!(
+            data_dir = %data_dir.display(),
+            "NEW HUB: no CA was in this state directory, so a new hub CA was made. Devices \
+             paired with any other hub (another state directory) are refused here and must be \
+             paired again. If this hub already had devices, stop it and start it with \
+             --data-dir pointing at its state directory."
+        );
+    }
     let alias = crate::discovery::host_name(&ca.fingerprint());
     let names = ServerNames::discover().with_alias(alias.clone());
     let identity = ca

@@ -1,6 +1,8 @@
-//! The state directory: created 0700, refused if it cannot be made private,
-//! and helpers that write files with the mode they need from the first byte.
+//! The state directory: where it is by default (the same rule for `hearthd`
+//! and `hearth`), created 0700, refused if it cannot be made private, and
+//! helpers that write files with the mode they need from the first byte.
 
+use std::ffi::OsString;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -14,6 +16,50 @@ pub struct DataDirError {
     pub path: PathBuf,
     /// What is wrong with it.
     pub message: String,
+}
+
+/// Where the state lives when neither `--data-dir` nor the config says:
+/// `$STATE_DIRECTORY` (systemd's `StateDirectory=`), else `/var/lib/hearth`
+/// for root, else `$XDG_STATE_HOME/hearth` (`~/.local/state/hearth`).
+/// Never relative to the working directory: a hub started from another
+/// directory must find the same CA, not silently make a second household.
+pub fn default_dir() -> Result<PathBuf, String> {
+    default_dir_for(|key| std::env::var_os(key), effective_uid())
+}
+
+/// [`default_dir`] with the environment and user given (for tests).
+pub fn default_dir_for(
+    env: impl Fn(&str) -> Option<OsString>,
+    euid: Option<u32>,
+) -> Result<PathBuf, String> {
+    // systemd may pass several colon-separated directories; ours is the first.
+    if let Some(dirs) = env("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
+        let dirs = dirs.to_string_lossy().into_owned();
+        return Ok(PathBuf::from(dirs.split(':').next().unwrap_or_default()));
+    }
+    if euid == Some(0) {
+        return Ok(PathBuf::from("/var/lib/hearth"));
+    }
+    // The XDG spec ignores a relative $XDG_STATE_HOME, and so do we.
+    if let Some(state) = env("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+    {
+        return Ok(state.join("hearth"));
+    }
+    match env("HOME").map(PathBuf::from).filter(|p| p.is_absolute()) {
+        Some(home) => Ok(home.join(".local/state/hearth")),
+        None => Err("no state directory: $HOME is not set; give one with --data-dir".into()),
+    }
+}
+
+/// The effective user id, read from /proc (no `unsafe` libc call); `None`
+/// where /proc is not there, which then counts as an ordinary user.
+pub fn effective_uid() -> Option<u32> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    // Uid: real effective saved filesystem
+    line.split_whitespace().nth(2)?.parse().ok()
 }
 
 /// Creates the data dir if needed and makes sure only its owner can enter it.
@@ -113,6 +159,51 @@ mod tests {
             fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
             0o700
         );
+    }
+
+    #[test]
+    fn the_default_never_depends_on_the_working_directory() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |key: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| OsString::from(v))
+            }
+        };
+        let home = &[("HOME", "/home/ada")];
+        assert_eq!(
+            default_dir_for(env(home), Some(1000)).unwrap(),
+            PathBuf::from("/home/ada/.local/state/hearth")
+        );
+        assert_eq!(
+            default_dir_for(
+                env(&[("HOME", "/home/ada"), ("XDG_STATE_HOME", "/s")]),
+                Some(1000)
+            )
+            .unwrap(),
+            PathBuf::from("/s/hearth")
+        );
+        // A relative XDG_STATE_HOME is ignored, as the spec says.
+        assert_eq!(
+            default_dir_for(env(&[("HOME", "/h"), ("XDG_STATE_HOME", "rel")]), None).unwrap(),
+            PathBuf::from("/h/.local/state/hearth")
+        );
+        assert_eq!(
+            default_dir_for(env(home), Some(0)).unwrap(),
+            PathBuf::from("/var/lib/hearth")
+        );
+        assert_eq!(
+            default_dir_for(env(&[("STATE_DIRECTORY", "/var/lib/hearth:/x")]), Some(999)).unwrap(),
+            PathBuf::from("/var/lib/hearth")
+        );
+        assert!(default_dir_for(env(&[]), Some(1000)).is_err());
+        assert!(default_dir_for(env(&[("HOME", "relative")]), Some(1000)).is_err());
+    }
+
+    #[test]
+    fn the_effective_uid_is_read() {
+        assert!(effective_uid().is_some());
     }
 
     #[test]

@@ -18,6 +18,11 @@ pub const MAX_FAILURES: u32 = 5;
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(600);
 /// How long an address is locked out after too many wrong tokens.
 pub const LOCKOUT: Duration = Duration::from_secs(600);
+/// What a locked-out device is told: how long, and how an administrator
+/// lifts it. A fixed text (the audit keeps reasons from a fixed list), so
+/// it states the lockout's length; a test keeps it equal to [`LOCKOUT`].
+pub const LOCKED_OUT: &str = "too many wrong tokens: this address is locked out for 10 minutes \
+     (the hub's administrator can lift it with `hearth pair --unlock ADDRESS`)";
 /// The longest a window may stay open.
 pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -133,6 +138,16 @@ impl PairingWindows {
             .is_some_and(|until| Instant::now() < until)
     }
 
+    /// Lifts a lockout (and forgets the wrong tokens counted) for an
+    /// address, or its IPv6 /64; false if it was not locked out.
+    pub fn unlock(&self, ip: IpAddr) -> bool {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures
+            .remove(&source_key(ip))
+            .and_then(|f| f.locked_until)
+            .is_some_and(|until| Instant::now() < until)
+    }
+
     /// Counts a wrong token; returns true if the address is now locked out.
     pub fn record_failure(&self, ip: IpAddr) -> bool {
         let now = Instant::now();
@@ -230,6 +245,26 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         assert!(windows.check(&token).is_none());
         assert!(windows.list().is_empty());
+    }
+
+    #[test]
+    fn the_lockout_message_says_how_long() {
+        assert_eq!(LOCKOUT.as_secs(), 10 * 60);
+        assert!(LOCKED_OUT.contains("10 minutes"));
+    }
+
+    #[test]
+    fn an_unlocked_address_may_try_again() {
+        let windows = PairingWindows::default();
+        let ip: IpAddr = "2001:db8::1".parse().unwrap();
+        assert!(!windows.unlock(ip));
+        for _ in 0..MAX_FAILURES {
+            windows.record_failure(ip);
+        }
+        assert!(windows.locked_out(ip));
+        // Any address of the /64 names the lockout.
+        assert!(windows.unlock("2001:db8::99".parse().unwrap()));
+        assert!(!windows.locked_out(ip));
     }
 
     #[test]

@@ -721,6 +721,8 @@ impl Store {
         let mut stmt = self.conn.prepare(
             "SELECT d.id, d.member, d.label, d.status, d.created_at, d.last_seen,
                     (SELECT c.sha256 FROM certificates c WHERE c.device_id = d.id
+                     ORDER BY c.status = 'active' DESC, c.issued_at DESC LIMIT 1),
+                    (SELECT c.not_after FROM certificates c WHERE c.device_id = d.id
                      ORDER BY c.status = 'active' DESC, c.issued_at DESC LIMIT 1)
              FROM devices d ORDER BY d.created_at, d.id",
         )?;
@@ -733,10 +735,11 @@ impl Store {
                 row.get::<_, i64>(4)?,
                 row.get::<_, Option<i64>>(5)?,
                 row.get::<_, Option<String>>(6)?,
+                row.get::<_, Option<i64>>(7)?,
             ))
         })?;
         rows.map(|row| {
-            let (id, member, label, status, created_at, last_seen, sha) = row?;
+            let (id, member, label, status, created_at, last_seen, sha, not_after) = row?;
             Ok(DeviceInfo {
                 id: parse(&id)?,
                 owner: owner(member)?,
@@ -748,6 +751,7 @@ impl Store {
                 cert_sha256: sha.unwrap_or_default(),
                 created_at,
                 last_seen,
+                cert_not_after: not_after,
             })
         })
         .collect()

@@ -86,6 +86,11 @@ pub enum AdminRequest {
         /// The window, or every window when absent.
         id: Option<u32>,
     },
+    /// Lifts a pairing lockout (too many wrong tokens) from an address.
+    PairUnlock {
+        /// The locked-out address (for IPv6, any address of its /64).
+        address: std::net::IpAddr,
+    },
     /// What the mailbox holds: counts and ages per device, no content.
     MailboxStatus,
     /// Allows or denies messaging between two members, both ways.
@@ -225,6 +230,10 @@ pub struct DeviceInfo {
     pub created_at: i64,
     /// When it last connected, Unix seconds.
     pub last_seen: Option<i64>,
+    /// When its current certificate expires, Unix seconds (absent from
+    /// older hubs' answers).
+    #[serde(default)]
+    pub cert_not_after: Option<i64>,
 }
 
 /// What `device issue` returns.

@@ -9,6 +9,8 @@ pub mod id;
 pub mod mailbox;
 pub mod pairing;
 pub mod policy;
+pub mod reference;
+pub mod terminal;
 pub mod topic;
 
 pub use household::{Owner, Role};

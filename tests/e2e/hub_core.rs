@@ -132,7 +132,9 @@ async fn the_cli_manages_members_and_devices() {
     hub.hearth_ok(&["member", "add", "Mum", "--role", "parent"]);
     assert_eq!(
         hub.hearth_ok(&["member", "list"]),
-        "Ada\tchild\nMum\tparent\n"
+        "NAME  ROLE    DEVICES  ONLINE  LAST SEEN\n\
+         Ada   child   0        0       never\n\
+         Mum   parent  0        0       never\n"
     );
 
     let again = hub.hearth(&["member", "add", "Ada", "--role", "parent"]);

@@ -95,7 +95,7 @@ async fn removing_a_member_revokes_their_devices() {
     let hub = TestHub::start();
     let kid = hub.device("Ada", "child");
     let mut raw = Raw::connect(&hub, &kid, true).await;
-    hub.hearth_ok(&["member", "remove", "Ada"]);
+    hub.hearth_ok(&["member", "remove", "Ada", "--yes"]);
     assert_eq!(raw.quiet(Duration::from_secs(1)).await, Next::Closed);
     if let Ok(mut tls) = raw_tls(hub.mqtt, kid.tls()).await {
         send(&mut tls, &connect_packet(false, &kid.id, None)).await;

@@ -13,7 +13,7 @@ use clap::Parser;
 use hearth_daemon::datadir::{create_private_dir, write_with_mode};
 use hearth_protocol::mailbox::{self, Inbox, Kind, Outbox, ReceiptStatus};
 use hearth_protocol::pairing::PairingUri;
-use hearth_protocol::{topic, DeviceId};
+use hearth_protocol::{terminal, topic, DeviceId};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
@@ -84,7 +84,9 @@ async fn main() -> std::process::ExitCode {
         Command::Inbox { wait, follow } => inbox(&cli.dir, wait, follow).await,
         Command::Discover { secs } => discover(secs).await.map(|hubs| {
             for hub in &hubs {
-                println!("{hub}");
+                // Anyone on the LAN can advertise: their names are shown,
+                // not obeyed.
+                println!("{}", terminal::field(&hub.to_string()));
             }
             if hubs.is_empty() {
                 eprintln!("no hub found");
@@ -94,7 +96,8 @@ async fn main() -> std::process::ExitCode {
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("hearth-device: {e:#}");
+            // An error can quote what the hub or the network sent.
+            eprintln!("hearth-device: {}", terminal::text(&format!("{e:#}")));
             std::process::ExitCode::FAILURE
         }
     }
@@ -505,7 +508,12 @@ async fn run(dir: &Path, interval: f64, count: Option<u64>) -> Result<()> {
                     client.try_subscribe(&commands, QoS::AtLeastOnce)?;
                 }
                 Ok(Event::Incoming(Packet::Publish(command))) => {
-                    println!("cmd {} {}", command.topic, String::from_utf8_lossy(&command.payload));
+                    // What came over the network is shown, never obeyed.
+                    println!(
+                        "cmd {} {}",
+                        terminal::field(&command.topic),
+                        terminal::text(&String::from_utf8_lossy(&command.payload))
+                    );
                 }
                 Ok(Event::Incoming(Packet::PubAck(_))) => {
                     acked += 1;
@@ -685,9 +693,18 @@ async fn inbox(dir: &Path, wait: u64, follow: bool) -> Result<()> {
         match serde_json::from_slice::<Inbox>(&p.payload) {
             Ok(Inbox::Delivery(d)) => {
                 if seen.insert(d.id.clone()) {
-                    let from = format!("{} ({})", d.from.member, d.from.device);
+                    // Names, bodies and ids came from other devices: a
+                    // message must not retitle the terminal or fake output.
+                    let from = format!(
+                        "{} ({})",
+                        terminal::field(d.from.member.as_str()),
+                        terminal::field(&d.from.device.to_string())
+                    );
+                    let shown_id = terminal::field(&d.id).into_owned();
                     match (&d.body, &d.data) {
-                        (Some(body), _) => println!("message {} from {from}: {body}", d.id),
+                        (Some(body), _) => {
+                            println!("message {shown_id} from {from}: {}", terminal::text(body))
+                        }
                         (None, Some(data)) => {
                             // The id names the file: only the hub's hex ids.
                             if d.id.is_empty()
@@ -710,7 +727,7 @@ async fn inbox(dir: &Path, wait: u64, follow: bool) -> Result<()> {
                                 bytes.len()
                             );
                         }
-                        (None, None) => println!("message {} from {from} (empty)", d.id),
+                        (None, None) => println!("message {shown_id} from {from} (empty)"),
                     }
                 }
                 // Acknowledge once stored here (again if the hub resent it).
@@ -736,9 +753,11 @@ async fn inbox(dir: &Path, wait: u64, follow: bool) -> Result<()> {
                 };
                 println!(
                     "receipt {} {status}{}{}",
-                    r.reference,
+                    terminal::field(&r.reference),
                     r.device.map(|d| format!(" to {d}")).unwrap_or_default(),
-                    r.reason.map(|why| format!(": {why}")).unwrap_or_default()
+                    r.reason
+                        .map(|why| format!(": {}", terminal::field(&why)))
+                        .unwrap_or_default()
                 );
             }
             Err(_) => {}

@@ -1,7 +1,7 @@
 //! `hearth`: the administrator's command line, speaking JSON to hearthd's
 //! admin socket.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -9,9 +9,11 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use hearth_daemon::datadir::{create_private_dir, write_with_mode};
-use hearth_protocol::admin::{AdminRequest, AdminResponse, AuditEntry, DeviceStatus};
+use hearth_protocol::admin::{
+    AdminRequest, AdminResponse, AuditEntry, DeviceInfo, DeviceStatus, MemberInfo,
+};
 use hearth_protocol::policy::Direction;
-use hearth_protocol::Owner;
+use hearth_protocol::{terminal, DeviceId, MemberName, Owner, Role};
 
 use hearth_daemon::cli::hearth::*;
 
@@ -23,7 +25,8 @@ fn main() -> ExitCode {
             if is_broken_pipe(&e) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("hearth: {e:#}");
+            // An error can quote what a device sent (a CSR's contents, say).
+            eprintln!("hearth: {}", terminal::text(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
@@ -35,8 +38,12 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let socket = cli.socket.clone().unwrap_or_else(default_socket);
+    let socket = match cli.socket.clone() {
+        Some(socket) => socket,
+        None => default_socket()?,
+    };
     let json = cli.json;
+    // A request whose answer `--json` prints as it came.
     let ask = |request: AdminRequest| -> Result<AdminResponse> {
         let response = request_once(&socket, &request)?;
         if json {
@@ -47,12 +54,26 @@ fn run(cli: Cli) -> Result<()> {
             other => Ok(other),
         }
     };
+    // A request the CLI makes for itself (names to ids, table columns):
+    // never printed, so `--json` output stays what it was.
+    let query = |request: AdminRequest| -> Result<AdminResponse> {
+        match request_once(&socket, &request)? {
+            AdminResponse::Error { message } => bail!("{message}"),
+            other => Ok(other),
+        }
+    };
+    let device = |reference: &str| -> Result<DeviceId> { resolve_device(&query, reference) };
     let mut out = std::io::stdout().lock();
     match cli.command {
         Command::Status => {
             if let AdminResponse::Status(status) = ask(AdminRequest::Status)? {
                 if !json {
-                    writeln!(out, "hearthd {} up {}s", status.version, status.uptime_secs)?;
+                    writeln!(
+                        out,
+                        "hearthd {} up {}",
+                        status.version,
+                        human_span(i64::try_from(status.uptime_secs).unwrap_or(i64::MAX))
+                    )?;
                     for l in &status.listeners {
                         writeln!(out, "listener {:<6} {}", l.name, l.address)?;
                     }
@@ -73,33 +94,34 @@ fn run(cli: Cli) -> Result<()> {
         Command::Member(MemberCommand::List) => {
             if let AdminResponse::Members { members } = ask(AdminRequest::MemberList)? {
                 if !json {
-                    for m in members {
-                        writeln!(out, "{}\t{}", m.name, m.role)?;
-                    }
+                    let household = Household::read(&query)?;
+                    write!(out, "{}", household.member_table(&members))?;
                 }
             }
         }
         Command::Device(DeviceCommand::List) => {
             if let AdminResponse::Devices { devices } = ask(AdminRequest::DeviceList)? {
                 if !json {
-                    for d in devices {
-                        let status = match d.status {
-                            DeviceStatus::Active => "active",
-                            DeviceStatus::Revoked => "revoked",
-                        };
-                        writeln!(out, "{}\t{}\t{}\t{}", d.id, d.owner, status, d.label)?;
-                    }
+                    let household = Household::read(&query)?;
+                    write!(out, "{}", household.device_table(&devices))?;
                 }
             }
         }
         Command::Device(DeviceCommand::Issue(args)) => issue(args, &ask, json, &mut out)?,
-        Command::Device(DeviceCommand::Revoke { id }) => {
-            print_done(ask(AdminRequest::DeviceRevoke { id })?, json, &mut out)?
-        }
-        Command::Device(DeviceCommand::Remove { id }) => {
-            print_done(ask(AdminRequest::DeviceRemove { id })?, json, &mut out)?
-        }
-        Command::Member(MemberCommand::Remove { name }) => {
+        Command::Device(DeviceCommand::Revoke { id }) => print_done(
+            ask(AdminRequest::DeviceRevoke { id: device(&id)? })?,
+            json,
+            &mut out,
+        )?,
+        Command::Device(DeviceCommand::Remove { id }) => print_done(
+            ask(AdminRequest::DeviceRemove { id: device(&id)? })?,
+            json,
+            &mut out,
+        )?,
+        Command::Member(MemberCommand::Remove { name, yes }) => {
+            if !yes {
+                confirm_member_removal(&query, &name)?;
+            }
             print_done(ask(AdminRequest::MemberRemove { name })?, json, &mut out)?
         }
         Command::Grant(g) => {
@@ -110,7 +132,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             print_done(
                 ask(AdminRequest::Grant {
-                    id: g.id,
+                    id: device(&g.id)?,
                     filter: g.filter,
                     direction,
                 })?,
@@ -126,7 +148,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             print_done(
                 ask(AdminRequest::RevokeGrant {
-                    id: g.id,
+                    id: device(&g.id)?,
                     filter: g.filter,
                     direction,
                 })?,
@@ -145,27 +167,43 @@ fn run(cli: Cli) -> Result<()> {
                     for p in pending {
                         writeln!(
                             out,
-                            "{}\t{} waiting\toldest {}s old\tnext expiry in {}s",
-                            p.device,
+                            "{}\t{} waiting\toldest {} old\tnext expiry in {}",
+                            terminal::field(p.device.as_str()),
                             p.count,
-                            (now - p.oldest_sent_at).max(0),
-                            (p.next_expiry - now).max(0)
+                            human_span(now - p.oldest_sent_at),
+                            human_span(p.next_expiry - now)
                         )?;
                     }
                 }
             }
         }
-        Command::Contacts(ContactsCommand::List) => {
+        Command::Contacts(ContactsArgs {
+            command: None | Some(ContactsCommand::List),
+        }) => {
             if let AdminResponse::Contacts { rules } = ask(AdminRequest::ContactList)? {
                 if !json {
+                    if rules.is_empty() {
+                        writeln!(
+                            out,
+                            "no rules: the defaults apply (parents may message anyone, \
+                             children their parents)"
+                        )?;
+                    }
                     for r in rules {
                         let verb = if r.allowed { "allow" } else { "deny" };
-                        writeln!(out, "{}\t{verb}\t{}", r.from, r.to)?;
+                        writeln!(
+                            out,
+                            "{}\t{verb}\t{}",
+                            terminal::field(r.from.as_str()),
+                            terminal::field(r.to.as_str())
+                        )?;
                     }
                 }
             }
         }
-        Command::Contacts(ContactsCommand::Allow { a, b }) => print_done(
+        Command::Contacts(ContactsArgs {
+            command: Some(ContactsCommand::Allow { a, b }),
+        }) => print_done(
             ask(AdminRequest::ContactSet {
                 a,
                 b,
@@ -174,7 +212,9 @@ fn run(cli: Cli) -> Result<()> {
             json,
             &mut out,
         )?,
-        Command::Contacts(ContactsCommand::Deny { a, b }) => print_done(
+        Command::Contacts(ContactsArgs {
+            command: Some(ContactsCommand::Deny { a, b }),
+        }) => print_done(
             ask(AdminRequest::ContactSet {
                 a,
                 b,
@@ -184,11 +224,15 @@ fn run(cli: Cli) -> Result<()> {
             &mut out,
         )?,
         Command::Audit(args) => {
+            let only = match &args.device {
+                Some(reference) => Some(device(reference)?),
+                None => None,
+            };
             let mut after_id = None;
             let mut since = args.since;
             loop {
                 let request = AdminRequest::Audit {
-                    device: args.device,
+                    device: only,
                     since,
                     after_id,
                     limit: if after_id.is_some() {
@@ -197,12 +241,7 @@ fn run(cli: Cli) -> Result<()> {
                         args.limit
                     },
                 };
-                if let AdminResponse::Audit { entries } =
-                    request_once(&socket, &request).and_then(|r| match r {
-                        AdminResponse::Error { message } => bail!("{message}"),
-                        other => Ok(other),
-                    })?
-                {
+                if let AdminResponse::Audit { entries } = query(request)? {
                     for e in &entries {
                         if json {
                             writeln!(out, "{}", serde_json::to_string(e)?)?;
@@ -224,9 +263,251 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// Finds the device a reference names (id, id prefix or label), asking
+/// the hub for its list unless the reference is a whole id already.
+fn resolve_device(
+    query: &dyn Fn(AdminRequest) -> Result<AdminResponse>,
+    reference: &str,
+) -> Result<DeviceId> {
+    let AdminResponse::Devices { devices } = query(AdminRequest::DeviceList)? else {
+        bail!("unexpected answer from hearthd");
+    };
+    if let Ok(id) = reference.parse::<DeviceId>() {
+        if !devices.iter().any(|d| d.id == id) {
+            // Let the hub say it in its own words.
+            return Ok(id);
+        }
+    }
+    Ok(hearth_protocol::reference::resolve_device(
+        reference,
+        devices.iter().map(|d| (d.id, d.label.as_str())),
+    )?)
+}
+
+/// Removing a member removes their devices too: ask first, on a terminal;
+/// without one (a script), refuse unless `--yes` said it already.
+fn confirm_member_removal(
+    query: &dyn Fn(AdminRequest) -> Result<AdminResponse>,
+    name: &MemberName,
+) -> Result<()> {
+    let AdminResponse::Devices { devices } = query(AdminRequest::DeviceList)? else {
+        bail!("unexpected answer from hearthd");
+    };
+    let theirs: Vec<_> = devices
+        .iter()
+        .filter(|d| match &d.owner {
+            Owner::Member(owner) => hearth_protocol::reference::same_member(owner, name),
+            Owner::Service => false,
+        })
+        .collect();
+    if theirs.is_empty() {
+        return Ok(());
+    }
+    let labels: Vec<String> = theirs
+        .iter()
+        .map(|d| terminal::field(d.label.as_str()).into_owned())
+        .collect();
+    let what = format!(
+        "removing {} also revokes and removes {} device(s): {}",
+        terminal::field(name.as_str()),
+        theirs.len(),
+        labels.join(", ")
+    );
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        bail!("{what}. Nothing was removed: there is no terminal to ask on; add --yes to go ahead");
+    }
+    eprint!("{what}. Remove them? [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes" | "Yes" | "YES") {
+        Ok(())
+    } else {
+        bail!("nothing was removed")
+    }
+}
+
+/// What the tables add to the lists: roles, who is online now.
+struct Household {
+    roles: Vec<(MemberName, Role)>,
+    online: Vec<DeviceId>,
+    devices: Vec<DeviceInfo>,
+    now: i64,
+}
+
+impl Household {
+    fn read(query: &dyn Fn(AdminRequest) -> Result<AdminResponse>) -> Result<Household> {
+        let (
+            AdminResponse::Members { members },
+            AdminResponse::Status(status),
+            AdminResponse::Devices { devices },
+        ) = (
+            query(AdminRequest::MemberList)?,
+            query(AdminRequest::Status)?,
+            query(AdminRequest::DeviceList)?,
+        )
+        else {
+            bail!("unexpected answer from hearthd");
+        };
+        Ok(Household {
+            roles: members.into_iter().map(|m| (m.name, m.role)).collect(),
+            online: status.connected,
+            devices,
+            now: unix_now(),
+        })
+    }
+
+    fn role_of(&self, owner: &Owner) -> &'static str {
+        match owner {
+            Owner::Service => "service",
+            Owner::Member(name) => self
+                .roles
+                .iter()
+                .find(|(m, _)| m == name)
+                .map(|(_, role)| role.as_str())
+                .unwrap_or("?"),
+        }
+    }
+
+    fn seen(&self, device: &DeviceInfo) -> String {
+        if self.online.contains(&device.id) {
+            return "online".into();
+        }
+        match device.last_seen {
+            Some(at) => format!("{} ago", human_span(self.now - at)),
+            None => "never".into(),
+        }
+    }
+
+    fn device_table(&self, devices: &[DeviceInfo]) -> String {
+        if devices.is_empty() {
+            return "no devices yet: `hearth pair` or `hearth device issue` adds one\n".into();
+        }
+        let rows = devices
+            .iter()
+            .map(|d| {
+                vec![
+                    d.id.to_string(),
+                    terminal::field(&d.owner.to_string()).into_owned(),
+                    terminal::field(d.label.as_str()).into_owned(),
+                    self.role_of(&d.owner).to_owned(),
+                    match d.status {
+                        DeviceStatus::Active => "active".to_owned(),
+                        DeviceStatus::Revoked => "revoked".to_owned(),
+                    },
+                    self.seen(d),
+                    d.cert_not_after
+                        .map(|at| expiry(at, self.now))
+                        .unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "ID",
+                "OWNER",
+                "LABEL",
+                "ROLE",
+                "STATUS",
+                "SEEN",
+                "CERT EXPIRES",
+            ],
+            rows,
+        )
+    }
+
+    fn member_table(&self, members: &[MemberInfo]) -> String {
+        if members.is_empty() {
+            return "no members yet: `hearth member add NAME --role parent` adds one\n".into();
+        }
+        let rows = members
+            .iter()
+            .map(|m| {
+                let theirs: Vec<&DeviceInfo> = self
+                    .devices
+                    .iter()
+                    .filter(|d| d.owner == Owner::Member(m.name.clone()))
+                    .collect();
+                let online = theirs
+                    .iter()
+                    .filter(|d| self.online.contains(&d.id))
+                    .count();
+                let seen = if online > 0 {
+                    "online".to_owned()
+                } else {
+                    match theirs.iter().filter_map(|d| d.last_seen).max() {
+                        Some(at) => format!("{} ago", human_span(self.now - at)),
+                        None => "never".to_owned(),
+                    }
+                };
+                vec![
+                    terminal::field(m.name.as_str()).into_owned(),
+                    m.role.to_string(),
+                    theirs.len().to_string(),
+                    online.to_string(),
+                    seen,
+                ]
+            })
+            .collect();
+        table(&["NAME", "ROLE", "DEVICES", "ONLINE", "LAST SEEN"], rows)
+    }
+}
+
+/// Columns padded to their widest cell, two spaces apart, headers first.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut text = String::new();
+    let header: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(&rows) {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.push_str(&" ".repeat(w - cell.chars().count() + 2));
+            }
+        }
+        text.push_str(line.trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+/// A span of time for people: "40 s", "5 min", "3 h", "2 days", "4 years"
+/// (rounded down).
+fn human_span(seconds: i64) -> String {
+    let s = seconds.max(0);
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min", s / 60),
+        3600..=172_799 => format!("{} h", s / 3600),
+        172_800..=63_071_999 => format!("{} days", s / 86_400),
+        _ => format!("{} years", s / 31_536_000),
+    }
+}
+
+/// A certificate's expiry: the date, and how far off (or "EXPIRED").
+fn expiry(at: i64, now: i64) -> String {
+    let date = time::OffsetDateTime::from_unix_timestamp(at)
+        .map(|t| format!("{}-{:02}-{:02}", t.year(), u8::from(t.month()), t.day()))
+        .unwrap_or_else(|_| at.to_string());
+    if at <= now {
+        format!("{date} (EXPIRED)")
+    } else {
+        format!("{date} (in {})", human_span(at - now))
+    }
+}
+
 fn print_done(response: AdminResponse, json: bool, out: &mut dyn Write) -> Result<()> {
     if let (AdminResponse::Done { message }, false) = (response, json) {
-        writeln!(out, "{message}")?;
+        writeln!(out, "{}", terminal::text(&message))?;
     }
     Ok(())
 }
@@ -239,19 +520,25 @@ fn audit_line(e: &AuditEntry) -> String {
                 .ok()
         })
         .unwrap_or_else(|| e.at.to_string());
-    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    // Topics, reasons and peers can carry what a device sent: shown, never
+    // obeyed by the terminal.
+    let dash = |v: &Option<String>| {
+        v.as_deref()
+            .map(|s| terminal::field(s).into_owned())
+            .unwrap_or_else(|| "-".into())
+    };
     format!(
         "{at}  {}  {}  {}  {}  {}{}",
         e.device
             .map(|d| d.to_string())
             .unwrap_or_else(|| "-".into()),
-        e.event,
+        terminal::field(&e.event),
         dash(&e.action),
         dash(&e.topic),
         dash(&e.reason),
         e.peer
             .as_ref()
-            .map(|p| format!("  peer={p}"))
+            .map(|p| format!("  peer={}", terminal::field(p)))
             .unwrap_or_default(),
     )
 }
@@ -339,11 +626,11 @@ fn pair(
                 for w in windows {
                     writeln!(
                         out,
-                        "{}\t{}\t{}\tcloses in {}s",
+                        "{}\t{}\t{}\tcloses in {}",
                         w.id,
-                        w.member,
-                        w.label,
-                        (w.expires_at - unix_now()).max(0)
+                        terminal::field(w.member.as_str()),
+                        terminal::field(w.label.as_str()),
+                        human_span(w.expires_at - unix_now())
                     )?;
                 }
             }
@@ -352,6 +639,9 @@ fn pair(
     }
     if let Some(id) = args.cancel {
         return print_done(ask(AdminRequest::PairCancel { id })?, json, out);
+    }
+    if let Some(address) = args.unlock {
+        return print_done(ask(AdminRequest::PairUnlock { address })?, json, out);
     }
     let (Some(member), Some(label)) = (args.member, args.label) else {
         bail!("give --member and --label");
@@ -378,7 +668,12 @@ fn pair(
             .build();
         writeln!(out, "{drawing}")?;
     }
-    writeln!(out, "pairing window {} open for {}s", ticket.id, args.ttl)?;
+    writeln!(
+        out,
+        "pairing window {} open for {}",
+        ticket.id,
+        human_span(args.ttl as i64)
+    )?;
     writeln!(out, "token: {}", ticket.token)?;
     // What a device found by mDNS is checked against: the CA's first 16
     // hex digits (the advertisement's own prefix is never trusted).
@@ -410,12 +705,7 @@ fn unix_now() -> i64 {
 }
 
 fn request_once(socket: &Path, request: &AdminRequest) -> Result<AdminResponse> {
-    let mut stream = UnixStream::connect(socket).with_context(|| {
-        format!(
-            "cannot reach hearthd at {} (is it running? --socket or HEARTH_SOCKET chooses the socket)",
-            socket.display()
-        )
-    })?;
+    let mut stream = UnixStream::connect(socket).map_err(|e| unreachable_hub(socket, &e))?;
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
     stream.write_all(&line)?;
@@ -427,14 +717,57 @@ fn request_once(socket: &Path, request: &AdminRequest) -> Result<AdminResponse> 
     serde_json::from_str(&answer).context("hearthd's answer is not valid JSON")
 }
 
-/// `/run/hearth/admin.sock` when the packaged service runs, else the
-/// socket inside the default data dir. The directory is tested, not the
-/// socket: a user outside `hearth-admin` cannot see into it and should be
-/// told so, not sent to a socket that does not exist.
-fn default_socket() -> PathBuf {
-    if Path::new("/run/hearth").is_dir() {
-        PathBuf::from("/run/hearth/admin.sock")
+/// Why the admin socket could not be reached, and what to do about it:
+/// each cause has its own fix, so each gets its own words.
+fn unreachable_hub(socket: &Path, e: &std::io::Error) -> anyhow::Error {
+    // Where it looked, and why there: the wrong socket is the usual cause.
+    let at = if default_socket().is_ok_and(|d| d == socket) {
+        format!("{} (the default for this user)", socket.display())
     } else {
-        PathBuf::from("hearth-data/admin.sock")
+        format!(
+            "{} (given with --socket or HEARTH_SOCKET)",
+            socket.display()
+        )
+    };
+    let root = hearth_daemon::datadir::effective_uid() == Some(0);
+    let choose = if root {
+        "if hearthd runs as another user or with --data-dir, give its socket with --socket \
+         PATH or HEARTH_SOCKET"
+    } else {
+        "if hearthd runs as another user or with --data-dir, give its socket with --socket \
+         PATH or HEARTH_SOCKET (a hub started by root has it in /var/lib/hearth: use sudo \
+         hearth)"
+    };
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
+            "permission denied on the admin socket {at}: only members of the group \
+             `hearth-admin` may administer the hub. Join it (`sudo adduser $USER hearth-admin`, \
+             then log out and in again), or run the command with sudo"
+        ),
+        std::io::ErrorKind::NotFound => anyhow::anyhow!(
+            "hearthd is not running here: there is no admin socket at {at}. Start the hub \
+             (`hearthd`, or `sudo systemctl start hearthd` where the package is installed); \
+             {choose}"
+        ),
+        std::io::ErrorKind::ConnectionRefused => anyhow::anyhow!(
+            "hearthd is not running: {at} is left from a hub that stopped. Start it again \
+             (`hearthd`, or `sudo systemctl start hearthd`); {choose}"
+        ),
+        _ => anyhow::anyhow!("cannot reach hearthd at {at}: {e}; {choose}"),
     }
+}
+
+/// Where `hearthd` puts its socket unless told otherwise, by the same rule:
+/// `/run/hearth/admin.sock` when the packaged service runs (systemd's
+/// `RuntimeDirectory=`), else `admin.sock` in the default state directory
+/// (`/var/lib/hearth` for root, `~/.local/state/hearth` for others). The
+/// directory /run/hearth is tested, not the socket: a user outside
+/// `hearth-admin` cannot see into it and should be told so, not sent to a
+/// socket elsewhere.
+fn default_socket() -> Result<PathBuf> {
+    if Path::new("/run/hearth").is_dir() {
+        return Ok(PathBuf::from("/run/hearth/admin.sock"));
+    }
+    let dir = hearth_daemon::datadir::default_dir().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(dir.join("admin.sock"))
 }

@@ -32,7 +32,13 @@ fn main() -> ExitCode {
     if let Some(dir) = args.data_dir {
         config.data_dir = Some(dir);
     }
-    let data_dir = config.resolved_data_dir();
+    let data_dir = match config.resolved_data_dir() {
+        Ok(dir) => dir,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
-use hearth_protocol::{DeviceId, Label, MemberName, Role};
+use hearth_protocol::{Label, MemberName, Role};
 
 use crate::unix_now;
 
@@ -12,7 +12,10 @@ use crate::unix_now;
 #[derive(Debug, Parser)]
 #[command(name = "hearth", version, about)]
 pub struct Cli {
-    /// The hub's admin socket.
+    /// The hub's admin socket (default: /run/hearth/admin.sock where the
+    /// packaged service runs, else admin.sock in hearthd's default state
+    /// directory: /var/lib/hearth for root, ~/.local/state/hearth for
+    /// others).
     #[arg(long, env = "HEARTH_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// Print the daemon's JSON answer instead of text.
@@ -44,10 +47,21 @@ pub enum Command {
     /// What waits in the mailbox: counts and ages per device, no content.
     Mailbox,
     /// Who may message whom, beyond the defaults (parents: anyone;
-    /// children: their parents).
-    #[command(subcommand)]
-    Contacts(ContactsCommand),
+    /// children: their parents). Without a command, lists the rules.
+    Contacts(ContactsArgs),
 }
+
+/// `hearth contacts [allow|deny|list]`.
+#[derive(Debug, ClapArgs)]
+pub struct ContactsArgs {
+    /// What to do (default: list).
+    #[command(subcommand)]
+    pub command: Option<ContactsCommand>,
+}
+
+/// How a device is named on the command line: its id, a unique prefix of
+/// its id (4 characters or more), or its label if no other device has it.
+pub type DeviceRef = String;
 
 #[derive(Debug, Subcommand)]
 pub enum ContactsCommand {
@@ -72,13 +86,14 @@ pub enum ContactsCommand {
 #[derive(Debug, ClapArgs)]
 pub struct PairArgs {
     /// The member the new device will belong to.
-    #[arg(long, required_unless_present_any = ["list", "cancel"])]
+    #[arg(long, required_unless_present_any = ["list", "cancel", "unlock"])]
     pub member: Option<MemberName>,
     /// A label for people ("Ada's robot").
-    #[arg(long, required_unless_present_any = ["list", "cancel"])]
+    #[arg(long, required_unless_present_any = ["list", "cancel", "unlock"])]
     pub label: Option<Label>,
-    /// How long the window stays open: 90s, 10m, 2h (at most 24h).
-    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    /// How long the window stays open, with its unit: 90s, 10m, 2h (at
+    /// least 1m, at most 24h; a bare number is refused).
+    #[arg(long, default_value = "10m", value_parser = parse_window)]
     pub ttl: u64,
     /// The host name or address devices should use (default: the hub's
     /// LAN address).
@@ -90,33 +105,56 @@ pub struct PairArgs {
     /// Lists the open windows.
     #[arg(long, conflicts_with_all = ["member", "label", "cancel"])]
     pub list: bool,
-    /// Closes a window by number, or every window.
+    /// Closes a window by number, or every window. Closing a window that
+    /// is not open is an error (exit 1).
     #[arg(long, value_name = "ID", conflicts_with_all = ["member", "label"])]
     pub cancel: Option<Option<u32>>,
+    /// Lifts the lockout of an address that sent too many wrong tokens
+    /// (the address `hearth audit` shows as peer=).
+    #[arg(long, value_name = "ADDRESS", conflicts_with_all = ["member", "label", "list", "cancel"])]
+    pub unlock: Option<std::net::IpAddr>,
 }
 
-/// Parses a pairing window length: `90s`, `10m`, `2h` (1 s to 24 h).
+/// Parses a duration that must carry its unit: `90s`, `10m`, `2h`, `7d`.
+/// A bare number is refused rather than guessed at: `--ttl 10` once meant
+/// ten seconds to the hub and ten minutes to the person typing it.
 pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let usage = || format!("{s:?}: give a number with its unit: 90s, 10m, 2h or 7d");
     let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?}: use 90s, 10m or 2h"))?;
-    let seconds = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("{s:?}: use 90s, 10m or 2h")),
+    let n: u64 = number.parse().map_err(|_| usage())?;
+    let scale = match unit {
+        "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "" => {
+            return Err(format!(
+                "{s:?} has no unit: say {n}s, {n}m or {n}h (a bare number is refused)"
+            ))
+        }
+        _ => return Err(usage()),
     };
-    if seconds == 0 || seconds > 24 * 3600 {
-        return Err(format!("{s:?}: between 1s and 24h"));
+    n.checked_mul(scale).ok_or_else(usage)
+}
+
+/// The shortest pairing window: time to walk to the toy and scan the code.
+pub const MIN_WINDOW_SECS: u64 = 60;
+
+/// Parses a pairing window's length: a duration from 1 minute to 24 hours.
+pub fn parse_window(s: &str) -> Result<u64, String> {
+    let seconds = parse_duration(s)?;
+    if !(MIN_WINDOW_SECS..=24 * 3600).contains(&seconds) {
+        return Err(format!(
+            "{s:?}: a pairing window stays open between 1m and 24h"
+        ));
     }
     Ok(seconds)
 }
 
 #[derive(Debug, ClapArgs)]
 pub struct GrantArgs {
-    /// The service device.
-    pub id: DeviceId,
+    /// The service device: id, id prefix or label.
+    pub id: DeviceRef,
     /// The topic filter, under hearth/v1/<literal>/.
     pub filter: String,
     /// Allow publishing to topics the filter matches.
@@ -133,10 +171,11 @@ pub struct GrantArgs {
 
 #[derive(Debug, ClapArgs)]
 pub struct AuditArgs {
-    /// Only this device.
+    /// Only this device: id, id prefix or label.
     #[arg(long)]
-    pub device: Option<DeviceId>,
-    /// Only the last period: 90s, 10m, 2h, 7d (or Unix seconds).
+    pub device: Option<DeviceRef>,
+    /// Only the last period: 90s, 10m, 2h, 7d; a bare number is a point in
+    /// time, Unix seconds (0: everything).
     #[arg(long, value_parser = parse_since)]
     pub since: Option<i64>,
     /// At most this many entries (the newest).
@@ -147,24 +186,14 @@ pub struct AuditArgs {
     pub follow: bool,
 }
 
-/// Parses `--since`: Unix seconds, or a period back from now (`7d`).
+/// Parses `--since`: a period back from now (`7d`), or a point in time in
+/// Unix seconds.
 pub fn parse_since(s: &str) -> Result<i64, String> {
-    let now = unix_now();
     if let Ok(unix) = s.parse::<i64>() {
         return Ok(unix);
     }
-    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: i64 = number
-        .parse()
-        .map_err(|_| format!("{s:?}: use 90s, 10m, 2h or 7d"))?;
-    let seconds = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return Err(format!("{s:?}: use 90s, 10m, 2h or 7d")),
-    };
-    Ok(now - seconds)
+    let seconds = parse_duration(s)?;
+    Ok(unix_now().saturating_sub(i64::try_from(seconds).unwrap_or(i64::MAX)))
 }
 
 #[derive(Debug, Subcommand)]
@@ -177,12 +206,17 @@ pub enum MemberCommand {
         #[arg(long)]
         role: Role,
     },
-    /// Lists the members.
+    /// Lists the members: role, devices, when last seen.
     List,
-    /// Removes a member; their devices are revoked and removed.
+    /// Removes a member; their devices are revoked and removed. Asks first
+    /// when they have devices; the last parent cannot be removed while
+    /// others remain.
     Remove {
-        /// The nickname.
+        /// The nickname (any case).
         name: MemberName,
+        /// Do not ask; needed when there is no terminal to ask on.
+        #[arg(long, short)]
+        yes: bool,
     },
 }
 
@@ -190,18 +224,19 @@ pub enum MemberCommand {
 pub enum DeviceCommand {
     /// Issues a device certificate and registers the device.
     Issue(IssueArgs),
-    /// Lists the devices.
+    /// Lists the devices: owner, label, role, online or last seen,
+    /// certificate expiry.
     List,
     /// Revokes a device: its connections close at once and its
     /// certificates are refused from then on.
     Revoke {
-        /// The device id.
-        id: DeviceId,
+        /// The device: id, id prefix (4+ characters) or label.
+        id: DeviceRef,
     },
     /// Revokes a device and deletes it from the registry.
     Remove {
-        /// The device id.
-        id: DeviceId,
+        /// The device: id, id prefix (4+ characters) or label.
+        id: DeviceRef,
     },
 }
 

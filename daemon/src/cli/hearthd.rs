@@ -12,7 +12,9 @@ pub struct Args {
     /// Configuration file (TOML). Without one, the embedded defaults apply.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// State directory; overrides the config file and $STATE_DIRECTORY.
+    /// State directory; overrides the config file and the default
+    /// ($STATE_DIRECTORY, else /var/lib/hearth for root and
+    /// $XDG_STATE_HOME/hearth, i.e. ~/.local/state/hearth, for others).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     // Without a command, hearthd runs the hub.

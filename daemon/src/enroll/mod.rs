@@ -208,10 +208,7 @@ async fn simple_enroll(hub: &Hub, ip: IpAddr, request: Request<Incoming>) -> Ans
     const ACTION: &str = "simpleenroll";
     let refuse = |status: StatusCode, reason: &str| refused(hub, ip, None, ACTION, status, reason);
     if hub.windows.locked_out(ip) {
-        return refuse(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many wrong tokens; try again later",
-        );
+        return refuse(StatusCode::TOO_MANY_REQUESTS, crate::pairing::LOCKED_OUT);
     }
     if !hub.windows.any_open() {
         return refuse(StatusCode::FORBIDDEN, "no pairing window is open");
@@ -225,7 +222,8 @@ async fn simple_enroll(hub: &Hub, ip: IpAddr, request: Request<Incoming>) -> Ans
     let Some(window) = hub.windows.check(&token) else {
         let locked = hub.windows.record_failure(ip);
         let reason = if locked {
-            "wrong pairing token; this address is now locked out"
+            "wrong pairing token; this address is now locked out for 10 minutes \
+             (`hearth pair --unlock ADDRESS` lifts it)"
         } else {
             "wrong, used or expired pairing token"
         };
