@@ -131,7 +131,8 @@ pub async fn serve(
             match listener_kind {
                 ListenerKind::MutualTls => edge.serve_tls(tcp, peer_addr, deadline, stop).await,
                 ListenerKind::Development => {
-                    edge.run_session(tcp, Peer::Developer, deadline, stop).await
+                    edge.run_session(tcp, Peer::Developer, None, deadline, stop)
+                        .await
                 }
             }
         });
@@ -167,6 +168,10 @@ enum SessionEnd {
     TooManyDenials,
     #[error("the previous connection of this client id did not close in time")]
     Busy,
+    #[error("certificate no longer accepted")]
+    Revoked,
+    #[error("closed by the hub")]
+    Stopped,
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -209,14 +214,40 @@ impl Edge {
             .map(|cert| fingerprint(cert));
         let Some((sha, identity)) = sha.and_then(|sha| Some((sha, self.registry.lookup(&sha)?)))
         else {
-            tracing::warn!(peer = %peer_addr, "certificate no longer accepted");
+            self.refuse_revoked(None, peer_addr);
+            return;
+        };
+        // Reachable by a revocation from here on; the lookup after it is
+        // the one that counts (a revocation between the two is seen by one
+        // of them).
+        let _admitted = self.sessions.admit(identity.device, stop.clone());
+        let Some(identity) = self
+            .registry
+            .lookup(&sha)
+            .filter(|now| now.device == identity.device)
+        else {
+            self.refuse_revoked(Some(identity.device), peer_addr);
             return;
         };
         if self.registry.is_renewing(&identity.device) {
             self.retire_predecessors(&identity.device, &sha);
         }
-        self.run_session(stream, Peer::Device(identity), deadline, stop)
+        self.run_session(stream, Peer::Device(identity), Some(sha), deadline, stop)
             .await
+    }
+
+    /// A certificate the verifier accepted was revoked before the session
+    /// began (also the path of a resumed TLS session, which skips the
+    /// verifier): audited like any refused handshake.
+    fn refuse_revoked(&self, device: Option<DeviceId>, peer_addr: SocketAddr) {
+        tracing::warn!(peer = %peer_addr, "certificate no longer accepted");
+        self.audit.record(Event {
+            device,
+            event: "handshake-refused",
+            reason: Some("revoked".into()),
+            peer: Some(peer_addr.to_string()),
+            ..Event::default()
+        });
     }
 
     /// A renewed certificate was just used: its predecessors stop working
@@ -240,10 +271,13 @@ impl Edge {
     }
 
     /// Reads the CONNECT, checks it, connects to the broker and relays.
+    /// `fingerprint` is the client certificate's, looked up again at
+    /// CONNECT: a session starts only for a certificate accepted then.
     async fn run_session<S>(
         &self,
         mut client: S,
         peer: Peer,
+        fingerprint: Option<[u8; 32]>,
         deadline: Instant,
         stop: CancellationToken,
     ) where
@@ -256,15 +290,32 @@ impl Edge {
         let mut inbound = BytesMut::new();
         let mut connected = false;
         let result = async {
-            let (version, connect, connect_len) =
-                match timeout_at(deadline, self.read_connect(&mut client, &mut inbound)).await {
-                    Ok(result) => result?,
-                    Err(_) => return Err(SessionEnd::Timeout),
-                };
-            let checked = client_id_for(&peer, version, &connect).and_then(|id| {
-                check_will(&peer, &connect)?;
-                Ok(id)
-            });
+            let (version, connect, connect_len) = tokio::select! {
+                // Revoked (or the hub stopping) while waiting for CONNECT.
+                _ = stop.cancelled() => return Err(SessionEnd::Stopped),
+                read = timeout_at(deadline, self.read_connect(&mut client, &mut inbound)) => {
+                    match read {
+                        Ok(result) => result?,
+                        Err(_) => return Err(SessionEnd::Timeout),
+                    }
+                }
+            };
+            // The certificate's standing now, not at the handshake: revoked,
+            // removed or with narrowed grants since, it counts as it is.
+            let current = match fingerprint {
+                Some(sha) => match self.registry.lookup(&sha) {
+                    Some(now) if Some(now.device) == device => Some(Peer::Device(now)),
+                    _ => None,
+                },
+                None => Some(peer.clone()),
+            };
+            let checked = match &current {
+                Some(peer) => client_id_for(peer, version, &connect).and_then(|id| {
+                    check_will(peer, &connect)?;
+                    Ok(id)
+                }),
+                None => Err(SessionEnd::Revoked),
+            };
             let client_id = match checked {
                 Ok(id) => id,
                 Err(end) => {
@@ -291,7 +342,16 @@ impl Edge {
                     return Err(end);
                 }
             };
+            let peer = current.unwrap_or(peer);
             let _ = inbound.split_to(connect_len);
+            // A retained will is a retained message the device leaves:
+            // known, it can be cleared when the device is revoked.
+            if let (Some(device), Packet::Connect(_, _, Some(will), _, _)) = (&device, &connect) {
+                if will.retain {
+                    let topic = String::from_utf8_lossy(&will.topic);
+                    self.retained.record(device, &topic, true);
+                }
+            }
             let mut traits = relay::ClientTraits::default();
             let mut purge_on_close = false;
             if let Packet::Connect(c, properties, ..) = &connect {
@@ -316,6 +376,10 @@ impl Edge {
                     purge_on_close = !c.clean_session && expiry.unwrap_or(0) == 0;
                 }
             }
+            let will = match &connect {
+                Packet::Connect(_, _, Some(will), _, _) => Some((will.topic.clone(), will.retain)),
+                _ => None,
+            };
             let login = Login {
                 username: self.broker.username.clone(),
                 password: self.broker.password.clone(),
@@ -374,7 +438,16 @@ impl Edge {
                 stop,
             )
             .await;
-            close_broker_connection(broker).await;
+            // A device revoked (or no longer allowed its will) leaves no
+            // will behind: the broker drops it on a DISCONNECT.
+            let discard_will = match (&will, fingerprint) {
+                (Some((topic, retain)), Some(sha)) => self
+                    .registry
+                    .lookup(&sha)
+                    .is_none_or(|now| will_decision(&now, topic, *retain) != Decision::Allow),
+                _ => false,
+            };
+            close_broker_connection(broker, discard_will).await;
             if purge_on_close {
                 self.sessions.outbound_reset(&client_id);
                 // Still holding the client id's broker turn: no newer
@@ -454,7 +527,14 @@ const TAKEOVER_RETRY: Duration = Duration::from_millis(200);
 /// Closes the broker connection without a DISCONNECT (so the broker still
 /// publishes the client's will), and waits until the broker has closed its
 /// end: by then it has queued the disconnect in its router.
-async fn close_broker_connection(mut broker: TcpStream) {
+///
+/// With `discard_will`, a DISCONNECT goes first: MQTT 3.1.1 §3.14.4 and 5
+/// §3.14.4 have the broker drop the will then.
+async fn close_broker_connection(mut broker: TcpStream, discard_will: bool) {
+    if discard_will {
+        // The same two bytes in 3.1.1 and 5 (reason 0x00, normal).
+        let _ = broker.write_all(&[0xe0, 0x00]).await;
+    }
     let _ = broker.shutdown().await;
     // On the heap: an array here would be part of every connection's task.
     let mut sink = vec![0u8; 4096];
@@ -477,16 +557,17 @@ fn check_will(peer: &Peer, connect: &Packet) -> Result<(), SessionEnd> {
     let (Peer::Device(identity), Packet::Connect(_, _, Some(will), _, _)) = (peer, connect) else {
         return Ok(());
     };
-    let action = Action::Will {
-        retain: will.retain,
-    };
-    let decision = match hearth_protocol::filter::topic_from_bytes(&will.topic) {
-        Ok(topic) => policy::decide(&identity.subject(), action, topic),
-        Err(e) => Decision::Deny(DenyReason::Malformed(e)),
-    };
-    match decision {
+    match will_decision(identity, &will.topic, will.retain) {
         Decision::Allow => Ok(()),
         Decision::Deny(reason) => Err(SessionEnd::WillDenied(reason)),
+    }
+}
+
+/// What the policy says of `identity` leaving this will.
+fn will_decision(identity: &DeviceIdentity, topic: &[u8], retain: bool) -> Decision {
+    match hearth_protocol::filter::topic_from_bytes(topic) {
+        Ok(topic) => policy::decide(&identity.subject(), Action::Will { retain }, topic),
+        Err(e) => Decision::Deny(DenyReason::Malformed(e)),
     }
 }
 

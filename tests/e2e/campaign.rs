@@ -1,0 +1,186 @@
+//! Regression tests for what the attack campaign of issue 14 found: each
+//! one failed on the hub before its fix. Real daemon, real mutual TLS.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+fn dev_topic(device: &Device, rest: &str) -> String {
+    format!("hearth/v1/dev/{}/{rest}", device.id)
+}
+
+/// Whether `hearth status` lists `device` as connected.
+fn listed_connected(hub: &TestHub, device: &Device) -> bool {
+    hub.hearth_ok(&["status"]).contains(&device.id)
+}
+
+/// A connection that finished TLS and then waited while its device lost
+/// its standing must be closed, never given a session.
+async fn tls_then_cut_then_connect(hub: &TestHub, device: &Device, cut: &[&str]) {
+    let mut tls = raw_tls(hub.mqtt, device.tls()).await.expect("handshake");
+    // Let the hub finish its side of the handshake (TLS 1.3 verifies the
+    // client's certificate after the client considers itself done).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hub.hearth_ok(cut);
+    // Closed at the cut, or at the latest refused at CONNECT.
+    match next(&mut tls, Duration::from_millis(1500)).await {
+        Next::Closed => {}
+        Next::Silent => {
+            send(&mut tls, &connect_packet(false, &device.id, None)).await;
+            match next(&mut tls, Duration::from_secs(5)).await {
+                Next::Closed => {}
+                Next::Data(d) if d[0] == 0x20 && d[3] != 0 => {}
+                other => panic!("{cut:?} between TLS and CONNECT: got {other:?}"),
+            }
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !listed_connected(hub, device),
+        "{cut:?}: the device still shows as connected"
+    );
+}
+
+#[tokio::test]
+async fn revoking_between_tls_and_connect_gives_no_session() {
+    let hub = TestHub::start();
+    let kid = hub.device("Ada", "child");
+    tls_then_cut_then_connect(&hub, &kid, &["device", "revoke", &kid.id]).await;
+}
+
+#[tokio::test]
+async fn removing_a_device_between_tls_and_connect_gives_no_session() {
+    let hub = TestHub::start();
+    let kid = hub.device("Ada", "child");
+    tls_then_cut_then_connect(&hub, &kid, &["device", "remove", &kid.id]).await;
+}
+
+#[tokio::test]
+async fn removing_a_member_between_tls_and_connect_gives_no_session() {
+    let hub = TestHub::start();
+    let kid = hub.device("Ada", "child");
+    tls_then_cut_then_connect(&hub, &kid, &["member", "remove", "Ada"]).await;
+}
+
+#[tokio::test]
+async fn a_grant_revoked_between_tls_and_connect_is_not_kept() {
+    let hub = TestHub::start();
+    let out = hub.dir.path().join("svc");
+    let id = hub.hearth_ok(&[
+        "device",
+        "issue",
+        "--service",
+        "--label",
+        "lights",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let service = Device::load(id.trim(), &out);
+    let filter = "hearth/v1/dev/+/tele/#";
+    hub.hearth_ok(&["grant", &service.id, filter, "--subscribe"]);
+    let mut tls = raw_tls(hub.mqtt, service.tls()).await.expect("handshake");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hub.hearth_ok(&["revoke-grant", &service.id, filter, "--subscribe"]);
+    // The connection that waited is closed; if it were not, its CONNECT
+    // must at least not carry the old grant.
+    if next(&mut tls, Duration::from_millis(1500)).await == Next::Silent {
+        send(&mut tls, &connect_packet(false, &service.id, None)).await;
+        if let Next::Data(d) = next(&mut tls, Duration::from_secs(5)).await {
+            if d[0] == 0x20 && d[3] == 0 {
+                send(&mut tls, &subscribe_packet(false, 1, &[filter.as_bytes()])).await;
+                if let Next::Data(ack) = next(&mut tls, Duration::from_secs(5)).await {
+                    assert_ne!(ack.last(), Some(&0), "the revoked grant still works");
+                }
+            }
+        }
+    }
+}
+
+/// Connects `device` over MQTT 3.1.1 with a retained will on its own
+/// `tele/status`, and keeps the connection driven in the background.
+async fn connect_with_retained_will(
+    hub: &TestHub,
+    device: &Device,
+) -> (
+    rumqttc::AsyncClient,
+    tokio::task::JoinHandle<Option<rumqttc::ConnectionError>>,
+) {
+    let mut options = mqtt_v4(hub, device, &device.id);
+    options.set_last_will(rumqttc::LastWill::new(
+        dev_topic(device, "tele/status"),
+        b"gone".to_vec(),
+        rumqttc::QoS::AtLeastOnce,
+        true,
+    ));
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+    v4_connected(&mut eventloop).await.expect("connected");
+    (client, v4_drive(eventloop))
+}
+
+#[tokio::test]
+async fn a_revoked_devices_will_is_never_published() {
+    let hub = TestHub::start();
+    let kid = hub.device("Ada", "child");
+    let parent = hub.device("Mum", "parent");
+    let (_toy, driver) = connect_with_retained_will(&hub, &kid).await;
+    let mut watcher = Raw::connect(&hub, &parent, false).await;
+    assert_eq!(
+        watcher.subscribe(1, &[&dev_topic(&kid, "tele/#")]).await,
+        vec![0]
+    );
+    hub.hearth_ok(&["device", "revoke", &kid.id]);
+    // Neither a live subscriber nor a later one hears the will (the live
+    // one may see the empty retained message that clears the topic).
+    while let Next::Data(d) = watcher.quiet(Duration::from_millis(1500)).await {
+        assert!(
+            !d.ends_with(b"gone"),
+            "the revoked device's will was published"
+        );
+    }
+    let mut late = Raw::connect(&hub, &parent, false).await;
+    assert_eq!(
+        late.subscribe(1, &[&dev_topic(&kid, "tele/#")]).await,
+        vec![0]
+    );
+    assert_eq!(
+        late.quiet(Duration::from_millis(700)).await,
+        Next::Silent,
+        "the revoked device's retained will outlived revocation"
+    );
+    driver.abort();
+}
+
+#[tokio::test]
+async fn a_retained_will_published_before_revocation_is_cleared_by_it() {
+    let hub = TestHub::start();
+    let kid = hub.device("Ada", "child");
+    let parent = hub.device("Mum", "parent");
+    let (_toy, driver) = connect_with_retained_will(&hub, &kid).await;
+    // The toy loses power: the broker publishes its will, retained.
+    driver.abort();
+    let topic = dev_topic(&kid, "tele/#");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut pkid = 1;
+    loop {
+        let mut p = Raw::connect(&hub, &parent, false).await;
+        assert_eq!(p.subscribe(pkid, &[&topic]).await, vec![0]);
+        if let Next::Data(d) = p.quiet(Duration::from_millis(300)).await {
+            assert!(d.ends_with(b"gone"), "{d:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the will never arrived"
+        );
+        pkid += 1;
+    }
+    hub.hearth_ok(&["device", "revoke", &kid.id]);
+    let mut late = Raw::connect(&hub, &parent, false).await;
+    assert_eq!(late.subscribe(1, &[&topic]).await, vec![0]);
+    assert_eq!(
+        late.quiet(Duration::from_millis(700)).await,
+        Next::Silent,
+        "the retained will outlived revocation"
+    );
+}
