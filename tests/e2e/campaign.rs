@@ -184,3 +184,40 @@ async fn a_retained_will_published_before_revocation_is_cleared_by_it() {
         "the retained will outlived revocation"
     );
 }
+
+/// A PKCS#10 request for a P-384 key signed ecdsa-with-SHA256 (the
+/// signature OID P-256 requests use), made once with `openssl req -new
+/// -sha256` on a secp384r1 key; the signature is valid.
+const P384_CSR_SIGNED_SHA256: &[u8] = b"MIIBDDCBkgIBADATMREwDwYDVQQDDAhjYW1wYWlnbjB2MBAGByqGSM49AgEGBSuBBAAiA2IABN0H1jOxxkoXdNa0gONdz8fh7uypVm4lgssnppxIk2EPyQ5NSSZQpOplCiYw55lww1+Slg2ALOrHVI3009fYDzEodEmBT9/sGY+DhWUk7A/INH+WEctnjj+jPL3OQ6x3iKAAMAoGCCqGSM49BAMCA2kAMGYCMQC6UUX8appUPHTKKUdEG5MWPjmyOFqhqcAF6Wy5YRlELvbzE5A+EHwK8x+EXpTgogoCMQDEHjsTO2Pxc8YRfvrHkX15BU7PN7de9HKhqmhD0C+sqTbxc1tAVKQpq26zR70+x4c=";
+
+#[tokio::test]
+async fn a_p384_key_signed_with_sha256_is_refused_and_keeps_the_token() {
+    let hub = TestHub::start();
+    hub.hearth_ok(&["member", "add", "Ada", "--role", "child"]);
+    let (_, token, _) = open_pairing(&hub, "Ada", "robot", "10m");
+    let refused = est_request(
+        &hub,
+        "127.0.0.1",
+        None,
+        "POST",
+        "simpleenroll",
+        Some(&token),
+        P384_CSR_SIGNED_SHA256,
+    )
+    .await;
+    assert_eq!(refused.status, 400, "{refused:?}");
+    assert!(refused.body.contains("P-256 or Ed25519"), "{refused:?}");
+    // The window is still there and the token still pairs a proper key.
+    let (_key, csr) = key_and_csr();
+    let answer = est_request(
+        &hub,
+        "127.0.0.1",
+        None,
+        "POST",
+        "simpleenroll",
+        Some(&token),
+        &csr,
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+}
