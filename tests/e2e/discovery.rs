@@ -122,7 +122,7 @@ fn discover_until(ns: &TwoNamespaces, wanted: impl Fn(&str) -> bool) -> String {
 fn ca_prefix(hub: &TestHub) -> String {
     use rustls::pki_types::pem::PemObject;
     let ca = rustls::pki_types::CertificateDer::from_pem_file(hub.data.join("ca.pem")).unwrap();
-    hex::encode(&hearth_daemon::ca::fingerprint(&ca)[..8])
+    hex::encode(&hearth_daemon::ca::fingerprint(&ca)[..16])
 }
 
 #[test]
@@ -165,7 +165,7 @@ fn the_reference_device_discovers_the_hub_and_pair_follows_the_window() {
             .output()
             .unwrap()
     };
-    let stranger = pair(&"0".repeat(16));
+    let stranger = pair(&"0".repeat(32));
     assert!(!stranger.status.success());
     assert!(
         String::from_utf8_lossy(&stranger.stderr).contains("no hub with that CA"),
