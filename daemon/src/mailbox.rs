@@ -436,7 +436,17 @@ impl Mailbox {
             return Ok(Accepted::Duplicate(id));
         }
         let Some(from_member) = store.device_member(sender).map_err(db)? else {
-            return Err(Refusal("service devices do not send messages".into()));
+            // A message in flight when its sender was revoked (or removed)
+            // is refused for that, not mistaken for a service's.
+            let revoked = store.device_revoked(sender).map_err(db)?;
+            return Err(Refusal(
+                if revoked {
+                    "the sending device is revoked"
+                } else {
+                    "service devices do not send messages"
+                }
+                .into(),
+            ));
         };
         let content = self.check_content(send)?;
         // `to`: a device id, else a member nickname.

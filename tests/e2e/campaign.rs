@@ -148,7 +148,6 @@ async fn a_revoked_devices_will_is_never_published() {
         Next::Silent,
         "the revoked device's retained will outlived revocation"
     );
-    driver.abort();
 }
 
 #[tokio::test]
@@ -220,4 +219,44 @@ async fn a_p384_key_signed_with_sha256_is_refused_and_keeps_the_token() {
     )
     .await;
     assert_eq!(answer.status, 200, "{answer:?}");
+}
+
+#[tokio::test]
+async fn a_revoked_senders_message_is_refused_as_revoked() {
+    let hub = TestHub::start_with("[dev]\nlisten = \"127.0.0.1:0\"\n", &[]);
+    let kid = hub.device("Ada", "child");
+    hub.device("Mum", "parent");
+    hub.hearth_ok(&["device", "revoke", &kid.id]);
+    // A message already in the broker when its sender was revoked: put
+    // there through the development listener, which may publish anywhere.
+    let dev = hub.dev.expect("dev listener bound");
+    let mut tcp = tokio::net::TcpStream::connect(dev).await.unwrap();
+    send(&mut tcp, &connect_packet(false, "maker", None)).await;
+    assert!(matches!(next(&mut tcp, Duration::from_secs(5)).await, Next::Data(d) if d[0] == 0x20));
+    let send_envelope = r#"{"v":1,"type":"send","ref":"r1","to":"Mum","kind":"text","body":"hi"}"#;
+    let topic = dev_topic(&kid, "outbox");
+    send(
+        &mut tcp,
+        &publish_packet(
+            false,
+            topic.as_bytes(),
+            1,
+            false,
+            1,
+            None,
+            send_envelope.as_bytes(),
+        ),
+    )
+    .await;
+    let refused = wait_audit(&hub, |e| {
+        e.event == "message-refused"
+            && e.device.map(|d| d.to_string()).as_deref() == Some(kid.id.as_str())
+    });
+    let refused =
+        refused.unwrap_or_else(|| panic!("not refused: {:#?}\n{}", audit_entries(&hub), hub.log()));
+    assert_eq!(
+        refused.reason.as_deref(),
+        Some("the sending device is revoked"),
+        "{refused:?}"
+    );
 }

@@ -302,6 +302,17 @@ impl Store {
         }
     }
 
+    /// Whether a device is not (or no longer) active: revoked or removed,
+    /// told apart from a service device for the refusal.
+    pub fn device_revoked(&self, device: &DeviceId) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM devices WHERE id = ?1 AND status = 'active'")?
+            .query_row(params![device.as_str()], |_| Ok(()))
+            .optional()?
+            .is_none())
+    }
+
     /// The explicit rule for `from` messaging `to`, if an administrator set one.
     pub fn contact_rule(
         &self,
