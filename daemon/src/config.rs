@@ -159,11 +159,17 @@ impl Default for DiscoverySection {
 pub struct AuditSection {
     /// Days an audit entry is kept.
     pub retention_days: u32,
+    /// Entries written per minute from all devices and peers together
+    /// (administrative ones aside); beyond it, one row counts the rest.
+    pub max_entries_per_minute: u32,
 }
 
 impl Default for AuditSection {
     fn default() -> Self {
-        AuditSection { retention_days: 30 }
+        AuditSection {
+            retention_days: 30,
+            max_entries_per_minute: 600,
+        }
     }
 }
 
@@ -322,6 +328,12 @@ impl Config {
                     "mailbox.max_pending_per_device"
                 },
                 message: "must be at least 1".into(),
+            });
+        }
+        if self.audit.max_entries_per_minute < 10 || self.audit.max_entries_per_minute > 100_000 {
+            return Err(ConfigError::Invalid {
+                key: "audit.max_entries_per_minute",
+                message: "must be between 10 and 100000".into(),
             });
         }
         if self.audit.retention_days == 0 || self.audit.retention_days > 3650 {

@@ -260,3 +260,60 @@ async fn a_revoked_senders_message_is_refused_as_revoked() {
         "{refused:?}"
     );
 }
+
+/// A TLS handshake without a client certificate from `source`, a loopback
+/// address; the hub refuses it (and audits the refusal).
+async fn refused_handshake_from(
+    hub: &TestHub,
+    source: std::net::Ipv4Addr,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((source, 0).into()).unwrap();
+    let Ok(tcp) = socket.connect(hub.mqtt).await else {
+        return;
+    };
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    if let Ok(mut tls) = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+    {
+        // TLS 1.3: the refusal arrives after the client's last flight.
+        let _ = next(&mut tls, Duration::from_secs(2)).await;
+    }
+}
+
+#[tokio::test]
+async fn refused_handshakes_from_many_addresses_are_bounded_in_total() {
+    let hub = TestHub::start_with("[audit]\nmax_entries_per_minute = 40\n", &[]);
+    let ca_pem = std::fs::read(hub.data.join("ca.pem")).unwrap();
+    let config = client_config(&ca_pem, None);
+    // 150 attempts from 50 addresses: each address stays well within its
+    // own budget of 60 a minute.
+    for round in 0..3u8 {
+        for i in 0..50u8 {
+            let source = std::net::Ipv4Addr::new(127, 0, 1 + round, 1 + i);
+            refused_handshake_from(&hub, source, config.clone()).await;
+        }
+    }
+    let entries = audit_entries(&hub);
+    let refused = entries
+        .iter()
+        .filter(|e| e.event == "handshake-refused")
+        .count();
+    assert!(refused > 0, "{entries:#?}");
+    assert!(
+        refused <= 40,
+        "{refused} refusals written with a total budget of 40"
+    );
+    // One row says the rest were dropped; it names no device or address.
+    let suppressed: Vec<_> = entries
+        .iter()
+        .filter(|e| e.event == "suppressed" && e.device.is_none() && e.peer.is_none())
+        .collect();
+    assert_eq!(suppressed.len(), 1, "{entries:#?}");
+    assert!(suppressed[0].topic.is_none() && suppressed[0].action.is_none());
+    // Administrative changes are still recorded.
+    hub.hearth_ok(&["member", "add", "Ada", "--role", "child"]);
+    assert!(wait_audit(&hub, |e| e.action.as_deref() == Some("member-add")).is_some());
+}
