@@ -211,6 +211,11 @@ pub struct LimitsSection {
     pub max_payload: usize,
     /// Seconds from TCP accept to a complete TLS handshake and CONNECT.
     pub handshake_timeout_secs: u64,
+    /// Connections not yet authenticated that each listener (MQTT, EST)
+    /// holds at once, apart from `max_connections`.
+    pub max_unauthenticated: usize,
+    /// Of those, how many one source (IPv4 address, IPv6 /64) may hold.
+    pub max_unauthenticated_per_source: usize,
 }
 
 impl Default for LimitsSection {
@@ -219,6 +224,8 @@ impl Default for LimitsSection {
             max_connections: 1024,
             max_payload: 8 * 1024 * 1024,
             handshake_timeout_secs: 10,
+            max_unauthenticated: 128,
+            max_unauthenticated_per_source: 8,
         }
     }
 }
@@ -300,6 +307,21 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "limits.handshake_timeout_secs",
                 message: "must be between 1 and 300 seconds".into(),
+            });
+        }
+        let limits = &self.limits;
+        if limits.max_unauthenticated == 0 || limits.max_unauthenticated > 100_000 {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_unauthenticated",
+                message: "must be between 1 and 100000".into(),
+            });
+        }
+        if limits.max_unauthenticated_per_source == 0
+            || limits.max_unauthenticated_per_source > limits.max_unauthenticated
+        {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_unauthenticated_per_source",
+                message: "must be between 1 and limits.max_unauthenticated".into(),
             });
         }
         if let Some(bad) = self

@@ -148,6 +148,7 @@ async fn a_revoked_devices_will_is_never_published() {
         Next::Silent,
         "the revoked device's retained will outlived revocation"
     );
+    driver.abort();
 }
 
 #[tokio::test]
@@ -316,4 +317,64 @@ async fn refused_handshakes_from_many_addresses_are_bounded_in_total() {
     // Administrative changes are still recorded.
     hub.hearth_ok(&["member", "add", "Ada", "--role", "child"]);
     assert!(wait_audit(&hub, |e| e.action.as_deref() == Some("member-add")).is_some());
+}
+
+/// Idle TCP sockets from `source`, never starting TLS.
+async fn idle_sockets(
+    target: std::net::SocketAddr,
+    source: std::net::Ipv4Addr,
+    n: usize,
+) -> Vec<tokio::net::TcpStream> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((source, 0).into()).unwrap();
+        if let Ok(tcp) = socket.connect(target).await {
+            held.push(tcp);
+        }
+    }
+    held
+}
+
+#[tokio::test]
+async fn idle_sockets_from_many_addresses_leave_room_for_a_device() {
+    let hub = TestHub::start_with(
+        "[limits]\nmax_connections = 20\nhandshake_timeout_secs = 10\n\
+         max_unauthenticated = 16\nmax_unauthenticated_per_source = 4\n",
+        &[],
+    );
+    let kid = hub.device("Ada", "child");
+    // 10 addresses with 4 idle sockets each: more than max_connections.
+    let mut idle = Vec::new();
+    for i in 0..10u8 {
+        let source = std::net::Ipv4Addr::new(127, 0, 2, 1 + i);
+        idle.extend(idle_sockets(hub.mqtt, source, 4).await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let (_c, mut eventloop) = rumqttc::AsyncClient::new(mqtt_v4(&hub, &kid, &kid.id), 10);
+    v4_connected(&mut eventloop)
+        .await
+        .expect("the device gets in");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the device waited {:?} behind idle sockets",
+        started.elapsed()
+    );
+    drop(idle);
+}
+
+#[tokio::test]
+async fn idle_sockets_from_one_address_do_not_block_enrollment() {
+    let hub = TestHub::start();
+    let idle = idle_sockets(hub.enroll, std::net::Ipv4Addr::new(127, 0, 3, 1), 64).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(3),
+        est_request(&hub, "127.0.0.1", None, "GET", "cacerts", None, b""),
+    )
+    .await
+    .expect("the EST port answered within 3 s");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    drop(idle);
 }

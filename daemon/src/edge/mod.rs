@@ -74,8 +74,12 @@ pub struct Edge {
     pub sessions: Arc<Sessions>,
     /// For retiring a renewed certificate's predecessors.
     pub store: Arc<Mutex<Store>>,
-    /// Connection slots shared by every listener.
+    /// Connection slots shared by every listener, taken once a client has
+    /// authenticated (the development listener's at accept).
     pub slots: Arc<Semaphore>,
+    /// The mutual-TLS listener's budget of connections still in their
+    /// handshake.
+    pub admission: Arc<crate::admission::Admission>,
     /// The audit log.
     pub audit: Audit,
     /// Retained topics per device.
@@ -103,12 +107,17 @@ pub async fn serve(
     tracker: TaskTracker,
 ) {
     loop {
-        let permit = tokio::select! {
-            _ = stop.cancelled() => return,
-            permit = Arc::clone(&edge.slots).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
+        // The development listener serves loopback only: its clients take
+        // a slot at once. TLS clients take one once authenticated.
+        let permit = match listener_kind {
+            ListenerKind::Development => Some(tokio::select! {
+                _ = stop.cancelled() => return,
+                permit = Arc::clone(&edge.slots).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+            }),
+            ListenerKind::MutualTls => None,
         };
         let (tcp, peer_addr) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -122,15 +131,30 @@ pub async fn serve(
                 }
             },
         };
+        let ticket = match listener_kind {
+            ListenerKind::MutualTls => match edge.admission.admit(peer_addr.ip()) {
+                Some(ticket) => Some(ticket),
+                None => {
+                    // Its source holds its share of handshakes already:
+                    // closed unread, not audited (that would be the flood).
+                    tracing::debug!(peer = %peer_addr, "too many handshakes from this source");
+                    continue;
+                }
+            },
+            ListenerKind::Development => None,
+        };
         let _ = tcp.set_nodelay(true);
         let edge = Arc::clone(&edge);
         let stop = stop.child_token();
         tracker.spawn(async move {
             let _permit = permit;
             let deadline = Instant::now() + edge.limits.handshake_timeout;
-            match listener_kind {
-                ListenerKind::MutualTls => edge.serve_tls(tcp, peer_addr, deadline, stop).await,
-                ListenerKind::Development => {
+            match (listener_kind, ticket) {
+                (ListenerKind::MutualTls, Some(ticket)) => {
+                    edge.serve_tls(tcp, peer_addr, deadline, stop, ticket).await
+                }
+                (ListenerKind::MutualTls, None) => {}
+                (ListenerKind::Development, _) => {
                     edge.run_session(tcp, Peer::Developer, None, deadline, stop)
                         .await
                 }
@@ -183,8 +207,14 @@ impl Edge {
         peer_addr: SocketAddr,
         deadline: Instant,
         stop: CancellationToken,
+        ticket: crate::admission::Ticket,
     ) {
-        let stream = match timeout_at(deadline, self.tls.accept(tcp)).await {
+        let handshake = tokio::select! {
+            // Closed to make room for a source holding fewer handshakes.
+            _ = ticket.evicted() => return,
+            handshake = timeout_at(deadline, self.tls.accept(tcp)) => handshake,
+        };
+        let stream = match handshake {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
                 let (reason, device) = tls::refusal_reason(&e);
@@ -227,6 +257,13 @@ impl Edge {
             .filter(|now| now.device == identity.device)
         else {
             self.refuse_revoked(Some(identity.device), peer_addr);
+            return;
+        };
+        // Authenticated: out of the handshake budget, into a slot.
+        drop(ticket);
+        let Ok(Ok(_permit)) = timeout_at(deadline, Arc::clone(&self.slots).acquire_owned()).await
+        else {
+            tracing::warn!(device = %identity.device, "no connection slot free before the deadline");
             return;
         };
         if self.registry.is_renewing(&identity.device) {
