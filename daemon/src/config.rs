@@ -85,6 +85,15 @@ pub struct MailboxSection {
     pub max_audio_bytes: usize,
     /// Messages that may wait for one device.
     pub max_pending_per_device: u64,
+    /// Bytes one device may send in a day.
+    pub max_sender_bytes_per_day: u64,
+    /// Bytes that may wait for one device.
+    pub max_pending_bytes_per_device: u64,
+    /// Bytes all stored messages may take together.
+    pub max_total_bytes: u64,
+    /// Below this much free space on the data dir's filesystem, new
+    /// messages are refused.
+    pub min_free_bytes: u64,
 }
 
 impl MailboxSection {
@@ -110,6 +119,10 @@ impl Default for MailboxSection {
             max_image_bytes: 5 * 1024 * 1024,
             max_audio_bytes: 2 * 1024 * 1024,
             max_pending_per_device: 500,
+            max_sender_bytes_per_day: 64 * 1024 * 1024,
+            max_pending_bytes_per_device: 128 * 1024 * 1024,
+            max_total_bytes: 1024 * 1024 * 1024,
+            min_free_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -348,6 +361,21 @@ impl Config {
                     "mailbox.max_text_bytes"
                 } else {
                     "mailbox.max_pending_per_device"
+                },
+                message: "must be at least 1".into(),
+            });
+        }
+        if mailbox.max_sender_bytes_per_day == 0
+            || mailbox.max_pending_bytes_per_device == 0
+            || mailbox.max_total_bytes == 0
+        {
+            return Err(ConfigError::Invalid {
+                key: if mailbox.max_sender_bytes_per_day == 0 {
+                    "mailbox.max_sender_bytes_per_day"
+                } else if mailbox.max_pending_bytes_per_device == 0 {
+                    "mailbox.max_pending_bytes_per_device"
+                } else {
+                    "mailbox.max_total_bytes"
                 },
                 message: "must be at least 1".into(),
             });

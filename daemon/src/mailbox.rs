@@ -5,6 +5,8 @@
 //! once and again when it subscribes — and deletes a message once every
 //! recipient device has acknowledged it, or when it expires.
 
+mod quota;
+
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -220,6 +222,8 @@ pub struct Mailbox {
     /// [`PENDING_RECOUNT`] old plus what was stored since, not by counting
     /// rows on every send.
     pending: HashMap<DeviceId, (u64, Instant)>,
+    /// Byte quotas and the free-space floor.
+    quotas: quota::Quotas,
 }
 
 impl std::fmt::Debug for Mailbox {
@@ -246,6 +250,7 @@ impl Mailbox {
             sessions,
             audit,
             seal,
+            quotas: quota::Quotas::new(limits.clone(), data_dir.to_owned()),
             limits,
             link,
             sent: HashMap::new(),
@@ -370,6 +375,7 @@ impl Mailbox {
                 // try again; unacknowledged deliveries are sent again.
                 tracing::error!(error = %e, "mailbox database error");
                 self.pending.clear();
+                self.quotas.forget_counts();
                 for publish in &outbox {
                     let topic = String::from_utf8_lossy(&publish.topic);
                     let Some(sender) = outbox_sender(&topic) else {
@@ -505,6 +511,15 @@ impl Mailbox {
         }
         let id = hex::encode(crate::random_bytes::<16>());
         let plain = serde_json::to_vec(&content).map_err(|e| Refusal(e.to_string()))?;
+        // Sized as sealed: the content, the nonce and the tag.
+        let size = plain.len() as u64 + 40;
+        if let Err(quota::OverQuota(reason)) = self
+            .quotas
+            .check(store, sender, &devices, size)
+            .map_err(db)?
+        {
+            return Err(Refusal(reason));
+        }
         let sealed = self.seal.seal(&id, &send.to, &plain);
         let now = crate::unix_now();
         let message = NewMessage {
@@ -518,6 +533,7 @@ impl Mailbox {
             devices: &devices,
         };
         store.store_message(&message).map_err(db)?;
+        self.quotas.stored(sender, &devices, size);
         for device in &devices {
             if let Some((n, _)) = self.pending.get_mut(device) {
                 *n += 1;

@@ -378,3 +378,106 @@ async fn idle_sockets_from_one_address_do_not_block_enrollment() {
     assert_eq!(answer.status, 200, "{answer:?}");
     drop(idle);
 }
+
+/// Sends a text of `len` bytes from `sender` (connected raw, subscribed to
+/// its inbox) to `to`; returns the receipt's JSON for `reference`.
+async fn send_text(
+    raw: &mut Raw,
+    sender: &Device,
+    reference: &str,
+    to: &str,
+    len: usize,
+) -> serde_json::Value {
+    let envelope = serde_json::json!({
+        "v": 1, "type": "send", "ref": reference, "to": to, "kind": "text",
+        "body": "x".repeat(len),
+    });
+    let topic = dev_topic(sender, "outbox");
+    let packet = publish_packet(
+        false,
+        topic.as_bytes(),
+        1,
+        false,
+        1,
+        None,
+        envelope.to_string().as_bytes(),
+    );
+    raw.send(&packet).await;
+    loop {
+        let Next::Data(d) = raw.next().await else {
+            panic!("no receipt for {reference}");
+        };
+        if d[0] & 0xf0 != 0x30 {
+            continue;
+        }
+        // Whatever JSON the PUBLISH carries after its topic (and packet id).
+        let Some(start) = d.iter().position(|b| *b == b'{') else {
+            continue;
+        };
+        let Ok(json) = serde_json::from_slice::<serde_json::Value>(&d[start..]) else {
+            continue;
+        };
+        if json["type"] == "receipt" && json["ref"] == reference {
+            return json;
+        }
+    }
+}
+
+/// A household whose child sends texts to a parent under `config`.
+async fn texting(config: &str) -> (TestHub, Device, Raw) {
+    let hub = TestHub::start_with(config, &[]);
+    let kid = hub.device("Ada", "child");
+    hub.device("Mum", "parent");
+    let mut raw = Raw::connect(&hub, &kid, false).await;
+    assert_eq!(
+        raw.subscribe(1, &[&dev_topic(&kid, "inbox")]).await,
+        vec![0]
+    );
+    (hub, kid, raw)
+}
+
+/// Sends three texts of 7000 bytes: two fit under a 20000-byte `key`, the
+/// third is refused naming it, and the two stored stay stored.
+async fn third_text_is_refused_by(key: &str) {
+    let (hub, kid, mut raw) = texting(&format!("[mailbox]\n{key} = 20000\n")).await;
+    for reference in ["r1", "r2"] {
+        let receipt = send_text(&mut raw, &kid, reference, "Mum", 7000).await;
+        assert_eq!(receipt["status"], "stored", "{receipt}");
+    }
+    let receipt = send_text(&mut raw, &kid, "r3", "Mum", 7000).await;
+    assert_eq!(receipt["status"], "refused", "{receipt}");
+    let reason = receipt["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(&format!("mailbox.{key}")), "{receipt}");
+    let pending = hub.hearth_ok(&["mailbox"]);
+    assert!(pending.contains('2'), "{pending}");
+}
+
+#[tokio::test]
+async fn a_sender_is_held_to_its_bytes_per_day() {
+    third_text_is_refused_by("max_sender_bytes_per_day").await;
+}
+
+#[tokio::test]
+async fn a_recipient_device_is_held_to_its_pending_bytes() {
+    third_text_is_refused_by("max_pending_bytes_per_device").await;
+}
+
+#[tokio::test]
+async fn the_mailbox_is_held_to_its_total_bytes() {
+    third_text_is_refused_by("max_total_bytes").await;
+}
+
+#[tokio::test]
+async fn messages_are_refused_below_the_free_space_floor() {
+    // A floor no disk reaches: every new message is refused, naming it.
+    let (_hub, kid, mut raw) = texting("[mailbox]\nmin_free_bytes = 9000000000000000000\n").await;
+    let receipt = send_text(&mut raw, &kid, "r1", "Mum", 10).await;
+    assert_eq!(receipt["status"], "refused", "{receipt}");
+    assert!(
+        receipt["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("mailbox.min_free_bytes"),
+        "{receipt}"
+    );
+}

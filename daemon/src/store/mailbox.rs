@@ -85,6 +85,27 @@ impl Store {
         Ok(count.max(0) as u64)
     }
 
+    /// Bytes of the sealed messages waiting for a device (quota).
+    pub fn pending_bytes(&self, device: &DeviceId) -> Result<u64, StoreError> {
+        let bytes: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT COALESCE(SUM(length(m.sealed)), 0) FROM deliveries d
+                 JOIN messages m ON m.id = d.message_id WHERE d.device_id = ?1",
+            )?
+            .query_row(params![device.as_str()], |row| row.get(0))?;
+        Ok(bytes.max(0) as u64)
+    }
+
+    /// Bytes of every sealed message stored (quota).
+    pub fn stored_bytes(&self) -> Result<u64, StoreError> {
+        let bytes: i64 = self
+            .conn
+            .prepare_cached("SELECT COALESCE(SUM(length(sealed)), 0) FROM messages")?
+            .query_row([], |row| row.get(0))?;
+        Ok(bytes.max(0) as u64)
+    }
+
     /// Stores a message and its deliveries, all or nothing: committed with
     /// full sync before this returns, or with the [`Store::batch`] it is in.
     pub fn store_message(&mut self, message: &NewMessage<'_>) -> Result<(), StoreError> {
