@@ -15,3 +15,4 @@ mod pairing;
 mod refusals;
 mod revocation;
 mod support;
+mod tls_scan;
