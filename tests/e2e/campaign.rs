@@ -481,3 +481,42 @@ async fn messages_are_refused_below_the_free_space_floor() {
         "{receipt}"
     );
 }
+
+#[tokio::test]
+async fn a_resumed_tls_session_of_a_revoked_device_is_refused_and_audited() {
+    let hub = TestHub::start();
+    let kid = hub.device("Ada", "child");
+    // One client config: its session cache lets the second handshake resume.
+    let config = kid.tls();
+    let mut first = raw_tls(hub.mqtt, config.clone()).await.expect("handshake");
+    send(&mut first, &connect_packet(false, &kid.id, None)).await;
+    assert!(
+        matches!(next(&mut first, Duration::from_secs(5)).await, Next::Data(d) if d[0] == 0x20)
+    );
+    // TLS 1.3 tickets arrive after the handshake; by CONNACK they are in.
+    drop(first);
+    hub.hearth_ok(&["device", "revoke", &kid.id]);
+    let before = audit_entries(&hub)
+        .iter()
+        .filter(|e| e.event == "handshake-refused")
+        .count();
+    assert_eq!(before, 0);
+    let mut second = raw_tls(hub.mqtt, config).await.expect("resumed handshake");
+    assert_eq!(
+        second.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed),
+        "the second handshake did not resume; the test proves nothing"
+    );
+    send(&mut second, &connect_packet(false, &kid.id, None)).await;
+    assert_eq!(
+        next(&mut second, Duration::from_secs(5)).await,
+        Next::Closed
+    );
+    let refused = wait_audit(&hub, |e| {
+        e.event == "handshake-refused"
+            && e.device.map(|d| d.to_string()).as_deref() == Some(kid.id.as_str())
+            && e.reason.as_deref() == Some("certificate revoked")
+            && e.peer.is_some()
+    });
+    assert!(refused.is_some(), "{:#?}", audit_entries(&hub));
+}

@@ -236,15 +236,18 @@ impl Edge {
         // The verifier accepted the certificate; look it up again (cheap,
         // in memory) to bind the session. If it was revoked in between,
         // refuse: fail closed.
-        let sha = stream
+        let cert = stream
             .get_ref()
             .1
             .peer_certificates()
-            .and_then(|certs| certs.first())
-            .map(|cert| fingerprint(cert));
+            .and_then(|certs| certs.first());
+        // From the hub's own chain (verified now or when the resumed
+        // session began), so the id it names can go in the audit.
+        let named = cert.and_then(|cert| crate::ca::device_id_of(cert));
+        let sha = cert.map(|cert| fingerprint(cert));
         let Some((sha, identity)) = sha.and_then(|sha| Some((sha, self.registry.lookup(&sha)?)))
         else {
-            self.refuse_revoked(None, peer_addr);
+            self.refuse_revoked(named, sha, peer_addr);
             return;
         };
         // Reachable by a revocation from here on; the lookup after it is
@@ -256,7 +259,7 @@ impl Edge {
             .lookup(&sha)
             .filter(|now| now.device == identity.device)
         else {
-            self.refuse_revoked(Some(identity.device), peer_addr);
+            self.refuse_revoked(Some(identity.device), Some(sha), peer_addr);
             return;
         };
         // Authenticated: out of the handshake budget, into a slot.
@@ -276,12 +279,23 @@ impl Edge {
     /// A certificate the verifier accepted was revoked before the session
     /// began (also the path of a resumed TLS session, which skips the
     /// verifier): audited like any refused handshake.
-    fn refuse_revoked(&self, device: Option<DeviceId>, peer_addr: SocketAddr) {
+    fn refuse_revoked(
+        &self,
+        device: Option<DeviceId>,
+        sha: Option<[u8; 32]>,
+        peer_addr: SocketAddr,
+    ) {
         tracing::warn!(peer = %peer_addr, "certificate no longer accepted");
+        // The same words as the verifier's refusals.
+        let reason = match sha {
+            Some(sha) if self.registry.is_revoked(&sha) => "certificate revoked",
+            Some(_) => "unknown device",
+            None => "no client certificate",
+        };
         self.audit.record(Event {
             device,
             event: "handshake-refused",
-            reason: Some("revoked".into()),
+            reason: Some(reason.into()),
             peer: Some(peer_addr.to_string()),
             ..Event::default()
         });
