@@ -673,7 +673,9 @@ impl Mailbox {
         let Ok(text) = serde_json::to_string(&Inbox::Receipt(receipt)) else {
             return;
         };
-        if let Err(e) = db.queue_receipt(sender, &text) {
+        // A receipt nobody collects goes when a message would have.
+        let expires_at = crate::unix_now() + self.limits.expiry_secs as i64;
+        if let Err(e) = db.queue_receipt(sender, &text, expires_at) {
             tracing::error!(error = %e, "cannot queue a receipt");
             return;
         }
@@ -794,6 +796,9 @@ impl Mailbox {
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot expire messages"),
+        }
+        if let Err(e) = db.expire_receipts(crate::unix_now()) {
+            tracing::error!(error = %e, "cannot expire receipts");
         }
     }
 

@@ -520,3 +520,46 @@ async fn a_resumed_tls_session_of_a_revoked_device_is_refused_and_audited() {
     });
     assert!(refused.is_some(), "{:#?}", audit_entries(&hub));
 }
+
+/// Rows in a table of the hub's database, read beside the running hub.
+fn rows(hub: &TestHub, table: &str) -> i64 {
+    let db = rusqlite::Connection::open_with_flags(
+        hub.data.join("hearth.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    db.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
+        row.get(0)
+    })
+    .unwrap()
+}
+
+/// Waits up to `limit` for `table` to hold `n` rows.
+async fn wait_rows(hub: &TestHub, table: &str, n: i64, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if rows(hub, table) == n {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_receipt_nobody_collects_expires() {
+    let (hub, kid, mut raw) = texting("[mailbox]\nexpiry_secs = 5\n").await;
+    // Mum's device is offline: the message waits, then expires, and its
+    // `expired` receipt is queued for the child, gone by then too.
+    let receipt = send_text(&mut raw, &kid, "r1", "Mum", 10).await;
+    assert_eq!(receipt["status"], "stored", "{receipt}");
+    drop(raw);
+    assert!(
+        wait_rows(&hub, "receipts", 1, Duration::from_secs(10)).await,
+        "no receipt was queued"
+    );
+    assert!(
+        wait_rows(&hub, "receipts", 0, Duration::from_secs(10)).await,
+        "the queued receipt never expired"
+    );
+}

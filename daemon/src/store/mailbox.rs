@@ -271,12 +271,25 @@ impl Store {
     }
 
     /// Queues a receipt (JSON, no content) for a sender device.
-    pub fn queue_receipt(&self, device: &DeviceId, envelope: &str) -> Result<(), StoreError> {
+    pub fn queue_receipt(
+        &self,
+        device: &DeviceId,
+        envelope: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
         self.conn.execute(
-            "INSERT INTO receipts (device_id, envelope) VALUES (?1, ?2)",
-            params![device.as_str(), envelope],
+            "INSERT INTO receipts (device_id, envelope, expires_at) VALUES (?1, ?2, ?3)",
+            params![device.as_str(), envelope, expires_at],
         )?;
         Ok(())
+    }
+
+    /// Deletes the queued receipts that expired by `now`; returns how many.
+    pub fn expire_receipts(&self, now: i64) -> Result<usize, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("DELETE FROM receipts WHERE expires_at <= ?1")?
+            .execute(params![now])?)
     }
 
     /// Takes the receipts waiting for a device.
