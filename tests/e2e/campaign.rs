@@ -563,3 +563,64 @@ async fn a_receipt_nobody_collects_expires() {
         "the queued receipt never expired"
     );
 }
+
+#[tokio::test]
+#[ignore = "needs root (a tmpfs in a mount namespace of its own); run with -- --ignored"]
+async fn a_full_disk_refuses_new_messages_and_keeps_the_stored_ones() {
+    // No quota and no floor in the way: the filesystem itself fills up.
+    let hub = TestHub::start_on_small_fs(
+        "[mailbox]\nmin_free_bytes = 0\nmax_text_bytes = 1048576\n\
+         max_sender_bytes_per_day = 1000000000\nmax_pending_bytes_per_device = 1000000000\n\
+         max_total_bytes = 1000000000\n",
+        "8m",
+    );
+    let kid = hub.device("Ada", "child");
+    hub.device("Mum", "parent");
+    let mut raw = Raw::connect(&hub, &kid, false).await;
+    assert_eq!(
+        raw.subscribe(1, &[&dev_topic(&kid, "inbox")]).await,
+        vec![0]
+    );
+    let mut stored = 0;
+    let mut refused = 0;
+    for i in 0..40 {
+        let receipt = send_text(&mut raw, &kid, &format!("r{i}"), "Mum", 512 * 1024).await;
+        match receipt["status"].as_str() {
+            Some("stored") => stored += 1,
+            Some("refused") => {
+                refused += 1;
+                if refused == 3 {
+                    break;
+                }
+            }
+            _ => panic!("{receipt}"),
+        }
+    }
+    assert!(stored >= 2, "only {stored} stored before the disk was full");
+    assert_eq!(refused, 3, "the disk never filled ({stored} stored)");
+    eprintln!("full disk: {stored} messages stored, then {refused} refused");
+    // The hub still serves, and what it said was stored still is: the
+    // database, copied out of the namespace, is sound and holds them all.
+    hub.hearth_ok(&["status"]);
+    let copy = hub.dir.path().join("copy");
+    std::fs::create_dir(&copy).unwrap();
+    for file in ["hearth.db", "hearth.db-wal"] {
+        let out = std::process::Command::new("nsenter")
+            .args(["-t", &hub.pid().to_string(), "-m", "cat"])
+            .arg(hub.data.join(file))
+            .output()
+            .expect("run nsenter");
+        if out.status.success() {
+            std::fs::write(copy.join(file), out.stdout).unwrap();
+        }
+    }
+    let db = rusqlite::Connection::open(copy.join("hearth.db")).unwrap();
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let messages: i64 = db
+        .query_row("SELECT count(*) FROM messages", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(messages, stored, "stored messages were lost");
+}
