@@ -66,8 +66,10 @@ enum ToWriter {
 pub struct Audit {
     tx: mpsc::Sender<ToWriter>,
     buckets: Arc<Mutex<HashMap<String, Bucket>>>,
-    /// Entries from every device and peer together in the current window:
-    /// many addresses each within their own budget still add up.
+    /// Entries of unidentified peers together in the current window: many
+    /// addresses, each within its own budget, still add up. Entries of a
+    /// device are bounded per device, and devices only an administrator
+    /// adds; counting them here would let a LAN flood drop them.
     total: Arc<Mutex<Bucket>>,
     /// What `total` may reach per window.
     total_budget: u32,
@@ -75,8 +77,7 @@ pub struct Audit {
 
 impl Audit {
     /// Starts the writer task; returns the handle.
-    /// `per_minute` bounds the entries of all devices and peers together
-    /// (administrative entries aside).
+    /// `per_minute` bounds the entries of all unidentified peers together.
     pub fn start(
         store: Arc<Mutex<Store>>,
         retention: Duration,
@@ -116,7 +117,7 @@ impl Audit {
                 self.push(Event {
                     event: "suppressed",
                     reason: Some(format!(
-                        "more than {} entries in {}s in total: further ones dropped until the minute is over",
+                        "more than {} entries of unidentified peers in {}s: further ones dropped until the minute is over",
                         self.total_budget,
                         WINDOW.as_secs()
                     )),
@@ -138,7 +139,7 @@ impl Audit {
             (None, None) => String::new(),
         };
         // Administrative entries are never dropped.
-        let dropped_in_total = if event.event == "admin" {
+        let dropped_in_total = if event.event == "admin" || event.device.is_some() {
             0
         } else {
             match self.take_total() {

@@ -172,16 +172,17 @@ impl Default for DiscoverySection {
 pub struct AuditSection {
     /// Days an audit entry is kept.
     pub retention_days: u32,
-    /// Entries written per minute from all devices and peers together
-    /// (administrative ones aside); beyond it, one row counts the rest.
-    pub max_entries_per_minute: u32,
+    /// Entries written per minute about peers no registered device is known
+    /// for, all together; beyond it, one row counts the rest. (Devices are
+    /// bounded one by one, and only an administrator adds devices.)
+    pub max_unidentified_entries_per_minute: u32,
 }
 
 impl Default for AuditSection {
     fn default() -> Self {
         AuditSection {
             retention_days: 30,
-            max_entries_per_minute: 600,
+            max_unidentified_entries_per_minute: 600,
         }
     }
 }
@@ -380,9 +381,11 @@ impl Config {
                 message: "must be at least 1".into(),
             });
         }
-        if self.audit.max_entries_per_minute < 10 || self.audit.max_entries_per_minute > 100_000 {
+        if self.audit.max_unidentified_entries_per_minute < 10
+            || self.audit.max_unidentified_entries_per_minute > 100_000
+        {
             return Err(ConfigError::Invalid {
-                key: "audit.max_entries_per_minute",
+                key: "audit.max_unidentified_entries_per_minute",
                 message: "must be between 10 and 100000".into(),
             });
         }

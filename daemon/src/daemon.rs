@@ -131,7 +131,7 @@ pub async fn run(
     let audit = Audit::start(
         Arc::clone(&store),
         Duration::from_secs(u64::from(config.audit.retention_days) * 86_400),
-        config.audit.max_entries_per_minute,
+        config.audit.max_unidentified_entries_per_minute,
         audit_stop.clone(),
         &audit_tracker,
     );

@@ -286,7 +286,7 @@ async fn refused_handshake_from(
 
 #[tokio::test]
 async fn refused_handshakes_from_many_addresses_are_bounded_in_total() {
-    let hub = TestHub::start_with("[audit]\nmax_entries_per_minute = 40\n", &[]);
+    let hub = TestHub::start_with("[audit]\nmax_unidentified_entries_per_minute = 40\n", &[]);
     let ca_pem = std::fs::read(hub.data.join("ca.pem")).unwrap();
     let config = client_config(&ca_pem, None);
     // 150 attempts from 50 addresses: each address stays well within its
@@ -314,9 +314,18 @@ async fn refused_handshakes_from_many_addresses_are_bounded_in_total() {
         .collect();
     assert_eq!(suppressed.len(), 1, "{entries:#?}");
     assert!(suppressed[0].topic.is_none() && suppressed[0].action.is_none());
-    // Administrative changes are still recorded.
-    hub.hearth_ok(&["member", "add", "Ada", "--role", "child"]);
+    // Administrative changes and registered devices are still recorded.
+    let kid = hub.device("Ada", "child");
     assert!(wait_audit(&hub, |e| e.action.as_deref() == Some("member-add")).is_some());
+    let (_c, mut eventloop) = rumqttc::AsyncClient::new(mqtt_v4(&hub, &kid, &kid.id), 10);
+    v4_connected(&mut eventloop).await.unwrap();
+    let connected = wait_audit(&hub, |e| {
+        e.event == "connect" && e.device.map(|d| d.to_string()).as_deref() == Some(kid.id.as_str())
+    });
+    assert!(
+        connected.is_some(),
+        "a device's connect was dropped by the flood"
+    );
 }
 
 /// Idle TCP sockets from `source`, never starting TLS.
