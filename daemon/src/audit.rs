@@ -1,7 +1,7 @@
 //! The audit log: connects, disconnects, refused handshakes, denials and
 //! administrative changes, written to SQLite in batches by one task, rate
-//! limited per device (or peer) so a noisy client cannot fill the disk, and
-//! pruned after the retention period.
+//! limited per device (or peer) and in total so neither a noisy client nor
+//! many of them can fill the disk, and pruned after the retention period.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -66,13 +66,22 @@ enum ToWriter {
 pub struct Audit {
     tx: mpsc::Sender<ToWriter>,
     buckets: Arc<Mutex<HashMap<String, Bucket>>>,
+    /// Entries of unidentified peers together in the current window: many
+    /// addresses, each within its own budget, still add up. Entries of a
+    /// device are bounded per device, and devices only an administrator
+    /// adds; counting them here would let a LAN flood drop them.
+    total: Arc<Mutex<Bucket>>,
+    /// What `total` may reach per window.
+    total_budget: u32,
 }
 
 impl Audit {
     /// Starts the writer task; returns the handle.
+    /// `per_minute` bounds the entries of all unidentified peers together.
     pub fn start(
         store: Arc<Mutex<Store>>,
         retention: Duration,
+        per_minute: u32,
         stop: CancellationToken,
         tracker: &tokio_util::task::TaskTracker,
     ) -> Audit {
@@ -81,7 +90,44 @@ impl Audit {
         Audit {
             tx,
             buckets: Arc::default(),
+            total: Arc::new(Mutex::new(Bucket {
+                window_start: Instant::now(),
+                used: 0,
+                suppressed: 0,
+            })),
+            total_budget: per_minute,
         }
+    }
+
+    /// Takes one entry from the budget all devices and peers share; `None`
+    /// when it is spent (the entry is dropped and counted). `Some(n)`: the
+    /// entry may be written, and `n` entries were dropped before it.
+    fn take_total(&self) -> Option<u32> {
+        let mut total = self.total.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if now.duration_since(total.window_start) >= WINDOW {
+            total.window_start = now;
+            total.used = 0;
+        }
+        if total.used >= self.total_budget {
+            total.suppressed = total.suppressed.saturating_add(1);
+            if total.suppressed == 1 {
+                // Say so once, at the moment entries start to drop.
+                drop(total);
+                self.push(Event {
+                    event: "suppressed",
+                    reason: Some(format!(
+                        "more than {} entries of unidentified peers in {}s: further ones dropped until the minute is over",
+                        self.total_budget,
+                        WINDOW.as_secs()
+                    )),
+                    ..Event::default()
+                });
+            }
+            return None;
+        }
+        total.used += 1;
+        Some(std::mem::take(&mut total.suppressed))
     }
 
     /// Records an event, unless its device or peer spent its budget; the
@@ -92,6 +138,25 @@ impl Audit {
             (None, Some(peer)) => peer_host(peer).to_owned(),
             (None, None) => String::new(),
         };
+        // Administrative entries are never dropped.
+        let dropped_in_total = if event.event == "admin" || event.device.is_some() {
+            0
+        } else {
+            match self.take_total() {
+                Some(n) => n,
+                None => return,
+            }
+        };
+        if dropped_in_total > 0 {
+            // Ids and counts only: nothing an attacker chose.
+            self.push(Event {
+                event: "suppressed",
+                reason: Some(format!(
+                    "{dropped_in_total} similar events suppressed (total rate limit)"
+                )),
+                ..Event::default()
+            });
+        }
         let suppressed_before = {
             let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();

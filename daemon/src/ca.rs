@@ -19,6 +19,33 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::datadir::{write_private, write_public};
 
+/// Whether a PKCS#10 request's SubjectPublicKeyInfo is a key the hub
+/// issues for: EC on P-256 (OIDs 1.2.840.10045.2.1 and
+/// 1.2.840.10045.3.1.7) or Ed25519 (1.3.101.112, no parameters).
+fn allowed_key(csr_pem: &str) -> bool {
+    use x509_parser::certification_request::X509CertificationRequest;
+    use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_SIG_ED25519};
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(csr_pem.as_bytes()) else {
+        return false;
+    };
+    let Ok((_, csr)) = X509CertificationRequest::from_der(&pem.contents) else {
+        return false;
+    };
+    let spki = &csr.certification_request_info.subject_pki;
+    let algorithm = &spki.algorithm;
+    if algorithm.algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY {
+        let curve = algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok());
+        // An uncompressed P-256 point: 0x04 and two 32-byte coordinates.
+        curve.as_ref() == Some(&OID_EC_P256)
+            && spki.subject_public_key.data.len() == 65
+            && spki.subject_public_key.data.first() == Some(&4)
+    } else {
+        algorithm.algorithm == OID_SIG_ED25519
+            && algorithm.parameters.is_none()
+            && spki.subject_public_key.data.len() == 32
+    }
+}
+
 /// The SAN URI scheme that names a device in its certificate.
 pub const DEVICE_URI_PREFIX: &str = "urn:hearth:device:";
 
@@ -197,7 +224,10 @@ impl HubCa {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| CaError::BadRequest(e.to_string()))?;
         let alg = csr.public_key.algorithm();
-        if alg != &PKCS_ECDSA_P256_SHA256 && alg != &PKCS_ED25519 {
+        // rcgen names the algorithm after the request's signature, which
+        // says nothing of the key: a P-384 key signs ecdsa-with-SHA256 too.
+        // The key itself (its SubjectPublicKeyInfo) is what must be allowed.
+        if (alg != &PKCS_ECDSA_P256_SHA256 && alg != &PKCS_ED25519) || !allowed_key(csr_pem) {
             return Err(CaError::BadRequest(
                 "the key must be ECDSA P-256 or Ed25519".into(),
             ));
@@ -553,5 +583,27 @@ mod tests {
         assert!(
             sans.contains("192.0.2.7") && sans.contains("localhost") && sans.contains("127.0.0.1")
         );
+    }
+
+    #[test]
+    fn a_p384_key_is_refused_whatever_the_signature_says() {
+        // A secp384r1 key, signed ecdsa-with-SHA256 (made with openssl).
+        const CSR: &str = "-----BEGIN CERTIFICATE REQUEST-----
+MIIBDDCBkgIBADATMREwDwYDVQQDDAhjYW1wYWlnbjB2MBAGByqGSM49AgEGBSuB
+BAAiA2IABN0H1jOxxkoXdNa0gONdz8fh7uypVm4lgssnppxIk2EPyQ5NSSZQpOpl
+CiYw55lww1+Slg2ALOrHVI3009fYDzEodEmBT9/sGY+DhWUk7A/INH+WEctnjj+j
+PL3OQ6x3iKAAMAoGCCqGSM49BAMCA2kAMGYCMQC6UUX8appUPHTKKUdEG5MWPjmy
+OFqhqcAF6Wy5YRlELvbzE5A+EHwK8x+EXpTgogoCMQDEHjsTO2Pxc8YRfvrHkX15
+BU7PN7de9HKhqmhD0C+sqTbxc1tAVKQpq26zR70+x4c=
+-----END CERTIFICATE REQUEST-----
+";
+        let dir = tempfile::tempdir().unwrap();
+        let ca = HubCa::load_or_create(dir.path()).unwrap();
+        assert!(ca.check_request(CSR).is_err());
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let good = CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap();
+        assert!(ca.check_request(&good.pem().unwrap()).is_ok());
     }
 }

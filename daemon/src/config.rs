@@ -85,6 +85,15 @@ pub struct MailboxSection {
     pub max_audio_bytes: usize,
     /// Messages that may wait for one device.
     pub max_pending_per_device: u64,
+    /// Bytes one device may send in a day.
+    pub max_sender_bytes_per_day: u64,
+    /// Bytes that may wait for one device.
+    pub max_pending_bytes_per_device: u64,
+    /// Bytes all stored messages may take together.
+    pub max_total_bytes: u64,
+    /// Below this much free space on the data dir's filesystem, new
+    /// messages are refused.
+    pub min_free_bytes: u64,
 }
 
 impl MailboxSection {
@@ -110,6 +119,10 @@ impl Default for MailboxSection {
             max_image_bytes: 5 * 1024 * 1024,
             max_audio_bytes: 2 * 1024 * 1024,
             max_pending_per_device: 500,
+            max_sender_bytes_per_day: 64 * 1024 * 1024,
+            max_pending_bytes_per_device: 128 * 1024 * 1024,
+            max_total_bytes: 1024 * 1024 * 1024,
+            min_free_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -159,11 +172,18 @@ impl Default for DiscoverySection {
 pub struct AuditSection {
     /// Days an audit entry is kept.
     pub retention_days: u32,
+    /// Entries written per minute about peers no registered device is known
+    /// for, all together; beyond it, one row counts the rest. (Devices are
+    /// bounded one by one, and only an administrator adds devices.)
+    pub max_unidentified_entries_per_minute: u32,
 }
 
 impl Default for AuditSection {
     fn default() -> Self {
-        AuditSection { retention_days: 30 }
+        AuditSection {
+            retention_days: 30,
+            max_unidentified_entries_per_minute: 600,
+        }
     }
 }
 
@@ -221,6 +241,11 @@ pub struct LimitsSection {
     /// The longest a client's session (its subscriptions and queued
     /// messages) outlives its connection, whatever the client asked for.
     pub max_session_expiry_secs: u64,
+    /// Connections not yet authenticated that each listener (MQTT, EST)
+    /// holds at once, apart from `max_connections`.
+    pub max_unauthenticated: usize,
+    /// Of those, how many one source (IPv4 address, IPv6 /64) may hold.
+    pub max_unauthenticated_per_source: usize,
 }
 
 impl Default for LimitsSection {
@@ -236,6 +261,8 @@ impl Default for LimitsSection {
             max_subscriptions_per_client: 128,
             max_router_topics: 4096,
             max_session_expiry_secs: 7 * 24 * 3600,
+            max_unauthenticated: 128,
+            max_unauthenticated_per_source: 8,
         }
     }
 }
@@ -366,6 +393,21 @@ impl Config {
                 });
             }
         }
+        let limits = &self.limits;
+        if limits.max_unauthenticated == 0 || limits.max_unauthenticated > 100_000 {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_unauthenticated",
+                message: "must be between 1 and 100000".into(),
+            });
+        }
+        if limits.max_unauthenticated_per_source == 0
+            || limits.max_unauthenticated_per_source > limits.max_unauthenticated
+        {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_unauthenticated_per_source",
+                message: "must be between 1 and limits.max_unauthenticated".into(),
+            });
+        }
         if let Some(bad) = self
             .discovery
             .interfaces
@@ -392,6 +434,29 @@ impl Config {
                     "mailbox.max_pending_per_device"
                 },
                 message: "must be at least 1".into(),
+            });
+        }
+        if mailbox.max_sender_bytes_per_day == 0
+            || mailbox.max_pending_bytes_per_device == 0
+            || mailbox.max_total_bytes == 0
+        {
+            return Err(ConfigError::Invalid {
+                key: if mailbox.max_sender_bytes_per_day == 0 {
+                    "mailbox.max_sender_bytes_per_day"
+                } else if mailbox.max_pending_bytes_per_device == 0 {
+                    "mailbox.max_pending_bytes_per_device"
+                } else {
+                    "mailbox.max_total_bytes"
+                },
+                message: "must be at least 1".into(),
+            });
+        }
+        if self.audit.max_unidentified_entries_per_minute < 10
+            || self.audit.max_unidentified_entries_per_minute > 100_000
+        {
+            return Err(ConfigError::Invalid {
+                key: "audit.max_unidentified_entries_per_minute",
+                message: "must be between 10 and 100000".into(),
             });
         }
         if self.audit.retention_days == 0 || self.audit.retention_days > 3650 {

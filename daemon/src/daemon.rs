@@ -146,6 +146,7 @@ pub async fn run(
     let audit = Audit::start(
         Arc::clone(&store),
         Duration::from_secs(u64::from(config.audit.retention_days) * 86_400),
+        config.audit.max_unidentified_entries_per_minute,
         audit_stop.clone(),
         &audit_tracker,
     );
@@ -182,6 +183,10 @@ pub async fn run(
         sessions: Arc::clone(&sessions),
         store: Arc::clone(&store),
         slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+        admission: crate::admission::Admission::new(
+            config.limits.max_unauthenticated_per_source,
+            config.limits.max_unauthenticated,
+        ),
         audit: audit.clone(),
         retained: Arc::clone(&retained),
         inbox_watch: Some(inbox_watch),
@@ -258,6 +263,15 @@ pub async fn run(
         enroll_listener,
         TlsAcceptor::from(enroll_tls),
         Arc::clone(&hub),
+        // Its own budget: every EST client is unauthenticated while it is
+        // connected, and the MQTT listener's handshakes must not starve it.
+        crate::admission::Admission::new(
+            config.limits.max_unauthenticated_per_source,
+            config
+                .limits
+                .max_unauthenticated
+                .min(enroll::MAX_CONNECTIONS),
+        ),
         stop.child_token(),
         tracker.clone(),
     ));

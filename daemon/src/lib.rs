@@ -3,6 +3,7 @@
 //! socket. `hearthd` and `hearth` are thin wrappers over this library.
 
 pub mod admin;
+pub mod admission;
 pub mod audit;
 pub mod broker;
 pub mod ca;

@@ -5,6 +5,8 @@
 //! once and again when it subscribes — and deletes a message once every
 //! recipient device has acknowledged it, or when it expires.
 
+mod quota;
+
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -220,6 +222,8 @@ pub struct Mailbox {
     /// [`PENDING_RECOUNT`] old plus what was stored since, not by counting
     /// rows on every send.
     pending: HashMap<DeviceId, (u64, Instant)>,
+    /// Byte quotas and the free-space floor.
+    quotas: quota::Quotas,
 }
 
 impl std::fmt::Debug for Mailbox {
@@ -246,6 +250,7 @@ impl Mailbox {
             sessions,
             audit,
             seal,
+            quotas: quota::Quotas::new(limits.clone(), data_dir.to_owned()),
             limits,
             link,
             sent: HashMap::new(),
@@ -370,6 +375,7 @@ impl Mailbox {
                 // try again; unacknowledged deliveries are sent again.
                 tracing::error!(error = %e, "mailbox database error");
                 self.pending.clear();
+                self.quotas.forget_counts();
                 for publish in &outbox {
                     let topic = String::from_utf8_lossy(&publish.topic);
                     let Some(sender) = outbox_sender(&topic) else {
@@ -436,7 +442,17 @@ impl Mailbox {
             return Ok(Accepted::Duplicate(id));
         }
         let Some(from_member) = store.device_member(sender).map_err(db)? else {
-            return Err(Refusal("service devices do not send messages".into()));
+            // A message in flight when its sender was revoked (or removed)
+            // is refused for that, not mistaken for a service's.
+            let revoked = store.device_revoked(sender).map_err(db)?;
+            return Err(Refusal(
+                if revoked {
+                    "the sending device is revoked"
+                } else {
+                    "service devices do not send messages"
+                }
+                .into(),
+            ));
         };
         let content = self.check_content(send)?;
         // `to`: a device id, else a member nickname.
@@ -495,6 +511,15 @@ impl Mailbox {
         }
         let id = hex::encode(crate::random_bytes::<16>());
         let plain = serde_json::to_vec(&content).map_err(|e| Refusal(e.to_string()))?;
+        // Sized as sealed: the content, the nonce and the tag.
+        let size = plain.len() as u64 + 40;
+        if let Err(quota::OverQuota(reason)) = self
+            .quotas
+            .check(store, sender, &devices, size)
+            .map_err(db)?
+        {
+            return Err(Refusal(reason));
+        }
         let sealed = self.seal.seal(&id, &send.to, &plain);
         let now = crate::unix_now();
         let message = NewMessage {
@@ -508,6 +533,7 @@ impl Mailbox {
             devices: &devices,
         };
         store.store_message(&message).map_err(db)?;
+        self.quotas.stored(sender, &devices, size);
         for device in &devices {
             if let Some((n, _)) = self.pending.get_mut(device) {
                 *n += 1;
@@ -647,7 +673,9 @@ impl Mailbox {
         let Ok(text) = serde_json::to_string(&Inbox::Receipt(receipt)) else {
             return;
         };
-        if let Err(e) = db.queue_receipt(sender, &text) {
+        // A receipt nobody collects goes when a message would have.
+        let expires_at = crate::unix_now() + self.limits.expiry_secs as i64;
+        if let Err(e) = db.queue_receipt(sender, &text, expires_at) {
             tracing::error!(error = %e, "cannot queue a receipt");
             return;
         }
@@ -768,6 +796,9 @@ impl Mailbox {
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot expire messages"),
+        }
+        if let Err(e) = db.expire_receipts(crate::unix_now()) {
+            tracing::error!(error = %e, "cannot expire receipts");
         }
     }
 

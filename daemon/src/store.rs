@@ -148,6 +148,11 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX sent_refs_by_expiry ON sent_refs(expires_at);",
     // 6: a member's devices without a scan (the mailbox asks on every send).
     "CREATE INDEX devices_by_member ON devices(member, created_at);",
+    // 7: queued receipts expire like the messages they are about (7 days,
+    // the default mailbox.expiry_secs, for those queued before).
+    "ALTER TABLE receipts ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;
+     UPDATE receipts SET expires_at = CAST(strftime('%s', 'now') AS INTEGER) + 604800;
+     CREATE INDEX receipts_by_expiry ON receipts(expires_at);",
 ];
 
 /// A certificate the registry accepts, with the device it names.

@@ -119,10 +119,16 @@ fn discover_until(ns: &TwoNamespaces, wanted: impl Fn(&str) -> bool) -> String {
     }
 }
 
-fn ca_prefix(hub: &TestHub) -> String {
+/// The first `bytes` of the hub CA's fingerprint, in hex: 8 in the
+/// advertisement, 16 (128 bits) for `hearth-device pair --ca`.
+fn ca_prefix_of(hub: &TestHub, bytes: usize) -> String {
     use rustls::pki_types::pem::PemObject;
     let ca = rustls::pki_types::CertificateDer::from_pem_file(hub.data.join("ca.pem")).unwrap();
-    hex::encode(&hearth_daemon::ca::fingerprint(&ca)[..8])
+    hex::encode(&hearth_daemon::ca::fingerprint(&ca)[..bytes])
+}
+
+fn ca_prefix(hub: &TestHub) -> String {
+    ca_prefix_of(hub, 8)
 }
 
 #[test]
@@ -165,14 +171,22 @@ fn the_reference_device_discovers_the_hub_and_pair_follows_the_window() {
             .output()
             .unwrap()
     };
-    let stranger = pair(&"0".repeat(16));
+    let stranger = pair(&"0".repeat(32));
     assert!(!stranger.status.success());
     assert!(
         String::from_utf8_lossy(&stranger.stderr).contains("no hub with that CA"),
         "{}",
         String::from_utf8_lossy(&stranger.stderr)
     );
-    let out = pair(&ca_prefix(&hub));
+    // The advertisement's own 64-bit prefix is too short to pin a hub by.
+    let short = pair(&ca_prefix(&hub));
+    assert!(!short.status.success());
+    assert!(
+        String::from_utf8_lossy(&short.stderr).contains("at least the first 32 hex digits"),
+        "{}",
+        String::from_utf8_lossy(&short.stderr)
+    );
+    let out = pair(&ca_prefix_of(&hub, 16));
     assert!(
         out.status.success(),
         "{}",

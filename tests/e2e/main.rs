@@ -5,6 +5,7 @@
 //! `-- --ignored` once those are installed.
 
 mod attacks;
+mod campaign;
 mod cli;
 mod discovery;
 mod everyday;
@@ -15,3 +16,4 @@ mod pairing;
 mod refusals;
 mod revocation;
 mod support;
+mod tls_scan;

@@ -89,6 +89,59 @@ impl TestHub {
         hub
     }
 
+    /// A hub whose data dir is a tmpfs of `size` (`8m`) in a mount
+    /// namespace of its own, so a full disk can be tested without touching
+    /// the machine's; the admin socket sits outside it. Root only.
+    pub fn start_on_small_fs(extra_config: &str, size: &str) -> TestHub {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("admin.sock");
+        let config = format!(
+            "{extra_config}\n[admin]\nsocket = \"{}\"\n",
+            socket.display()
+        );
+        let mount = format!(
+            "mkdir -p \"$0\" && mount -t tmpfs -o size={size},mode=0700 tmpfs \"$0\" && exec \"$@\""
+        );
+        // The data dir's path is the script's $0; hearthd and its
+        // arguments follow.
+        let data = dir.path().join("data");
+        let wrapper = [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &mount,
+            data.to_str().unwrap(),
+        ]
+        .map(str::to_owned);
+        let mut hub = TestHub {
+            config: dir.path().join("hearth.toml"),
+            data,
+            socket,
+            dir,
+            mqtt: "0.0.0.0:0".parse().unwrap(),
+            dev: None,
+            enroll: "0.0.0.0:0".parse().unwrap(),
+            child: None,
+            env: Vec::new(),
+            wrapper: wrapper.to_vec(),
+        };
+        let text = format!(
+            "[mqtt]\nlisten = \"127.0.0.1:0\"\n[enroll]\nlisten = \"127.0.0.1:0\"\n\
+             [discovery]\nenabled = false\n{config}"
+        );
+        std::fs::write(&hub.config, text).unwrap();
+        hub.launch();
+        hub
+    }
+
+    /// The daemon's process id (inside a wrapper that execs, the same).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Starts the process (again) and waits until it answers `status`.
     pub fn launch(&mut self) {
         let log = std::fs::OpenOptions::new()

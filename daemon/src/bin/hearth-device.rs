@@ -129,10 +129,7 @@ async fn pair(
         }
         None => {
             let (token, ca) = token_and_ca.context("--token and --ca are needed without a URI")?;
-            let ca = ca.to_ascii_lowercase();
-            if ca.len() < 16 || ca.len() > 64 || !ca.bytes().all(|b| b.is_ascii_hexdigit()) {
-                bail!("--ca takes at least the first 16 hex digits of the hub's CA fingerprint");
-            }
+            let ca = ca_prefix(&ca)?;
             // mDNS only says where hubs are; which one to trust comes from
             // the administrator (--ca), never from the advertisement.
             let hubs = discover(discover_secs).await?;
@@ -933,4 +930,30 @@ fn pem(label: &str, der: &[u8]) -> String {
 
 fn pem_chain(cert: &[u8], ca: &[u8]) -> String {
     format!("{}{}", pem("CERTIFICATE", cert), pem("CERTIFICATE", ca))
+}
+
+/// The `--ca` fingerprint prefix, lower case. At least 128 bits (32 hex
+/// digits), as many as the pairing URI carries: a 64-bit prefix is within
+/// reach of someone making CA keys until one matches.
+fn ca_prefix(arg: &str) -> Result<String> {
+    let ca = arg.to_ascii_lowercase();
+    if ca.len() < 32 || ca.len() > 64 || !ca.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("--ca takes at least the first 32 hex digits of the hub's CA fingerprint");
+    }
+    Ok(ca)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ca_prefix_needs_128_bits() {
+        assert!(ca_prefix(&"a".repeat(16)).is_err());
+        assert!(ca_prefix(&"a".repeat(31)).is_err());
+        assert!(ca_prefix(&"g".repeat(32)).is_err());
+        assert!(ca_prefix(&"a".repeat(65)).is_err());
+        assert_eq!(ca_prefix(&"AB".repeat(16)).unwrap(), "ab".repeat(16));
+        assert!(ca_prefix(&"0".repeat(64)).is_ok());
+    }
 }

@@ -675,13 +675,13 @@ fn pair(
         human_span(args.ttl as i64)
     )?;
     writeln!(out, "token: {}", ticket.token)?;
-    // What a device found by mDNS is checked against: the CA's first 16
-    // hex digits (the advertisement's own prefix is never trusted).
+    // What a device found by mDNS is checked against: the CA's first 32
+    // hex digits, 128 bits (the advertisement's own prefix is never trusted).
     let pairing: hearth_protocol::pairing::PairingUri = ticket
         .uri
         .parse()
         .context("hearthd sent a bad pairing URI")?;
-    let ca = pairing.ca_sha256.get(..16).unwrap_or(&pairing.ca_sha256);
+    let ca = pairing.ca_sha256.get(..32).unwrap_or(&pairing.ca_sha256);
     writeln!(out, "ca:    {ca}")?;
     writeln!(out, "uri:   {}", ticket.uri)?;
     writeln!(

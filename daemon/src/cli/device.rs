@@ -33,8 +33,8 @@ pub enum Command {
         /// The token, when the hub is found by mDNS.
         #[arg(long, required_unless_present = "uri", requires = "ca")]
         token: Option<String>,
-        /// With --token: the hub's CA fingerprint (at least its first 16 hex
-        /// digits, as `hearth pair` prints them). The device trusts only the
+        /// With --token: the hub's CA fingerprint (at least its first 32 hex
+        /// digits, 128 bits, as `hearth pair` prints them). The device trusts only the
         /// hub whose CA matches it; what mDNS says is never trusted.
         #[arg(long, value_name = "HEX")]
         ca: Option<String>,

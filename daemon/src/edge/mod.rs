@@ -146,8 +146,12 @@ pub struct Edge {
     pub sessions: Arc<Sessions>,
     /// For retiring a renewed certificate's predecessors.
     pub store: Arc<Mutex<Store>>,
-    /// Connection slots shared by every listener.
+    /// Connection slots shared by every listener, taken once a client has
+    /// authenticated (the development listener's at accept).
     pub slots: Arc<Semaphore>,
+    /// The mutual-TLS listener's budget of connections still in their
+    /// handshake.
+    pub admission: Arc<crate::admission::Admission>,
     /// The audit log.
     pub audit: Audit,
     /// Retained topics per device.
@@ -175,12 +179,17 @@ pub async fn serve(
     tracker: TaskTracker,
 ) {
     loop {
-        let permit = tokio::select! {
-            _ = stop.cancelled() => return,
-            permit = Arc::clone(&edge.slots).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
+        // The development listener serves loopback only: its clients take
+        // a slot at once. TLS clients take one once authenticated.
+        let permit = match listener_kind {
+            ListenerKind::Development => Some(tokio::select! {
+                _ = stop.cancelled() => return,
+                permit = Arc::clone(&edge.slots).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+            }),
+            ListenerKind::MutualTls => None,
         };
         let (tcp, peer_addr) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -194,16 +203,32 @@ pub async fn serve(
                 }
             },
         };
+        let ticket = match listener_kind {
+            ListenerKind::MutualTls => match edge.admission.admit(peer_addr.ip()) {
+                Some(ticket) => Some(ticket),
+                None => {
+                    // Its source holds its share of handshakes already:
+                    // closed unread, not audited (that would be the flood).
+                    tracing::debug!(peer = %peer_addr, "too many handshakes from this source");
+                    continue;
+                }
+            },
+            ListenerKind::Development => None,
+        };
         let _ = tcp.set_nodelay(true);
         let edge = Arc::clone(&edge);
         let stop = stop.child_token();
         tracker.spawn(async move {
             let _permit = permit;
             let deadline = Instant::now() + edge.limits.handshake_timeout;
-            match listener_kind {
-                ListenerKind::MutualTls => edge.serve_tls(tcp, peer_addr, deadline, stop).await,
-                ListenerKind::Development => {
-                    edge.run_session(tcp, Peer::Developer, deadline, stop).await
+            match (listener_kind, ticket) {
+                (ListenerKind::MutualTls, Some(ticket)) => {
+                    edge.serve_tls(tcp, peer_addr, deadline, stop, ticket).await
+                }
+                (ListenerKind::MutualTls, None) => {}
+                (ListenerKind::Development, _) => {
+                    edge.run_session(tcp, Peer::Developer, None, deadline, stop)
+                        .await
                 }
             }
         });
@@ -239,6 +264,10 @@ enum SessionEnd {
     TooManyDenials,
     #[error("the previous connection of this client id did not close in time")]
     Busy,
+    #[error("certificate no longer accepted")]
+    Revoked,
+    #[error("closed by the hub")]
+    Stopped,
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -250,8 +279,14 @@ impl Edge {
         peer_addr: SocketAddr,
         deadline: Instant,
         stop: CancellationToken,
+        ticket: crate::admission::Ticket,
     ) {
-        let stream = match timeout_at(deadline, self.tls.accept(tcp)).await {
+        let handshake = tokio::select! {
+            // Closed to make room for a source holding fewer handshakes.
+            _ = ticket.evicted() => return,
+            handshake = timeout_at(deadline, self.tls.accept(tcp)) => handshake,
+        };
+        let stream = match handshake {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
                 let (reason, device) = tls::refusal_reason(&e);
@@ -273,22 +308,69 @@ impl Edge {
         // The verifier accepted the certificate; look it up again (cheap,
         // in memory) to bind the session. If it was revoked in between,
         // refuse: fail closed.
-        let sha = stream
+        let cert = stream
             .get_ref()
             .1
             .peer_certificates()
-            .and_then(|certs| certs.first())
-            .map(|cert| fingerprint(cert));
+            .and_then(|certs| certs.first());
+        // From the hub's own chain (verified now or when the resumed
+        // session began), so the id it names can go in the audit.
+        let named = cert.and_then(|cert| crate::ca::device_id_of(cert));
+        let sha = cert.map(|cert| fingerprint(cert));
         let Some((sha, identity)) = sha.and_then(|sha| Some((sha, self.registry.lookup(&sha)?)))
         else {
-            tracing::warn!(peer = %peer_addr, "certificate no longer accepted");
+            self.refuse_revoked(named, sha, peer_addr);
+            return;
+        };
+        // Reachable by a revocation from here on; the lookup after it is
+        // the one that counts (a revocation between the two is seen by one
+        // of them).
+        let _admitted = self.sessions.admit(identity.device, stop.clone());
+        let Some(identity) = self
+            .registry
+            .lookup(&sha)
+            .filter(|now| now.device == identity.device)
+        else {
+            self.refuse_revoked(Some(identity.device), Some(sha), peer_addr);
+            return;
+        };
+        // Authenticated: out of the handshake budget, into a slot.
+        drop(ticket);
+        let Ok(Ok(_permit)) = timeout_at(deadline, Arc::clone(&self.slots).acquire_owned()).await
+        else {
+            tracing::warn!(device = %identity.device, "no connection slot free before the deadline");
             return;
         };
         if self.registry.is_renewing(&identity.device) {
             self.retire_predecessors(&identity.device, &sha);
         }
-        self.run_session(stream, Peer::Device(identity), deadline, stop)
+        self.run_session(stream, Peer::Device(identity), Some(sha), deadline, stop)
             .await
+    }
+
+    /// A certificate the verifier accepted was revoked before the session
+    /// began (also the path of a resumed TLS session, which skips the
+    /// verifier): audited like any refused handshake.
+    fn refuse_revoked(
+        &self,
+        device: Option<DeviceId>,
+        sha: Option<[u8; 32]>,
+        peer_addr: SocketAddr,
+    ) {
+        tracing::warn!(peer = %peer_addr, "certificate no longer accepted");
+        // The same words as the verifier's refusals.
+        let reason = match sha {
+            Some(sha) if self.registry.is_revoked(&sha) => "certificate revoked",
+            Some(_) => "unknown device",
+            None => "no client certificate",
+        };
+        self.audit.record(Event {
+            device,
+            event: "handshake-refused",
+            reason: Some(reason.into()),
+            peer: Some(peer_addr.to_string()),
+            ..Event::default()
+        });
     }
 
     /// A renewed certificate was just used: its predecessors stop working
@@ -312,10 +394,13 @@ impl Edge {
     }
 
     /// Reads the CONNECT, checks it, connects to the broker and relays.
+    /// `fingerprint` is the client certificate's, looked up again at
+    /// CONNECT: a session starts only for a certificate accepted then.
     async fn run_session<S>(
         &self,
         mut client: S,
         peer: Peer,
+        fingerprint: Option<[u8; 32]>,
         deadline: Instant,
         stop: CancellationToken,
     ) where
@@ -328,15 +413,32 @@ impl Edge {
         let mut inbound = BytesMut::new();
         let mut connected = false;
         let result = async {
-            let (version, connect, connect_len) =
-                match timeout_at(deadline, self.read_connect(&mut client, &mut inbound)).await {
-                    Ok(result) => result?,
-                    Err(_) => return Err(SessionEnd::Timeout),
-                };
-            let checked = client_id_for(&peer, version, &connect).and_then(|id| {
-                check_will(&peer, &connect)?;
-                Ok(id)
-            });
+            let (version, connect, connect_len) = tokio::select! {
+                // Revoked (or the hub stopping) while waiting for CONNECT.
+                _ = stop.cancelled() => return Err(SessionEnd::Stopped),
+                read = timeout_at(deadline, self.read_connect(&mut client, &mut inbound)) => {
+                    match read {
+                        Ok(result) => result?,
+                        Err(_) => return Err(SessionEnd::Timeout),
+                    }
+                }
+            };
+            // The certificate's standing now, not at the handshake: revoked,
+            // removed or with narrowed grants since, it counts as it is.
+            let current = match fingerprint {
+                Some(sha) => match self.registry.lookup(&sha) {
+                    Some(now) if Some(now.device) == device => Some(Peer::Device(now)),
+                    _ => None,
+                },
+                None => Some(peer.clone()),
+            };
+            let checked = match &current {
+                Some(peer) => client_id_for(peer, version, &connect).and_then(|id| {
+                    check_will(peer, &connect)?;
+                    Ok(id)
+                }),
+                None => Err(SessionEnd::Revoked),
+            };
             let client_id = match checked {
                 Ok(id) => id,
                 Err(end) => {
@@ -363,7 +465,16 @@ impl Edge {
                     return Err(end);
                 }
             };
+            let peer = current.unwrap_or(peer);
             let _ = inbound.split_to(connect_len);
+            // A retained will is a retained message the device leaves:
+            // known, it can be cleared when the device is revoked.
+            if let (Some(device), Packet::Connect(_, _, Some(will), _, _)) = (&device, &connect) {
+                if will.retain {
+                    let topic = String::from_utf8_lossy(&will.topic);
+                    self.retained.remember(device, &topic, will.message.len());
+                }
+            }
             let mut traits = relay::ClientTraits::default();
             let mut purge_on_close = false;
             let lifetime = SessionLifetime::of(version, &connect, self.limits.max_session_expiry);
@@ -399,6 +510,10 @@ impl Edge {
                     purge_on_close = !c.clean_session && expiry.unwrap_or(0) == 0;
                 }
             }
+            let will = match &connect {
+                Packet::Connect(_, _, Some(will), _, _) => Some((will.topic.clone(), will.retain)),
+                _ => None,
+            };
             let login = Login {
                 username: self.broker.username.clone(),
                 password: self.broker.password.clone(),
@@ -462,7 +577,16 @@ impl Edge {
                 stop,
             )
             .await;
-            close_broker_connection(broker).await;
+            // A device revoked (or no longer allowed its will) leaves no
+            // will behind: the broker drops it on a DISCONNECT.
+            let discard_will = match (&will, fingerprint) {
+                (Some((topic, retain)), Some(sha)) => self
+                    .registry
+                    .lookup(&sha)
+                    .is_none_or(|now| will_decision(&now, topic, *retain) != Decision::Allow),
+                _ => false,
+            };
+            close_broker_connection(broker, discard_will).await;
             if let Some(after) = lifetime.kept_for() {
                 self.expire_later(&client_id, session.generation(), after);
             }
@@ -567,7 +691,14 @@ const TAKEOVER_RETRY: Duration = Duration::from_millis(200);
 /// Closes the broker connection without a DISCONNECT (so the broker still
 /// publishes the client's will), and waits until the broker has closed its
 /// end: by then it has queued the disconnect in its router.
-async fn close_broker_connection(mut broker: TcpStream) {
+///
+/// With `discard_will`, a DISCONNECT goes first: MQTT 3.1.1 §3.14.4 and 5
+/// §3.14.4 have the broker drop the will then.
+async fn close_broker_connection(mut broker: TcpStream, discard_will: bool) {
+    if discard_will {
+        // The same two bytes in 3.1.1 and 5 (reason 0x00, normal).
+        let _ = broker.write_all(&[0xe0, 0x00]).await;
+    }
     let _ = broker.shutdown().await;
     // On the heap: an array here would be part of every connection's task.
     let mut sink = vec![0u8; 4096];
@@ -600,6 +731,14 @@ fn check_will(peer: &Peer, connect: &Packet) -> Result<(), SessionEnd> {
     match decision {
         Decision::Allow => Ok(()),
         Decision::Deny(reason) => Err(SessionEnd::WillDenied(reason)),
+    }
+}
+
+/// What the policy says of `identity` leaving this will.
+fn will_decision(identity: &DeviceIdentity, topic: &[u8], retain: bool) -> Decision {
+    match hearth_protocol::filter::topic_from_bytes(topic) {
+        Ok(topic) => policy::decide(&identity.subject(), Action::Will { retain }, topic),
+        Err(e) => Decision::Deny(DenyReason::Malformed(e)),
     }
 }
 

@@ -14,6 +14,10 @@ use tokio_util::sync::CancellationToken;
 pub struct Sessions {
     next: AtomicU64,
     live: Mutex<Live>,
+    /// Connections whose certificate was accepted and that have not ended,
+    /// from the end of the TLS handshake on: revocation must reach them
+    /// before they send CONNECT too.
+    admitted: Mutex<HashMap<u64, (DeviceId, CancellationToken)>>,
     turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Per client id, the packet ids of QoS 1/2 PUBLISHes sent to the
     /// client and not yet acknowledged, across its connections: rumqttd
@@ -52,6 +56,24 @@ struct Session {
 #[derive(Debug)]
 pub struct BrokerTurn {
     _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// Keeps an admitted connection reachable by [`Sessions::disconnect`]
+/// until the connection ends.
+#[derive(Debug)]
+pub struct AdmittedGuard {
+    sessions: Arc<Sessions>,
+    id: u64,
+}
+
+impl Drop for AdmittedGuard {
+    fn drop(&mut self) {
+        self.sessions
+            .admitted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
 }
 
 /// Removes its session from the table when the connection ends.
@@ -133,6 +155,21 @@ impl Sessions {
         }
     }
 
+    /// Notes a connection of `device` whose handshake just finished, before
+    /// the registry is consulted for it: whichever comes second, the
+    /// revocation or the lookup, sees the other.
+    pub fn admit(self: &Arc<Self>, device: DeviceId, stop: CancellationToken) -> AdmittedGuard {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.admitted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, (device, stop));
+        AdmittedGuard {
+            sessions: Arc::clone(self),
+            id,
+        }
+    }
+
     /// The devices connected now, sorted, each once.
     pub fn connected_devices(&self) -> Vec<DeviceId> {
         let mut devices: Vec<DeviceId> = self
@@ -146,14 +183,25 @@ impl Sessions {
         devices
     }
 
-    /// Ends every session of a device; returns how many there were.
+    /// Ends every connection of a device, whatever its state (waiting for
+    /// CONNECT or connected); returns how many were told to stop. Every
+    /// connection of a device stays admitted for its whole life, so the
+    /// admitted ones are the count; the live ones share their tokens.
     pub fn disconnect(&self, device: &DeviceId) -> usize {
-        let live = self.lock();
-        live.by_id
+        let stopped = self
+            .admitted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .values()
-            .filter(|s| s.device.as_ref() == Some(device))
-            .map(|s| s.stop.cancel())
-            .count()
+            .filter(|(admitted, _)| admitted == device)
+            .map(|(_, stop)| stop.cancel())
+            .count();
+        for session in self.lock().by_id.values() {
+            if session.device.as_ref() == Some(device) {
+                session.stop.cancel();
+            }
+        }
+        stopped
     }
 
     /// Ends the live sessions using `client_id` (MQTT's session takeover:

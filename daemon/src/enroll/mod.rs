@@ -35,8 +35,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to send its request body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Enrollment connections served at once.
-const MAX_CONNECTIONS: usize = 64;
+/// Enrollment connections served at once, at most (the budget given to
+/// [`serve`] may be smaller).
+pub const MAX_CONNECTIONS: usize = 64;
 
 const BASE: &str = "/.well-known/est/";
 
@@ -45,15 +46,11 @@ pub async fn serve(
     listener: TcpListener,
     tls: TlsAcceptor,
     hub: Arc<Hub>,
+    admission: Arc<crate::admission::Admission>,
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let permit = tokio::select! {
-            _ = stop.cancelled() => return,
-            p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-        };
         let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
@@ -65,13 +62,23 @@ pub async fn serve(
                 }
             },
         };
+        // Per source and in total; a full budget closes the oldest socket
+        // of the source holding the most, so idle sockets cannot keep the
+        // port to themselves.
+        let Some(ticket) = admission.admit(peer.ip()) else {
+            tracing::debug!(peer = %peer, "too many enrollment connections from this source");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let tls = tls.clone();
         let hub = Arc::clone(&hub);
         let stop = stop.child_token();
         tracker.spawn(async move {
-            let _permit = permit;
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+            let handshake = tokio::select! {
+                _ = ticket.evicted() => return,
+                handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)) => handshake,
+            };
+            let stream = match handshake {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
                     let (reason, device) = crate::edge::tls::refusal_reason(&e);
@@ -110,6 +117,8 @@ pub async fn serve(
             tokio::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => {}
+                // Made room for another source: dropped, not drained.
+                _ = ticket.evicted() => {}
                 _ = stop.cancelled() => connection.as_mut().graceful_shutdown(),
             }
         });

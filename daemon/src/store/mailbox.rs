@@ -85,6 +85,27 @@ impl Store {
         Ok(count.max(0) as u64)
     }
 
+    /// Bytes of the sealed messages waiting for a device (quota).
+    pub fn pending_bytes(&self, device: &DeviceId) -> Result<u64, StoreError> {
+        let bytes: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT COALESCE(SUM(length(m.sealed)), 0) FROM deliveries d
+                 JOIN messages m ON m.id = d.message_id WHERE d.device_id = ?1",
+            )?
+            .query_row(params![device.as_str()], |row| row.get(0))?;
+        Ok(bytes.max(0) as u64)
+    }
+
+    /// Bytes of every sealed message stored (quota).
+    pub fn stored_bytes(&self) -> Result<u64, StoreError> {
+        let bytes: i64 = self
+            .conn
+            .prepare_cached("SELECT COALESCE(SUM(length(sealed)), 0) FROM messages")?
+            .query_row([], |row| row.get(0))?;
+        Ok(bytes.max(0) as u64)
+    }
+
     /// Stores a message and its deliveries, all or nothing: committed with
     /// full sync before this returns, or with the [`Store::batch`] it is in.
     pub fn store_message(&mut self, message: &NewMessage<'_>) -> Result<(), StoreError> {
@@ -250,12 +271,25 @@ impl Store {
     }
 
     /// Queues a receipt (JSON, no content) for a sender device.
-    pub fn queue_receipt(&self, device: &DeviceId, envelope: &str) -> Result<(), StoreError> {
+    pub fn queue_receipt(
+        &self,
+        device: &DeviceId,
+        envelope: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
         self.conn.execute(
-            "INSERT INTO receipts (device_id, envelope) VALUES (?1, ?2)",
-            params![device.as_str(), envelope],
+            "INSERT INTO receipts (device_id, envelope, expires_at) VALUES (?1, ?2, ?3)",
+            params![device.as_str(), envelope, expires_at],
         )?;
         Ok(())
+    }
+
+    /// Deletes the queued receipts that expired by `now`; returns how many.
+    pub fn expire_receipts(&self, now: i64) -> Result<usize, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("DELETE FROM receipts WHERE expires_at <= ?1")?
+            .execute(params![now])?)
     }
 
     /// Takes the receipts waiting for a device.
@@ -300,6 +334,17 @@ impl Store {
             }
             None => Ok(None),
         }
+    }
+
+    /// Whether a device is not (or no longer) active: revoked or removed,
+    /// told apart from a service device for the refusal.
+    pub fn device_revoked(&self, device: &DeviceId) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM devices WHERE id = ?1 AND status = 'active'")?
+            .query_row(params![device.as_str()], |_| Ok(()))
+            .optional()?
+            .is_none())
     }
 
     /// The explicit rule for `from` messaging `to`, if an administrator set one.
