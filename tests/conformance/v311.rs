@@ -426,3 +426,31 @@ async fn another_member_cannot_join_a_shared_group() {
     assert!(mum.publish(SHORT).await.is_none(), "mum left her group");
     assert_eq!(drain(&mut dad, SHORT).await.len(), 1);
 }
+
+/// A persistent session leaving with an unacknowledged delivery of a shared
+/// subscription used to abort the hub (rumqttd looked up the group it had
+/// just emptied with `expect`): the hub keeps serving, and the session
+/// resumes.
+async fn leaving_a_shared_group_with_a_delivery_in_flight_is_harmless(mut b: Bench) {
+    let mut options = b.v4(Who::Phone);
+    options.set_clean_session(false);
+    options.set_manual_acks(true);
+    let mut phone = V4::connect(options.clone()).await;
+    phone
+        .subscribe(&format!("$share/g/{}", b.topic("#")), QoS::AtLeastOnce)
+        .await;
+    let mut toy = V4::connect(b.v4(Who::Toy)).await;
+    toy.send(&b.topic("x"), QoS::AtLeastOnce, false, b"1").await;
+    assert!(
+        phone.publish(LONG).await.is_some(),
+        "delivered, not acknowledged"
+    );
+    phone.drop_connection();
+    // A dead router stops the hub within seconds (its liveness probe).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(b.hub.is_running(), "the hub survived");
+    let back = V4::connect(options).await;
+    assert!(back.connack.session_present);
+    toy.send(&b.topic("y"), QoS::AtLeastOnce, false, b"2").await;
+}
+on_both_listeners!(leaving_a_shared_group_with_a_delivery_in_flight_is_harmless);

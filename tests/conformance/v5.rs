@@ -263,11 +263,7 @@ async fn no_local_keeps_a_clients_own_messages_from_it(b: Bench) {
         "own message came back"
     );
 }
-on_both_listeners!(
-    no_local_keeps_a_clients_own_messages_from_it,
-    [ignore = "CONFORMANCE.md: rumqttd forwards a client's own messages despite No Local"],
-    [ignore = "CONFORMANCE.md: rumqttd forwards a client's own messages despite No Local"]
-);
+on_both_listeners!(no_local_keeps_a_clients_own_messages_from_it);
 
 /// §3.8.3.1 and §3.3.1.3 [MQTT-3.3.1-12, -13]: with Retain As Published 0
 /// a forwarded message has RETAIN 0; with 1, RETAIN as published.
@@ -325,11 +321,7 @@ async fn retain_handling_is_respected(b: Bench) {
         "existing subscription"
     );
 }
-on_both_listeners!(
-    retain_handling_is_respected,
-    [ignore = "CONFORMANCE.md: rumqttd sends retained messages despite Retain Handling 2"],
-    [ignore = "CONFORMANCE.md: rumqttd sends retained messages despite Retain Handling 2"]
-);
+on_both_listeners!(retain_handling_is_respected);
 
 /// §3.8.2.1.2 and §3.3.4 [MQTT-3.3.4-3]: "If the Client specified a
 /// Subscription Identifier for any of the overlapping subscriptions the

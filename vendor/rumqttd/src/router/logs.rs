@@ -26,6 +26,9 @@ pub struct PublishData {
     pub publish: Publish,
     pub properties: Option<PublishProperties>,
     pub timestamp: Instant,
+    /// Hearth: `client_key` of the client that published it (0: unknown),
+    /// for No Local subscriptions (5 §3.8.3.1).
+    pub publisher: u64,
 }
 
 impl From<PubWithProp> for PublishData {
@@ -34,8 +37,18 @@ impl From<PubWithProp> for PublishData {
             publish,
             properties,
             timestamp: Instant::now(),
+            publisher: 0,
         }
     }
+}
+
+/// Hearth: a client id as a number, to mark what each client published
+/// without keeping its id with every message (never 0).
+pub(crate) fn client_key(client_id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    client_id.hash(&mut h);
+    h.finish().max(1)
 }
 
 // TODO: remove this from here
@@ -203,6 +216,7 @@ impl DataLog {
         filter_idx: FilterIdx,
         offset: Offset,
         len: u64,
+        not_from: Option<u64>,
     ) -> io::Result<(Position, Vec<(PubWithProp, Offset)>)> {
         // unwrap to get index of `self.native` is fine here, because when a new subscribe packet
         // arrives in `Router::handle_device_payload`, it first calls the function
@@ -218,6 +232,10 @@ impl DataLog {
 
         let now = Instant::now();
         o.retain_mut(|(pubdata, _)| {
+            // Hearth: a No Local subscription skips its own client's messages.
+            if not_from.is_some_and(|me| me == pubdata.publisher) {
+                return false;
+            }
             // Keep data if no properties exists, which implies no message expiry!
             let Some(properties) = pubdata.properties.as_mut() else {
                 return true;

@@ -196,6 +196,13 @@ pub struct DataRequest {
     max_count: usize,
     pub(crate) forward_retained: bool,
     pub(crate) group: Option<String>,
+    /// Hearth: No Local (5 §3.8.3.1): the subscriber's own messages are
+    /// not forwarded to it.
+    #[serde(default)]
+    pub(crate) nolocal: bool,
+    /// Hearth: Retain As Published (5 §3.8.3.1).
+    #[serde(default)]
+    pub(crate) preserve_retain: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -29,7 +29,11 @@ impl SharedGroup {
     }
 
     pub fn add_client(&mut self, client: String) {
-        self.clients.push(client)
+        // Hearth: once per client; a repeated SUBSCRIBE added it again each
+        // time (unbounded, and skewing the round robin).
+        if !self.clients.contains(&client) {
+            self.clients.push(client)
+        }
     }
 
     pub fn remove_client(&mut self, client: &String) {
