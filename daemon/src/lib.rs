@@ -17,6 +17,7 @@ pub mod logging;
 pub mod mailbox;
 pub mod pairing;
 pub mod registry;
+pub mod seal;
 pub mod store;
 
 /// Seconds since the Unix epoch, as stored in the database.

@@ -148,6 +148,10 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX sent_refs_by_expiry ON sent_refs(expires_at);",
     // 6: a member's devices without a scan (the mailbox asks on every send).
     "CREATE INDEX devices_by_member ON devices(member, created_at);",
+    // 7: crypto-erase: each message's content is sealed under its own data
+    // key, stored here wrapped by the mailbox key. Rows from before have
+    // none and are re-sealed by the mailbox at start.
+    "ALTER TABLE messages ADD COLUMN wrapped_key BLOB;",
 ];
 
 /// A certificate the registry accepts, with the device it names.
@@ -186,6 +190,9 @@ pub struct NewDevice<'a> {
 #[derive(Debug)]
 pub struct Store {
     conn: Connection,
+    /// Rows with content or metadata about people were deleted since the
+    /// WAL was last truncated: their old images may still be in it.
+    erased: bool,
 }
 
 impl Store {
@@ -214,9 +221,16 @@ impl Store {
         // Deleted rows (delivered messages, purged devices) are overwritten,
         // not left in free pages.
         conn.pragma_update(None, "secure_delete", "ON")?;
+        // Whenever the WAL restarts it is cut back to nothing, so frames of
+        // deleted rows do not linger at its end.
+        conn.pragma_update(None, "journal_size_limit", 0)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let mut store = Store { conn };
+        let mut store = Store { conn, erased: true };
         store.migrate()?;
+        // A crash or a pulled plug can leave deleted rows' old images in the
+        // WAL: fold it into the main file (where `secure_delete` zeroed
+        // them) and truncate it before serving anything.
+        store.settle()?;
         Ok(store)
     }
 
@@ -237,7 +251,37 @@ impl Store {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Err(e.into());
         }
+        self.settle()?;
         Ok(out)
+    }
+
+    /// Notes that rows were deleted whose old images must not survive in
+    /// the WAL; [`Store::settle`] truncates it after the commit.
+    pub(crate) fn mark_erased(&mut self) {
+        self.erased = true;
+    }
+
+    /// After deletions are committed: checkpoints the WAL into the main
+    /// file (whose freed space `secure_delete` zeroes) and truncates it to
+    /// nothing, so no frame of a deleted row is left to read. Inside a
+    /// transaction it waits for the outermost commit.
+    pub fn settle(&mut self) -> Result<(), StoreError> {
+        if !self.erased || !self.conn.is_autocommit() {
+            return Ok(());
+        }
+        let (busy, _, _): (i64, i64, i64) =
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })?;
+        if busy == 0 {
+            self.erased = false;
+        } else {
+            // Another connection (a backup in progress) holds a snapshot;
+            // the next settle tries again.
+            tracing::debug!("WAL checkpoint busy; retried after the next deletion");
+        }
+        Ok(())
     }
 
     /// Whether a [`Store::batch`] in progress lost its transaction (SQLite

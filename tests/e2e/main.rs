@@ -7,6 +7,7 @@
 mod attacks;
 mod cli;
 mod discovery;
+mod erasure;
 mod foreign;
 mod hub_core;
 mod messaging;

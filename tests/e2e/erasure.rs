@@ -1,0 +1,326 @@
+//! Children's data is gone when Hearth says it is: copies of the data dir
+//! taken after delivery and expiry give nothing back even with the mailbox
+//! key, a lost key is never silently replaced, and erased members and
+//! devices leave no row behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hearth_protocol::mailbox::ReceiptStatus;
+use serde_json::json;
+
+use crate::messaging::{db_count, files_containing, text, Mail};
+use crate::support::*;
+
+/// A copy of the data dir's database files and mailbox key, taken while
+/// the hub runs, as a thief or a careless backup would.
+struct Snapshot {
+    dir: tempfile::TempDir,
+}
+
+impl Snapshot {
+    fn take(data: &Path) -> Snapshot {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["hearth.db", "hearth.db-wal", "hearth.db-shm", "mailbox.key"] {
+            let from = data.join(name);
+            if from.exists() {
+                std::fs::copy(&from, dir.path().join(name)).unwrap();
+            }
+        }
+        Snapshot { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// Ends of every committed transaction in a WAL file (bytes from its
+/// start), oldest first: each is a state of the database someone holding
+/// the file could open.
+fn wal_commit_points(wal: &[u8]) -> Vec<usize> {
+    if wal.len() < 32 {
+        return Vec::new();
+    }
+    let page_size = u32::from_be_bytes(wal[8..12].try_into().unwrap()) as usize;
+    let frame = 24 + page_size;
+    let mut points = Vec::new();
+    let mut at = 32;
+    while at + frame <= wal.len() {
+        let db_size = u32::from_be_bytes(wal[at + 4..at + 8].try_into().unwrap());
+        at += frame;
+        if db_size != 0 {
+            points.push(at);
+        }
+    }
+    points
+}
+
+/// What a message row holds, read from one state of the database.
+struct Row {
+    id: String,
+    recipient: String,
+    sealed: Vec<u8>,
+    wrapped_key: Option<Vec<u8>>,
+}
+
+/// Every `messages` row of the database state made of `db` and the first
+/// `wal_len` bytes of `wal`, opened in a scratch copy.
+fn rows_at(db: &[u8], wal: &[u8], wal_len: usize) -> Vec<Row> {
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::write(scratch.path().join("hearth.db"), db).unwrap();
+    std::fs::write(scratch.path().join("hearth.db-wal"), &wal[..wal_len]).unwrap();
+    let conn = rusqlite::Connection::open(scratch.path().join("hearth.db")).unwrap();
+    let columns: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('messages')")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    if columns.is_empty() {
+        return Vec::new();
+    }
+    let wrapped = if columns.iter().any(|c| c == "wrapped_key") {
+        "wrapped_key"
+    } else {
+        "NULL"
+    };
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT id, recipient, sealed, {wrapped} FROM messages"
+        ))
+        .unwrap();
+    stmt.query_map([], |row| {
+        Ok(Row {
+            id: row.get(0)?,
+            recipient: row.get(1)?,
+            sealed: row.get(2)?,
+            wrapped_key: row.get(3)?,
+        })
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
+}
+
+fn open(cipher: &XChaCha20Poly1305, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    if sealed.len() < 24 {
+        return None;
+    }
+    let (nonce, body) = sealed.split_at(24);
+    cipher
+        .decrypt(XNonce::from_slice(nonce), Payload { msg: body, aad })
+        .ok()
+}
+
+/// Tries, as an attacker with the mailbox key would, every way Hearth has
+/// ever sealed a message: directly under the key, or under a data key
+/// wrapped by it (any wrapped key seen for that id, in any state).
+fn unseal(key: &[u8], row: &Row, wrapped_keys: &[(String, Vec<u8>)]) -> Option<Vec<u8>> {
+    let kek = XChaCha20Poly1305::new_from_slice(key).unwrap();
+    let aad = format!("hearth-mailbox-v1\0{}\0{}", row.id, row.recipient).into_bytes();
+    if let Some(plain) = open(&kek, &aad, &row.sealed) {
+        return Some(plain);
+    }
+    let wrap_aad = format!("hearth-mailbox-key-v1\0{}", row.id).into_bytes();
+    let candidates = row.wrapped_key.iter().chain(
+        wrapped_keys
+            .iter()
+            .filter(|(id, _)| id == &row.id)
+            .map(|(_, k)| k),
+    );
+    for wrapped in candidates {
+        if let Some(data_key) = open(&kek, &wrap_aad, wrapped) {
+            let cipher = XChaCha20Poly1305::new_from_slice(&data_key).unwrap();
+            if let Some(plain) = open(&cipher, &aad, &row.sealed) {
+                return Some(plain);
+            }
+        }
+    }
+    None
+}
+
+/// Every message a snapshot can still give up: the main file alone, then
+/// the WAL cut after each of its commits, every row tried with the key.
+fn recoverable(snapshot: &Snapshot) -> (usize, Vec<(String, String)>) {
+    let key = std::fs::read(snapshot.path("mailbox.key")).unwrap();
+    let db = std::fs::read(snapshot.path("hearth.db")).unwrap();
+    let wal = std::fs::read(snapshot.path("hearth.db-wal")).unwrap_or_default();
+    let mut cuts = vec![0];
+    cuts.extend(wal_commit_points(&wal));
+    let states: Vec<Vec<Row>> = cuts.iter().map(|&n| rows_at(&db, &wal, n)).collect();
+    let wrapped: Vec<(String, Vec<u8>)> = states
+        .iter()
+        .flatten()
+        .filter_map(|r| r.wrapped_key.clone().map(|k| (r.id.clone(), k)))
+        .collect();
+    let mut opened = Vec::new();
+    for row in states.iter().flatten() {
+        if let Some(plain) = unseal(&key, row, &wrapped) {
+            opened.push((
+                row.id.clone(),
+                String::from_utf8_lossy(&plain[..plain.len().min(60)]).into_owned(),
+            ));
+        }
+    }
+    opened.sort();
+    opened.dedup();
+    (cuts.len(), opened)
+}
+
+#[tokio::test]
+async fn delivered_and_expired_messages_cannot_be_recovered_from_a_copy_of_the_data_dir() {
+    let hub = TestHub::start_with("[mailbox]\nexpiry_secs = 5\n", &[]);
+    let mum = hub.device("Mum", "parent");
+    let ada = hub.device("Ada", "child");
+    let _bob = hub.device("Bob", "child");
+    let mut mum_mail = Mail::connect(&hub, &mum).await;
+    let mut ada_mail = Mail::connect(&hub, &ada).await;
+
+    let marker = format!("SECRET-{}", hex::encode(hearth_daemon::random_bytes::<8>()));
+    let picture: Vec<u8> = (0..90_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let voice: Vec<u8> = (0..40_000u32).map(|i| (i * 13 % 241) as u8).collect();
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    // Bob never connects: these two expire.
+    mum_mail
+        .send(text("x1", "Bob", &format!("expiring {marker}")))
+        .await;
+    mum_mail
+        .send(
+            json!({"v": 1, "type": "send", "ref": "x2", "to": "Bob", "kind": "image",
+                     "data": b64(&picture), "content_type": "image/png"}),
+        )
+        .await;
+    // Ada reads and acknowledges these.
+    mum_mail
+        .send(text("d1", "Ada", &format!("hello {marker}")))
+        .await;
+    mum_mail
+        .send(
+            json!({"v": 1, "type": "send", "ref": "d2", "to": "Ada", "kind": "image",
+                     "data": b64(&picture), "content_type": "image/png"}),
+        )
+        .await;
+    mum_mail
+        .send(
+            json!({"v": 1, "type": "send", "ref": "d3", "to": "Ada", "kind": "audio",
+                     "data": b64(&voice), "content_type": "audio/ogg"}),
+        )
+        .await;
+    let mut ids = std::collections::HashMap::new();
+    for r in ["x1", "x2", "d1", "d2", "d3"] {
+        let stored = mum_mail.receipt(r, ReceiptStatus::Stored).await;
+        ids.insert(r, stored.id.unwrap());
+    }
+    for _ in 0..3 {
+        let d = ada_mail
+            .delivery(Duration::from_secs(10))
+            .await
+            .expect("delivered");
+        ada_mail.ack(&d.id).await;
+    }
+    for r in ["d1", "d2", "d3"] {
+        mum_mail.receipt(r, ReceiptStatus::Delivered).await;
+    }
+    let after_delivery = Snapshot::take(&hub.data);
+    for r in ["x1", "x2"] {
+        mum_mail.receipt(r, ReceiptStatus::Expired).await;
+    }
+    let after_expiry = Snapshot::take(&hub.data);
+    assert_eq!(db_count(&hub.data, "messages"), 0);
+
+    // The copy after delivery still holds the two waiting for Bob (that is
+    // what a mailbox is); nothing delivered opens.
+    let (states, opened) = recoverable(&after_delivery);
+    let delivered: Vec<&String> = ["d1", "d2", "d3"].iter().map(|r| &ids[r]).collect();
+    assert!(
+        !opened.iter().any(|(id, _)| delivered.contains(&id)),
+        "delivered messages recovered from a copy ({states} states): {opened:?}"
+    );
+    let (states, opened) = recoverable(&after_expiry);
+    assert!(
+        opened.is_empty(),
+        "messages recovered from a copy after expiry ({states} states): {opened:?}"
+    );
+    // And nowhere in plaintext, in any file of the copies or the data dir.
+    for dir in [
+        after_delivery.dir.path(),
+        after_expiry.dir.path(),
+        &hub.data,
+    ] {
+        for needle in [marker.as_bytes(), &picture[1000..1064], &voice[500..564]] {
+            let hits = files_containing(dir, needle);
+            assert!(hits.is_empty(), "plaintext in {hits:?}");
+        }
+    }
+}
+
+/// Runs hearthd on a hub's files and returns its exit code and output,
+/// killing it if it is still running after `limit`.
+fn run_hearthd(hub: &TestHub, limit: Duration) -> (Option<i32>, String) {
+    let log = hub.dir.path().join("refused.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut child = Command::new(HEARTHD)
+        .arg("--config")
+        .arg(&hub.config)
+        .arg("--data-dir")
+        .arg(&hub.data)
+        .env_remove("STATE_DIRECTORY")
+        .env_remove("RUNTIME_DIRECTORY")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (code, std::fs::read_to_string(&log).unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_lost_mailbox_key_with_messages_waiting_stops_the_hub_and_is_never_replaced() {
+    let mut hub = TestHub::start();
+    let mum = hub.device("Mum", "parent");
+    let _ada = hub.device("Ada", "child");
+    let mut mum_mail = Mail::connect(&hub, &mum).await;
+    mum_mail.send(text("w1", "Ada", "waiting for Ada")).await;
+    mum_mail.receipt("w1", ReceiptStatus::Stored).await;
+    drop(mum_mail);
+    assert!(hub.terminate().success());
+
+    let key = hub.data.join("mailbox.key");
+    let original = std::fs::read(&key).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    let (code, said) = run_hearthd(&hub, Duration::from_secs(20));
+    assert_eq!(code, Some(78), "hearthd must refuse to start: {said}");
+    assert!(said.contains(&key.display().to_string()), "{said}");
+    assert!(said.contains("hearth restore"), "{said}");
+    assert!(said.contains("hearth erase-all"), "{said}");
+    assert!(!key.exists(), "a new key was made silently");
+
+    // A damaged key is refused the same way, and left as it is.
+    std::fs::write(&key, b"not a key").unwrap();
+    let (code, said) = run_hearthd(&hub, Duration::from_secs(20));
+    assert_eq!(code, Some(78), "{said}");
+    assert_eq!(std::fs::read(&key).unwrap(), b"not a key");
+
+    // With the key back, the message is still there.
+    std::fs::write(&key, &original).unwrap();
+    hub.launch();
+    assert!(hub.hearth_ok(&["mailbox"]).contains("1 waiting"));
+}
