@@ -12,7 +12,7 @@ use hearth_protocol::admin::{
 };
 use hearth_protocol::pairing::PairingUri;
 use hearth_protocol::policy::{DeviceRole, Direction, Grant};
-use hearth_protocol::{DeviceId, Label, Owner, Role};
+use hearth_protocol::{DeviceId, Label, MemberName, Owner, Role};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
@@ -201,37 +201,8 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
                 Err(e) => Err(e),
             }
         }
-        AdminRequest::DeviceRemove { id } => {
-            let removed = hub.store().remove_device(&id).map_err(|e| e.to_string());
-            match removed {
-                Ok(()) => {
-                    hub.cut_off(&id).await;
-                    hub.admin_audit("device-remove", Some(id), "revoked and removed".into());
-                    Ok(done(format!("removed {id}")))
-                }
-                Err(e) => Err(e),
-            }
-        }
-        AdminRequest::MemberRemove { name } => {
-            let removed = hub.store().remove_member(&name).map_err(|e| e.to_string());
-            match removed {
-                Ok(devices) => {
-                    for id in &devices {
-                        hub.cut_off(id).await;
-                    }
-                    hub.admin_audit(
-                        "member-remove",
-                        None,
-                        format!("{} device(s) revoked and removed", devices.len()),
-                    );
-                    Ok(done(format!(
-                        "removed {name} and {} device(s)",
-                        devices.len()
-                    )))
-                }
-                Err(e) => Err(e),
-            }
-        }
+        AdminRequest::DeviceRemove { id } => erase_device(hub, id).await,
+        AdminRequest::MemberRemove { name } => erase_member(hub, name).await,
         AdminRequest::Grant {
             id,
             filter,
@@ -296,6 +267,48 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
         _ => Err("this hearthd does not know that request".into()),
     };
     result.unwrap_or_else(error)
+}
+
+/// Removes a device and erases everything about it. It is revoked and cut
+/// off first, and the audit entries its last session left are written,
+/// so nothing about it is recorded after the erasure.
+async fn erase_device(hub: &Hub, id: DeviceId) -> Result<AdminResponse, String> {
+    hub.store().revoke_device(&id).map_err(|e| e.to_string())?;
+    hub.cut_off(&id).await;
+    hub.audit.flush().await;
+    hub.store().remove_device(&id).map_err(|e| e.to_string())?;
+    // The entry says a device was erased, not which: its id is gone.
+    hub.admin_audit("device-remove", None, "device erased".into());
+    Ok(done(format!(
+        "removed {id} and erased what the hub held about it"
+    )))
+}
+
+/// Removes a member and erases everything about them and their devices,
+/// as [`erase_device`] does.
+async fn erase_member(hub: &Hub, name: MemberName) -> Result<AdminResponse, String> {
+    let devices = hub
+        .store()
+        .member_device_ids(&name)
+        .map_err(|e| e.to_string())?;
+    for id in &devices {
+        hub.store().revoke_device(id).map_err(|e| e.to_string())?;
+        hub.cut_off(id).await;
+    }
+    hub.audit.flush().await;
+    let devices = hub
+        .store()
+        .remove_member(&name)
+        .map_err(|e| e.to_string())?;
+    hub.admin_audit(
+        "member-remove",
+        None,
+        format!("{} device(s) erased", devices.len()),
+    );
+    Ok(done(format!(
+        "removed {name} and {} device(s), and erased what the hub held about them",
+        devices.len()
+    )))
 }
 
 fn done(message: String) -> AdminResponse {

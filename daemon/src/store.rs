@@ -9,6 +9,7 @@ use hearth_protocol::policy::{DeviceRole, Direction, Grant};
 use hearth_protocol::{DeviceId, Label, MemberName, Owner, Role};
 use rusqlite::{params, Connection, OptionalExtension};
 
+mod erase;
 mod mailbox;
 pub use mailbox::{ExpiredMessage, NewMessage, PendingDelivery};
 
@@ -622,50 +623,60 @@ impl Store {
         Ok(())
     }
 
-    /// Revokes a device's certificates and deletes the device (and its
-    /// grants). The certificate rows stay, revoked, so they stay refused.
+    /// Erases a device: revokes its certificates (keeping only their
+    /// fingerprints) and deletes everything else about it — its row and
+    /// label, grants, messages, receipts, references and audit rows (see
+    /// `store/erase.rs`). The WAL is truncated after the commit.
     pub fn remove_device(&mut self, device: &DeviceId) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
-        tx.execute(
-            "UPDATE certificates SET status = 'revoked' WHERE device_id = ?1",
+        let exists: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM devices WHERE id = ?1)",
             params![device.as_str()],
+            |row| row.get(0),
         )?;
-        let n = tx.execute(
-            "DELETE FROM devices WHERE id = ?1",
-            params![device.as_str()],
-        )?;
-        if n == 0 {
+        if !exists {
             return Err(StoreError::NoSuchDevice(device.to_string()));
         }
+        erase::erase(&tx, &[device.as_str().to_owned()], None)?;
         tx.commit()?;
+        self.mark_erased();
+        self.settle()?;
         Ok(())
     }
 
-    /// Removes a member and all their devices; returns the devices.
+    /// Every device of a member, whatever its status.
+    pub fn member_device_ids(&self, name: &MemberName) -> Result<Vec<DeviceId>, StoreError> {
+        if self.member_role(name)?.is_none() {
+            return Err(StoreError::NoSuchMember(name.to_string()));
+        }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM devices WHERE member = ?1 ORDER BY created_at")?;
+        let rows = stmt.query_map(params![name.as_str()], |row| row.get::<_, String>(0))?;
+        rows.map(|row| parse(&row?)).collect()
+    }
+
+    /// Erases a member and all their devices as [`Store::remove_device`]
+    /// does, and their contact rules; returns the devices.
     pub fn remove_member(&mut self, name: &MemberName) -> Result<Vec<DeviceId>, StoreError> {
         let tx = self.conn.transaction()?;
+        let exists: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM members WHERE name = ?1)",
+            params![name.as_str()],
+            |row| row.get(0),
+        )?;
+        if !exists {
+            return Err(StoreError::NoSuchMember(name.to_string()));
+        }
         let devices: Vec<String> = {
             let mut stmt = tx.prepare("SELECT id FROM devices WHERE member = ?1")?;
             let rows = stmt.query_map(params![name.as_str()], |row| row.get(0))?;
             rows.collect::<Result<_, _>>()?
         };
-        tx.execute(
-            "UPDATE certificates SET status = 'revoked'
-             WHERE device_id IN (SELECT id FROM devices WHERE member = ?1)",
-            params![name.as_str()],
-        )?;
-        tx.execute(
-            "DELETE FROM devices WHERE member = ?1",
-            params![name.as_str()],
-        )?;
-        let n = tx.execute(
-            "DELETE FROM members WHERE name = ?1",
-            params![name.as_str()],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NoSuchMember(name.to_string()));
-        }
+        erase::erase(&tx, &devices, Some(name.as_str()))?;
         tx.commit()?;
+        self.mark_erased();
+        self.settle()?;
         devices.iter().map(|id| parse(id)).collect()
     }
 

@@ -324,3 +324,180 @@ async fn a_lost_mailbox_key_with_messages_waiting_stops_the_hub_and_is_never_rep
     hub.launch();
     assert!(hub.hearth_ok(&["mailbox"]).contains("1 waiting"));
 }
+
+/// Issues a device with a label of the test's choosing.
+fn device_labelled(hub: &TestHub, member: &str, label: &str) -> Device {
+    let out = hub.dir.path().join(format!(
+        "dev-{}",
+        hex::encode(hearth_daemon::random_bytes::<4>())
+    ));
+    let id = hub.hearth_ok(&[
+        "device",
+        "issue",
+        "--member",
+        member,
+        "--label",
+        label,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    Device::load(id.trim(), &out)
+}
+
+/// Every row of every table (as sqlite_master lists them) whose text or
+/// bytes contain one of `needles`: `table: row`.
+fn rows_mentioning(data: &Path, needles: &[&str]) -> Vec<String> {
+    let conn = rusqlite::Connection::open(data.join("hearth.db")).unwrap();
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(tables.len() >= 10, "tables: {tables:?}");
+    let mut hits = Vec::new();
+    for table in tables {
+        let mut stmt = conn.prepare(&format!("SELECT * FROM \"{table}\"")).unwrap();
+        let width = stmt.column_count();
+        let mut rows = stmt.query([]).unwrap();
+        while let Some(row) = rows.next().unwrap() {
+            let mut text = Vec::new();
+            for i in 0..width {
+                match row.get_ref(i).unwrap() {
+                    rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                        text.push(String::from_utf8_lossy(t).into_owned())
+                    }
+                    other => text.push(format!("{other:?}")),
+                }
+            }
+            let line = text.join(" | ");
+            if needles.iter().any(|n| line.contains(n)) {
+                hits.push(format!("{table}: {line}"));
+            }
+        }
+    }
+    hits
+}
+
+#[tokio::test]
+async fn removing_a_member_or_a_device_erases_every_row_about_them() {
+    let hub = TestHub::start();
+    let mum = hub.device("Mum", "parent");
+    hub.hearth_ok(&["member", "add", "Cyrilla", "--role", "child"]);
+    let cy_tablet = device_labelled(&hub, "Cyrilla", "Cyrilla tablet");
+    let cy_toy = device_labelled(&hub, "Cyrilla", "Cyrilla toy");
+    let _ada = hub.device("Ada", "child");
+    let ada_toy = device_labelled(&hub, "Ada", "Ada diary toy");
+    hub.hearth_ok(&["contacts", "allow", "Cyrilla", "Ada"]);
+
+    // Mum writes twice to Cyrilla (both her devices).
+    let mut mum_mail = Mail::connect(&hub, &mum).await;
+    mum_mail.send(text("m1", "Cyrilla", "first")).await;
+    mum_mail.send(text("m2", "Cyrilla", "second")).await;
+    let m1 = mum_mail
+        .receipt("m1", ReceiptStatus::Stored)
+        .await
+        .id
+        .unwrap();
+    let m2 = mum_mail
+        .receipt("m2", ReceiptStatus::Stored)
+        .await
+        .id
+        .unwrap();
+    drop(mum_mail);
+    // The tablet reads the first: its "delivered" receipt, naming the
+    // tablet, waits for Mum. Then Cyrilla and Ada's toy write to Mum, who
+    // is offline, and the tablet tries a topic it may not use.
+    {
+        let mut cy_mail = Mail::connect(&hub, &cy_tablet).await;
+        let d = loop {
+            let d = cy_mail.delivery(Duration::from_secs(10)).await.unwrap();
+            if d.id == m1 {
+                break d;
+            }
+        };
+        cy_mail.ack(&d.id).await;
+        cy_mail.send(text("c1", "Mum", "from Cyrilla")).await;
+        cy_mail.receipt("c1", ReceiptStatus::Stored).await;
+        cy_mail
+            .client
+            .publish(
+                format!("hearth/v1/dev/{}/cmd/secret", mum.id),
+                rumqttc::QoS::AtMostOnce,
+                false,
+                b"x".to_vec(),
+            )
+            .await
+            .unwrap();
+        let mut toy_mail = Mail::connect(&hub, &ada_toy).await;
+        toy_mail.send(text("a1", "Mum", "from the diary toy")).await;
+        toy_mail.receipt("a1", ReceiptStatus::Stored).await;
+    }
+    wait_audit(&hub, |e| {
+        e.event == "denied" && e.device.map(|d| d.to_string()) == Some(cy_tablet.id.clone())
+    })
+    .expect("the denied publish is audited");
+    let needles = [
+        "Cyrilla",
+        cy_tablet.id.as_str(),
+        cy_toy.id.as_str(),
+        ada_toy.id.as_str(),
+        "Ada diary toy",
+    ];
+    assert!(!rows_mentioning(&hub.data, &needles).is_empty());
+
+    // Erase through the admin operations the CLI calls.
+    for request in [
+        hearth_protocol::admin::AdminRequest::MemberRemove {
+            name: "Cyrilla".parse().unwrap(),
+        },
+        hearth_protocol::admin::AdminRequest::DeviceRemove {
+            id: ada_toy.id.parse().unwrap(),
+        },
+    ] {
+        let answer = admin_request(&hub.socket, &request).unwrap();
+        assert!(
+            matches!(answer, hearth_protocol::admin::AdminResponse::Done { .. }),
+            "{answer:?}"
+        );
+    }
+    // Mum hears her two messages will not be delivered, and gets nothing
+    // the erased devices sent.
+    let mut mum_mail = Mail::connect(&hub, &mum).await;
+    for (reference, id) in [("m1", &m1), ("m2", &m2)] {
+        let r = mum_mail.receipt(reference, ReceiptStatus::Expired).await;
+        assert_eq!(r.id.as_ref(), Some(id));
+    }
+    assert!(
+        mum_mail.delivery(Duration::from_secs(2)).await.is_none(),
+        "a message from an erased device was delivered"
+    );
+    drop(mum_mail);
+    let audit = hub.hearth_ok(&["audit", "--device", &cy_tablet.id]);
+    assert!(!audit.contains(&cy_tablet.id), "{audit}");
+
+    let hits = rows_mentioning(&hub.data, &needles);
+    assert!(hits.is_empty(), "rows still mention the erased: {hits:#?}");
+    // What revocation needs stays: the fingerprints, revoked.
+    let conn = rusqlite::Connection::open(hub.data.join("hearth.db")).unwrap();
+    let revoked: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM certificates WHERE status = 'revoked' AND device_id = ''",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(revoked, 3);
+    drop(conn);
+    // Nor in any file of the data dir, the WAL included.
+    for needle in needles {
+        let hits = files_containing(&hub.data, needle.as_bytes());
+        assert!(hits.is_empty(), "{needle} still in {hits:?}");
+    }
+    // And the erased devices stay refused.
+    let mut options = mqtt_v4(&hub, &cy_tablet, &cy_tablet.id);
+    options.set_keep_alive(Duration::from_secs(5));
+    let (_client, mut events) = rumqttc::AsyncClient::new(options, 10);
+    assert!(v4_connected(&mut events).await.is_err());
+}

@@ -18,7 +18,7 @@ use crate::support::*;
 /// A device's mailbox connection: its inbox, decoded, in a channel.
 pub(crate) struct Mail {
     id: String,
-    client: rumqttc::AsyncClient,
+    pub(crate) client: rumqttc::AsyncClient,
     inbox: mpsc::UnboundedReceiver<Inbox>,
     held: VecDeque<Inbox>,
     driver: tokio::task::JoinHandle<()>,
