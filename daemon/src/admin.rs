@@ -237,7 +237,8 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
                 };
             }
             let verb = if allowed { "allow" } else { "deny" };
-            hub.admin_audit("contacts", None, format!("{verb} {a} <-> {b}"));
+            // Members are not named in the audit (docs/PRIVACY.md).
+            hub.admin_audit("contacts", None, verb.to_owned());
             Ok(done(format!(
                 "{a} and {b} {} message each other",
                 if allowed { "may" } else { "may not" }
@@ -398,11 +399,7 @@ fn open_pairing(
         hub.windows.cancel(Some(id));
         return Err(format!("cannot build the pairing URI: {e}"));
     }
-    hub.admin_audit(
-        "pair-open",
-        None,
-        format!("window {id} for {member}, {ttl_secs}s"),
-    );
+    hub.admin_audit("pair-open", None, format!("window {id}, {ttl_secs}s"));
     Ok(AdminResponse::PairOpened(PairingTicket {
         id,
         token,

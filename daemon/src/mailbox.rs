@@ -167,6 +167,9 @@ impl Mailbox {
             let seal =
                 MailboxKey::load(data_dir, pending).map_err(|e| MailboxError(e.to_string()))?;
             reseal_old_rows(&mut db, &seal).map_err(|e| MailboxError(e.to_string()))?;
+            // A shorter `expiry_secs` applies to what is already stored.
+            db.apply_retention(crate::unix_now(), limits.expiry_secs as i64)
+                .map_err(|e| MailboxError(e.to_string()))?;
             seal
         };
         let (tx, rx) = mpsc::unbounded_channel();
@@ -541,7 +544,7 @@ impl Mailbox {
             device: Some(*sender),
             event: "message-refused",
             action: Some("send".into()),
-            reason: Some(reason.to_owned()),
+            reason: Some(refusal_class(reason).to_owned()),
             ..Event::default()
         });
         let receipt = Receipt {
@@ -578,7 +581,9 @@ impl Mailbox {
         let Ok(text) = serde_json::to_string(&Inbox::Receipt(receipt)) else {
             return;
         };
-        if let Err(e) = db.queue_receipt(sender, &text) {
+        // A receipt waits no longer than a message would.
+        let expires_at = crate::unix_now() + self.limits.expiry_secs as i64;
+        if let Err(e) = db.queue_receipt(sender, &text, expires_at) {
             tracing::error!(error = %e, "cannot queue a receipt");
             return;
         }
@@ -748,6 +753,29 @@ fn reseal_old_rows(db: &mut Store, key: &MailboxKey) -> Result<(), StoreError> {
     })??;
     tracing::info!(count, "re-sealed stored messages under their own data keys");
     Ok(())
+}
+
+/// A refusal's reason for the audit, from a fixed list: the words the
+/// sender is told may echo what it typed (a recipient's name, an address),
+/// and the audit keeps none of that.
+fn refusal_class(reason: &str) -> &'static str {
+    const CLASSES: &[(&str, &str)] = &[
+        ("may not message", "contact not allowed"),
+        ("no member", "unknown recipient"),
+        ("no device to deliver", "recipient has no device"),
+        ("no device", "unknown recipient"),
+        ("is full", "recipient mailbox full"),
+        ("try again", "store failed"),
+        ("base64", "data not base64"),
+        ("content_type", "bad content_type"),
+        ("bytes", "too large"),
+        ("JSON", "not JSON"),
+        ("version", "unsupported version"),
+    ];
+    CLASSES
+        .iter()
+        .find(|(needle, _)| reason.contains(needle))
+        .map_or("invalid message", |(_, class)| class)
 }
 
 /// What a refused send is told when the store failed.

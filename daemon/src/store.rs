@@ -11,7 +11,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 mod erase;
 mod mailbox;
+mod minimise;
 pub use mailbox::{ExpiredMessage, NewMessage, PendingDelivery};
+pub use minimise::audit_topic;
 
 /// The database file's name inside the data dir.
 pub const DB_FILE: &str = "hearth.db";
@@ -153,6 +155,10 @@ const MIGRATIONS: &[&str] = &[
     // key, stored here wrapped by the mailbox key. Rows from before have
     // none and are re-sealed by the mailbox at start.
     "ALTER TABLE messages ADD COLUMN wrapped_key BLOB;",
+    // 8: metadata retention: receipts expire with their message, and
+    // `last_seen` keeps the day only.
+    "ALTER TABLE receipts ADD COLUMN expires_at INTEGER;
+     UPDATE devices SET last_seen = last_seen - (last_seen % 86400) WHERE last_seen IS NOT NULL;",
 ];
 
 /// A certificate the registry accepts, with the device it names.
@@ -687,10 +693,11 @@ impl Store {
             // A device's `last_seen` is its latest connect, written with
             // the audit batch rather than with a sync of its own on every
             // connection.
+            // Day-granular: when a child's toy is used is not the hub's to keep.
             let mut seen = tx.prepare_cached("UPDATE devices SET last_seen = ?2 WHERE id = ?1")?;
             for e in entries.iter().filter(|e| e.event == "connect") {
                 if let Some(device) = &e.device {
-                    seen.execute(params![device.as_str(), e.at])?;
+                    seen.execute(params![device.as_str(), day(e.at)])?;
                 }
             }
             let mut stmt = tx.prepare_cached(
@@ -698,14 +705,17 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for e in entries {
+                // Topics keep prefix and class only, peers only for
+                // refusals (store/minimise.rs): what callers pass beyond
+                // that never reaches the disk.
                 stmt.execute(params![
                     e.at,
                     e.device.as_ref().map(|d| d.as_str().to_owned()),
                     e.event,
                     e.action,
-                    e.topic,
+                    e.topic.as_deref().map(audit_topic),
                     e.reason,
-                    e.peer
+                    minimise::audit_peer(&e.event, e.peer.as_deref())
                 ])?;
             }
         }
@@ -764,11 +774,21 @@ impl Store {
         Ok(out)
     }
 
-    /// Deletes audit entries older than `before` (Unix seconds).
-    pub fn prune_audit(&self, before: i64) -> Result<usize, StoreError> {
-        Ok(self
+    /// Deletes audit entries older than `before` (Unix seconds), and the
+    /// `last_seen` of devices not seen since then.
+    pub fn prune_audit(&mut self, before: i64) -> Result<usize, StoreError> {
+        let n = self
             .conn
-            .execute("DELETE FROM audit WHERE at < ?1", params![before])?)
+            .execute("DELETE FROM audit WHERE at < ?1", params![before])?;
+        self.conn.execute(
+            "UPDATE devices SET last_seen = NULL WHERE last_seen < ?1",
+            params![day(before)],
+        )?;
+        if n > 0 {
+            self.mark_erased();
+            self.settle()?;
+        }
+        Ok(n)
     }
 
     /// Every device, oldest first, with its newest active certificate.
@@ -807,6 +827,11 @@ impl Store {
         })
         .collect()
     }
+}
+
+/// The start of the UTC day of a Unix time.
+fn day(at: i64) -> i64 {
+    at - at.rem_euclid(86_400)
 }
 
 fn parse<T: std::str::FromStr>(s: &str) -> Result<T, StoreError>

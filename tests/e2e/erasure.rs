@@ -1,7 +1,8 @@
-//! Children's data is gone when Hearth says it is: copies of the data dir
-//! taken after delivery and expiry give nothing back even with the mailbox
-//! key, a lost key is never silently replaced, and erased members and
-//! devices leave no row behind.
+//! Children's data is gone when Hearth says it is and never kept where it
+//! should not be: copies of the data dir taken after delivery and expiry
+//! give nothing back even with the mailbox key, a lost key is never
+//! silently replaced, erased members and devices leave no row behind, and
+//! the audit and logs hold ids, never names, labels or typed text.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -500,4 +501,91 @@ async fn removing_a_member_or_a_device_erases_every_row_about_them() {
     options.set_keep_alive(Duration::from_secs(5));
     let (_client, mut events) = rumqttc::AsyncClient::new(options, 10);
     assert!(v4_connected(&mut events).await.is_err());
+}
+
+#[tokio::test]
+async fn the_audit_and_the_log_hold_no_names_labels_or_typed_text() {
+    let hub = TestHub::start();
+    let _mum = hub.device("Mum", "parent");
+    hub.device("Ada", "child");
+    hub.hearth_ok(&["member", "add", "Quillon", "--role", "child"]);
+    let toy = device_labelled(&hub, "Quillon", "Quillon-Label-Canary");
+    open_pairing(&hub, "Quillon", "PairLabelCanary", "60");
+    hub.hearth_ok(&["contacts", "allow", "Quillon", "Ada"]);
+    let mut mail = Mail::connect(&hub, &toy).await;
+    mail.send(text("r1", "Ada Lovelace, 12 Elm St", "hello"))
+        .await;
+    mail.receipt("r1", ReceiptStatus::Refused).await;
+    drop(mail);
+    let diary = format!("hearth/v1/dev/{}/secret diary: Bob is sad today", toy.id);
+    let other = format!("hearth/v1/dev/{}/tele/canary words", _mum.id);
+    let mut raw = Raw::connect(&hub, &toy, false).await;
+    for (pkid, topic) in [(1u16, &diary), (2, &other)] {
+        raw.send(&publish_packet(
+            false,
+            topic.as_bytes(),
+            1,
+            false,
+            pkid,
+            None,
+            b"x",
+        ))
+        .await;
+        let _ = raw.next().await;
+    }
+    let mine = |e: &hearth_protocol::admin::AuditEntry| {
+        e.event == "denied" && e.device.map(|d| d.to_string()) == Some(toy.id.clone())
+    };
+    wait_audit(&hub, |e| {
+        mine(e) && e.topic.as_deref().is_some_and(|t| t.ends_with("/other"))
+    })
+    .unwrap_or_else(|| panic!("diary topic not audited: {:#?}", audit_entries(&hub)));
+    wait_audit(&hub, |e| {
+        mine(e) && e.topic.as_deref() == Some(&*format!("hearth/v1/dev/{}/tele", _mum.id))
+    })
+    .expect("the denied telemetry topic is audited, by class");
+    let refused = wait_audit(&hub, |e| e.event == "message-refused").expect("refusal audited");
+    assert_eq!(refused.reason.as_deref(), Some("unknown recipient"));
+    drop(raw);
+    hub.hearth_ok(&["member", "list"]);
+
+    let canaries = [
+        "Quillon",
+        "Quillon-Label-Canary",
+        "PairLabelCanary",
+        "Lovelace",
+        "Elm St",
+        "secret diary",
+        "sad today",
+        "canary words",
+    ];
+    let conn = rusqlite::Connection::open(hub.data.join("hearth.db")).unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT coalesce(device, ''), event, coalesce(action, ''), coalesce(topic, ''),
+                         coalesce(reason, ''), coalesce(peer, '') FROM audit",
+        )
+        .unwrap();
+    let rows: Vec<String> = stmt
+        .query_map([], |row| {
+            let cols: Vec<String> = (0..6).map(|i| row.get(i)).collect::<Result<_, _>>()?;
+            Ok(cols.join(" | "))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(rows.len() >= 5, "{rows:#?}");
+    let log = hub.log();
+    for canary in canaries {
+        let hits: Vec<&String> = rows.iter().filter(|r| r.contains(canary)).collect();
+        assert!(hits.is_empty(), "{canary:?} in the audit: {hits:#?}");
+        assert!(!log.contains(canary), "{canary:?} in the log:\n{log}");
+    }
+    // Peer addresses only for refusals.
+    assert!(
+        rows.iter()
+            .filter(|r| r.contains("| connect |") || r.contains("| denied |"))
+            .all(|r| r.ends_with("| ")),
+        "{rows:#?}"
+    );
 }

@@ -51,15 +51,17 @@ pub(super) fn erase(
         tx.execute("DELETE FROM devices WHERE id = ?1", params![id])?;
     }
     // Messages no device will ever receive now: the sender hears so.
-    let orphans: Vec<(String, String, String)> = {
+    let orphans: Vec<(String, String, String, i64)> = {
         let mut stmt = tx.prepare(
             "DELETE FROM messages WHERE id NOT IN (SELECT message_id FROM deliveries)
-             RETURNING id, sender, ref",
+             RETURNING id, sender, ref, expires_at",
         )?;
-        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+        let rows = stmt.query_map([], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })?;
         rows.collect::<Result<_, _>>()?
     };
-    for (id, sender, reference) in orphans {
+    for (id, sender, reference, expires_at) in orphans {
         let receipt = Inbox::Receipt(Receipt {
             v: mailbox::VERSION,
             reference,
@@ -71,8 +73,8 @@ pub(super) fn erase(
         let text = serde_json::to_string(&receipt)
             .map_err(|e| StoreError::Corrupt(format!("receipt: {e}")))?;
         tx.execute(
-            "INSERT INTO receipts (device_id, envelope) VALUES (?1, ?2)",
-            params![sender, text],
+            "INSERT INTO receipts (device_id, envelope, expires_at) VALUES (?1, ?2, ?3)",
+            params![sender, text, expires_at],
         )?;
     }
     if let Some(name) = member {

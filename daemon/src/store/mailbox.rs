@@ -234,6 +234,9 @@ impl Store {
         )?;
         if remaining == 0 {
             tx.execute("DELETE FROM messages WHERE id = ?1", params![id])?;
+            // Who sent what is not kept once it is delivered. (A retry
+            // after a lost receipt is then stored again: the price.)
+            tx.execute("DELETE FROM sent_refs WHERE message_id = ?1", params![id])?;
         }
         tx.commit()?;
         if remaining == 0 {
@@ -294,7 +297,12 @@ impl Store {
             )?;
         }
         tx.execute("DELETE FROM sent_refs WHERE expires_at <= ?1", params![now])?;
+        let receipts = tx.execute("DELETE FROM receipts WHERE expires_at <= ?1", params![now])?;
         tx.commit()?;
+        if receipts > 0 {
+            self.mark_erased();
+            self.settle()?;
+        }
         if !expired.is_empty() {
             self.mark_erased();
             self.settle()?;
@@ -302,12 +310,42 @@ impl Store {
         Ok(expired)
     }
 
-    /// Queues a receipt (JSON, no content) for a sender device.
-    pub fn queue_receipt(&self, device: &DeviceId, envelope: &str) -> Result<(), StoreError> {
+    /// Queues a receipt (JSON, no content) for a sender device, kept until
+    /// it is taken or `expires_at`.
+    pub fn queue_receipt(
+        &self,
+        device: &DeviceId,
+        envelope: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
         self.conn.execute(
-            "INSERT INTO receipts (device_id, envelope) VALUES (?1, ?2)",
-            params![device.as_str(), envelope],
+            "INSERT INTO receipts (device_id, envelope, expires_at) VALUES (?1, ?2, ?3)",
+            params![device.as_str(), envelope, expires_at],
         )?;
+        Ok(())
+    }
+
+    /// Applies the mailbox retention to what is already stored: no
+    /// message, reference or receipt is kept longer than `expiry_secs`
+    /// from when it was made (from `now` for receipts without a time).
+    pub fn apply_retention(&mut self, now: i64, expiry_secs: i64) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE messages SET expires_at = sent_at + ?1 WHERE expires_at > sent_at + ?1",
+            params![expiry_secs],
+        )?;
+        tx.execute(
+            "UPDATE sent_refs SET expires_at = coalesce(
+                (SELECT m.expires_at FROM messages m WHERE m.id = sent_refs.message_id), ?1)
+             WHERE expires_at > coalesce(
+                (SELECT m.expires_at FROM messages m WHERE m.id = sent_refs.message_id), ?1)",
+            params![now + expiry_secs],
+        )?;
+        tx.execute(
+            "UPDATE receipts SET expires_at = ?1 WHERE expires_at IS NULL OR expires_at > ?1",
+            params![now + expiry_secs],
+        )?;
+        tx.commit()?;
         Ok(())
     }
 
