@@ -66,6 +66,19 @@ pub struct Hub {
     pub windows: Arc<crate::pairing::PairingWindows>,
     /// The bound MQTT and enrollment ports, for pairing URIs.
     pub ports: HubPorts,
+    /// The data dir (backups read the key files there).
+    pub data_dir: PathBuf,
+    /// How long data is kept, for the privacy report.
+    pub retention: Retention,
+}
+
+/// How long data is kept, as configured.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// `audit.retention_days`.
+    pub audit_days: u32,
+    /// `mailbox.expiry_secs`.
+    pub message_secs: u64,
 }
 
 /// The ports a device needs to know.
@@ -265,9 +278,91 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
                 .map(|entries| AdminResponse::Audit { entries })
                 .map_err(|e| e.to_string())
         }
+        AdminRequest::PrivacyReport { member } => privacy_report(hub, member),
+        AdminRequest::Backup {
+            passphrase,
+            recipient,
+        } => backup(hub, passphrase, recipient),
         _ => Err("this hearthd does not know that request".into()),
     };
     result.unwrap_or_else(error)
+}
+
+/// What the hub holds, per kind, with how long each is kept.
+fn privacy_report(hub: &Hub, member: Option<MemberName>) -> Result<AdminResponse, String> {
+    use hearth_protocol::admin::PrivacyReport;
+    let Retention {
+        audit_days,
+        message_secs,
+    } = hub.retention;
+    let message_time = if message_secs % 86_400 == 0 {
+        format!("{} days", message_secs / 86_400)
+    } else {
+        format!("{message_secs} seconds")
+    };
+    let kept = |kind: &str| -> String {
+        match kind {
+            "members" | "contact rules" => "until the member is removed".into(),
+            "devices (id, label, owner, day last seen)" => format!(
+                "until the device is removed; the day last seen is dropped after {audit_days} days"
+            ),
+            "certificates (fingerprints)" => {
+                "while the device exists; after removal only the fingerprint, so it stays refused"
+                    .into()
+            }
+            "audit entries" => format!("{audit_days} days"),
+            _ => format!("until delivered, at most {message_time}"),
+        }
+    };
+    if let Some(name) = &member {
+        if hub
+            .store()
+            .member_role(name)
+            .map_err(|e| e.to_string())?
+            .is_none()
+        {
+            return Err(format!("no member named {name:?}"));
+        }
+    }
+    let items = hub
+        .store()
+        .privacy_items(member.as_ref(), &kept)
+        .map_err(|e| e.to_string())?;
+    Ok(AdminResponse::Privacy(PrivacyReport {
+        member,
+        items,
+        never_stored: [
+            "delivered messages: deleted, and their key destroyed, when the last device confirms",
+            "passwords, birthdates, addresses or photos of people (never asked for)",
+            "device private keys (made on the device, never sent)",
+            "what devices publish besides messages (telemetry, commands): passed on, never stored",
+            "message text in the audit or the logs",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect(),
+    }))
+}
+
+/// One encrypted backup, made under the store lock so the snapshot and
+/// the keys belong together.
+fn backup(
+    hub: &Hub,
+    passphrase: Option<String>,
+    recipient: Option<String>,
+) -> Result<AdminResponse, String> {
+    use base64::Engine;
+    let key = match (passphrase, recipient) {
+        (Some(p), None) if !p.is_empty() => crate::backup::BackupKey::Passphrase(p),
+        (None, Some(r)) => crate::backup::BackupKey::Recipient(r),
+        _ => return Err("give a passphrase or a recipient, not both".into()),
+    };
+    let file =
+        crate::backup::create(&hub.store(), &hub.data_dir, &key).map_err(|e| e.to_string())?;
+    hub.admin_audit("backup", None, "encrypted backup made".into());
+    Ok(AdminResponse::Backup {
+        age_base64: base64::engine::general_purpose::STANDARD.encode(file),
+    })
 }
 
 /// Removes a device and erases everything about it. It is revoked and cut

@@ -210,6 +210,11 @@ pub async fn run(
         broker: broker.endpoint.clone(),
         windows: Arc::clone(&windows),
         ports,
+        data_dir: data_dir.clone(),
+        retention: crate::admin::Retention {
+            audit_days: config.audit.retention_days,
+            message_secs: config.mailbox.expiry_secs,
+        },
     });
 
     tracker.spawn(edge::serve(

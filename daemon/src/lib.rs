@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod backup;
 pub mod broker;
 pub mod ca;
 pub mod cli;

@@ -12,6 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 mod erase;
 mod mailbox;
 mod minimise;
+mod privacy;
 pub use mailbox::{ExpiredMessage, NewMessage, PendingDelivery};
 pub use minimise::audit_topic;
 

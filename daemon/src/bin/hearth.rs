@@ -155,6 +155,16 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
+        Command::Privacy(PrivacyCommand::Report { member }) => {
+            if let AdminResponse::Privacy(report) = ask(AdminRequest::PrivacyReport { member })? {
+                if !json {
+                    print_privacy(&report, &mut out)?;
+                }
+            }
+        }
+        Command::Backup(args) => backup(args, &ask, &mut out)?,
+        Command::Restore(args) => restore(args, &socket, &mut out)?,
+        Command::EraseAll(args) => erase_all(args, &socket, &mut out)?,
         Command::Contacts(ContactsCommand::List) => {
             if let AdminResponse::Contacts { rules } = ask(AdminRequest::ContactList)? {
                 if !json {
@@ -407,6 +417,135 @@ fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+fn print_privacy(
+    report: &hearth_protocol::admin::PrivacyReport,
+    out: &mut impl Write,
+) -> Result<()> {
+    match &report.member {
+        Some(m) => writeln!(out, "What this hub holds about {m} and their devices:")?,
+        None => writeln!(out, "What this hub holds about the household:")?,
+    }
+    let now = unix_now();
+    for item in &report.items {
+        let mut line = format!("  {}: {}", item.kind, item.count);
+        if item.bytes > 0 {
+            line.push_str(&format!(", {} bytes", item.bytes));
+        }
+        if let Some(oldest) = item.oldest.filter(|_| item.count > 0) {
+            line.push_str(&format!(
+                ", oldest {} days old",
+                (now - oldest).max(0) / 86_400
+            ));
+        }
+        writeln!(out, "{line}; kept {}", item.kept)?;
+    }
+    writeln!(out, "Never stored:")?;
+    for never in &report.never_stored {
+        writeln!(out, "  {never}")?;
+    }
+    Ok(())
+}
+
+/// The passphrase from a file's first line or $HEARTH_BACKUP_PASSPHRASE.
+fn passphrase(args: &PassphraseArgs) -> Result<Option<String>> {
+    if let Some(path) = &args.passphrase_file {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let line = text.lines().next().unwrap_or("").to_owned();
+        if line.is_empty() {
+            bail!("{} holds no passphrase", path.display());
+        }
+        return Ok(Some(line));
+    }
+    Ok(std::env::var("HEARTH_BACKUP_PASSPHRASE")
+        .ok()
+        .filter(|p| !p.is_empty()))
+}
+
+fn backup(
+    args: BackupArgs,
+    ask: &dyn Fn(AdminRequest) -> Result<AdminResponse>,
+    out: &mut impl Write,
+) -> Result<()> {
+    use base64::Engine;
+    let passphrase = match &args.recipient {
+        Some(_) => None,
+        None => Some(passphrase(&args.passphrase)?.context(
+            "a backup needs a passphrase (--passphrase-file or HEARTH_BACKUP_PASSPHRASE) or --recipient",
+        )?),
+    };
+    if args.out.exists() {
+        bail!("{} exists; choose a new file", args.out.display());
+    }
+    let AdminResponse::Backup { age_base64 } = ask(AdminRequest::Backup {
+        passphrase,
+        recipient: args.recipient,
+    })?
+    else {
+        bail!("hearthd gave no backup");
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(age_base64)
+        .context("hearthd's backup is not base64")?;
+    write_with_mode(&args.out, &bytes, 0o600)?;
+    writeln!(out, "encrypted backup written to {}", args.out.display())?;
+    Ok(())
+}
+
+/// Offline commands refuse while a hub answers on the socket.
+fn refuse_if_running(socket: &Path) -> Result<()> {
+    if request_once(socket, &AdminRequest::Status).is_ok() {
+        bail!(
+            "hearthd is running (it answers on {}); stop it first",
+            socket.display()
+        );
+    }
+    Ok(())
+}
+
+fn restore(args: RestoreArgs, socket: &Path, out: &mut impl Write) -> Result<()> {
+    use hearth_daemon::backup::BackupKey;
+    refuse_if_running(socket)?;
+    let key = match &args.identity {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+                .with_context(|| format!("{} holds no age identity", path.display()))?;
+            BackupKey::Identity(line.to_owned())
+        }
+        None => BackupKey::Passphrase(passphrase(&args.passphrase)?.context(
+            "the backup's passphrase (--passphrase-file or HEARTH_BACKUP_PASSPHRASE) or --identity is needed",
+        )?),
+    };
+    let bytes =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    hearth_daemon::backup::restore(&bytes, &key, &args.data_dir)?;
+    writeln!(
+        out,
+        "restored into {}; start hearthd",
+        args.data_dir.display()
+    )?;
+    Ok(())
+}
+
+fn erase_all(args: EraseAllArgs, socket: &Path, out: &mut impl Write) -> Result<()> {
+    if !args.yes {
+        bail!("erase-all destroys every key, device and message for good; add --yes to do it");
+    }
+    refuse_if_running(socket)?;
+    let removed = hearth_daemon::backup::erase_all(&args.data_dir)?;
+    writeln!(
+        out,
+        "erased {} file(s) in {}: the hub starts empty next time",
+        removed.len(),
+        args.data_dir.display()
+    )?;
+    Ok(())
 }
 
 fn request_once(socket: &Path, request: &AdminRequest) -> Result<AdminResponse> {
