@@ -279,6 +279,7 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
                 .map_err(|e| e.to_string())
         }
         AdminRequest::PrivacyReport { member } => privacy_report(hub, member),
+        AdminRequest::MemberExport { name } => member_export(hub, name),
         AdminRequest::Backup {
             passphrase,
             recipient,
@@ -342,6 +343,90 @@ fn privacy_report(hub: &Hub, member: Option<MemberName>) -> Result<AdminResponse
         .map(|s| (*s).to_owned())
         .collect(),
     }))
+}
+
+/// Everything the hub holds about a member (GDPR Art. 15/20): the member,
+/// their devices, contact rules, audit entries of their devices, and the
+/// messages waiting for them or sent by them, opened (attachments apart).
+fn member_export(hub: &Hub, name: MemberName) -> Result<AdminResponse, String> {
+    use serde_json::{json, Value};
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let store = hub.store();
+    let role = store
+        .member_role(&name)
+        .map_err(|e| err(&e))?
+        .ok_or_else(|| format!("no member named {name:?}"))?;
+    let owner = Owner::Member(name.clone());
+    let devices: Vec<_> = store
+        .devices()
+        .map_err(|e| err(&e))?
+        .into_iter()
+        .filter(|d| d.owner == owner)
+        .collect();
+    let contacts: Vec<_> = store
+        .contact_rules()
+        .map_err(|e| err(&e))?
+        .into_iter()
+        .filter(|r| r.from == name || r.to == name)
+        .collect();
+    let mut audit = Vec::new();
+    for d in &devices {
+        audit.extend(
+            store
+                .audit(Some(&d.id), None, None, 100_000)
+                .map_err(|e| err(&e))?,
+        );
+    }
+    // The key is loaded only to open; it is never made here.
+    let key = crate::seal::MailboxKey::load(&hub.data_dir, 1).map_err(|e| err(&e))?;
+    let mut attachments = Vec::new();
+    let mut open = |id: &str, direction: &str| -> Result<Option<Value>, String> {
+        let Some(m) = store.message(id).map_err(|e| err(&e))? else {
+            return Ok(None);
+        };
+        let plain = key
+            .open(&m.id, &m.recipient, m.wrapped_key.as_deref(), &m.sealed)
+            .ok_or_else(|| format!("message {} does not open", m.id))?;
+        let mut content: Value = serde_json::from_slice(&plain).map_err(|e| err(&e))?;
+        if let Some(data) = content.get("data").and_then(Value::as_str) {
+            let ext = content
+                .get("content_type")
+                .and_then(Value::as_str)
+                .and_then(|t| t.split('/').nth(1))
+                .filter(|e| e.chars().all(|c| c.is_ascii_alphanumeric()))
+                .unwrap_or("bin");
+            let file = format!("{}.{ext}", m.id);
+            attachments.push((file.clone(), data.to_owned()));
+            content["data"] = Value::String(format!("attachments/{file}"));
+        }
+        Ok(Some(json!({
+            "id": m.id, "direction": direction, "from_device": m.sender,
+            "to": m.recipient, "sent_at": m.sent_at, "expires_at": m.expires_at,
+            "content": content,
+        })))
+    };
+    let mut messages = Vec::new();
+    for d in &devices {
+        for id in store.pending_ids(&d.id).map_err(|e| err(&e))? {
+            messages.extend(open(&id, "waiting for this member")?);
+        }
+        for id in store.messages_sent_by(&d.id).map_err(|e| err(&e))? {
+            messages.extend(open(&id, "sent by this member, not yet delivered")?);
+        }
+    }
+    let data = json!({
+        "format": "hearth-member-export-v1",
+        "exported_at": crate::unix_now(),
+        "member": {"name": name, "role": role},
+        "devices": devices,
+        "contact_rules": contacts,
+        "messages": messages,
+        "audit": audit,
+    });
+    drop(store);
+    // Only the export is audited, not whose.
+    hub.admin_audit("member-export", None, "exported".into());
+    Ok(AdminResponse::MemberExport { data, attachments })
 }
 
 /// One encrypted backup, made under the store lock so the snapshot and

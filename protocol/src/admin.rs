@@ -115,6 +115,11 @@ pub enum AdminRequest {
         /// Only what concerns this member and their devices.
         member: Option<MemberName>,
     },
+    /// Everything held about a member, for `hearth member export`.
+    MemberExport {
+        /// The nickname.
+        name: MemberName,
+    },
     /// One `age`-encrypted backup: database snapshot, CA and mailbox key.
     /// Exactly one of the two is given.
     Backup {
@@ -175,6 +180,13 @@ pub enum AdminResponse {
     },
     /// Answer to [`AdminRequest::PrivacyReport`].
     Privacy(PrivacyReport),
+    /// Answer to [`AdminRequest::MemberExport`].
+    MemberExport {
+        /// Everything held about the member, as one JSON document.
+        data: serde_json::Value,
+        /// Attachments of messages waiting, by file name, base64.
+        attachments: Vec<(String, String)>,
+    },
     /// Answer to [`AdminRequest::Backup`]: the encrypted file, base64.
     Backup {
         /// The age file, base64.

@@ -687,3 +687,52 @@ async fn backup_erase_all_and_restore_round_trip_and_the_backup_holds_no_key_in_
     let mut mum_mail = Mail::connect(&hub, &mum).await;
     mum_mail.receipt("b1", ReceiptStatus::Delivered).await;
 }
+
+#[tokio::test]
+async fn a_member_export_holds_their_devices_waiting_messages_and_attachments() {
+    let hub = TestHub::start();
+    let mum = hub.device("Mum", "parent");
+    hub.hearth_ok(&["member", "add", "Ada", "--role", "child"]);
+    let ada = device_labelled(&hub, "Ada", "Ada's tablet");
+    let picture: Vec<u8> = (0..5_000u32).map(|i| (i % 251) as u8).collect();
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let mut mum_mail = Mail::connect(&hub, &mum).await;
+    mum_mail.send(text("e1", "Ada", "see you at six")).await;
+    mum_mail
+        .send(
+            json!({"v": 1, "type": "send", "ref": "e2", "to": "Ada", "kind": "image",
+                     "data": b64(&picture), "content_type": "image/png"}),
+        )
+        .await;
+    let image_id = {
+        mum_mail.receipt("e1", ReceiptStatus::Stored).await;
+        mum_mail
+            .receipt("e2", ReceiptStatus::Stored)
+            .await
+            .id
+            .unwrap()
+    };
+    let dir = hub.dir.path().join("ada-export");
+    hub.hearth_ok(&["member", "export", "Ada", "--out", dir.to_str().unwrap()]);
+    let data: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("member.json")).unwrap()).unwrap();
+    assert_eq!(data["member"]["name"], "Ada");
+    assert_eq!(data["devices"][0]["id"], ada.id.as_str());
+    assert_eq!(data["devices"][0]["label"], "Ada's tablet");
+    let messages = data["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2, "{data:#}");
+    assert!(messages
+        .iter()
+        .any(|m| m["content"]["body"] == "see you at six"));
+    assert_eq!(
+        std::fs::read(dir.join("attachments").join(format!("{image_id}.png"))).unwrap(),
+        picture
+    );
+    let readme = std::fs::read_to_string(dir.join("README.txt")).unwrap();
+    assert!(readme.contains("member.json") && readme.contains("attachments/"));
+    // An existing folder is never written into.
+    assert!(!hub
+        .hearth(&["member", "export", "Ada", "--out", dir.to_str().unwrap()])
+        .status
+        .success());
+}

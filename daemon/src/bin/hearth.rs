@@ -162,6 +162,9 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
+        Command::Member(MemberCommand::Export { name, out: dir }) => {
+            member_export(name, &dir, &ask, &mut out)?
+        }
         Command::Backup(args) => backup(args, &ask, &mut out)?,
         Command::Restore(args) => restore(args, &socket, &mut out)?,
         Command::EraseAll(args) => erase_all(args, &socket, &mut out)?,
@@ -445,6 +448,68 @@ fn print_privacy(
     for never in &report.never_stored {
         writeln!(out, "  {never}")?;
     }
+    Ok(())
+}
+
+const EXPORT_README: &str = "\
+What Hearth held about this member when it was exported
+=======================================================
+
+member.json
+  member        the nickname and role (parent or child)
+  devices       each device: its id, label, status, when it was added,
+                the day it was last seen, its certificate fingerprint
+  contact_rules who this member may or may not message, as set by a parent
+  messages      messages not yet delivered, waiting for this member or sent
+                by them, with their text; pictures and voice notes are in
+                attachments/ (delivered messages are not kept by the hub)
+  audit         the hub's log entries about this member's devices: times,
+                event kinds, topic classes, reasons (no message content)
+
+attachments/
+  one file per picture or voice note of a waiting message, named by the
+  message id
+
+Times are seconds since 1970-01-01 UTC. See docs/PRIVACY.md for how long
+each kind of data is kept and how to erase it (hearth member remove).
+";
+
+fn member_export(
+    name: hearth_protocol::MemberName,
+    dir: &Path,
+    ask: &dyn Fn(AdminRequest) -> Result<AdminResponse>,
+    out: &mut impl Write,
+) -> Result<()> {
+    use base64::Engine;
+    if dir.exists() {
+        bail!("{} exists; choose a new folder", dir.display());
+    }
+    let AdminResponse::MemberExport { data, attachments } =
+        ask(AdminRequest::MemberExport { name: name.clone() })?
+    else {
+        bail!("hearthd gave no export");
+    };
+    create_private_dir(&dir.join("attachments"))?;
+    let json = serde_json::to_vec_pretty(&data)?;
+    write_with_mode(&dir.join("member.json"), &json, 0o600)?;
+    write_with_mode(&dir.join("README.txt"), EXPORT_README.as_bytes(), 0o600)?;
+    for (file, b64) in &attachments {
+        // Names come from the hub (message id and a checked extension);
+        // refuse anything that could leave the folder all the same.
+        if file.contains('/') || file.starts_with('.') {
+            bail!("hearthd sent an attachment name {file:?}");
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .context("an attachment is not base64")?;
+        write_with_mode(&dir.join("attachments").join(file), &bytes, 0o600)?;
+    }
+    writeln!(
+        out,
+        "exported what the hub holds about {name} to {} ({} attachment(s))",
+        dir.display(),
+        attachments.len()
+    )?;
     Ok(())
 }
 

@@ -250,6 +250,15 @@ pub enum MemberCommand {
         /// The nickname.
         name: MemberName,
     },
+    /// Writes everything the hub holds about a member to a new folder:
+    /// member.json, attachments/, and a README explaining each file.
+    Export {
+        /// The nickname.
+        name: MemberName,
+        /// The folder to create (must not exist).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -82,6 +82,18 @@ impl Store {
         Ok(items)
     }
 
+    /// Ids of the messages a device sent that still wait for delivery.
+    pub fn messages_sent_by(
+        &self,
+        device: &hearth_protocol::DeviceId,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM messages WHERE sender = ?1 ORDER BY sent_at")?;
+        let rows = stmt.query_map(params![device.as_str()], |row| row.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Writes a consistent, compacted copy of the database to `path` (a
     /// new file): deleted rows and free pages are not carried over.
     pub fn snapshot(&self, path: &Path) -> Result<(), StoreError> {
