@@ -561,7 +561,7 @@ fn open_pairing(
     if ttl_secs == 0 || ttl_secs > crate::pairing::MAX_TTL.as_secs() {
         return Err("the window must stay open between 1 second and 24 hours".into());
     }
-    let host = host.unwrap_or_else(lan_host);
+    let host = host.unwrap_or_else(|| lan_host(&hub.ca));
     let (id, token, expires_at) = hub.windows.open(
         member.clone(),
         label,
@@ -589,9 +589,10 @@ fn open_pairing(
 }
 
 /// The address a device on the LAN most likely reaches the hub by: the
-/// first IPv4 address of a non-loopback interface, else the host name.
-fn lan_host() -> String {
-    let names = crate::ca::ServerNames::discover();
+/// first IPv4 address of a non-loopback interface, else the hub's mDNS name.
+fn lan_host(ca: &HubCa) -> String {
+    let names =
+        crate::ca::ServerNames::discover(&crate::discovery::instance_name(&ca.fingerprint()));
     names
         .ips
         .iter()
