@@ -283,7 +283,7 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
         AdminRequest::Backup {
             passphrase,
             recipient,
-        } => backup(hub, passphrase, recipient),
+        } => backup(hub, passphrase, recipient).await,
         _ => Err("this hearthd does not know that request".into()),
     };
     result.unwrap_or_else(error)
@@ -429,9 +429,10 @@ fn member_export(hub: &Hub, name: MemberName) -> Result<AdminResponse, String> {
     Ok(AdminResponse::MemberExport { data, attachments })
 }
 
-/// One encrypted backup, made under the store lock so the snapshot and
-/// the keys belong together.
-fn backup(
+/// One encrypted backup: the snapshot and the keys read under the store
+/// lock (so they belong together), encrypted after it is released, on a
+/// blocking thread.
+async fn backup(
     hub: &Hub,
     passphrase: Option<String>,
     recipient: Option<String>,

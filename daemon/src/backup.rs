@@ -61,10 +61,17 @@ struct Bundle {
     files: BTreeMap<String, String>,
 }
 
-/// Makes an encrypted backup of a running hub's data dir: a snapshot of
-/// the database (taken under the store lock) and the key files. The clear
-/// snapshot exists only inside the data dir, and only until it is read.
+/// Makes an encrypted backup of a running hub's data dir: [`bundle`], then
+/// [`seal`].
 pub fn create(store: &Store, dir: &Path, key: &BackupKey) -> Result<Vec<u8>, BackupError> {
+    seal(&bundle(store, dir)?, key)
+}
+
+/// What a backup holds, in clear, in memory: a snapshot of the database
+/// (the caller holds the store, so it and the keys belong together) and
+/// the key files. The clear snapshot file exists only inside the data
+/// dir, and only until it is read.
+pub fn bundle(store: &Store, dir: &Path) -> Result<Vec<u8>, BackupError> {
     let snapshot = dir.join(format!(
         ".backup-{}.db",
         hex::encode(crate::random_bytes::<8>())
@@ -85,11 +92,12 @@ pub fn create(store: &Store, dir: &Path, key: &BackupKey) -> Result<Vec<u8>, Bac
         created_at: crate::unix_now(),
         files,
     };
-    let plain = serde_json::to_vec(&bundle).map_err(|e| BackupError::Format(e.to_string()))?;
-    encrypt(&plain, key)
+    serde_json::to_vec(&bundle).map_err(|e| BackupError::Format(e.to_string()))
 }
 
-fn encrypt(plain: &[u8], key: &BackupKey) -> Result<Vec<u8>, BackupError> {
+/// Encrypts a [`bundle`] with age. A passphrase costs about a second of
+/// scrypt: run it off the async workers and without the store.
+pub fn seal(plain: &[u8], key: &BackupKey) -> Result<Vec<u8>, BackupError> {
     let age_err = |e: &dyn std::fmt::Display| BackupError::Age(e.to_string());
     let encryptor = match key {
         BackupKey::Passphrase(p) => {
