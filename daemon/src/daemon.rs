@@ -85,8 +85,14 @@ pub async fn run(
         .map_err(|e| DaemonError::Config(format!("data dir {}: {e}", data_dir.display())))?;
     let ca = Arc::new(HubCa::load_or_create(&data_dir).map_err(|e| config_error(&e))?);
     let alias = crate::discovery::host_name(&ca.fingerprint());
-    let names = ServerNames::discover(&crate::discovery::instance_name(&ca.fingerprint()))
-        .with_alias(alias.clone());
+    // `[hub] name` may rename the hub; `hearth-<8 hex>.local` stays a
+    // server name either way (devices may rely on it).
+    let hub_name = config
+        .hub
+        .name
+        .clone()
+        .unwrap_or_else(|| crate::discovery::instance_name(&ca.fingerprint()));
+    let names = ServerNames::discover(&hub_name).with_alias(alias.clone());
     let identity = ca
         .server_identity(&data_dir, &names)
         .map_err(|e| config_error(&e))?;
@@ -381,7 +387,7 @@ async fn follow_addresses(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(ADDRESS_CHECK_INTERVAL) => {}
         }
-        let now = ServerNames::discover(alias.trim_end_matches(".local")).with_alias(alias.clone());
+        let now = ServerNames::discover(&names.host).with_alias(alias.clone());
         if now == names {
             continue;
         }

@@ -736,3 +736,61 @@ async fn a_member_export_holds_their_devices_waiting_messages_and_attachments() 
         .status
         .success());
 }
+
+/// The CN and DNS names of a hub's server certificate.
+fn server_names(hub: &TestHub) -> (String, Vec<String>) {
+    use rustls::pki_types::pem::PemObject;
+    let der =
+        rustls::pki_types::CertificateDer::from_pem_file(hub.data.join("server.pem")).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut dns = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(d) = name {
+                dns.push((*d).to_owned());
+            }
+        }
+    }
+    (cn, dns)
+}
+
+#[test]
+fn the_server_certificate_names_the_hub_by_its_id_or_its_configured_name() {
+    let hub = TestHub::start();
+    use rustls::pki_types::pem::PemObject;
+    let ca = rustls::pki_types::CertificateDer::from_pem_file(hub.data.join("ca.pem")).unwrap();
+    let id_name = format!(
+        "hearth-{}",
+        hex::encode(&hearth_daemon::ca::fingerprint(&ca)[..4])
+    );
+    let (cn, dns) = server_names(&hub);
+    assert_eq!(cn, id_name);
+    assert!(dns.contains(&format!("{id_name}.local")), "{dns:?}");
+    let os_host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_ascii_lowercase();
+    assert!(!dns.contains(&os_host) && cn != os_host, "{cn} {dns:?}");
+
+    let named = TestHub::start_with("[hub]\nname = \"den-hub\"\n", &[]);
+    let ca = rustls::pki_types::CertificateDer::from_pem_file(named.data.join("ca.pem")).unwrap();
+    let id_name = format!(
+        "hearth-{}",
+        hex::encode(&hearth_daemon::ca::fingerprint(&ca)[..4])
+    );
+    let (cn, dns) = server_names(&named);
+    assert_eq!(cn, "den-hub");
+    assert!(dns.contains(&"den-hub.local".to_owned()), "{dns:?}");
+    assert!(
+        dns.contains(&format!("{id_name}.local")),
+        "the id name stays: {dns:?}"
+    );
+}
