@@ -12,7 +12,7 @@ use hearth_protocol::admin::{
 };
 use hearth_protocol::pairing::PairingUri;
 use hearth_protocol::policy::{DeviceRole, Direction, Grant};
-use hearth_protocol::{DeviceId, Label, Owner, Role};
+use hearth_protocol::{DeviceId, Label, MemberName, Owner, Role};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
@@ -66,6 +66,19 @@ pub struct Hub {
     pub windows: Arc<crate::pairing::PairingWindows>,
     /// The bound MQTT and enrollment ports, for pairing URIs.
     pub ports: HubPorts,
+    /// The data dir (backups read the key files there).
+    pub data_dir: PathBuf,
+    /// How long data is kept, for the privacy report.
+    pub retention: Retention,
+}
+
+/// How long data is kept, as configured.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// `audit.retention_days`.
+    pub audit_days: u32,
+    /// `mailbox.expiry_secs`.
+    pub message_secs: u64,
 }
 
 /// The ports a device needs to know.
@@ -209,46 +222,17 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
                 Err(e) => Err(e),
             }
         }
-        AdminRequest::DeviceRemove { id } => {
-            let removed = hub.store().remove_device(&id).map_err(|e| e.to_string());
-            match removed {
-                Ok(()) => {
-                    hub.cut_off(&id).await;
-                    hub.admin_audit("device-remove", Some(id), "revoked and removed".into());
-                    Ok(done(format!("removed {id}")))
-                }
-                Err(e) => Err(e),
-            }
-        }
+        AdminRequest::DeviceRemove { id } => erase_device(hub, id).await,
         AdminRequest::MemberRemove { name } => {
             let name = hub.member_named(name);
-            let removed = {
-                let mut store = hub.store();
-                match last_parent(&store, &name) {
-                    Ok(true) => Err(format!(
-                        "{name} is the household's last parent, and the others would have \
-                         no parent to message or to look after their devices; add another \
-                         parent first (`hearth member add NAME --role parent`)"
-                    )),
-                    Ok(false) => store.remove_member(&name).map_err(|e| e.to_string()),
-                    Err(e) => Err(e),
-                }
-            };
-            match removed {
-                Ok(devices) => {
-                    for id in &devices {
-                        hub.cut_off(id).await;
-                    }
-                    hub.admin_audit(
-                        "member-remove",
-                        None,
-                        format!("{} device(s) revoked and removed", devices.len()),
-                    );
-                    Ok(done(format!(
-                        "removed {name} and {} device(s)",
-                        devices.len()
-                    )))
-                }
+            let last = last_parent(&hub.store(), &name);
+            match last {
+                Ok(true) => Err(format!(
+                    "{name} is the household's last parent, and the others would have \
+                     no parent to message or to look after their devices; add another \
+                     parent first (`hearth member add NAME --role parent`)"
+                )),
+                Ok(false) => erase_member(hub, name).await,
                 Err(e) => Err(e),
             }
         }
@@ -308,7 +292,8 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
                 };
             }
             let verb = if allowed { "allow" } else { "deny" };
-            hub.admin_audit("contacts", None, format!("{verb} {a} <-> {b}"));
+            // Members are not named in the audit (docs/PRIVACY.md).
+            hub.admin_audit("contacts", None, verb.to_owned());
             Ok(done(format!(
                 "{a} and {b} {} message each other",
                 if allowed { "may" } else { "may not" }
@@ -345,9 +330,219 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
                 .map(|entries| AdminResponse::Audit { entries })
                 .map_err(|e| e.to_string())
         }
+        AdminRequest::PrivacyReport { member } => privacy_report(hub, member),
+        AdminRequest::MemberExport { name } => member_export(hub, name),
+        AdminRequest::Backup {
+            passphrase,
+            recipient,
+        } => backup(hub, passphrase, recipient).await,
         _ => Err("this hearthd does not know that request".into()),
     };
     result.unwrap_or_else(error)
+}
+
+/// What the hub holds, per kind, with how long each is kept.
+fn privacy_report(hub: &Hub, member: Option<MemberName>) -> Result<AdminResponse, String> {
+    use hearth_protocol::admin::PrivacyReport;
+    let Retention {
+        audit_days,
+        message_secs,
+    } = hub.retention;
+    let message_time = if message_secs % 86_400 == 0 {
+        format!("{} days", message_secs / 86_400)
+    } else {
+        format!("{message_secs} seconds")
+    };
+    let kept = |kind: &str| -> String {
+        match kind {
+            "members" | "contact rules" => "until the member is removed".into(),
+            "devices (id, label, owner, day last seen)" => format!(
+                "until the device is removed; the day last seen is dropped after {audit_days} days"
+            ),
+            "certificates (fingerprints)" => {
+                "while the device exists; after removal only the fingerprint, so it stays refused"
+                    .into()
+            }
+            "audit entries" => format!("{audit_days} days"),
+            _ => format!("until delivered, at most {message_time}"),
+        }
+    };
+    if let Some(name) = &member {
+        if hub
+            .store()
+            .member_role(name)
+            .map_err(|e| e.to_string())?
+            .is_none()
+        {
+            return Err(format!("no member named {name:?}"));
+        }
+    }
+    let items = hub
+        .store()
+        .privacy_items(member.as_ref(), &kept)
+        .map_err(|e| e.to_string())?;
+    Ok(AdminResponse::Privacy(PrivacyReport {
+        member,
+        items,
+        never_stored: [
+            "delivered messages: deleted, and their key destroyed, when the last device confirms",
+            "passwords, birthdates, addresses or photos of people (never asked for)",
+            "device private keys (made on the device, never sent)",
+            "what devices publish besides messages (telemetry, commands): passed on, never stored",
+            "message text in the audit or the logs",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect(),
+    }))
+}
+
+/// Everything the hub holds about a member (GDPR Art. 15/20): the member,
+/// their devices, contact rules, audit entries of their devices, and the
+/// messages waiting for them or sent by them, opened (attachments apart).
+fn member_export(hub: &Hub, name: MemberName) -> Result<AdminResponse, String> {
+    use serde_json::{json, Value};
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let store = hub.store();
+    let role = store
+        .member_role(&name)
+        .map_err(|e| err(&e))?
+        .ok_or_else(|| format!("no member named {name:?}"))?;
+    let owner = Owner::Member(name.clone());
+    let devices: Vec<_> = store
+        .devices()
+        .map_err(|e| err(&e))?
+        .into_iter()
+        .filter(|d| d.owner == owner)
+        .collect();
+    let contacts: Vec<_> = store
+        .contact_rules()
+        .map_err(|e| err(&e))?
+        .into_iter()
+        .filter(|r| r.from == name || r.to == name)
+        .collect();
+    let mut audit = Vec::new();
+    for d in &devices {
+        audit.extend(
+            store
+                .audit(Some(&d.id), None, None, 100_000)
+                .map_err(|e| err(&e))?,
+        );
+    }
+    // The key is loaded only to open; it is never made here.
+    let key = crate::seal::MailboxKey::load(&hub.data_dir, 1).map_err(|e| err(&e))?;
+    let mut attachments = Vec::new();
+    let mut open = |id: &str, direction: &str| -> Result<Option<Value>, String> {
+        let Some(m) = store.message(id).map_err(|e| err(&e))? else {
+            return Ok(None);
+        };
+        let plain = key
+            .open(&m.id, &m.recipient, m.wrapped_key.as_deref(), &m.sealed)
+            .ok_or_else(|| format!("message {} does not open", m.id))?;
+        let mut content: Value = serde_json::from_slice(&plain).map_err(|e| err(&e))?;
+        if let Some(data) = content.get("data").and_then(Value::as_str) {
+            let ext = content
+                .get("content_type")
+                .and_then(Value::as_str)
+                .and_then(|t| t.split('/').nth(1))
+                .filter(|e| e.chars().all(|c| c.is_ascii_alphanumeric()))
+                .unwrap_or("bin");
+            let file = format!("{}.{ext}", m.id);
+            attachments.push((file.clone(), data.to_owned()));
+            content["data"] = Value::String(format!("attachments/{file}"));
+        }
+        Ok(Some(json!({
+            "id": m.id, "direction": direction, "from_device": m.sender,
+            "to": m.recipient, "sent_at": m.sent_at, "expires_at": m.expires_at,
+            "content": content,
+        })))
+    };
+    let mut messages = Vec::new();
+    for d in &devices {
+        for id in store.pending_ids(&d.id).map_err(|e| err(&e))? {
+            messages.extend(open(&id, "waiting for this member")?);
+        }
+        for id in store.messages_sent_by(&d.id).map_err(|e| err(&e))? {
+            messages.extend(open(&id, "sent by this member, not yet delivered")?);
+        }
+    }
+    let data = json!({
+        "format": "hearth-member-export-v1",
+        "exported_at": crate::unix_now(),
+        "member": {"name": name, "role": role},
+        "devices": devices,
+        "contact_rules": contacts,
+        "messages": messages,
+        "audit": audit,
+    });
+    drop(store);
+    // Only the export is audited, not whose.
+    hub.admin_audit("member-export", None, "exported".into());
+    Ok(AdminResponse::MemberExport { data, attachments })
+}
+
+/// One encrypted backup: the snapshot and the keys read under the store
+/// lock (so they belong together), encrypted after it is released, on a
+/// blocking thread.
+async fn backup(
+    hub: &Hub,
+    passphrase: Option<String>,
+    recipient: Option<String>,
+) -> Result<AdminResponse, String> {
+    use base64::Engine;
+    let key = match (passphrase, recipient) {
+        (Some(p), None) if !p.is_empty() => crate::backup::BackupKey::Passphrase(p),
+        (None, Some(r)) => crate::backup::BackupKey::Recipient(r),
+        _ => return Err("give a passphrase or a recipient, not both".into()),
+    };
+    let file =
+        crate::backup::create(&hub.store(), &hub.data_dir, &key).map_err(|e| e.to_string())?;
+    hub.admin_audit("backup", None, "encrypted backup made".into());
+    Ok(AdminResponse::Backup {
+        age_base64: base64::engine::general_purpose::STANDARD.encode(file),
+    })
+}
+
+/// Removes a device and erases everything about it. It is revoked and cut
+/// off first, and the audit entries its last session left are written,
+/// so nothing about it is recorded after the erasure.
+async fn erase_device(hub: &Hub, id: DeviceId) -> Result<AdminResponse, String> {
+    hub.store().revoke_device(&id).map_err(|e| e.to_string())?;
+    hub.cut_off(&id).await;
+    hub.audit.flush().await;
+    hub.store().remove_device(&id).map_err(|e| e.to_string())?;
+    // The entry says a device was erased, not which: its id is gone.
+    hub.admin_audit("device-remove", None, "device erased".into());
+    Ok(done(format!(
+        "removed {id} and erased what the hub held about it"
+    )))
+}
+
+/// Removes a member and erases everything about them and their devices,
+/// as [`erase_device`] does.
+async fn erase_member(hub: &Hub, name: MemberName) -> Result<AdminResponse, String> {
+    let devices = hub
+        .store()
+        .member_device_ids(&name)
+        .map_err(|e| e.to_string())?;
+    for id in &devices {
+        hub.store().revoke_device(id).map_err(|e| e.to_string())?;
+        hub.cut_off(id).await;
+    }
+    hub.audit.flush().await;
+    let devices = hub
+        .store()
+        .remove_member(&name)
+        .map_err(|e| e.to_string())?;
+    hub.admin_audit(
+        "member-remove",
+        None,
+        format!("{} device(s) erased", devices.len()),
+    );
+    Ok(done(format!(
+        "removed {name} and {} device(s), and erased what the hub held about them",
+        devices.len()
+    )))
 }
 
 fn done(message: String) -> AdminResponse {
@@ -420,12 +615,14 @@ fn open_pairing(
         return Err("the window must stay open between 1 second and 24 hours".into());
     }
     let explicit = host.is_some();
-    let host = host.unwrap_or_else(|| default_host(&hub.listeners));
+    let host = host
+        .or_else(|| default_host(&hub.listeners))
+        .unwrap_or_else(|| lan_host(&hub.ca));
     check_pairing_host(
         &host,
         explicit,
         &hub.listeners,
-        &crate::ca::ServerNames::discover(),
+        &crate::ca::ServerNames::discover(&crate::discovery::instance_name(&hub.ca.fingerprint())),
     )?;
     let (id, token, expires_at) = hub.windows.open(
         member.clone(),
@@ -444,11 +641,7 @@ fn open_pairing(
         hub.windows.cancel(Some(id));
         return Err(format!("cannot build the pairing URI: {e}"));
     }
-    hub.admin_audit(
-        "pair-open",
-        None,
-        format!("window {id} for {member}, {ttl_secs}s"),
-    );
+    hub.admin_audit("pair-open", None, format!("window {id}, {ttl_secs}s"));
     Ok(AdminResponse::PairOpened(PairingTicket {
         id,
         token,
@@ -569,9 +762,9 @@ fn check_pairing_host(
     ))
 }
 
-/// The host a pairing URI names by default: the address enrollment is
-/// bound to when that is one LAN address, else [`lan_host`].
-fn default_host(listeners: &[ListenerInfo]) -> String {
+/// The host a pairing URI names by default when enrollment is bound to one
+/// LAN address (else the caller falls back to [`lan_host`]).
+fn default_host(listeners: &[ListenerInfo]) -> Option<String> {
     listeners
         .iter()
         .find(|l| l.name == "enroll")
@@ -579,13 +772,13 @@ fn default_host(listeners: &[ListenerInfo]) -> String {
         .map(|a| a.ip())
         .filter(|ip| !ip.is_unspecified() && !ip.is_loopback())
         .map(|ip| ip.to_string())
-        .unwrap_or_else(lan_host)
 }
 
 /// The address a device on the LAN most likely reaches the hub by: the
-/// first IPv4 address of a non-loopback interface, else the host name.
-fn lan_host() -> String {
-    let names = crate::ca::ServerNames::discover();
+/// first IPv4 address of a non-loopback interface, else the hub's mDNS name.
+fn lan_host(ca: &HubCa) -> String {
+    let names =
+        crate::ca::ServerNames::discover(&crate::discovery::instance_name(&ca.fingerprint()));
     names
         .ips
         .iter()
@@ -823,12 +1016,12 @@ mod tests {
     #[test]
     fn the_default_host_is_the_one_lan_address_enrollment_is_bound_to() {
         assert_eq!(
-            default_host(&listening("192.0.2.10:8443", "192.0.2.10:8883")),
-            "192.0.2.10"
+            default_host(&listening("192.0.2.10:8443", "192.0.2.10:8883")).as_deref(),
+            Some("192.0.2.10")
         );
-        assert_ne!(
+        assert_eq!(
             default_host(&listening("127.0.0.1:8443", "127.0.0.1:8883")),
-            "127.0.0.1"
+            None
         );
     }
 }

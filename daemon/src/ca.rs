@@ -353,31 +353,24 @@ impl HubCa {
 /// The names and addresses a client may use to reach the hub.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerNames {
-    /// The host name.
+    /// The hub's name, `hearth-<8 hex of the CA fingerprint>`: the
+    /// certificate's CN. Never the OS host name, which often names a
+    /// person and which any unauthenticated client would read.
     pub host: String,
-    /// DNS names: host, host.local, localhost.
+    /// DNS names: the hub's name, `<name>.local`, localhost.
     pub dns: BTreeSet<String>,
     /// Loopback and interface addresses.
     pub ips: BTreeSet<IpAddr>,
 }
 
 impl ServerNames {
-    /// Reads the host name and the addresses of every interface.
-    pub fn discover() -> ServerNames {
-        let host = gethostname::gethostname()
-            .to_string_lossy()
-            .trim()
-            .to_ascii_lowercase();
-        let host = if host.is_empty() || !host.is_ascii() {
-            "hearth".to_owned()
-        } else {
-            host
-        };
+    /// The hub's name (`discovery::instance_name`) and the addresses of
+    /// every interface.
+    pub fn discover(hub_name: &str) -> ServerNames {
+        let host = hub_name.to_ascii_lowercase();
         let mut dns = BTreeSet::new();
         dns.insert("localhost".to_owned());
-        if !host.contains('.') {
-            dns.insert(format!("{host}.local"));
-        }
+        dns.insert(format!("{host}.local"));
         dns.insert(host.clone());
         let mut ips: BTreeSet<IpAddr> = ["127.0.0.1", "::1"]
             .iter()
@@ -571,8 +564,22 @@ mod tests {
     fn the_server_certificate_follows_the_names() {
         let tmp = tempfile::tempdir().unwrap();
         let ca = HubCa::load_or_create(tmp.path()).unwrap();
-        let mut names = ServerNames::discover();
+        let hub_name = crate::discovery::instance_name(&ca.fingerprint());
+        let mut names = ServerNames::discover(&hub_name);
         let first = ca.server_identity(tmp.path(), &names).unwrap();
+        // Named by the hub's id, never by the OS host name.
+        let (_, cert) = X509Certificate::from_der(&first.chain[0]).unwrap();
+        let cn = cert.subject().iter_common_name().next().unwrap();
+        assert_eq!(cn.as_str().unwrap(), hub_name);
+        let sans = san_strings(&cert);
+        assert!(sans.contains(&format!("{hub_name}.local")), "{sans:?}");
+        let os_host = gethostname::gethostname()
+            .to_string_lossy()
+            .to_ascii_lowercase();
+        assert!(
+            !sans.contains(&os_host) && !sans.contains(&format!("{os_host}.local")),
+            "{sans:?}"
+        );
         let same = ca.server_identity(tmp.path(), &names).unwrap();
         assert_eq!(first.chain[0], same.chain[0]);
         names.ips.insert("192.0.2.7".parse().unwrap());

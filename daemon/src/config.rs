@@ -68,6 +68,19 @@ pub struct Config {
     pub discovery: DiscoverySection,
     /// Family messaging.
     pub mailbox: MailboxSection,
+    /// The hub itself.
+    pub hub: HubSection,
+}
+
+/// `[hub]`
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(deny_unknown_fields, default)]
+pub struct HubSection {
+    /// The name in the server certificate (CN and a DNS name, with
+    /// `.local`); by default `hearth-<8 hex of the CA fingerprint>`, never
+    /// the OS host name.
+    pub name: Option<String>,
 }
 
 /// `[mailbox]`
@@ -318,6 +331,23 @@ impl Config {
 
     /// Checks what serde cannot: values that parse but make no sense.
     pub fn check(&self) -> Result<(), ConfigError> {
+        if let Some(name) = &self.hub.name {
+            // One DNS label, so `<name>.local` is a valid server name.
+            let ok = !name.is_empty()
+                && name.len() <= 63
+                && !name.starts_with('-')
+                && !name.ends_with('-')
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    key: "hub.name",
+                    message: "must be 1 to 63 of a-z, 0-9 and '-', not starting or ending with '-'"
+                        .into(),
+                });
+            }
+        }
         if let Some(dev) = self.dev.listen {
             if !dev.ip().is_loopback() {
                 return Err(ConfigError::Invalid {
@@ -602,6 +632,7 @@ mod tests {
         assert_eq!(c.data_dir.take(), Some("/var/lib/hearth".into()));
         assert_eq!(c.admin.socket.take(), Some("/run/hearth/admin.sock".into()));
         assert_eq!(c.dev.listen.take(), Some("127.0.0.1:1883".parse().unwrap()));
+        assert_eq!(c.hub.name.take(), Some("living-room-hub".into()));
         assert_eq!(c, Config::default());
     }
 
@@ -622,6 +653,7 @@ mod tests {
         };
         all.admin.socket = Some("/x".into());
         all.dev.listen = Some("127.0.0.1:1".parse().unwrap());
+        all.hub.name = Some("x".into());
         let mut want = Vec::new();
         keys("", &toml::Table::try_from(&all).unwrap(), &mut want);
         let mut have = Vec::new();

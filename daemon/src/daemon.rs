@@ -99,7 +99,14 @@ pub async fn run(
         );
     }
     let alias = crate::discovery::host_name(&ca.fingerprint());
-    let names = ServerNames::discover().with_alias(alias.clone());
+    // `[hub] name` may rename the hub; `hearth-<8 hex>.local` stays a
+    // server name either way (devices may rely on it).
+    let hub_name = config
+        .hub
+        .name
+        .clone()
+        .unwrap_or_else(|| crate::discovery::instance_name(&ca.fingerprint()));
+    let names = ServerNames::discover(&hub_name).with_alias(alias.clone());
     let identity = ca
         .server_identity(&data_dir, &names)
         .map_err(|e| config_error(&e))?;
@@ -237,6 +244,11 @@ pub async fn run(
         broker: broker.endpoint.clone(),
         windows: Arc::clone(&windows),
         ports,
+        data_dir: data_dir.clone(),
+        retention: crate::admin::Retention {
+            audit_days: config.audit.retention_days,
+            message_secs: config.mailbox.expiry_secs,
+        },
     });
 
     tracker.spawn(edge::serve(
@@ -411,7 +423,7 @@ async fn follow_addresses(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(ADDRESS_CHECK_INTERVAL) => {}
         }
-        let now = ServerNames::discover().with_alias(alias.clone());
+        let now = ServerNames::discover(&names.host).with_alias(alias.clone());
         if now == names {
             continue;
         }

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod admission;
 pub mod audit;
+pub mod backup;
 pub mod broker;
 pub mod ca;
 pub mod cli;
@@ -18,6 +19,7 @@ pub mod logging;
 pub mod mailbox;
 pub mod pairing;
 pub mod registry;
+pub mod seal;
 pub mod store;
 
 /// Seconds since the Unix epoch, as stored in the database.

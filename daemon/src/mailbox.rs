@@ -8,14 +8,11 @@
 mod quota;
 
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hearth_protocol::mailbox::{
     self, BadEnvelope, Delivery, Inbox, Kind, Outbox, Receipt, ReceiptStatus, Send,
 };
@@ -29,10 +26,11 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{Audit, Event};
 use crate::config::MailboxSection;
 use crate::edge::sessions::Sessions;
+use crate::seal::MailboxKey;
 use crate::store::{NewMessage, Store, StoreError};
 
 /// The mailbox key file in the data dir.
-pub const KEY_FILE: &str = "mailbox.key";
+pub const KEY_FILE: &str = crate::seal::KEY_FILE;
 /// The filter the mailbox's link subscribes to.
 pub const OUTBOX_FILTER: &str = "hearth/v1/dev/+/outbox";
 /// How long after a device subscribes to its inbox the mailbox delivers
@@ -85,84 +83,6 @@ impl InboxWatch {
     }
 }
 
-/// Seals and opens message content with XChaCha20-Poly1305; the message id
-/// and its recipient are bound as associated data, so a sealed row moved
-/// to another message or recipient does not open.
-struct Seal(XChaCha20Poly1305);
-
-impl Seal {
-    fn load_or_create(dir: &Path) -> Result<Seal, MailboxError> {
-        let path = dir.join(KEY_FILE);
-        let fail =
-            |what: &str, e: std::io::Error| MailboxError(format!("{what} {}: {e}", path.display()));
-        let key = match std::fs::read(&path) {
-            Ok(key) => key,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = crate::random_bytes::<32>().to_vec();
-                crate::datadir::write_private(&path, &key).map_err(|e| fail("cannot write", e))?;
-                key
-            }
-            Err(e) => return Err(fail("cannot read", e)),
-        };
-        let mode = std::fs::metadata(&path)
-            .map_err(|e| fail("cannot stat", e))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| fail("cannot chmod", e))?;
-        }
-        if key.len() != 32 {
-            return Err(MailboxError(format!(
-                "{} is not a 32-byte key; refusing to guess",
-                path.display()
-            )));
-        }
-        let cipher = XChaCha20Poly1305::new_from_slice(&key)
-            .map_err(|_| MailboxError("bad key length".into()))?;
-        Ok(Seal(cipher))
-    }
-
-    fn aad(id: &str, recipient: &str) -> Vec<u8> {
-        format!("hearth-mailbox-v1\0{id}\0{recipient}").into_bytes()
-    }
-
-    fn seal(&self, id: &str, recipient: &str, plain: &[u8]) -> Vec<u8> {
-        let nonce = crate::random_bytes::<24>();
-        let aad = Seal::aad(id, recipient);
-        let sealed = self
-            .0
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: plain,
-                    aad: &aad,
-                },
-            )
-            .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&sealed);
-        out
-    }
-
-    fn open(&self, id: &str, recipient: &str, sealed: &[u8]) -> Option<Vec<u8>> {
-        if sealed.len() < 24 {
-            return None;
-        }
-        let (nonce, body) = sealed.split_at(24);
-        let aad = Seal::aad(id, recipient);
-        self.0
-            .decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: body,
-                    aad: &aad,
-                },
-            )
-            .ok()
-    }
-}
-
 /// What is sealed: the content of a message.
 #[derive(Debug, Serialize, Deserialize)]
 struct Content {
@@ -203,7 +123,7 @@ pub struct Mailbox {
     store: Arc<Mutex<Store>>,
     sessions: Arc<Sessions>,
     audit: Audit,
-    seal: Seal,
+    seal: MailboxKey,
     limits: MailboxSection,
     link: LinkTx,
     /// When each (message, device) delivery was last published.
@@ -243,7 +163,19 @@ impl Mailbox {
         limits: MailboxSection,
         link: LinkTx,
     ) -> Result<(Mailbox, InboxWatch, mpsc::UnboundedReceiver<DeviceId>), MailboxError> {
-        let seal = Seal::load_or_create(data_dir)?;
+        let seal = {
+            let mut db = lock(&store);
+            let pending = db
+                .message_count()
+                .map_err(|e| MailboxError(e.to_string()))?;
+            let seal =
+                MailboxKey::load(data_dir, pending).map_err(|e| MailboxError(e.to_string()))?;
+            reseal_old_rows(&mut db, &seal).map_err(|e| MailboxError(e.to_string()))?;
+            // A shorter `expiry_secs` applies to what is already stored.
+            db.apply_retention(crate::unix_now(), limits.expiry_secs as i64)
+                .map_err(|e| MailboxError(e.to_string()))?;
+            seal
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let mailbox = Mailbox {
             store,
@@ -521,13 +453,15 @@ impl Mailbox {
             return Err(Refusal(reason));
         }
         let sealed = self.seal.seal(&id, &send.to, &plain);
+        drop(plain);
         let now = crate::unix_now();
         let message = NewMessage {
             id: &id,
             sender,
             reference: &send.reference,
             recipient: &send.to,
-            sealed: &sealed,
+            sealed: &sealed.sealed,
+            wrapped_key: &sealed.wrapped_key,
             sent_at: now,
             expires_at: now + self.limits.expiry_secs as i64,
             devices: &devices,
@@ -636,7 +570,7 @@ impl Mailbox {
             device: Some(*sender),
             event: "message-refused",
             action: Some("send".into()),
-            reason: Some(reason.to_owned()),
+            reason: Some(refusal_class(reason).to_owned()),
             ..Event::default()
         });
         let receipt = Receipt {
@@ -742,10 +676,12 @@ impl Mailbox {
                 return None;
             }
         };
-        let Some(plain) = self
-            .seal
-            .open(&message.id, &message.recipient, &message.sealed)
-        else {
+        let Some(plain) = self.seal.open(
+            &message.id,
+            &message.recipient,
+            message.wrapped_key.as_deref(),
+            &message.sealed,
+        ) else {
             tracing::error!(message = %message.id, "a stored message does not open; skipping it");
             return None;
         };
@@ -819,6 +755,69 @@ impl Mailbox {
     }
 }
 
+/// Re-seals messages stored before crypto-erase (sealed directly under the
+/// mailbox key) under a data key of their own, in one transaction, so
+/// every message from now on is erased by deleting its row.
+fn reseal_old_rows(db: &mut Store, key: &MailboxKey) -> Result<(), StoreError> {
+    let old = db.messages_without_data_key()?;
+    if old.is_empty() {
+        return Ok(());
+    }
+    let count = old.len();
+    db.batch(|db| {
+        for id in old {
+            let Some(message) = db.message(&id)? else {
+                continue;
+            };
+            let Some(plain) = key.open(&message.id, &message.recipient, None, &message.sealed)
+            else {
+                // Left as it is: it expires like any other.
+                tracing::warn!(message = %message.id, "an old message does not open; not re-sealed");
+                continue;
+            };
+            let sealed = key.seal(&message.id, &message.recipient, &plain);
+            db.reseal_message(&message.id, &sealed.sealed, &sealed.wrapped_key)?;
+        }
+        Ok::<_, StoreError>(())
+    })??;
+    tracing::info!(count, "re-sealed stored messages under their own data keys");
+    Ok(())
+}
+
+/// A refusal's reason for the audit, from a fixed list: the words the
+/// sender is told may echo what it typed (a recipient's name, an address),
+/// and the audit keeps none of that.
+fn refusal_class(reason: &str) -> &'static str {
+    const CLASSES: &[(&str, &str)] = &[
+        ("is revoked", "the sending device is revoked"),
+        (
+            "max_sender_bytes_per_day",
+            "quota mailbox.max_sender_bytes_per_day",
+        ),
+        (
+            "max_pending_bytes_per_device",
+            "quota mailbox.max_pending_bytes_per_device",
+        ),
+        ("max_total_bytes", "quota mailbox.max_total_bytes"),
+        ("min_free_bytes", "quota mailbox.min_free_bytes"),
+        ("may not message", "contact not allowed"),
+        ("no member", "unknown recipient"),
+        ("no device to deliver", "recipient has no device"),
+        ("no device", "unknown recipient"),
+        ("is full", "recipient mailbox full"),
+        ("try again", "store failed"),
+        ("base64", "data not base64"),
+        ("content_type", "bad content_type"),
+        ("bytes", "too large"),
+        ("JSON", "not JSON"),
+        ("version", "unsupported version"),
+    ];
+    CLASSES
+        .iter()
+        .find(|(needle, _)| reason.contains(needle))
+        .map_or("invalid message", |(_, class)| class)
+}
+
 /// What a refused send is told when the store failed.
 const TRY_AGAIN: &str = "the hub could not store the message; try again";
 
@@ -890,22 +889,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_seal_opens_only_for_its_id_and_recipient() {
+    fn messages_sealed_before_crypto_erase_are_resealed_under_their_own_key() {
         let dir = tempfile::tempdir().unwrap();
-        let seal = Seal::load_or_create(dir.path()).unwrap();
-        let mode = std::fs::metadata(dir.path().join(KEY_FILE))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
-        let sealed = seal.seal("m1", "Ada", b"secret words");
-        assert!(!sealed.windows(6).any(|w| w == b"secret"));
-        assert_eq!(seal.open("m1", "Ada", &sealed).unwrap(), b"secret words");
-        assert!(seal.open("m2", "Ada", &sealed).is_none());
-        assert!(seal.open("m1", "Bob", &sealed).is_none());
-        // The same key comes back on the next start.
-        let again = Seal::load_or_create(dir.path()).unwrap();
-        assert_eq!(again.open("m1", "Ada", &sealed).unwrap(), b"secret words");
+        let key = MailboxKey::load(dir.path(), 0).unwrap();
+        let sender: DeviceId = "0jqs8adyj6jyjnsqmar523qbbd".parse().unwrap();
+        {
+            let mut store = Store::open(dir.path()).unwrap();
+            let sealed = key.seal("m1", "Ada", b"x");
+            store
+                .store_message(&NewMessage {
+                    id: "m1",
+                    sender: &sender,
+                    reference: "r1",
+                    recipient: "Ada",
+                    sealed: &sealed.sealed,
+                    wrapped_key: &sealed.wrapped_key,
+                    sent_at: 1,
+                    expires_at: i64::MAX,
+                    devices: &[sender],
+                })
+                .unwrap();
+        }
+        // As an older hearthd left it: sealed directly under the key.
+        let old = crate::seal::seal_without_data_key(&key, "m1", "Ada", b"old words");
+        let conn = rusqlite::Connection::open(dir.path().join(crate::store::DB_FILE)).unwrap();
+        conn.execute(
+            "UPDATE messages SET sealed = ?1, wrapped_key = NULL",
+            rusqlite::params![old],
+        )
+        .unwrap();
+        drop(conn);
+        let mut store = Store::open(dir.path()).unwrap();
+        reseal_old_rows(&mut store, &key).unwrap();
+        assert!(store.messages_without_data_key().unwrap().is_empty());
+        let row = store.message("m1").unwrap().unwrap();
+        let wrapped = row.wrapped_key.as_deref().expect("a data key now");
+        assert_ne!(row.sealed, old);
+        assert_eq!(
+            key.open("m1", "Ada", Some(wrapped), &row.sealed).unwrap(),
+            b"old words"
+        );
+        assert!(key.open("m1", "Ada", None, &row.sealed).is_none());
     }
 
     #[test]

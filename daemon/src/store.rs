@@ -9,8 +9,12 @@ use hearth_protocol::policy::{DeviceRole, Direction, Grant};
 use hearth_protocol::{DeviceId, Label, MemberName, Owner, Role};
 use rusqlite::{params, Connection, OptionalExtension};
 
+mod erase;
 mod mailbox;
+mod minimise;
+mod privacy;
 pub use mailbox::{ExpiredMessage, NewMessage, PendingDelivery};
+pub use minimise::audit_topic;
 
 /// The database file's name inside the data dir.
 pub const DB_FILE: &str = "hearth.db";
@@ -153,6 +157,13 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE receipts ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;
      UPDATE receipts SET expires_at = CAST(strftime('%s', 'now') AS INTEGER) + 604800;
      CREATE INDEX receipts_by_expiry ON receipts(expires_at);",
+    // 8: crypto-erase: each message's content is sealed under its own data
+    // key, stored here wrapped by the mailbox key. Rows from before have
+    // none and are re-sealed by the mailbox at start.
+    "ALTER TABLE messages ADD COLUMN wrapped_key BLOB;",
+    // 9: metadata retention: `last_seen` keeps the day only (receipts
+    // expire with their message since 7).
+    "UPDATE devices SET last_seen = last_seen - (last_seen % 86400) WHERE last_seen IS NOT NULL;",
 ];
 
 /// A certificate the registry accepts, with the device it names.
@@ -191,6 +202,9 @@ pub struct NewDevice<'a> {
 #[derive(Debug)]
 pub struct Store {
     conn: Connection,
+    /// Rows with content or metadata about people were deleted since the
+    /// WAL was last truncated: their old images may still be in it.
+    erased: bool,
 }
 
 impl Store {
@@ -219,9 +233,16 @@ impl Store {
         // Deleted rows (delivered messages, purged devices) are overwritten,
         // not left in free pages.
         conn.pragma_update(None, "secure_delete", "ON")?;
+        // Whenever the WAL restarts it is cut back to nothing, so frames of
+        // deleted rows do not linger at its end.
+        conn.pragma_update(None, "journal_size_limit", 0)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let mut store = Store { conn };
+        let mut store = Store { conn, erased: true };
         store.migrate()?;
+        // A crash or a pulled plug can leave deleted rows' old images in the
+        // WAL: fold it into the main file (where `secure_delete` zeroed
+        // them) and truncate it before serving anything.
+        store.settle()?;
         Ok(store)
     }
 
@@ -242,7 +263,37 @@ impl Store {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Err(e.into());
         }
+        self.settle()?;
         Ok(out)
+    }
+
+    /// Notes that rows were deleted whose old images must not survive in
+    /// the WAL; [`Store::settle`] truncates it after the commit.
+    pub(crate) fn mark_erased(&mut self) {
+        self.erased = true;
+    }
+
+    /// After deletions are committed: checkpoints the WAL into the main
+    /// file (whose freed space `secure_delete` zeroes) and truncates it to
+    /// nothing, so no frame of a deleted row is left to read. Inside a
+    /// transaction it waits for the outermost commit.
+    pub fn settle(&mut self) -> Result<(), StoreError> {
+        if !self.erased || !self.conn.is_autocommit() {
+            return Ok(());
+        }
+        let (busy, _, _): (i64, i64, i64) =
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })?;
+        if busy == 0 {
+            self.erased = false;
+        } else {
+            // Another connection (a backup in progress) holds a snapshot;
+            // the next settle tries again.
+            tracing::debug!("WAL checkpoint busy; retried after the next deletion");
+        }
+        Ok(())
     }
 
     /// Whether a [`Store::batch`] in progress lost its transaction (SQLite
@@ -583,50 +634,60 @@ impl Store {
         Ok(())
     }
 
-    /// Revokes a device's certificates and deletes the device (and its
-    /// grants). The certificate rows stay, revoked, so they stay refused.
+    /// Erases a device: revokes its certificates (keeping only their
+    /// fingerprints) and deletes everything else about it — its row and
+    /// label, grants, messages, receipts, references and audit rows (see
+    /// `store/erase.rs`). The WAL is truncated after the commit.
     pub fn remove_device(&mut self, device: &DeviceId) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
-        tx.execute(
-            "UPDATE certificates SET status = 'revoked' WHERE device_id = ?1",
+        let exists: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM devices WHERE id = ?1)",
             params![device.as_str()],
+            |row| row.get(0),
         )?;
-        let n = tx.execute(
-            "DELETE FROM devices WHERE id = ?1",
-            params![device.as_str()],
-        )?;
-        if n == 0 {
+        if !exists {
             return Err(StoreError::NoSuchDevice(device.to_string()));
         }
+        erase::erase(&tx, &[device.as_str().to_owned()], None)?;
         tx.commit()?;
+        self.mark_erased();
+        self.settle()?;
         Ok(())
     }
 
-    /// Removes a member and all their devices; returns the devices.
+    /// Every device of a member, whatever its status.
+    pub fn member_device_ids(&self, name: &MemberName) -> Result<Vec<DeviceId>, StoreError> {
+        if self.member_role(name)?.is_none() {
+            return Err(StoreError::NoSuchMember(name.to_string()));
+        }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM devices WHERE member = ?1 ORDER BY created_at")?;
+        let rows = stmt.query_map(params![name.as_str()], |row| row.get::<_, String>(0))?;
+        rows.map(|row| parse(&row?)).collect()
+    }
+
+    /// Erases a member and all their devices as [`Store::remove_device`]
+    /// does, and their contact rules; returns the devices.
     pub fn remove_member(&mut self, name: &MemberName) -> Result<Vec<DeviceId>, StoreError> {
         let tx = self.conn.transaction()?;
+        let exists: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM members WHERE name = ?1)",
+            params![name.as_str()],
+            |row| row.get(0),
+        )?;
+        if !exists {
+            return Err(StoreError::NoSuchMember(name.to_string()));
+        }
         let devices: Vec<String> = {
             let mut stmt = tx.prepare("SELECT id FROM devices WHERE member = ?1")?;
             let rows = stmt.query_map(params![name.as_str()], |row| row.get(0))?;
             rows.collect::<Result<_, _>>()?
         };
-        tx.execute(
-            "UPDATE certificates SET status = 'revoked'
-             WHERE device_id IN (SELECT id FROM devices WHERE member = ?1)",
-            params![name.as_str()],
-        )?;
-        tx.execute(
-            "DELETE FROM devices WHERE member = ?1",
-            params![name.as_str()],
-        )?;
-        let n = tx.execute(
-            "DELETE FROM members WHERE name = ?1",
-            params![name.as_str()],
-        )?;
-        if n == 0 {
-            return Err(StoreError::NoSuchMember(name.to_string()));
-        }
+        erase::erase(&tx, &devices, Some(name.as_str()))?;
         tx.commit()?;
+        self.mark_erased();
+        self.settle()?;
         devices.iter().map(|id| parse(id)).collect()
     }
 
@@ -637,10 +698,11 @@ impl Store {
             // A device's `last_seen` is its latest connect, written with
             // the audit batch rather than with a sync of its own on every
             // connection.
+            // Day-granular: when a child's toy is used is not the hub's to keep.
             let mut seen = tx.prepare_cached("UPDATE devices SET last_seen = ?2 WHERE id = ?1")?;
             for e in entries.iter().filter(|e| e.event == "connect") {
                 if let Some(device) = &e.device {
-                    seen.execute(params![device.as_str(), e.at])?;
+                    seen.execute(params![device.as_str(), day(e.at)])?;
                 }
             }
             let mut stmt = tx.prepare_cached(
@@ -648,14 +710,17 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for e in entries {
+                // Topics keep prefix and class only, peers only for
+                // refusals (store/minimise.rs): what callers pass beyond
+                // that never reaches the disk.
                 stmt.execute(params![
                     e.at,
                     e.device.as_ref().map(|d| d.as_str().to_owned()),
                     e.event,
                     e.action,
-                    e.topic,
+                    e.topic.as_deref().map(audit_topic),
                     e.reason,
-                    e.peer
+                    minimise::audit_peer(&e.event, e.peer.as_deref())
                 ])?;
             }
         }
@@ -714,11 +779,21 @@ impl Store {
         Ok(out)
     }
 
-    /// Deletes audit entries older than `before` (Unix seconds).
-    pub fn prune_audit(&self, before: i64) -> Result<usize, StoreError> {
-        Ok(self
+    /// Deletes audit entries older than `before` (Unix seconds), and the
+    /// `last_seen` of devices not seen since then.
+    pub fn prune_audit(&mut self, before: i64) -> Result<usize, StoreError> {
+        let n = self
             .conn
-            .execute("DELETE FROM audit WHERE at < ?1", params![before])?)
+            .execute("DELETE FROM audit WHERE at < ?1", params![before])?;
+        self.conn.execute(
+            "UPDATE devices SET last_seen = NULL WHERE last_seen < ?1",
+            params![day(before)],
+        )?;
+        if n > 0 {
+            self.mark_erased();
+            self.settle()?;
+        }
+        Ok(n)
     }
 
     /// Every device, oldest first, with its newest active certificate.
@@ -761,6 +836,11 @@ impl Store {
         })
         .collect()
     }
+}
+
+/// The start of the UTC day of a Unix time.
+fn day(at: i64) -> i64 {
+    at - at.rem_euclid(86_400)
 }
 
 fn parse<T: std::str::FromStr>(s: &str) -> Result<T, StoreError>
@@ -850,6 +930,34 @@ mod tests {
         assert_eq!(store.prune_audit(250).unwrap(), 2);
         let left = store.audit(None, None, None, 10).unwrap();
         assert_eq!(left.iter().map(|e| e.at).collect::<Vec<_>>(), vec![300]);
+    }
+
+    #[test]
+    fn every_table_is_in_the_privacy_document() {
+        // docs/PRIVACY.md tells a family what each table holds, why and
+        // for how long: a table added without a row there fails here.
+        const PRIVACY: &str = include_str!("../../docs/PRIVACY.md");
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let mut stmt = store
+            .conn
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+            )
+            .unwrap();
+        let tables: Vec<String> = stmt
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(tables.len() >= 10, "{tables:?}");
+        for table in tables {
+            let row = format!("| `{table}` |");
+            assert!(
+                PRIVACY.lines().any(|l| l.starts_with(&row)),
+                "table {table} has no row in docs/PRIVACY.md's table list"
+            );
+        }
     }
 
     #[test]

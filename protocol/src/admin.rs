@@ -115,6 +115,24 @@ pub enum AdminRequest {
         /// At most this many (the newest).
         limit: u32,
     },
+    /// What the hub holds, per kind of data (no content).
+    PrivacyReport {
+        /// Only what concerns this member and their devices.
+        member: Option<MemberName>,
+    },
+    /// Everything held about a member, for `hearth member export`.
+    MemberExport {
+        /// The nickname.
+        name: MemberName,
+    },
+    /// One `age`-encrypted backup: database snapshot, CA and mailbox key.
+    /// Exactly one of the two is given.
+    Backup {
+        /// Encrypt to this passphrase (scrypt).
+        passphrase: Option<String>,
+        /// Encrypt to this age recipient (`age1...`).
+        recipient: Option<String>,
+    },
 }
 
 /// The daemon's answer to one [`AdminRequest`].
@@ -165,11 +183,51 @@ pub enum AdminResponse {
         /// Oldest first.
         entries: Vec<AuditEntry>,
     },
+    /// Answer to [`AdminRequest::PrivacyReport`].
+    Privacy(PrivacyReport),
+    /// Answer to [`AdminRequest::MemberExport`].
+    MemberExport {
+        /// Everything held about the member, as one JSON document.
+        data: serde_json::Value,
+        /// Attachments of messages waiting, by file name, base64.
+        attachments: Vec<(String, String)>,
+    },
+    /// Answer to [`AdminRequest::Backup`]: the encrypted file, base64.
+    Backup {
+        /// The age file, base64.
+        age_base64: String,
+    },
     /// The request was refused or failed; the message says why.
     Error {
         /// One line for a person.
         message: String,
     },
+}
+
+/// What the hub holds, in words a parent understands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrivacyReport {
+    /// The member it is about, or the whole household.
+    pub member: Option<MemberName>,
+    /// One line per kind of data.
+    pub items: Vec<PrivacyItem>,
+    /// What the hub never stores.
+    pub never_stored: Vec<String>,
+}
+
+/// One kind of data the hub holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrivacyItem {
+    /// What it is ("messages waiting", "audit entries", ...).
+    pub kind: String,
+    /// How many.
+    pub count: u64,
+    /// How many bytes (sealed, for messages).
+    pub bytes: u64,
+    /// The oldest, Unix seconds.
+    pub oldest: Option<i64>,
+    /// How long it is kept.
+    pub kept: String,
 }
 
 /// The daemon's health and what it serves.

@@ -605,7 +605,7 @@ async fn a_will_on_another_devices_topic_is_refused() {
     let found = wait_audit(&hub, |e| {
         e.event == "connect-refused"
             && e.action.as_deref() == Some("will")
-            && e.topic.as_deref() == Some(will_topic.as_str())
+            && e.topic.as_deref() == Some(hearth_daemon::store::audit_topic(&will_topic).as_str())
     });
     assert!(found.is_some(), "{:#?}", audit_entries(&hub));
 }

@@ -1,8 +1,9 @@
-//! Discovery over mDNS/DNS-SD, inside two network namespaces joined by a
-//! veth pair that the test makes and removes: nothing is sent on the
-//! machine's real interfaces. Needs root and iproute2 (and python3 with
-//! zeroconf for the foreign browser), so it runs in `.ci/run`'s second
-//! suite.
+//! Discovery over mDNS/DNS-SD, and the proof that nothing else leaves the
+//! hub, inside two network namespaces joined by a veth pair that the test
+//! makes and removes: nothing is sent on the machine's real interfaces.
+//! Needs root and iproute2 (and python3 with zeroconf for the foreign
+//! browser, tcpdump for the egress capture), so it runs in `.ci/run`'s
+//! second suite.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -287,4 +288,160 @@ fn a_foreign_browser_sees_the_records_and_their_withdrawal_on_shutdown() {
     wait_for(&|l: &str| l.starts_with("removed"));
     let _ = browser.kill();
     let _ = browser.wait();
+}
+
+#[test]
+#[ignore = "needs root, iproute2 and tcpdump; run with -- --ignored"]
+fn nothing_leaves_the_hub_but_mdns_and_replies_to_its_clients() {
+    require_netns();
+    assert!(
+        have("tcpdump"),
+        "the egress test needs tcpdump (.ci/run installs it)"
+    );
+    let ns = TwoNamespaces::new("e");
+    // IPv4 only, so every packet the hub's namespace sends has its address.
+    for name in [&ns.hub, &ns.lan] {
+        let out = ns
+            .exec(name)
+            .args(["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The sniffer sits in the LAN namespace: the veth is the hub's only
+    // way out.
+    let capture = tempfile::NamedTempFile::new().unwrap();
+    let mut sniffer = ns
+        .exec(&ns.lan)
+        .args([
+            "tcpdump",
+            "-i",
+            "any",
+            "-n",
+            "-l",
+            "-q",
+            "ip and src host 10.231.7.1",
+        ])
+        .stdout(capture.reopen().unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        // Capturing starts once tcpdump says it is listening.
+        let mut err = BufReader::new(sniffer.stderr.take().unwrap());
+        let mut said = String::new();
+        for _ in 0..5 {
+            let mut line = String::new();
+            if err.read_line(&mut line).unwrap() == 0 || line.contains("listening") {
+                said.push_str(&line);
+                break;
+            }
+            said.push_str(&line);
+        }
+        assert!(said.contains("listening"), "{said}");
+    }
+    let hub = hub_in(&ns);
+    hub.hearth_ok(&["member", "add", "Mum", "--role", "parent"]);
+    hub.hearth_ok(&["member", "add", "Ada", "--role", "child"]);
+    // Discovery and pairing from the LAN, then a message between the two.
+    let pair = |member: &str, dir: &std::path::Path| {
+        let (_, token, _) = open_pairing(&hub, member, "device", "10m");
+        discover_until(&ns, |s| s.contains("pair=1"));
+        let out = ns
+            .exec(&ns.lan)
+            .arg(HEARTH_DEVICE)
+            .arg("--dir")
+            .arg(dir)
+            .args([
+                "pair",
+                "--discover-secs",
+                "3",
+                "--token",
+                &token,
+                "--ca",
+                &ca_prefix(&hub),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let mum = hub.dir.path().join("mum");
+    let ada = hub.dir.path().join("ada");
+    pair("Mum", &mum);
+    pair("Ada", &ada);
+    let run = |dir: &std::path::Path, args: &[&str]| {
+        let out = ns
+            .exec(&ns.lan)
+            .arg(HEARTH_DEVICE)
+            .arg("--dir")
+            .arg(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(
+        &mum,
+        &[
+            "send",
+            "--to",
+            "Ada",
+            "--text",
+            "hello from the egress test",
+        ],
+    );
+    let inbox = run(&ada, &["inbox", "--wait", "2"]);
+    assert!(inbox.contains("hello from the egress test"), "{inbox}");
+    let listeners = [hub.mqtt.port(), hub.enroll.port()];
+    drop(hub);
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = sniffer.kill();
+    let _ = sniffer.wait();
+
+    let ports = [5353u16];
+    let text = std::fs::read_to_string(capture.path()).unwrap();
+    let mut seen_mdns = false;
+    let mut seen_replies = false;
+    let mut stray = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.split("IP 10.231.7.1.").nth(1) else {
+            continue;
+        };
+        let port: u16 = rest
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let to_client = rest.contains("> 10.231.7.2.");
+        if ports.contains(&port) {
+            seen_mdns = true;
+        } else if to_client && line.contains("tcp") && listeners.contains(&port) {
+            // A reply on a connection a client opened: the hub's
+            // listeners are the only ports it accepts on.
+            seen_replies = true;
+        } else {
+            stray.push(line.to_owned());
+        }
+    }
+    assert!(
+        seen_mdns && seen_replies,
+        "the capture saw too little:\n{text}"
+    );
+    assert!(
+        stray.is_empty(),
+        "the hub sent traffic of its own: {stray:#?}"
+    );
 }

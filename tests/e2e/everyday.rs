@@ -587,12 +587,8 @@ async fn an_administrator_lifts_a_lockout_that_says_how_long() {
     assert_eq!(post(token).await.status, 200);
     let err = failed(&hub.hearth(&["pair", "--unlock", "127.0.0.1"]));
     assert!(err.contains("not locked out"), "{err}");
-    // Audited with the address, like the refusals it ends.
-    assert!(
-        wait_audit(&hub, |e| e.action.as_deref() == Some("pair-unlock")
-            && e.peer.as_deref() == Some("127.0.0.1"))
-        .is_some()
-    );
+    // Audited (peer addresses are kept for refusals only, issue 15).
+    assert!(wait_audit(&hub, |e| e.action.as_deref() == Some("pair-unlock")).is_some());
 }
 
 /// What an attacker would put in a field to drive the terminal: retitle
@@ -614,12 +610,12 @@ async fn the_audit_shows_device_sent_topics_without_obeying_them() {
     let filter = format!("hearth/v1/dev/{}/{ESCAPES}", sibling.id);
     let mut raw = Raw::connect(&hub, &kid, false).await;
     raw.subscribe(3, &[&filter]).await;
-    assert!(wait_audit(&hub, |e| e.event == "denied"
-        && e.topic.as_deref().is_some_and(|t| t.contains("pwned")))
-    .is_some());
+    // The audit keeps only the device prefix and the topic class of what a
+    // device typed (issue 15), so nothing of it reaches the terminal.
+    assert!(wait_audit(&hub, |e| e.event == "denied").is_some());
     let audit = hub.hearth_ok(&["audit", "--since", "1h"]);
     shows_no_escapes(&audit);
-    assert!(audit.contains("]0;pwned"), "{audit}");
+    assert!(!audit.contains("pwned"), "{audit}");
 }
 
 #[test]

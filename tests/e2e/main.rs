@@ -8,6 +8,7 @@ mod attacks;
 mod campaign;
 mod cli;
 mod discovery;
+mod erasure;
 mod everyday;
 mod foreign;
 mod hub_core;

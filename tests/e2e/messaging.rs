@@ -16,9 +16,9 @@ use tokio::sync::mpsc;
 use crate::support::*;
 
 /// A device's mailbox connection: its inbox, decoded, in a channel.
-struct Mail {
+pub(crate) struct Mail {
     id: String,
-    client: rumqttc::AsyncClient,
+    pub(crate) client: rumqttc::AsyncClient,
     inbox: mpsc::UnboundedReceiver<Inbox>,
     held: VecDeque<Inbox>,
     driver: tokio::task::JoinHandle<()>,
@@ -31,7 +31,7 @@ impl Drop for Mail {
 }
 
 impl Mail {
-    async fn connect(hub: &TestHub, device: &Device) -> Mail {
+    pub(crate) async fn connect(hub: &TestHub, device: &Device) -> Mail {
         let mut options = mqtt_v4(hub, device, &device.id);
         options.set_max_packet_size(16 << 20, 16 << 20);
         let (client, mut events) = rumqttc::AsyncClient::new(options, 256);
@@ -65,11 +65,11 @@ impl Mail {
         }
     }
 
-    async fn send(&self, envelope: serde_json::Value) {
+    pub(crate) async fn send(&self, envelope: serde_json::Value) {
         self.send_raw(envelope.to_string().into_bytes()).await;
     }
 
-    async fn send_raw(&self, payload: Vec<u8>) {
+    pub(crate) async fn send_raw(&self, payload: Vec<u8>) {
         self.client
             .publish(
                 format!("hearth/v1/dev/{}/outbox", self.id),
@@ -81,7 +81,7 @@ impl Mail {
             .unwrap();
     }
 
-    async fn ack(&self, id: &str) {
+    pub(crate) async fn ack(&self, id: &str) {
         self.send(json!({"v": 1, "type": "ack", "id": id})).await;
     }
 
@@ -104,7 +104,7 @@ impl Mail {
         }
     }
 
-    async fn receipt(&mut self, reference: &str, status: ReceiptStatus) -> Receipt {
+    pub(crate) async fn receipt(&mut self, reference: &str, status: ReceiptStatus) -> Receipt {
         let found = self
             .next_where(Duration::from_secs(10), |e| {
                 matches!(e, Inbox::Receipt(r) if r.reference == reference && r.status == status)
@@ -119,7 +119,7 @@ impl Mail {
         }
     }
 
-    async fn delivery(&mut self, limit: Duration) -> Option<Delivery> {
+    pub(crate) async fn delivery(&mut self, limit: Duration) -> Option<Delivery> {
         match self
             .next_where(limit, |e| matches!(e, Inbox::Delivery(_)))
             .await
@@ -130,11 +130,11 @@ impl Mail {
     }
 }
 
-fn text(reference: &str, to: &str, body: &str) -> serde_json::Value {
+pub(crate) fn text(reference: &str, to: &str, body: &str) -> serde_json::Value {
     json!({"v": 1, "type": "send", "ref": reference, "to": to, "kind": "text", "body": body})
 }
 
-fn db_count(data: &Path, table: &str) -> i64 {
+pub(crate) fn db_count(data: &Path, table: &str) -> i64 {
     let conn = rusqlite::Connection::open(data.join("hearth.db")).unwrap();
     conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
         row.get(0)
@@ -143,7 +143,7 @@ fn db_count(data: &Path, table: &str) -> i64 {
 }
 
 /// Files of the data dir that contain `needle`.
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+pub(crate) fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
     let mut hits = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         let path = entry.path();

@@ -598,13 +598,15 @@ pub fn audit_entries(hub: &TestHub) -> Vec<hearth_protocol::admin::AuditEntry> {
     }
 }
 
-/// Asserts the audit has a denial for `device` of `action` on `topic`.
+/// Asserts the audit has a denial for `device` of `action` on `topic` (as
+/// the audit keeps it: device prefix and topic class only).
 pub fn assert_denied_audited(hub: &TestHub, device: &Device, action: &str, topic: &str) -> String {
+    let kept = hearth_daemon::store::audit_topic(topic);
     let found = wait_audit(hub, |e| {
         e.event == "denied"
             && e.device.map(|d| d.to_string()).as_deref() == Some(device.id.as_str())
             && e.action.as_deref() == Some(action)
-            && e.topic.as_deref() == Some(topic)
+            && e.topic.as_deref() == Some(kept.as_str())
     });
     let entry = found.unwrap_or_else(|| {
         panic!(

@@ -177,6 +177,19 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
+        Command::Privacy(PrivacyCommand::Report { member }) => {
+            if let AdminResponse::Privacy(report) = ask(AdminRequest::PrivacyReport { member })? {
+                if !json {
+                    print_privacy(&report, &mut out)?;
+                }
+            }
+        }
+        Command::Member(MemberCommand::Export { name, out: dir }) => {
+            member_export(name, &dir, &ask, &mut out)?
+        }
+        Command::Backup(args) => backup(args, &ask, &mut out)?,
+        Command::Restore(args) => restore(args, &socket, &mut out)?,
+        Command::EraseAll(args) => erase_all(args, &socket, &mut out)?,
         Command::Contacts(ContactsArgs {
             command: None | Some(ContactsCommand::List),
         }) => {
@@ -702,6 +715,197 @@ fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+fn print_privacy(
+    report: &hearth_protocol::admin::PrivacyReport,
+    out: &mut impl Write,
+) -> Result<()> {
+    match &report.member {
+        Some(m) => writeln!(out, "What this hub holds about {m} and their devices:")?,
+        None => writeln!(out, "What this hub holds about the household:")?,
+    }
+    let now = unix_now();
+    for item in &report.items {
+        let mut line = format!("  {}: {}", item.kind, item.count);
+        if item.bytes > 0 {
+            line.push_str(&format!(", {} bytes", item.bytes));
+        }
+        if let Some(oldest) = item.oldest.filter(|_| item.count > 0) {
+            line.push_str(&format!(
+                ", oldest {} days old",
+                (now - oldest).max(0) / 86_400
+            ));
+        }
+        writeln!(out, "{line}; kept {}", item.kept)?;
+    }
+    writeln!(out, "Never stored:")?;
+    for never in &report.never_stored {
+        writeln!(out, "  {never}")?;
+    }
+    Ok(())
+}
+
+const EXPORT_README: &str = "\
+What Hearth held about this member when it was exported
+=======================================================
+
+member.json
+  member        the nickname and role (parent or child)
+  devices       each device: its id, label, status, when it was added,
+                the day it was last seen, its certificate fingerprint
+  contact_rules who this member may or may not message, as set by a parent
+  messages      messages not yet delivered, waiting for this member or sent
+                by them, with their text; pictures and voice notes are in
+                attachments/ (delivered messages are not kept by the hub)
+  audit         the hub's log entries about this member's devices: times,
+                event kinds, topic classes, reasons (no message content)
+
+attachments/
+  one file per picture or voice note of a waiting message, named by the
+  message id
+
+Times are seconds since 1970-01-01 UTC. See docs/PRIVACY.md for how long
+each kind of data is kept and how to erase it (hearth member remove).
+";
+
+fn member_export(
+    name: hearth_protocol::MemberName,
+    dir: &Path,
+    ask: &dyn Fn(AdminRequest) -> Result<AdminResponse>,
+    out: &mut impl Write,
+) -> Result<()> {
+    use base64::Engine;
+    if dir.exists() {
+        bail!("{} exists; choose a new folder", dir.display());
+    }
+    let AdminResponse::MemberExport { data, attachments } =
+        ask(AdminRequest::MemberExport { name: name.clone() })?
+    else {
+        bail!("hearthd gave no export");
+    };
+    create_private_dir(&dir.join("attachments"))?;
+    let json = serde_json::to_vec_pretty(&data)?;
+    write_with_mode(&dir.join("member.json"), &json, 0o600)?;
+    write_with_mode(&dir.join("README.txt"), EXPORT_README.as_bytes(), 0o600)?;
+    for (file, b64) in &attachments {
+        // Names come from the hub (message id and a checked extension);
+        // refuse anything that could leave the folder all the same.
+        if file.contains('/') || file.starts_with('.') {
+            bail!("hearthd sent an attachment name {file:?}");
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .context("an attachment is not base64")?;
+        write_with_mode(&dir.join("attachments").join(file), &bytes, 0o600)?;
+    }
+    writeln!(
+        out,
+        "exported what the hub holds about {name} to {} ({} attachment(s))",
+        dir.display(),
+        attachments.len()
+    )?;
+    Ok(())
+}
+
+/// The passphrase from a file's first line or $HEARTH_BACKUP_PASSPHRASE.
+fn passphrase(args: &PassphraseArgs) -> Result<Option<String>> {
+    if let Some(path) = &args.passphrase_file {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let line = text.lines().next().unwrap_or("").to_owned();
+        if line.is_empty() {
+            bail!("{} holds no passphrase", path.display());
+        }
+        return Ok(Some(line));
+    }
+    Ok(std::env::var("HEARTH_BACKUP_PASSPHRASE")
+        .ok()
+        .filter(|p| !p.is_empty()))
+}
+
+fn backup(
+    args: BackupArgs,
+    ask: &dyn Fn(AdminRequest) -> Result<AdminResponse>,
+    out: &mut impl Write,
+) -> Result<()> {
+    use base64::Engine;
+    let passphrase = match &args.recipient {
+        Some(_) => None,
+        None => Some(passphrase(&args.passphrase)?.context(
+            "a backup needs a passphrase (--passphrase-file or HEARTH_BACKUP_PASSPHRASE) or --recipient",
+        )?),
+    };
+    if args.out.exists() {
+        bail!("{} exists; choose a new file", args.out.display());
+    }
+    let AdminResponse::Backup { age_base64 } = ask(AdminRequest::Backup {
+        passphrase,
+        recipient: args.recipient,
+    })?
+    else {
+        bail!("hearthd gave no backup");
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(age_base64)
+        .context("hearthd's backup is not base64")?;
+    write_with_mode(&args.out, &bytes, 0o600)?;
+    writeln!(out, "encrypted backup written to {}", args.out.display())?;
+    Ok(())
+}
+
+/// Offline commands refuse while a hub answers on the socket.
+fn refuse_if_running(socket: &Path) -> Result<()> {
+    if request_once(socket, &AdminRequest::Status).is_ok() {
+        bail!(
+            "hearthd is running (it answers on {}); stop it first",
+            socket.display()
+        );
+    }
+    Ok(())
+}
+
+fn restore(args: RestoreArgs, socket: &Path, out: &mut impl Write) -> Result<()> {
+    use hearth_daemon::backup::BackupKey;
+    refuse_if_running(socket)?;
+    let key = match &args.identity {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+                .with_context(|| format!("{} holds no age identity", path.display()))?;
+            BackupKey::Identity(line.to_owned())
+        }
+        None => BackupKey::Passphrase(passphrase(&args.passphrase)?.context(
+            "the backup's passphrase (--passphrase-file or HEARTH_BACKUP_PASSPHRASE) or --identity is needed",
+        )?),
+    };
+    let bytes =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    hearth_daemon::backup::restore(&bytes, &key, &args.data_dir)?;
+    writeln!(
+        out,
+        "restored into {}; start hearthd",
+        args.data_dir.display()
+    )?;
+    Ok(())
+}
+
+fn erase_all(args: EraseAllArgs, socket: &Path, out: &mut impl Write) -> Result<()> {
+    if !args.yes {
+        bail!("erase-all destroys every key, device and message for good; add --yes to do it");
+    }
+    refuse_if_running(socket)?;
+    let removed = hearth_daemon::backup::erase_all(&args.data_dir)?;
+    writeln!(
+        out,
+        "erased {} file(s) in {}: the hub starts empty next time",
+        removed.len(),
+        args.data_dir.display()
+    )?;
+    Ok(())
 }
 
 fn request_once(socket: &Path, request: &AdminRequest) -> Result<AdminResponse> {

@@ -49,6 +49,72 @@ pub enum Command {
     /// Who may message whom, beyond the defaults (parents: anyone;
     /// children: their parents). Without a command, lists the rules.
     Contacts(ContactsArgs),
+    /// What the hub holds about the family, and for how long.
+    #[command(subcommand)]
+    Privacy(PrivacyCommand),
+    /// Writes one encrypted backup (database, CA, mailbox key) to a file.
+    Backup(BackupArgs),
+    /// Restores a backup into an empty data dir (hearthd stopped).
+    Restore(RestoreArgs),
+    /// Factory reset: destroys every key and the database (hearthd stopped).
+    EraseAll(EraseAllArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PrivacyCommand {
+    /// Per kind of data: how much, the oldest, how long it is kept, and
+    /// what the hub never stores.
+    Report {
+        /// Only what concerns this member and their devices.
+        #[arg(long)]
+        member: Option<MemberName>,
+    },
+}
+
+/// Where the passphrase of a backup comes from.
+#[derive(Debug, ClapArgs)]
+pub struct PassphraseArgs {
+    /// A file whose first line is the passphrase (else
+    /// $HEARTH_BACKUP_PASSPHRASE).
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct BackupArgs {
+    /// The file to write (created 0600; an existing file is refused).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Encrypt to this age recipient (age1...) instead of a passphrase.
+    #[arg(long)]
+    pub recipient: Option<String>,
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct RestoreArgs {
+    /// The backup file.
+    pub file: PathBuf,
+    /// The hub's data dir (must hold no hub).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/hearth")]
+    pub data_dir: PathBuf,
+    /// An age identity file (AGE-SECRET-KEY-1...) for a backup made to a
+    /// recipient.
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct EraseAllArgs {
+    /// Yes, destroy everything: no backup is made.
+    #[arg(long)]
+    pub yes: bool,
+    /// The hub's data dir.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/hearth")]
+    pub data_dir: PathBuf,
 }
 
 /// `hearth contacts [allow|deny|list]`.
@@ -217,6 +283,15 @@ pub enum MemberCommand {
         /// Do not ask; needed when there is no terminal to ask on.
         #[arg(long, short)]
         yes: bool,
+    },
+    /// Writes everything the hub holds about a member to a new folder:
+    /// member.json, attachments/, and a README explaining each file.
+    Export {
+        /// The nickname.
+        name: MemberName,
+        /// The folder to create (must not exist).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
 }
 

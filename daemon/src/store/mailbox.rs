@@ -19,8 +19,10 @@ pub struct NewMessage<'a> {
     pub reference: &'a str,
     /// The `to` it was addressed to (member or device), bound into the seal.
     pub recipient: &'a str,
-    /// Nonce and ciphertext of the content.
+    /// Nonce and ciphertext of the content, under the message's data key.
     pub sealed: &'a [u8],
+    /// The message's data key, wrapped by the mailbox key.
+    pub wrapped_key: &'a [u8],
     /// Unix seconds.
     pub sent_at: i64,
     /// Unix seconds.
@@ -40,6 +42,9 @@ pub struct PendingDelivery {
     pub recipient: String,
     /// Nonce and ciphertext.
     pub sealed: Vec<u8>,
+    /// The data key wrapped by the mailbox key; `None` for a row sealed
+    /// before crypto-erase, directly under the mailbox key.
+    pub wrapped_key: Option<Vec<u8>>,
     /// Unix seconds.
     pub sent_at: i64,
     /// Unix seconds.
@@ -111,8 +116,8 @@ impl Store {
     pub fn store_message(&mut self, message: &NewMessage<'_>) -> Result<(), StoreError> {
         let tx = self.conn.savepoint()?;
         tx.prepare_cached(
-            "INSERT INTO messages (id, sender, ref, recipient, sealed, sent_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO messages (id, sender, ref, recipient, sealed, wrapped_key, sent_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?
         .execute(params![
             message.id,
@@ -120,6 +125,7 @@ impl Store {
             message.reference,
             message.recipient,
             message.sealed,
+            message.wrapped_key,
             message.sent_at,
             message.expires_at
         ])?;
@@ -155,7 +161,7 @@ impl Store {
         let row = self
             .conn
             .query_row(
-                "SELECT id, sender, recipient, sealed, sent_at, expires_at
+                "SELECT id, sender, recipient, sealed, wrapped_key, sent_at, expires_at
                  FROM messages WHERE id = ?1",
                 params![id],
                 |row| {
@@ -164,23 +170,61 @@ impl Store {
                         row.get::<_, String>(1)?,
                         row.get::<_, String>(2)?,
                         row.get::<_, Vec<u8>>(3)?,
-                        row.get::<_, i64>(4)?,
+                        row.get::<_, Option<Vec<u8>>>(4)?,
                         row.get::<_, i64>(5)?,
+                        row.get::<_, i64>(6)?,
                     ))
                 },
             )
             .optional()?;
-        row.map(|(id, sender, recipient, sealed, sent_at, expires_at)| {
-            Ok(PendingDelivery {
-                id,
-                sender: parse_device(sender)?,
-                recipient,
-                sealed,
-                sent_at,
-                expires_at,
-            })
-        })
+        row.map(
+            |(id, sender, recipient, sealed, wrapped_key, sent_at, expires_at)| {
+                Ok(PendingDelivery {
+                    id,
+                    sender: parse_device(sender)?,
+                    recipient,
+                    sealed,
+                    wrapped_key,
+                    sent_at,
+                    expires_at,
+                })
+            },
+        )
         .transpose()
+    }
+
+    /// How many messages are stored (sealed), delivered or not.
+    pub fn message_count(&self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM messages", [], |row| row.get(0))?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Ids of messages sealed before crypto-erase (no wrapped key).
+    pub fn messages_without_data_key(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM messages WHERE wrapped_key IS NULL")?;
+        let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Replaces a message's sealed content and wrapped key (re-sealing an
+    /// old row under its own data key). The old ciphertext's space is
+    /// zeroed by `secure_delete`; the WAL is truncated after the commit.
+    pub fn reseal_message(
+        &mut self,
+        id: &str,
+        sealed: &[u8],
+        wrapped_key: &[u8],
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE messages SET sealed = ?2, wrapped_key = ?3 WHERE id = ?1",
+            params![id, sealed, wrapped_key],
+        )?;
+        self.mark_erased();
+        Ok(())
     }
 
     /// Records a device's acknowledgement. Returns the sender and reference
@@ -211,8 +255,16 @@ impl Store {
         )?;
         if remaining == 0 {
             tx.execute("DELETE FROM messages WHERE id = ?1", params![id])?;
+            // Who sent what is not kept once it is delivered. (A retry
+            // after a lost receipt is then stored again: the price.)
+            tx.execute("DELETE FROM sent_refs WHERE message_id = ?1", params![id])?;
         }
         tx.commit()?;
+        if remaining == 0 {
+            // The row held the only copy of the message's data key.
+            self.mark_erased();
+            self.settle()?;
+        }
         Ok(Some((parse_device(sender)?, reference, remaining == 0)))
     }
 
@@ -266,11 +318,21 @@ impl Store {
             )?;
         }
         tx.execute("DELETE FROM sent_refs WHERE expires_at <= ?1", params![now])?;
+        let receipts = tx.execute("DELETE FROM receipts WHERE expires_at <= ?1", params![now])?;
         tx.commit()?;
+        if receipts > 0 {
+            self.mark_erased();
+            self.settle()?;
+        }
+        if !expired.is_empty() {
+            self.mark_erased();
+            self.settle()?;
+        }
         Ok(expired)
     }
 
-    /// Queues a receipt (JSON, no content) for a sender device.
+    /// Queues a receipt (JSON, no content) for a sender device, kept until
+    /// it is taken or `expires_at`.
     pub fn queue_receipt(
         &self,
         device: &DeviceId,
@@ -290,6 +352,30 @@ impl Store {
             .conn
             .prepare_cached("DELETE FROM receipts WHERE expires_at <= ?1")?
             .execute(params![now])?)
+    }
+
+    /// Applies the mailbox retention to what is already stored: no
+    /// message, reference or receipt is kept longer than `expiry_secs`
+    /// from when it was made (from `now` for receipts without a time).
+    pub fn apply_retention(&mut self, now: i64, expiry_secs: i64) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE messages SET expires_at = sent_at + ?1 WHERE expires_at > sent_at + ?1",
+            params![expiry_secs],
+        )?;
+        tx.execute(
+            "UPDATE sent_refs SET expires_at = coalesce(
+                (SELECT m.expires_at FROM messages m WHERE m.id = sent_refs.message_id), ?1)
+             WHERE expires_at > coalesce(
+                (SELECT m.expires_at FROM messages m WHERE m.id = sent_refs.message_id), ?1)",
+            params![now + expiry_secs],
+        )?;
+        tx.execute(
+            "UPDATE receipts SET expires_at = ?1 WHERE expires_at IS NULL OR expires_at > ?1",
+            params![now + expiry_secs],
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Takes the receipts waiting for a device.
