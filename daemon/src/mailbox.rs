@@ -139,6 +139,8 @@ impl Seal {
                     aad: &aad,
                 },
             )
+            // Cannot panic: the AEAD fails only on a plaintext over 256 GiB,
+            // and a mailbox message is bounded by `limits.max_payload`.
             .expect("XChaCha20-Poly1305 encryption of an in-memory buffer cannot fail");
         let mut out = nonce.to_vec();
         out.extend_from_slice(&sealed);
