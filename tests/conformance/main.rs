@@ -11,5 +11,6 @@ mod support;
 mod harness;
 mod limits;
 mod mixed;
+mod panics;
 mod v311;
 mod v5;

@@ -123,7 +123,8 @@ pub fn next_frame(buf: &[u8], max_len: usize) -> Result<Option<Frame>, FrameErro
 
 /// The protocol level a CONNECT packet names (`packet` is the whole frame).
 pub fn connect_version(packet: &[u8], frame: &Frame) -> Result<MqttVersion, FrameError> {
-    let body = &packet[frame.header_len..frame.len];
+    // A frame that does not fit the packet it came with is no CONNECT.
+    let body = packet.get(frame.header_len..frame.len).unwrap_or_default();
     match body {
         [0, 4, b'M', b'Q', b'T', b'T', 4, ..] => Ok(MqttVersion::V311),
         [0, 4, b'M', b'Q', b'T', b'T', 5, ..] => Ok(MqttVersion::V5),
@@ -219,6 +220,36 @@ mod tests {
             next_frame(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01], usize::MAX),
             Err(FrameError::MalformedLength)
         );
+    }
+
+    /// The broker reads client packets with this codec after the edge has
+    /// passed them: a v5 property that runs past its packet must close
+    /// the connection, not be taken for a partial read (vendor/README.md).
+    #[test]
+    fn a_v5_packet_whose_properties_run_past_it_is_malformed_not_partial() {
+        // SUBSCRIBE, pkid 1, 2 bytes of properties: a subscription
+        // identifier whose variable byte integer never ends.
+        let mut stream = BytesMut::from(&[0x82, 5, 0, 1, 2, 0x0b, 0x80][..]);
+        let result = V5.read_mut(&mut stream, 1024);
+        assert!(
+            matches!(result, Err(rumqttd::protocol::Error::MalformedPacket)),
+            "{result:?}"
+        );
+        assert!(stream.is_empty(), "the frame was consumed");
+    }
+
+    #[test]
+    fn a_frame_longer_than_its_packet_is_no_connect() {
+        let packet = [0x10, 10, 0, 4, b'M', b'Q', b'T', b'T', 4];
+        let frame = Frame {
+            first_byte: 0x10,
+            header_len: 2,
+            len: 12,
+        };
+        assert!(matches!(
+            connect_version(&packet, &frame),
+            Err(FrameError::UnsupportedProtocol)
+        ));
     }
 
     #[test]

@@ -28,12 +28,13 @@ pub struct PublishHeader<'a> {
 
 /// Parses a PUBLISH (`packet` is the whole frame).
 pub fn publish(packet: &[u8], header_len: usize, v5: bool) -> Result<PublishHeader<'_>, Malformed> {
-    let flags = packet[0] & 0x0f;
+    let (flags, body) = split(packet, header_len).ok_or(Malformed("PUBLISH header"))?;
+    let flags = flags & 0x0f;
     let qos = (flags >> 1) & 0b11;
     if qos == 3 {
         return Err(Malformed("PUBLISH: QoS 3"));
     }
-    let mut r = Reader::new(&packet[header_len..]);
+    let mut r = Reader::new(body);
     let topic = r.string().ok_or(Malformed("PUBLISH topic"))?;
     let pkid = if qos > 0 {
         let id = r.u16().ok_or(Malformed("PUBLISH packet id"))?;
@@ -77,10 +78,11 @@ pub fn subscribe(
     header_len: usize,
     v5: bool,
 ) -> Result<SubscribePacket<'_>, Malformed> {
-    if packet[0] & 0x0f != 0b0010 {
+    let (first, body) = split(packet, header_len).ok_or(Malformed("SUBSCRIBE header"))?;
+    if first & 0x0f != 0b0010 {
         return Err(Malformed("SUBSCRIBE flags"));
     }
-    let mut r = Reader::new(&packet[header_len..]);
+    let mut r = Reader::new(body);
     let pkid = r.u16().ok_or(Malformed("SUBSCRIBE packet id"))?;
     let properties = if v5 {
         let start = r.pos;
@@ -92,6 +94,9 @@ pub fn subscribe(
     let mut filters = Vec::new();
     while !r.rest().is_empty() {
         let filter = r.string().ok_or(Malformed("SUBSCRIBE filter"))?;
+        if !fits_when_scoped(filter) {
+            return Err(Malformed("SUBSCRIBE: shared filter too long"));
+        }
         let options = r.u8().ok_or(Malformed("SUBSCRIBE options"))?;
         filters.push((filter, options));
     }
@@ -106,12 +111,15 @@ pub fn subscribe(
 }
 
 /// Encodes a SUBSCRIBE carrying only some of the filters.
+///
+/// Each filter is one [`subscribe`] read, perhaps through [`scoped_share`]:
+/// its length fits the two-byte prefix (see [`fits_when_scoped`]).
 pub fn encode_subscribe(pkid: u16, properties: &[u8], filters: &[(&[u8], u8)], out: &mut Vec<u8>) {
     let mut body = Vec::with_capacity(64);
     body.extend_from_slice(&pkid.to_be_bytes());
     body.extend_from_slice(properties);
     for (filter, options) in filters {
-        body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+        body.extend_from_slice(&prefix_len(filter));
         body.extend_from_slice(filter);
         body.push(*options);
     }
@@ -148,7 +156,11 @@ pub fn unsubscribe(
     };
     let mut filters = Vec::new();
     while !r.rest().is_empty() {
-        filters.push(r.string().ok_or(Malformed("UNSUBSCRIBE filter"))?);
+        let filter = r.string().ok_or(Malformed("UNSUBSCRIBE filter"))?;
+        if !fits_when_scoped(filter) {
+            return Err(Malformed("UNSUBSCRIBE: shared filter too long"));
+        }
+        filters.push(filter);
     }
     if filters.is_empty() {
         return Err(Malformed("UNSUBSCRIBE without filters"));
@@ -161,12 +173,15 @@ pub fn unsubscribe(
 }
 
 /// Encodes an UNSUBSCRIBE.
+///
+/// Each filter is one [`unsubscribe`] read, perhaps through
+/// [`scoped_share`]: its length fits the two-byte prefix.
 pub fn encode_unsubscribe(pkid: u16, properties: &[u8], filters: &[&[u8]], out: &mut Vec<u8>) {
     let mut body = Vec::with_capacity(64);
     body.extend_from_slice(&pkid.to_be_bytes());
     body.extend_from_slice(properties);
     for filter in filters {
-        body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+        body.extend_from_slice(&prefix_len(filter));
         body.extend_from_slice(filter);
     }
     out.push(0xa2);
@@ -179,6 +194,10 @@ pub fn encode_unsubscribe(pkid: u16, properties: &[u8], filters: &[&[u8]], out: 
 /// scopes that pick the same group name never share its messages; `None`
 /// for a filter that is not shared.
 pub fn scoped_share(filter: &[u8], scope: &str) -> Option<Vec<u8>> {
+    debug_assert!(
+        scope.len() <= MAX_SHARE_SCOPE,
+        "a longer scope breaks fits_when_scoped"
+    );
     let rest = filter.strip_prefix(b"$share/")?;
     let mut out = Vec::with_capacity(filter.len() + scope.len() + 1);
     out.extend_from_slice(b"$share/");
@@ -190,7 +209,7 @@ pub fn scoped_share(filter: &[u8], scope: &str) -> Option<Vec<u8>> {
 
 /// The packet id of a PUBREL (or any packet that starts with one).
 pub fn packet_id(packet: &[u8], header_len: usize) -> Result<u16, Malformed> {
-    Reader::new(&packet[header_len..])
+    Reader::new(packet.get(header_len..).unwrap_or_default())
         .u16()
         .ok_or(Malformed("packet id"))
 }
@@ -201,7 +220,7 @@ pub fn suback(
     header_len: usize,
     v5: bool,
 ) -> Result<(u16, &[u8], &[u8]), Malformed> {
-    let mut r = Reader::new(&packet[header_len..]);
+    let mut r = Reader::new(packet.get(header_len..).unwrap_or_default());
     let pkid = r.u16().ok_or(Malformed("SUBACK packet id"))?;
     let start = r.pos;
     if v5 {
@@ -238,6 +257,32 @@ pub fn ack(kind: u8, pkid: u16, reason: Option<u8>) -> Vec<u8> {
 /// A v5 DISCONNECT with a reason code.
 pub fn disconnect_v5(reason: u8) -> Vec<u8> {
     vec![0xe0, 1, reason]
+}
+
+/// The longest scope [`scoped_share`] is given: `m` and 16 hex digits for
+/// a member's devices, `s` and a 26-character device id for a service.
+pub const MAX_SHARE_SCOPE: usize = 32;
+
+/// Whether a filter still fits MQTT's two-byte length once
+/// [`scoped_share`] has added its scope and `~`. A client may send a
+/// `$share/` filter of up to 65,535 bytes; scoped, its length wrapped
+/// around in the re-encoded packet, and the broker read the filter's tail
+/// as further filters the policy never saw.
+fn fits_when_scoped(filter: &[u8]) -> bool {
+    !filter.starts_with(b"$share/") || filter.len() + MAX_SHARE_SCOPE < usize::from(u16::MAX)
+}
+
+/// The two-byte length prefix of a string the edge re-encodes.
+fn prefix_len(bytes: &[u8]) -> [u8; 2] {
+    // Cannot truncate: every filter was read with a two-byte length, and
+    // a scoped one was refused on reading unless it fits (fits_when_scoped).
+    debug_assert!(bytes.len() <= usize::from(u16::MAX));
+    (bytes.len() as u16).to_be_bytes()
+}
+
+/// The first byte and the body after a fixed header of `header_len` bytes.
+fn split(packet: &[u8], header_len: usize) -> Option<(u8, &[u8])> {
+    Some((*packet.first()?, packet.get(header_len..)?))
 }
 
 fn write_varint(mut n: usize, out: &mut Vec<u8>) {
@@ -419,6 +464,72 @@ mod tests {
         assert!(unsubscribe(&[0xa2, 0x02, 0x00, 0x01], 2, false).is_err());
     }
 
+    /// A SUBSCRIBE (3.1.1) with one filter of `len` bytes, all `fill`
+    /// after `prefix`, and QoS 0.
+    fn subscribe_with(prefix: &[u8], fill: u8, len: usize) -> Vec<u8> {
+        let mut filter = prefix.to_vec();
+        filter.resize(len, fill);
+        let mut out = Vec::new();
+        encode_subscribe(1, &[], &[(&filter, 0)], &mut out);
+        out
+    }
+
+    fn header_len(packet: &[u8]) -> usize {
+        super::super::frame::next_frame(packet, usize::MAX)
+            .unwrap()
+            .unwrap()
+            .header_len
+    }
+
+    #[test]
+    fn a_shared_filter_that_would_overflow_once_scoped_is_refused() {
+        // 65,520 bytes: legal MQTT, but with "m", 16 hex digits and "~"
+        // added it is over 65,535. Re-encoded scoped, its length prefix
+        // wrapped to a few bytes and the broker took the rest of it for
+        // filters of the client's choosing, which the policy never saw.
+        let long = subscribe_with(b"$share/g/", b'a', 65_520);
+        assert!(subscribe(&long, header_len(&long), false).is_err());
+        let mut shared = b"$share/g/".to_vec();
+        shared.resize(65_520, b'a');
+        let mut unsub = Vec::new();
+        encode_unsubscribe(1, &[], &[&shared], &mut unsub);
+        assert!(unsubscribe(&unsub, header_len(&unsub), false).is_err());
+
+        // Every shared filter that is accepted re-encodes, scoped with the
+        // longest scope, to exactly that one filter.
+        let scope = format!("s{}", "0".repeat(MAX_SHARE_SCOPE - 1));
+        for len in [9, 1000, 65_535 - MAX_SHARE_SCOPE - 1] {
+            let packet = subscribe_with(b"$share/g/", b'a', len);
+            let parsed = subscribe(&packet, header_len(&packet), false).unwrap();
+            let scoped = scoped_share(parsed.filters[0].0, &scope).unwrap();
+            let mut out = Vec::new();
+            encode_subscribe(parsed.pkid, &[], &[(&scoped, 0)], &mut out);
+            // Read back as the broker does: one filter, nothing after it.
+            let mut r = Reader::new(&out[header_len(&out)..]);
+            assert_eq!(r.u16(), Some(parsed.pkid));
+            assert_eq!(r.string(), Some(&scoped[..]), "len {len}");
+            assert_eq!(r.u8(), Some(0));
+            assert!(r.rest().is_empty(), "len {len}");
+        }
+        // A filter that is not shared keeps the whole MQTT range.
+        let plain = subscribe_with(b"a/", b'b', 65_535);
+        assert!(subscribe(&plain, header_len(&plain), false).is_ok());
+    }
+
+    #[test]
+    fn a_header_length_past_the_packet_is_malformed_not_a_panic() {
+        for header_len in [5, 100] {
+            let p = [0x30, 3, 0, 1, b't'];
+            assert!(publish(&p, header_len + 1, false).is_err());
+            assert!(subscribe(&[0x82, 2, 0, 1], header_len, false).is_err());
+            assert!(unsubscribe(&[0xa2, 2, 0, 1], header_len, false).is_err());
+            assert!(packet_id(&[0x62, 2, 0, 1], header_len).is_err());
+            assert!(suback(&[0x90, 3, 0, 1, 0], header_len, false).is_err());
+        }
+        assert!(publish(&[], 2, false).is_err());
+        assert!(subscribe(&[], 2, false).is_err());
+    }
+
     #[test]
     fn suback_is_rebuilt() {
         let mut out = Vec::new();
@@ -444,6 +555,7 @@ pub fn connack_with_assigned_id(packet: &[u8], header_len: usize, id: &str) -> O
     let mut variable = flags_and_reason.to_vec();
     write_varint(new_props.len(), &mut variable);
     variable.extend_from_slice(&new_props);
+    // Cannot panic: `body.get(..2)` succeeded, so the packet is not empty.
     let mut out = vec![packet[0]];
     write_varint(variable.len(), &mut out);
     out.extend_from_slice(&variable);

@@ -125,7 +125,12 @@ impl<'a> LinkBuilder<'a> {
         self.router_tx.send((0, event))?;
 
         link_rx.recv()?;
-        let notification = outgoing_data_buffer.lock().pop_front().unwrap();
+        // Hearth: a wake-up with nothing queued is a refusal like any other
+        // non-CONNACK answer, not a reason to abort (upstream unwrapped).
+        let notification = outgoing_data_buffer
+            .lock()
+            .pop_front()
+            .ok_or(LinkError::NotConnectionAck)?;
 
         // Right now link identifies failure with dropped rx in router,
         // which is probably ok. We need this here to get id assigned by router

@@ -60,7 +60,11 @@ impl Scheduler {
     }
 
     pub fn reschedule(&mut self, id: ConnectionId, reason: ScheduleReason) {
-        let tracker = self.trackers.get_mut(id).unwrap();
+        // Hearth: a link's `Ready` can arrive after the router removed its
+        // connection (audit, vendor/README.md): nothing to schedule then.
+        let Some(tracker) = self.trackers.get_mut(id) else {
+            return;
+        };
         if let Some(v) = tracker.try_ready(reason) {
             trace!(tracker_id = tracker.id, "reschedule {:?} -> Ready", v);
             self.readyqueue.push_back(id);

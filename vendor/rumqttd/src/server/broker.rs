@@ -493,6 +493,32 @@ impl Callback for WSCallback {
     }
 }
 
+/// Tells the previous connection of `client_id`, if it is still waiting out
+/// its will delay, whether to publish its will now (clean start) or drop it.
+///
+/// Hearth: upstream unwrapped `try_send`. A connection whose link failed
+/// to start (the router refused it, or the CONNACK could not be written)
+/// returned with its will sender still registered and its receiver gone,
+/// so the next connection with that client id aborted the process. A
+/// receiver that is gone has nothing left to fire or cancel. The lock
+/// cannot be poisoned: nothing panics while it is held.
+fn settle_previous_will(
+    will_handlers: &Mutex<HashMap<String, Sender<AwaitingWill>>>,
+    client_id: &str,
+    clean_session: bool,
+) {
+    if let Some(sender) = will_handlers.lock().unwrap().remove(client_id) {
+        let awaiting_will = if clean_session {
+            AwaitingWill::Fire
+        } else {
+            AwaitingWill::Cancel
+        };
+        // Cannot be `Full`: each sender is taken out of the map before its
+        // one send, into a channel of capacity 1.
+        let _ = sender.try_send(awaiting_will);
+    }
+}
+
 /// A new network connection should wait for a mqtt connect packet. This should be handled
 /// asynchronously to avoid blocking other new connections while this connection is
 /// waiting for mqtt connect packet. Also this honours connection wait time as per config to prevent
@@ -523,11 +549,16 @@ async fn remote<P: Protocol>(
         }
     };
 
+    // Hearth: `mqtt_connect` only returns a CONNECT, but a refusal here
+    // ends this connection rather than the process (upstream: `unreachable!`).
     let (mut client_id, clean_session) = match &connect_packet {
         Packet::Connect(ref connect, _, _, _, _) => {
             (connect.client_id.clone(), connect.clean_session)
         }
-        _ => unreachable!(),
+        _ => {
+            error!("Expected a CONNECT packet");
+            return;
+        }
     };
 
     let mut assigned_client_id = None;
@@ -544,14 +575,7 @@ async fn remote<P: Protocol>(
         client_id = format!("{tenant_id}.{client_id}");
     }
 
-    if let Some(sender) = will_handlers.lock().unwrap().remove(&client_id) {
-        let awaiting_will = if clean_session {
-            AwaitingWill::Fire
-        } else {
-            AwaitingWill::Cancel
-        };
-        sender.try_send(awaiting_will).unwrap();
-    }
+    settle_previous_will(&will_handlers, &client_id, clean_session);
 
     let (will_tx, will_rx) = flume::bounded::<AwaitingWill>(1);
     will_handlers
@@ -639,5 +663,30 @@ async fn remote<P: Protocol>(
         // It won't matter in this case as we don't use it
         // but might affect logs?
         router_tx.send((connection_id, message)).ok();
+    }
+}
+
+// Hearth: regression test for a reconnect that aborted the process.
+#[cfg(test)]
+mod hearth_tests {
+    use super::*;
+
+    #[test]
+    fn a_reconnect_after_a_link_that_never_started_does_not_panic() {
+        let will_handlers = Mutex::new(HashMap::new());
+        // What a connection whose link failed to start leaves behind: its
+        // sender registered, its receiver dropped with its task.
+        let (stale_tx, stale_rx) = flume::bounded::<AwaitingWill>(1);
+        will_handlers.lock().unwrap().insert("dev".to_owned(), stale_tx);
+        drop(stale_rx);
+
+        settle_previous_will(&will_handlers, "dev", true);
+        assert!(will_handlers.lock().unwrap().is_empty());
+
+        // A live previous connection is still told what to do.
+        let (tx, rx) = flume::bounded::<AwaitingWill>(1);
+        will_handlers.lock().unwrap().insert("dev".to_owned(), tx);
+        settle_previous_will(&will_handlers, "dev", false);
+        assert!(rx.try_recv().is_ok_and(|w| w == AwaitingWill::Cancel));
     }
 }

@@ -140,6 +140,7 @@ fn parse_fixed_header(mut stream: Iter<u8>) -> Result<FixedHeader, Error> {
         return Err(Error::InsufficientBytes(2 - stream_len));
     }
 
+    // Hearth: cannot panic: the stream holds at least 2 bytes (above).
     let byte1 = stream.next().unwrap();
     let (len_len, len) = length(stream)?;
 

@@ -6,6 +6,9 @@ pub fn read(fixed_header: FixedHeader, mut bytes: Bytes) -> Result<Unsubscribe, 
     bytes.advance(variable_header_index);
 
     let pkid = read_u16(&mut bytes)?;
+    // Hearth: cannot underflow: `bytes` held exactly `remaining_len` bytes
+    // and `read_u16` took 2 of them; each filter below is read from what is
+    // left (read_mqtt_bytes checks), so it takes at most `payload_bytes`.
     let mut payload_bytes = fixed_header.remaining_len - 2;
     let mut filters = Vec::with_capacity(1);
 

@@ -204,6 +204,7 @@ fn parse_fixed_header(mut stream: Iter<u8>) -> Result<FixedHeader, Error> {
         return Err(Error::InsufficientBytes(2 - stream_len));
     }
 
+    // Hearth: cannot panic: the stream holds at least 2 bytes (above).
     let byte1 = stream.next().unwrap();
     let (len_len, len) = length(stream)?;
 
@@ -382,59 +383,68 @@ impl Protocol for V5 {
         }
 
         let packet = packet.freeze();
-        let packet = match packet_type {
-            PacketType::Connect => {
-                let (connect, properties, will, willproperties, login) =
-                    connect::read(fixed_header, packet)?;
-                Packet::Connect(connect, properties, will, willproperties, login)
-            }
-            PacketType::Publish => {
-                let (publish, properties) = publish::read(fixed_header, packet)?;
-                Packet::Publish(publish, properties)
-            }
-            PacketType::PubAck => {
-                let (puback, properties) = puback::read(fixed_header, packet)?;
-                Packet::PubAck(puback, properties)
-            }
-            PacketType::Subscribe => {
-                let (subscribe, properties) = subscribe::read(fixed_header, packet)?;
-                Packet::Subscribe(subscribe, properties)
-            }
-            PacketType::SubAck => {
-                let (suback, properties) = suback::read(fixed_header, packet)?;
-                Packet::SubAck(suback, properties)
-            }
-            PacketType::Unsubscribe => {
-                let (unsubscribe, properties) = unsubscribe::read(fixed_header, packet)?;
-                Packet::Unsubscribe(unsubscribe, properties)
-            }
-            PacketType::PingReq => Packet::PingReq(PingReq),
-            PacketType::PingResp => Packet::PingResp(PingResp),
-            PacketType::Disconnect => {
-                let (disconnect, properties) = disconnect::read(fixed_header, packet)?;
-                Packet::Disconnect(disconnect, properties)
-            }
-            PacketType::PubRec => {
-                let (pubrec, properties) = pubrec::read(fixed_header, packet)?;
-                Packet::PubRec(pubrec, properties)
-            }
-            PacketType::PubRel => {
-                let (pubrel, properties) = pubrel::read(fixed_header, packet)?;
-                Packet::PubRel(pubrel, properties)
-            }
-            PacketType::PubComp => {
-                let (pubcomp, properties) = pubcomp::read(fixed_header, packet)?;
-                Packet::PubComp(pubcomp, properties)
-            }
-            // Hearth: upstream had `unreachable!()` here, which a client
-            // sending a CONNACK or UNSUBACK reached; a server never reads
-            // them, so they are a protocol error for that connection only.
-            PacketType::ConnAck | PacketType::UnsubAck => {
-                return Err(Error::InvalidPacketType(packet_type as u8))
-            }
+        // Hearth: the frame is already split off the stream, so an
+        // `InsufficientBytes` from a body parser (a property length that
+        // runs past the packet) made `Network` wait for more bytes and
+        // silently drop this packet. It is malformed, and MQTT closes the
+        // connection (5 §4.13).
+        let read_body = move || -> Result<Packet, Error> {
+            Ok(match packet_type {
+                PacketType::Connect => {
+                    let (connect, properties, will, willproperties, login) =
+                        connect::read(fixed_header, packet)?;
+                    Packet::Connect(connect, properties, will, willproperties, login)
+                }
+                PacketType::Publish => {
+                    let (publish, properties) = publish::read(fixed_header, packet)?;
+                    Packet::Publish(publish, properties)
+                }
+                PacketType::PubAck => {
+                    let (puback, properties) = puback::read(fixed_header, packet)?;
+                    Packet::PubAck(puback, properties)
+                }
+                PacketType::Subscribe => {
+                    let (subscribe, properties) = subscribe::read(fixed_header, packet)?;
+                    Packet::Subscribe(subscribe, properties)
+                }
+                PacketType::SubAck => {
+                    let (suback, properties) = suback::read(fixed_header, packet)?;
+                    Packet::SubAck(suback, properties)
+                }
+                PacketType::Unsubscribe => {
+                    let (unsubscribe, properties) = unsubscribe::read(fixed_header, packet)?;
+                    Packet::Unsubscribe(unsubscribe, properties)
+                }
+                PacketType::PingReq => Packet::PingReq(PingReq),
+                PacketType::PingResp => Packet::PingResp(PingResp),
+                PacketType::Disconnect => {
+                    let (disconnect, properties) = disconnect::read(fixed_header, packet)?;
+                    Packet::Disconnect(disconnect, properties)
+                }
+                PacketType::PubRec => {
+                    let (pubrec, properties) = pubrec::read(fixed_header, packet)?;
+                    Packet::PubRec(pubrec, properties)
+                }
+                PacketType::PubRel => {
+                    let (pubrel, properties) = pubrel::read(fixed_header, packet)?;
+                    Packet::PubRel(pubrel, properties)
+                }
+                PacketType::PubComp => {
+                    let (pubcomp, properties) = pubcomp::read(fixed_header, packet)?;
+                    Packet::PubComp(pubcomp, properties)
+                }
+                // Hearth: upstream had `unreachable!()` here, which a client
+                // sending a CONNACK or UNSUBACK reached; a server never reads
+                // them, so they are a protocol error for that connection only.
+                PacketType::ConnAck | PacketType::UnsubAck => {
+                    return Err(Error::InvalidPacketType(packet_type as u8))
+                }
+            })
         };
-
-        Ok(packet)
+        read_body().map_err(|e| match e {
+            Error::InsufficientBytes(_) => Error::MalformedPacket,
+            e => e,
+        })
     }
 
     fn write(&self, packet: Packet, buffer: &mut BytesMut) -> Result<usize, Error> {
@@ -476,5 +486,41 @@ impl Protocol for V5 {
             Packet::PingResp(pingresp) => ping::pingresp::write(buffer)?,
         };
         Ok(size)
+    }
+}
+
+// Hearth: regression tests for packets that must close the connection
+// instead of being mistaken for a partial read.
+#[cfg(test)]
+mod hearth_tests {
+    use super::*;
+
+    #[test]
+    fn a_publish_without_its_property_length_is_malformed_not_partial() {
+        // QoS 0 PUBLISH, topic "a/b", and nothing after it: the remaining
+        // length says the frame is complete, but the v5 property length is
+        // missing. Upstream answered `InsufficientBytes`, so the network
+        // loop waited for more bytes and the packet vanished.
+        let mut stream = BytesMut::from(&[0x30, 5, 0, 3, b'a', b'/', b'b'][..]);
+        let result = V5.read_mut(&mut stream, 1024);
+        assert!(matches!(result, Err(Error::MalformedPacket)), "{result:?}");
+        assert!(stream.is_empty(), "the frame was consumed");
+    }
+
+    #[test]
+    fn a_subscription_identifier_cut_short_is_malformed() {
+        // SUBSCRIBE, pkid 1, properties length 2: id 0x0b with a variable
+        // byte integer whose continuation bit runs off the end.
+        let mut stream = BytesMut::from(&[0x82, 5, 0, 1, 2, 0x0b, 0x80][..]);
+        let result = V5.read_mut(&mut stream, 1024);
+        assert!(matches!(result, Err(Error::MalformedPacket)), "{result:?}");
+    }
+
+    #[test]
+    fn a_partial_frame_still_asks_for_more_bytes() {
+        let mut stream = BytesMut::from(&[0x30, 5, 0, 3][..]);
+        let result = V5.read_mut(&mut stream, 1024);
+        assert!(matches!(result, Err(Error::InsufficientBytes(3))), "{result:?}");
+        assert_eq!(stream.len(), 4, "nothing consumed");
     }
 }
