@@ -106,7 +106,9 @@ struct SoakArgs {
     /// Seconds between a churning device's reconnections.
     #[arg(long, default_value_t = 10.0)]
     churn_every: f64,
-    /// Warm-up seconds (default: a fifth of the run); RSS must stay flat after it.
+    /// Warm-up seconds (default: a fifth of the run). RSS is flat when its
+    /// peak over the last such window is within the tolerance of its peak
+    /// over the first window after warm-up.
     #[arg(long)]
     warmup: Option<f64>,
     /// Seconds between RSS samples.
@@ -427,11 +429,11 @@ async fn run_soak(args: &Args, s: &SoakArgs) -> Result<()> {
         report.connect_failures
     );
     eprintln!(
-        "hearthd RSS after warm-up {:.1} MiB, largest after {:.1} MiB ({:+.1} %)",
+        "hearthd RSS peak just after warm-up {:.1} MiB, at the end {:.1} MiB ({:+.1} %), largest after warm-up {:.1} MiB",
         mib(report.baseline_rss_kib),
+        mib(report.final_rss_kib),
+        (report.final_rss_kib as f64 / report.baseline_rss_kib.max(1) as f64 - 1.0) * 100.0,
         mib(report.max_rss_after_warmup_kib),
-        (report.max_rss_after_warmup_kib as f64 / report.baseline_rss_kib.max(1) as f64 - 1.0)
-            * 100.0
     );
     let doc = serde_json::json!({
         "_about": "hearth-bench soak (issue 13; docs/BENCHMARKS.md, Soak)",

@@ -93,8 +93,10 @@ pub struct SoakReport {
     pub reconnects: u64,
     /// Connection attempts that failed.
     pub connect_failures: u64,
-    /// hearthd's RSS at the end of warm-up, KiB.
+    /// hearthd's largest RSS in the first window after warm-up, KiB.
     pub baseline_rss_kib: u64,
+    /// hearthd's largest RSS in the last window of the run, KiB.
+    pub final_rss_kib: u64,
     /// Largest RSS after warm-up, KiB.
     pub max_rss_after_warmup_kib: u64,
     /// How hearthd ended, if it did during the soak.
@@ -319,12 +321,13 @@ pub async fn run(
         .map(|(a, r)| a.missing_from(r))
         .sum();
 
-    let warm: Vec<&Sample> = samples
+    let flat = flatness(&samples, p.warmup);
+    let max_after = samples
         .iter()
         .filter(|s| s.at_s + 0.5 >= p.warmup.as_secs_f64())
-        .collect();
-    let baseline = warm.first().map(|s| s.rss_kib).unwrap_or(0);
-    let max_after = warm.iter().map(|s| s.rss_kib).max().unwrap_or(0);
+        .map(|s| s.rss_kib)
+        .max()
+        .unwrap_or(0);
     let expected = n as f64 * p.rate * p.duration.as_secs_f64();
 
     let mut failures = Vec::new();
@@ -339,16 +342,23 @@ pub async fn run(
             "{lost} acknowledged QoS 1 messages never reached the parent"
         ));
     }
-    if warm.len() < 2 {
-        failures.push("too few RSS samples after warm-up to judge".into());
-    } else if max_after as f64 > baseline as f64 * (1.0 + p.rss_tolerance) {
-        failures.push(format!(
-            "RSS grew from {:.1} MiB after warm-up to {:.1} MiB (more than {:.0} %)",
-            baseline as f64 / 1024.0,
-            max_after as f64 / 1024.0,
-            p.rss_tolerance * 100.0
-        ));
-    }
+    let (baseline, final_rss) = match flat {
+        Some((baseline, final_rss)) => {
+            if final_rss as f64 > baseline as f64 * (1.0 + p.rss_tolerance) {
+                failures.push(format!(
+                    "RSS grew from a peak of {:.1} MiB just after warm-up to {:.1} MiB at the end (more than {:.0} %)",
+                    baseline as f64 / 1024.0,
+                    final_rss as f64 / 1024.0,
+                    p.rss_tolerance * 100.0
+                ));
+            }
+            (baseline, final_rss)
+        }
+        None => {
+            failures.push("too few RSS samples after warm-up to judge".into());
+            (0, 0)
+        }
+    };
     if (acked as f64) < 0.9 * expected {
         failures.push(format!(
             "only {acked} of about {expected:.0} messages were acknowledged: the load did not run"
@@ -367,10 +377,40 @@ pub async fn run(
         reconnects: progress.reconnects.load(Ordering::Relaxed),
         connect_failures: progress.connect_failures.load(Ordering::Relaxed),
         baseline_rss_kib: baseline,
+        final_rss_kib: final_rss,
         max_rss_after_warmup_kib: max_after,
         crashed,
         failures,
     })
+}
+
+/// The peak RSS in the first window after warm-up and in the last window
+/// of the run, each as long as the warm-up (at least two samples). Peaks,
+/// not single samples: the broker's log grows and drops a segment at a
+/// time, a sawtooth of several MiB that is not growth; a leak raises the
+/// later peaks. `None` when the run is too short for two such windows.
+fn flatness(samples: &[Sample], warmup: Duration) -> Option<(u64, u64)> {
+    let after: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.at_s + 0.5 >= warmup.as_secs_f64())
+        .collect();
+    let first_at = after.first()?.at_s;
+    let last_at = after.last()?.at_s;
+    let window = warmup.as_secs_f64();
+    let first: Vec<u64> = after
+        .iter()
+        .filter(|s| s.at_s < first_at + window)
+        .map(|s| s.rss_kib)
+        .collect();
+    let last: Vec<u64> = after
+        .iter()
+        .filter(|s| s.at_s > last_at - window)
+        .map(|s| s.rss_kib)
+        .collect();
+    if first.len() < 2 || last.len() < 2 || after.len() < 4 {
+        return None;
+    }
+    Some((*first.iter().max()?, *last.iter().max()?))
 }
 
 async fn connect(addr: std::net::SocketAddr, d: &Device) -> Result<Client> {
@@ -538,6 +578,30 @@ mod tests {
         b.insert(200);
         assert_eq!(a.missing_from(&b), 2);
         assert_eq!(b.missing_from(&a), 0);
+    }
+
+    #[test]
+    fn flatness_compares_peaks_not_single_samples() {
+        let run = |rss: &[u64]| -> Vec<Sample> {
+            rss.iter()
+                .enumerate()
+                .map(|(i, &rss_kib)| Sample {
+                    at_s: 10.0 * (i + 1) as f64,
+                    rss_kib,
+                    acked: 0,
+                    delivered: 0,
+                    reconnects: 0,
+                })
+                .collect()
+        };
+        let warmup = Duration::from_secs(30);
+        // A sawtooth (the log dropping a segment) is flat.
+        let saw = run(&[50, 60, 70, 80, 90, 70, 80, 90, 70, 80, 90, 70]);
+        assert_eq!(flatness(&saw, warmup), Some((90, 90)));
+        // Steady growth is not.
+        let leak = run(&[50, 60, 70, 72, 74, 76, 78, 80, 82, 84, 86, 88]);
+        assert_eq!(flatness(&leak, warmup), Some((74, 88)));
+        assert_eq!(flatness(&run(&[50, 60, 70]), warmup), None);
     }
 
     #[test]
