@@ -5,3 +5,4 @@ pub mod broker;
 pub mod mqtt;
 pub mod report;
 pub mod scenarios;
+pub mod soak;

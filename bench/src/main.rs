@@ -1,6 +1,7 @@
 //! hearth-bench command line: pins itself to CPU 1, prepares the hub's data
 //! dir and devices, runs every scenario against hearthd and Mosquitto in
-//! alternation (fresh broker per run) and writes the table, JSON and SVG.
+//! alternation (fresh broker per run) and writes the table, JSON and SVG;
+//! `hearth-bench soak` runs the long soak of issue 13 instead.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -11,6 +12,7 @@ use clap::Parser;
 use hearth_bench::broker::{self, Env, Kind};
 use hearth_bench::report::{self, Collector};
 use hearth_bench::scenarios::{check_smoke, run_one, Params, Scenario};
+use hearth_bench::soak::{self, SoakParams};
 
 /// Benchmark hearthd side by side with Mosquitto over mutual-TLS MQTT on loopback.
 #[derive(Debug, Parser)]
@@ -72,21 +74,79 @@ struct Args {
     /// unpinned run, reported separately).
     #[arg(long)]
     no_pin: bool,
+    /// A mode other than the side-by-side benchmark.
+    #[command(subcommand)]
+    mode: Option<Mode>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Mode {
+    /// Hours-like load in minutes: devices publish QoS 1 at a steady rate
+    /// with a parent subscribed to all telemetry and some devices
+    /// reconnecting; hearthd's RSS is reported every sample and every
+    /// acknowledged message must reach the parent. Exits non-zero on fail.
+    Soak(SoakArgs),
+}
+
+/// The soak's knobs (issue 13: 1000 devices, 1 msg/s, 10 minutes, 100 in churn).
+#[derive(Debug, clap::Args)]
+struct SoakArgs {
+    /// Publishing devices.
+    #[arg(long, default_value_t = 1000)]
+    devices: usize,
+    /// Messages per second per device (QoS 1).
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// Minutes of publishing.
+    #[arg(long, default_value_t = 10.0)]
+    minutes: f64,
+    /// Devices that disconnect and reconnect in churn.
+    #[arg(long, default_value_t = 100)]
+    churn: usize,
+    /// Seconds between a churning device's reconnections.
+    #[arg(long, default_value_t = 10.0)]
+    churn_every: f64,
+    /// Warm-up seconds (default: a fifth of the run). RSS is flat when its
+    /// peak over the last such window is within the tolerance of its peak
+    /// over the first window after warm-up.
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// Seconds between RSS samples.
+    #[arg(long, default_value_t = 10.0)]
+    sample_every: f64,
+    /// Allowed RSS growth after warm-up, percent.
+    #[arg(long, default_value_t = 10.0)]
+    rss_tolerance: f64,
+    /// Payload bytes.
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// The result as JSON.
+    #[arg(long, default_value = "soak-results.json")]
+    json: PathBuf,
 }
 
 const PINNED_ENV: &str = "HEARTH_BENCH_PINNED";
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if !args.no_pin && std::env::var_os(PINNED_ENV).is_none() {
-        // Re-exec with more file descriptors (idle connections) and, when
-        // possible, pinned to CPU 1; brokers get CPU 0.
+    // The soak pins nothing: it is judged on correctness and memory, not
+    // rates, and shares the machine with whatever else runs.
+    let soak = matches!(args.mode, Some(Mode::Soak(_)));
+    if (soak || !args.no_pin) && std::env::var_os(PINNED_ENV).is_none() {
+        // Re-exec with more file descriptors (idle connections; the soak's
+        // devices, three descriptors each in hearthd, which inherits the
+        // limit) and, when possible, pinned to CPU 1; brokers get CPU 0.
         let exe = std::env::current_exe()?;
+        let pin = if soak {
+            Vec::new()
+        } else {
+            broker::pin_prefix(1)
+        };
         let status = Command::new("sh")
             .arg("-c")
             .arg(r#"ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$@""#)
             .arg("sh")
-            .args(broker::pin_prefix(1))
+            .args(pin)
             .arg(exe)
             .args(std::env::args_os().skip(1))
             .env(PINNED_ENV, "1")
@@ -110,6 +170,9 @@ fn sh(cmd: &str) -> String {
 
 async fn run(args: Args) -> Result<()> {
     let started = Instant::now();
+    if let Some(Mode::Soak(soak_args)) = &args.mode {
+        return run_soak(&args, soak_args).await;
+    }
     let smoke = args.smoke;
     let params = if smoke {
         Params {
@@ -291,4 +354,104 @@ async fn run(args: Args) -> Result<()> {
         bail!("{} run(s) failed", collector.failures.len());
     }
     Ok(())
+}
+
+fn hearthd_path(given: Option<&PathBuf>) -> Result<PathBuf> {
+    let hearthd = match given {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("executable without a directory")?
+            .join("hearthd"),
+    };
+    if !hearthd.exists() {
+        bail!(
+            "{} not found: build it first (cargo build --release -p hearth-daemon) or pass --hearthd",
+            hearthd.display()
+        );
+    }
+    Ok(hearthd)
+}
+
+async fn run_soak(args: &Args, s: &SoakArgs) -> Result<()> {
+    let started = Instant::now();
+    let hearthd = hearthd_path(args.hearthd.as_ref())?;
+    let duration = Duration::from_secs_f64(s.minutes * 60.0);
+    let params = SoakParams {
+        devices: s.devices,
+        rate: s.rate,
+        duration,
+        churn: s.churn.min(s.devices),
+        churn_every: Duration::from_secs_f64(s.churn_every),
+        warmup: s
+            .warmup
+            .map(Duration::from_secs_f64)
+            .unwrap_or(duration / 5),
+        sample_every: Duration::from_secs_f64(s.sample_every),
+        payload: s.payload,
+        rss_tolerance: s.rss_tolerance / 100.0,
+    };
+    eprintln!(
+        "soak: {} devices x {} msg/s QoS 1 for {:.1} min, {} in churn (every {} s), parent on {}",
+        params.devices,
+        params.rate,
+        s.minutes,
+        params.churn,
+        s.churn_every,
+        soak::TELEMETRY_FILTER
+    );
+    eprintln!(
+        "preparing the hub data dir and {} devices...",
+        s.devices + 1
+    );
+    let t = Instant::now();
+    let (mut env, pool) = Env::prepare(hearthd.clone(), None, 1, s.devices.max(1))?;
+    env.pin.clear();
+    eprintln!("prepared in {:.1} s", t.elapsed().as_secs_f64());
+    let mut b = env.start(Kind::Hearth)?;
+    let result = async {
+        broker::wait_ready(&mut b, &pool.parents[0], Duration::from_secs(30)).await?;
+        soak::run(&mut b, &pool.parents[0], &pool.children, &params).await
+    }
+    .await;
+    b.stop();
+    let report = result?;
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    eprintln!(
+        "published {}  acked {}  unacked {}  delivered {}  duplicates {}  LOST {}  reconnects {}  connect failures {}",
+        report.published,
+        report.acked,
+        report.unacked,
+        report.delivered,
+        report.duplicates,
+        report.lost,
+        report.reconnects,
+        report.connect_failures
+    );
+    eprintln!(
+        "hearthd RSS peak just after warm-up {:.1} MiB, at the end {:.1} MiB ({:+.1} %), largest after warm-up {:.1} MiB",
+        mib(report.baseline_rss_kib),
+        mib(report.final_rss_kib),
+        (report.final_rss_kib as f64 / report.baseline_rss_kib.max(1) as f64 - 1.0) * 100.0,
+        mib(report.max_rss_after_warmup_kib),
+    );
+    let doc = serde_json::json!({
+        "_about": "hearth-bench soak (issue 13; docs/BENCHMARKS.md, Soak)",
+        "hearthd": sh(&format!("'{}' --version", hearthd.display())),
+        "loadavg_at_end": sh("cat /proc/loadavg"),
+        "seconds": started.elapsed().as_secs_f64(),
+        "passed": report.passed(),
+        "report": report,
+    });
+    std::fs::write(&s.json, serde_json::to_string_pretty(&doc)?)?;
+    drop(env);
+    if report.passed() {
+        eprintln!("soak PASSED ({})", s.json.display());
+        Ok(())
+    } else {
+        for f in &report.failures {
+            eprintln!("soak failure: {f}");
+        }
+        bail!("soak FAILED ({})", s.json.display())
+    }
 }

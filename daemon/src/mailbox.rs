@@ -386,7 +386,7 @@ impl Mailbox {
                 .into(),
             ));
         };
-        let content = self.check_content(send)?;
+        let content = check_content(&self.limits, send)?;
         // `to`: a device id, else a member nickname.
         let (to_member, devices) = match send.to.parse::<DeviceId>() {
             Ok(device) => match store.device_member(&device).map_err(db)? {
@@ -484,63 +484,6 @@ impl Mailbox {
             devices,
             delivery: Box::new(delivery),
         })
-    }
-
-    fn check_content(&self, send: &Send) -> Result<Content, Refusal> {
-        let refuse = |reason: String| Err(Refusal(reason));
-        match send.kind {
-            Kind::Text => {
-                let Some(body) = send.body.as_ref().filter(|b| !b.is_empty()) else {
-                    return refuse("a text message needs a body".into());
-                };
-                if send.data.is_some() {
-                    return refuse("a text message has a body, not data".into());
-                }
-                if body.len() > self.limits.max_text_bytes {
-                    return refuse(format!(
-                        "text is {} bytes; at most {} are allowed",
-                        body.len(),
-                        self.limits.max_text_bytes
-                    ));
-                }
-                Ok(Content {
-                    kind: Kind::Text,
-                    body: Some(body.clone()),
-                    data: None,
-                    content_type: None,
-                })
-            }
-            Kind::Image | Kind::Audio => {
-                let (limit, prefix) = if send.kind == Kind::Image {
-                    (self.limits.max_image_bytes, "image/")
-                } else {
-                    (self.limits.max_audio_bytes, "audio/")
-                };
-                let Some(data) = &send.data else {
-                    return refuse(format!("an {} message needs data", send.kind.as_str()));
-                };
-                let content_type = match &send.content_type {
-                    Some(t) if t.starts_with(prefix) && t.len() <= 100 => t.clone(),
-                    _ => return refuse(format!("content_type must be {prefix}...")),
-                };
-                let decoded = base64::engine::general_purpose::STANDARD
-                    .decode(data)
-                    .map_err(|_| Refusal("data is not valid base64".into()))?;
-                if decoded.is_empty() || decoded.len() > limit {
-                    return refuse(format!(
-                        "{} is {} bytes; 1 to {limit} are allowed",
-                        send.kind.as_str(),
-                        decoded.len()
-                    ));
-                }
-                Ok(Content {
-                    kind: send.kind,
-                    body: None,
-                    data: Some(data.clone()),
-                    content_type: Some(content_type),
-                })
-            }
-        }
     }
 
     fn on_ack(&mut self, db: &mut Store, device: &DeviceId, id: &str) {
@@ -825,8 +768,76 @@ fn lock(store: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
     store.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Whether a send's content passes the mailbox's checks (kind, body or
+/// data, content type, base64, size), and why not. Pure: the messaging
+/// fuzz target (fuzz/fuzz_targets/envelope.rs) drives the same checks an
+/// outbox payload meets before anything is stored.
+pub fn check_send(limits: &MailboxSection, send: &Send) -> Result<(), String> {
+    check_content(limits, send)
+        .map(|_| ())
+        .map_err(|Refusal(reason)| reason)
+}
+
+/// The checks of [`check_send`], keeping the content to seal.
+fn check_content(limits: &MailboxSection, send: &Send) -> Result<Content, Refusal> {
+    let refuse = |reason: String| Err(Refusal(reason));
+    match send.kind {
+        Kind::Text => {
+            let Some(body) = send.body.as_ref().filter(|b| !b.is_empty()) else {
+                return refuse("a text message needs a body".into());
+            };
+            if send.data.is_some() {
+                return refuse("a text message has a body, not data".into());
+            }
+            if body.len() > limits.max_text_bytes {
+                return refuse(format!(
+                    "text is {} bytes; at most {} are allowed",
+                    body.len(),
+                    limits.max_text_bytes
+                ));
+            }
+            Ok(Content {
+                kind: Kind::Text,
+                body: Some(body.clone()),
+                data: None,
+                content_type: None,
+            })
+        }
+        Kind::Image | Kind::Audio => {
+            let (limit, prefix) = if send.kind == Kind::Image {
+                (limits.max_image_bytes, "image/")
+            } else {
+                (limits.max_audio_bytes, "audio/")
+            };
+            let Some(data) = &send.data else {
+                return refuse(format!("an {} message needs data", send.kind.as_str()));
+            };
+            let content_type = match &send.content_type {
+                Some(t) if t.starts_with(prefix) && t.len() <= 100 => t.clone(),
+                _ => return refuse(format!("content_type must be {prefix}...")),
+            };
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .map_err(|_| Refusal("data is not valid base64".into()))?;
+            if decoded.is_empty() || decoded.len() > limit {
+                return refuse(format!(
+                    "{} is {} bytes; 1 to {limit} are allowed",
+                    send.kind.as_str(),
+                    decoded.len()
+                ));
+            }
+            Ok(Content {
+                kind: send.kind,
+                body: None,
+                data: Some(data.clone()),
+                content_type: Some(content_type),
+            })
+        }
+    }
+}
+
 /// The device an outbox topic belongs to.
-fn outbox_sender(topic: &str) -> Option<DeviceId> {
+pub fn outbox_sender(topic: &str) -> Option<DeviceId> {
     topic
         .strip_prefix("hearth/v1/dev/")?
         .strip_suffix("/outbox")?
