@@ -254,3 +254,79 @@ async fn sessions_outlive_their_connection_at_most_the_configured_time() {
     let back = V5::connect(new).await;
     assert!(!back.connack.session_present, "5 session ended");
 }
+
+/// A retained publish refused for quota while it (re)defines a topic alias
+/// ends the connection (5: DISCONNECT 0x97): the broker never learnt the
+/// alias, so keeping the connection would leave the edge checking one topic
+/// and the broker publishing to another (found by review).
+#[tokio::test]
+async fn a_quota_refusal_that_defines_a_topic_alias_ends_the_connection() {
+    let b = Bench::start_with(Via::Tls, "[limits]\nmax_retained_per_device = 1\n");
+    let mut raw = b.raw(Who::Toy).await;
+    raw.send(&connect(true, 30, &b.client_id(Who::Toy), true, None))
+        .await;
+    assert!(matches!(raw.next(LONG).await, Seen::Packet(0x20, _)));
+    let first = b.topic("a");
+    raw.send(&crate::support::publish_packet(
+        true,
+        first.as_bytes(),
+        1,
+        true,
+        1,
+        None,
+        b"1",
+    ))
+    .await;
+    assert_eq!(
+        raw.next(LONG).await,
+        Seen::Packet(0x40, vec![0x40, 2, 0, 1])
+    );
+    let second = b.topic("b");
+    raw.send(&crate::support::publish_packet(
+        true,
+        second.as_bytes(),
+        1,
+        true,
+        2,
+        Some(1),
+        b"2",
+    ))
+    .await;
+    assert_eq!(
+        raw.next(LONG).await,
+        Seen::Packet(0x40, vec![0x40, 3, 0, 2, 0x97])
+    );
+    assert_eq!(
+        raw.next(LONG).await,
+        Seen::Packet(0xe0, vec![0xe0, 1, 0x97])
+    );
+    assert_eq!(raw.next(LONG).await, Seen::Closed);
+}
+
+/// A retained will counts against the device's retained quota from its
+/// CONNECT on: over it, the CONNECT is refused (and audited), so a device
+/// cannot grow the hub's retained messages through wills (found by review).
+#[tokio::test]
+async fn a_retained_will_over_the_quota_is_refused_at_connect() {
+    let b = Bench::start_with(Via::Tls, "[limits]\nmax_retained_per_device = 1\n");
+    let mut toy = V5::connect(b.v5(Who::Toy)).await;
+    let held = publish_reason(&mut toy, &b.topic("a"), true, b"1".to_vec()).await;
+    assert_eq!(held, Some(PubAckReason::Success));
+    toy.disconnect().await;
+    let mut options = b.v5(Who::Toy);
+    options.set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
+        b.topic("status"),
+        "gone",
+        QoS::AtLeastOnce,
+        true,
+        None,
+    ));
+    assert!(V5::try_connect(options).await.is_err(), "refused");
+    let toy_id = b.toy.id.clone();
+    let audited = wait_audit(&b.hub, |e| {
+        e.device.is_some_and(|d| d.to_string() == toy_id) && e.event == "connect-refused"
+    });
+    assert!(audited.is_some());
+    // Without the will, or with one that is not retained, it connects.
+    V5::connect(b.v5(Who::Toy)).await;
+}

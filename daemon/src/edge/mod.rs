@@ -260,6 +260,8 @@ enum SessionEnd {
     Protocol(&'static str),
     #[error("will refused: {0}")]
     WillDenied(DenyReason),
+    #[error("will refused: {0}")]
+    WillOverQuota(retained::RetainRefusal),
     #[error("too many denied publishes")]
     TooManyDenials,
     #[error("the previous connection of this client id did not close in time")]
@@ -435,6 +437,7 @@ impl Edge {
             let checked = match &current {
                 Some(peer) => client_id_for(peer, version, &connect).and_then(|id| {
                     check_will(peer, &connect)?;
+                    self.admit_retained_will(peer, &connect)?;
                     Ok(id)
                 }),
                 None => Err(SessionEnd::Revoked),
@@ -450,7 +453,9 @@ impl Edge {
                     let _ = client.shutdown().await;
                     if let Some(device) = device {
                         let (action, topic) = match &end {
-                            SessionEnd::WillDenied(_) => ("will", will_topic(&connect)),
+                            SessionEnd::WillDenied(_) | SessionEnd::WillOverQuota(_) => {
+                                ("will", will_topic(&connect))
+                            }
                             _ => ("connect", None),
                         };
                         self.audit.record(Event {
@@ -467,14 +472,6 @@ impl Edge {
             };
             let peer = current.unwrap_or(peer);
             let _ = inbound.split_to(connect_len);
-            // A retained will is a retained message the device leaves:
-            // known, it can be cleared when the device is revoked.
-            if let (Some(device), Packet::Connect(_, _, Some(will), _, _)) = (&device, &connect) {
-                if will.retain {
-                    let topic = String::from_utf8_lossy(&will.topic);
-                    self.retained.remember(device, &topic, will.message.len());
-                }
-            }
             let mut traits = relay::ClientTraits::default();
             let mut purge_on_close = false;
             let lifetime = SessionLifetime::of(version, &connect, self.limits.max_session_expiry);
@@ -625,6 +622,26 @@ impl Edge {
                 ..Event::default()
             });
         }
+    }
+
+    /// A retained will is a retained message the client may leave: it is
+    /// held to the same quotas (and, known, cleared when the device is
+    /// revoked). Counted from the CONNECT on, whether or not it fires.
+    fn admit_retained_will(&self, peer: &Peer, connect: &Packet) -> Result<(), SessionEnd> {
+        let Packet::Connect(_, _, Some(will), _, _) = connect else {
+            return Ok(());
+        };
+        if !will.retain {
+            return Ok(());
+        }
+        let topic = String::from_utf8_lossy(&will.topic);
+        self.retained
+            .admit(
+                peer.device().as_ref(),
+                &topic,
+                will.topic.len() + will.message.len(),
+            )
+            .map_err(SessionEnd::WillOverQuota)
     }
 
     /// Ends the session connection `generation` of `client_id` left, after

@@ -482,9 +482,15 @@ impl Upstream<'_> {
             Decision::Deny(reason) => Some((reason.to_string(), NOT_AUTHORIZED)),
             Decision::Allow if header.retain => {
                 let topic = String::from_utf8_lossy(&topic_bytes);
+                // The whole packet: properties are stored with the message.
+                let weight = if header.payload_len == 0 {
+                    0
+                } else {
+                    packet.len()
+                };
                 self.edge
                     .retained
-                    .admit(self.peer.device().as_ref(), &topic, header.payload_len)
+                    .admit(self.peer.device().as_ref(), &topic, weight)
                     .err()
                     .map(|quota| (quota.to_string(), QUOTA_EXCEEDED))
             }
@@ -506,6 +512,16 @@ impl Upstream<'_> {
                 self.reply(inspect::ack(kind::PUBREC, pkid, code)).await;
             }
             _ => {}
+        }
+        if code == QUOTA_EXCEEDED && header.topic_alias.is_some() && !header.topic.is_empty() {
+            // The edge's alias table now names an allowed topic the broker
+            // never learnt for this alias: the next use of the alias alone
+            // would be checked against one topic and published to another.
+            // Ending the connection resets both tables.
+            self.reply(inspect::disconnect_v5(QUOTA_EXCEEDED)).await;
+            return Err(SessionEnd::Protocol(
+                "quota exceeded on a topic alias definition",
+            ));
         }
         let now = Instant::now();
         self.denials.push_back(now);

@@ -168,21 +168,6 @@ impl RetainedTopics {
             .admit(&self.limits, holder.copied(), topic, payload)
     }
 
-    /// Records a retained message that is not the edge's to refuse (a
-    /// retained will, which rumqttd publishes itself), so that revoking the
-    /// device clears it; it counts against the device's quota from now on.
-    pub fn remember(&self, device: &DeviceId, topic: &str, payload: usize) {
-        let mut ledger = self.lock();
-        let unbounded = RetainLimits {
-            per_device: usize::MAX,
-            per_device_bytes: usize::MAX,
-            total: usize::MAX,
-            total_bytes: usize::MAX,
-        };
-        // A clear (empty payload) still needs the topic known.
-        let _ = ledger.admit(&unbounded, Some(*device), topic, payload.max(1));
-    }
-
     /// Forgets and returns a device's retained topics.
     pub fn take(&self, device: &DeviceId) -> Vec<String> {
         self.lock().take(device)
