@@ -363,7 +363,7 @@ fn nothing_leaves_the_hub_but_mdns_and_replies_to_its_clients() {
                 "--token",
                 &token,
                 "--ca",
-                &ca_prefix(&hub),
+                &ca_prefix_of(&hub, 16),
             ])
             .output()
             .unwrap();
