@@ -249,7 +249,8 @@ pub struct LimitsSection {
     /// Filters one client session may be subscribed to at once.
     pub max_subscriptions_per_client: usize,
     /// Distinct topic names the router remembers the matching filters of
-    /// (the least recently added are forgotten and matched again).
+    /// (beyond it an arbitrary one is forgotten and matched again when it
+    /// recurs; topics over 256 bytes are never remembered).
     pub max_router_topics: usize,
     /// The longest a client's session (its subscriptions and queued
     /// messages) outlives its connection, whatever the client asked for.

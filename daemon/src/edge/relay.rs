@@ -200,11 +200,13 @@ const QUOTA_EXCEEDED: u8 = 0x97;
 /// positions and codes, and how many filters the client asked for.
 type PendingSubAck = (Vec<(usize, u8)>, usize);
 
-/// A filter's digest in a connection's subscription count.
-fn filter_key(filter: &[u8]) -> u64 {
+/// A 64-bit digest of bytes the edge keeps or passes on in place of the
+/// bytes themselves (a filter in the subscription count, a member's name
+/// in a shared-group scope).
+fn digest(bytes: &[u8]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    filter.hash(&mut h);
+    bytes.hash(&mut h);
     h.finish()
 }
 
@@ -381,7 +383,7 @@ impl Upstream<'_> {
                 let unsub = inspect::unsubscribe(packet, frame.header_len, self.v5)
                     .map_err(|e| SessionEnd::Malformed(e.0))?;
                 for filter in &unsub.filters {
-                    self.subscriptions.remove(&filter_key(filter));
+                    self.subscriptions.remove(&digest(filter));
                 }
                 let Some(scope) = self.share_scope() else {
                     return Ok(Verdict::Forward);
@@ -563,7 +565,7 @@ impl Upstream<'_> {
             let refusal = match decision {
                 Decision::Deny(reason) => Some((reason.to_string(), self.not_authorized())),
                 Decision::Allow => {
-                    let key = filter_key(filter_bytes);
+                    let key = digest(filter_bytes);
                     if self.subscriptions.contains(&key)
                         || self.subscriptions.len() < self.edge.limits.max_subscriptions
                     {
@@ -650,12 +652,7 @@ impl Upstream<'_> {
         };
         Some(match &identity.owner {
             // A digest, not the name: the group name reaches the broker.
-            Owner::Member(name) => {
-                use std::hash::{Hash, Hasher};
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                name.hash(&mut h);
-                format!("m{:016x}", h.finish())
-            }
+            Owner::Member(name) => format!("m{:016x}", digest(name.as_str().as_bytes())),
             Owner::Service => format!("s{}", identity.device),
         })
     }
