@@ -919,7 +919,7 @@ impl Hub {
         if turn.is_err() {
             tracing::warn!(device = %device, "old connection still open; purging anyway");
         }
-        self.sessions.outbound_reset(device.as_str());
+        self.sessions.reset_session(device.as_str());
         if let Err(e) = broker::purge_session(&self.broker, device.as_str()).await {
             tracing::warn!(error = %e, "cannot purge the broker session");
         }

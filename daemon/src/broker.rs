@@ -71,6 +71,10 @@ pub struct BrokerLimits {
     pub max_payload: usize,
     /// Distinct topic names whose matching filters the router remembers.
     pub max_topics: usize,
+    /// Bytes one filter's log holds (`limits.max_queued_bytes_per_filter`).
+    pub max_queued_per_filter: usize,
+    /// Bytes all logs hold together (`limits.max_queued_bytes`).
+    pub max_queued: usize,
 }
 
 /// A started broker and the link its liveness probe uses.
@@ -119,10 +123,11 @@ pub async fn start(limits: BrokerLimits) -> Result<RunningBroker, BrokerError> {
     // rumqttd keeps one in-memory log per filter; its default lets that log
     // grow to 1 GiB. A segment closes once it holds this many bytes, so a
     // larger packet still fits; two of them bound a busy filter's log to
-    // ~15 MiB (with rumqttd's per-entry overhead) and keep the broker under
-    // 64 MiB in a flood. A subscriber further behind than that loses the
-    // oldest QoS 0 messages; mailbox deliveries are resent until acknowledged.
-    let segment = 4 * 1024 * 1024;
+    // `max_queued_per_filter` (plus one packet and rumqttd's per-entry
+    // overhead), and all logs together are held to `max_queued`. A
+    // subscriber (or offline session) further behind loses the oldest
+    // messages; mailbox deliveries are resent until acknowledged.
+    let segment = (limits.max_queued_per_filter / 2).max(1024);
     let config = Config {
         id: 0,
         router: RouterConfig {
@@ -131,6 +136,7 @@ pub async fn start(limits: BrokerLimits) -> Result<RunningBroker, BrokerError> {
             max_segment_size: segment,
             max_segment_count: 2,
             max_remembered_topics: Some(limits.max_topics),
+            max_log_bytes: Some(limits.max_queued as u64),
             ..RouterConfig::default()
         },
         v4: Some(HashMap::from([(

@@ -255,6 +255,23 @@ pub struct LimitsSection {
     /// The longest a client's session (its subscriptions and queued
     /// messages) outlives its connection, whatever the client asked for.
     pub max_session_expiry_secs: u64,
+    /// Bytes of messages kept for one filter's subscribers, connected or
+    /// offline (a session's queue is its filters'); beyond it the oldest
+    /// half goes.
+    pub max_queued_bytes_per_filter: usize,
+    /// Bytes of messages kept for all subscribers together; beyond it the
+    /// oldest messages of the longest queue go.
+    pub max_queued_bytes: usize,
+    /// QoS 1 and 2 messages in flight per connection, each way: what the hub
+    /// sends a client before it acknowledges (with the client's own Receive
+    /// Maximum, if lower), and the Receive Maximum the hub gives a v5
+    /// client (a client sending more is disconnected, 0x93).
+    pub max_inflight: usize,
+    /// Bytes of large packets (over 64 KiB) being received from clients or
+    /// sent to them at once, the whole hub together, each counted twice (for
+    /// its copy on the broker's side); a sender waits for room (at most
+    /// 30 s), a delivery waits its turn.
+    pub max_large_packet_bytes: usize,
     /// Connections not yet authenticated that each listener (MQTT, EST)
     /// holds at once, apart from `max_connections`.
     pub max_unauthenticated: usize,
@@ -275,6 +292,10 @@ impl Default for LimitsSection {
             max_subscriptions_per_client: 128,
             max_router_topics: 4096,
             max_session_expiry_secs: 7 * 24 * 3600,
+            max_queued_bytes_per_filter: 8 * 1024 * 1024,
+            max_queued_bytes: 64 * 1024 * 1024,
+            max_inflight: 100,
+            max_large_packet_bytes: 128 * 1024 * 1024,
             max_unauthenticated: 128,
             max_unauthenticated_per_source: 8,
         }
@@ -409,6 +430,22 @@ impl Config {
                 l.max_router_topics,
                 16,
                 1_000_000,
+            ),
+            (
+                "limits.max_queued_bytes_per_filter",
+                l.max_queued_bytes_per_filter,
+                4096,
+                1 << 30,
+            ),
+            ("limits.max_queued_bytes", l.max_queued_bytes, 4096, 1 << 34),
+            // rumqttd's outgoing window (and its packet ids) is 100.
+            ("limits.max_inflight", l.max_inflight, 1, 100),
+            // At least one largest packet, counted twice, must fit.
+            (
+                "limits.max_large_packet_bytes",
+                l.max_large_packet_bytes,
+                2 * l.max_payload,
+                1 << 34,
             ),
             (
                 "limits.max_session_expiry_secs",

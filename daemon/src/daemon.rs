@@ -123,6 +123,8 @@ pub async fn run(
         max_connections: config.limits.max_connections,
         max_payload: config.limits.max_payload,
         max_topics: config.limits.max_router_topics,
+        max_queued_per_filter: config.limits.max_queued_bytes_per_filter,
+        max_queued: config.limits.max_queued_bytes,
     })
     .await
     .map_err(|e| DaemonError::Startup(e.to_string()))?;
@@ -186,10 +188,13 @@ pub async fn run(
             handshake_timeout: config.limits.handshake_timeout(),
             max_subscriptions: config.limits.max_subscriptions_per_client,
             max_session_expiry: Duration::from_secs(config.limits.max_session_expiry_secs),
+            // Validated to 1..=100.
+            max_inflight: u16::try_from(config.limits.max_inflight).unwrap_or(100),
         },
         sessions: Arc::clone(&sessions),
         store: Arc::clone(&store),
         slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+        large_packets: Arc::new(Semaphore::new(config.limits.max_large_packet_bytes / 1024)),
         admission: crate::admission::Admission::new(
             config.limits.max_unauthenticated_per_source,
             config.limits.max_unauthenticated,

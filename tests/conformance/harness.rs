@@ -189,6 +189,44 @@ pub fn connect(
     out.to_vec()
 }
 
+/// Any packet rumqttd can encode, for a raw connection.
+pub fn encode(v5: bool, packet: Packet) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    if v5 {
+        rumqttd::protocol::v5::V5.write(packet, &mut out).unwrap();
+    } else {
+        rumqttd::protocol::v4::V4.write(packet, &mut out).unwrap();
+    }
+    out.to_vec()
+}
+
+/// A SUBSCRIBE of `filters` at QoS 1.
+pub fn subscribe_packet(v5: bool, pkid: u16, filters: &[String]) -> Vec<u8> {
+    let filters = filters
+        .iter()
+        .map(|path| rumqttd::protocol::Filter {
+            path: path.clone(),
+            qos: rumqttd::protocol::QoS::AtLeastOnce,
+            nolocal: false,
+            preserve_retain: false,
+            retain_forward_rule: rumqttd::protocol::RetainForwardRule::OnEverySubscribe,
+        })
+        .collect();
+    encode(
+        v5,
+        Packet::Subscribe(rumqttd::protocol::Subscribe { pkid, filters }, None),
+    )
+}
+
+/// An UNSUBSCRIBE of `filters`.
+pub fn unsubscribe_packet(v5: bool, pkid: u16, filters: &[String]) -> Vec<u8> {
+    let unsubscribe = rumqttd::protocol::Unsubscribe {
+        pkid,
+        filters: filters.to_vec(),
+    };
+    encode(v5, Packet::Unsubscribe(unsubscribe, None))
+}
+
 impl RawConn {
     pub async fn send(&mut self, bytes: &[u8]) {
         let _ = self.stream.write_all(bytes).await;

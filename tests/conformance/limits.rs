@@ -330,3 +330,217 @@ async fn a_retained_will_over_the_quota_is_refused_at_connect() {
     // Without the will, or with one that is not retained, it connects.
     V5::connect(b.v5(Who::Toy)).await;
 }
+
+/// The subscription quota is the session's: a client that resumes its
+/// session cannot subscribe another quota's worth of filters.
+#[tokio::test]
+async fn a_resumed_session_keeps_its_subscription_count() {
+    let b = Bench::start_with(Via::Tls, "[limits]\nmax_subscriptions_per_client = 2\n");
+    let mut options = b.v5(Who::Phone);
+    options.set_clean_start(false);
+    options.set_session_expiry_interval(Some(600));
+    let mut phone = V5::connect(options.clone()).await;
+    phone.subscribe(&b.topic("a"), QoS::AtLeastOnce).await;
+    phone.subscribe(&b.topic("b"), QoS::AtLeastOnce).await;
+    phone.disconnect().await;
+    let mut phone = V5::connect(options.clone()).await;
+    assert!(phone.connack.session_present);
+    let over = phone
+        .subscribe_with(Filter::new(b.topic("c"), QoS::AtLeastOnce), None)
+        .await;
+    assert_eq!(over, vec![SubscribeReasonCode::QuotaExceeded]);
+    // A clean start ends the session and its count.
+    phone.disconnect().await;
+    options.set_clean_start(true);
+    let mut phone = V5::connect(options).await;
+    let fresh = phone
+        .subscribe_with(Filter::new(b.topic("c"), QoS::AtLeastOnce), None)
+        .await;
+    assert_eq!(fresh, vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+}
+
+/// A v5 client that sends more unanswered QoS 1/2 PUBLISHes than the
+/// CONNACK's Receive Maximum (`max_inflight`) is disconnected with 0x93
+/// (5 §3.3.4); another device is served.
+#[tokio::test]
+async fn a_client_over_the_receive_maximum_is_disconnected() {
+    let b = Bench::start_with(Via::Tls, "[limits]\nmax_inflight = 2\n");
+    let mut raw = b.raw(Who::Toy).await;
+    raw.send(&connect(true, 30, &b.client_id(Who::Toy), true, None))
+        .await;
+    match raw.next(LONG).await {
+        // Receive Maximum (0x21) = 2 among the properties.
+        Seen::Packet(0x20, p) => {
+            assert!(p.windows(3).any(|w| w == [0x21, 0, 2]), "CONNACK {p:02x?}")
+        }
+        other => panic!("expected CONNACK, saw {other:?}"),
+    }
+    let topic = b.topic("window");
+    for pkid in 1..=2u16 {
+        // QoS 2, no PUBREL: each stays in flight until PUBCOMP.
+        raw.send(&crate::support::publish_packet(
+            true,
+            topic.as_bytes(),
+            2,
+            false,
+            pkid,
+            None,
+            b"w",
+        ))
+        .await;
+        assert!(
+            matches!(raw.next(LONG).await, Seen::Packet(0x50, _)),
+            "PUBREC {pkid}"
+        );
+    }
+    raw.send(&crate::support::publish_packet(
+        true,
+        topic.as_bytes(),
+        2,
+        false,
+        3,
+        None,
+        b"w",
+    ))
+    .await;
+    match raw.next(LONG).await {
+        Seen::Packet(0xe0, p) => assert_eq!(p.get(2), Some(&0x93), "{p:02x?}"),
+        other => panic!("expected DISCONNECT 0x93, saw {other:?}"),
+    }
+    assert_eq!(raw.next(LONG).await, Seen::Closed);
+    let mut phone = V5::connect(b.v5(Who::Phone)).await;
+    phone.subscribe(&b.topic("#"), QoS::AtLeastOnce).await;
+}
+
+/// 5 options for the phone that take packets as large as the hub sends.
+fn phone_taking_large(b: &Bench) -> rumqttc::v5::MqttOptions {
+    let mut options = b.v5(Who::Phone);
+    options.set_max_packet_size(Some(16 * 1024 * 1024));
+    options
+}
+
+/// The router keeps a log per subscribed filter. Subscribing to ever new
+/// filters, each getting a message, and unsubscribing again grew the hub
+/// for good (rumqttd never dropped a filter's log): 500 of them with 64 KiB
+/// each now grow it by less than 16 MiB.
+#[tokio::test]
+async fn filters_subscribed_and_left_do_not_grow_the_hub() {
+    let b = Bench::start(Via::Tls);
+    let mut phone = V5::connect(phone_taking_large(&b)).await;
+    let mut toy = V5::connect(b.v5(Who::Toy)).await;
+    let payload = vec![b'f'; 64 * 1024];
+    let mut before = 0;
+    for i in 0..550 {
+        if i == 50 {
+            before = b.hub.rss_kib();
+        }
+        let topic = b.topic(&format!("churn/{i}"));
+        phone.subscribe(&topic, QoS::AtMostOnce).await;
+        let reason = publish_reason(&mut toy, &topic, false, payload.clone()).await;
+        assert_eq!(reason, Some(PubAckReason::Success));
+        assert!(phone.publish(LONG).await.is_some(), "delivered {i}");
+        phone.client.unsubscribe(&topic).await.unwrap();
+        phone
+            .next_where(LONG, |p| matches!(p, P5::UnsubAck(_)).then_some(()))
+            .await
+            .expect("UNSUBACK");
+    }
+    let grown = b.hub.rss_kib().saturating_sub(before);
+    assert!(grown < 16 * MIB, "RSS grew by {grown} KiB");
+}
+
+/// All filters' logs together hold at most `max_queued_bytes`: 60 filters
+/// each given 1 MiB (60 MiB, each log under its own bound) grow the hub by
+/// far less, and the subscriber still gets new messages.
+#[tokio::test]
+async fn queued_messages_are_held_to_the_hub_wide_budget() {
+    let b = Bench::start_with(Via::Tls, "[limits]\nmax_queued_bytes = 8388608\n");
+    let mut phone = V5::connect(phone_taking_large(&b)).await;
+    let mut toy = V5::connect(b.v5(Who::Toy)).await;
+    for i in 0..60 {
+        phone
+            .subscribe(&b.topic(&format!("q/{i}")), QoS::AtMostOnce)
+            .await;
+    }
+    // Warm up the paths with one large message.
+    publish_reason(&mut toy, &b.topic("q/0"), false, vec![b'w'; 1024 * 1024]).await;
+    while phone.publish(Duration::from_millis(500)).await.is_some() {}
+    let before = b.hub.rss_kib();
+    for i in 0..60 {
+        let topic = b.topic(&format!("q/{i}"));
+        let reason = publish_reason(&mut toy, &topic, false, vec![b'q'; 1024 * 1024]).await;
+        assert_eq!(reason, Some(PubAckReason::Success));
+        while phone.publish(Duration::from_millis(1)).await.is_some() {}
+    }
+    while phone.publish(Duration::from_millis(500)).await.is_some() {}
+    let grown = b.hub.rss_kib().saturating_sub(before);
+    assert!(grown < 28 * MIB, "RSS grew by {grown} KiB");
+    let reason = publish_reason(&mut toy, &b.topic("q/1"), false, b"new".to_vec()).await;
+    assert_eq!(reason, Some(PubAckReason::Success));
+    assert_eq!(&phone.publish(LONG).await.expect("new").payload[..], b"new");
+}
+
+/// Large packets being received hold a hub-wide budget
+/// (`max_large_packet_bytes`, each counted twice): while one device's large
+/// publish is arriving, another's waits (its connection is not read on)
+/// and goes through once the first is complete; nothing is refused.
+#[tokio::test]
+async fn large_packets_being_received_share_the_hub_wide_budget() {
+    let b = Bench::start_with(
+        Via::Tls,
+        "[limits]\nmax_payload = 1048576\nmax_large_packet_bytes = 2097152\n",
+    );
+    let bo = b.hub.device("Bo", "child");
+    let mut phone = V5::connect(phone_taking_large(&b)).await;
+    phone.subscribe(&b.topic("big"), QoS::AtMostOnce).await;
+    let bo_topic = format!("hearth/v1/dev/{}/tele/big", bo.id);
+    phone.subscribe(&bo_topic, QoS::AtMostOnce).await;
+    // The toy sends half of a 1 MB publish, and waits.
+    let mut raw = b.raw(Who::Toy).await;
+    raw.send(&connect(true, 30, &b.client_id(Who::Toy), true, None))
+        .await;
+    assert!(matches!(raw.next(LONG).await, Seen::Packet(0x20, _)));
+    let toys = crate::support::publish_packet(
+        true,
+        b.topic("big").as_bytes(),
+        1,
+        false,
+        1,
+        None,
+        &vec![b't'; 1_000_000],
+    );
+    raw.send(&toys[..500_000]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Bo's 900 kB publish finds the budget taken.
+    let mut bo_client = V5::connect(v5_for(&b, &bo)).await;
+    bo_client
+        .client
+        .publish(&bo_topic, QoS::AtLeastOnce, false, vec![b'b'; 900_000])
+        .await
+        .unwrap();
+    let early = bo_client
+        .next_where(Duration::from_secs(1), |p| {
+            matches!(p, P5::PubAck(_)).then_some(())
+        })
+        .await;
+    assert!(early.is_none(), "Bo's large publish did not wait");
+    // The toy's publish completes: both go through.
+    raw.send(&toys[500_000..]).await;
+    assert_eq!(
+        raw.next(LONG).await,
+        Seen::Packet(0x40, vec![0x40, 2, 0, 1])
+    );
+    let acked = bo_client
+        .next_where(LONG, |p| match p {
+            P5::PubAck(ack) => Some(ack.reason),
+            _ => None,
+        })
+        .await;
+    assert_eq!(acked, Some(PubAckReason::Success));
+    let mut sizes = vec![
+        phone.publish(LONG).await.expect("toy's").payload.len(),
+        phone.publish(LONG).await.expect("Bo's").payload.len(),
+    ];
+    sizes.sort();
+    assert_eq!(sizes, vec![900_000, 1_000_000]);
+}

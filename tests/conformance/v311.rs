@@ -454,3 +454,82 @@ async fn leaving_a_shared_group_with_a_delivery_in_flight_is_harmless(mut b: Ben
     toy.send(&b.topic("y"), QoS::AtLeastOnce, false, b"2").await;
 }
 on_both_listeners!(leaving_a_shared_group_with_a_delivery_in_flight_is_harmless);
+
+/// §3.10.4 [MQTT-3.10.4-4, -5]: one UNSUBACK answers an UNSUBSCRIBE, even
+/// when a filter in it was not subscribed.
+async fn one_unsuback_answers_an_unsubscribe(b: Bench) {
+    let held = b.topic("unsub-held4");
+    let mut raw = b.raw(Who::Phone).await;
+    raw.send(&connect(false, 30, &b.client_id(Who::Phone), true, None))
+        .await;
+    assert!(matches!(raw.next(LONG).await, Seen::Packet(0x20, _)));
+    raw.send(&subscribe_packet(false, 1, std::slice::from_ref(&held)))
+        .await;
+    assert!(matches!(raw.next(LONG).await, Seen::Packet(0x90, _)));
+    raw.send(&unsubscribe_packet(
+        false,
+        2,
+        &[held, b.topic("unsub-never4")],
+    ))
+    .await;
+    assert_eq!(
+        raw.next(LONG).await,
+        Seen::Packet(0xb0, vec![0xb0, 2, 0, 2])
+    );
+    assert_eq!(raw.next(SHORT).await, Seen::Nothing, "one UNSUBACK only");
+    // A filter never subscribed, alone: still answered.
+    raw.send(&unsubscribe_packet(false, 3, &[b.topic("unsub-never4")]))
+        .await;
+    assert_eq!(
+        raw.next(LONG).await,
+        Seen::Packet(0xb0, vec![0xb0, 2, 0, 3])
+    );
+}
+on_both_listeners!(one_unsuback_answers_an_unsubscribe);
+
+/// §3.1.2.4, §3.10.4: a resumed session's subscriptions are the
+/// connection's own: UNSUBSCRIBE is answered and stops delivery.
+async fn unsubscribe_after_resuming_a_session_stops_delivery(b: Bench) {
+    let topic = b.topic("resume-unsub4");
+    let mut options = b.v4(Who::Phone);
+    options.set_clean_session(false);
+    let mut sub = V4::connect(options.clone()).await;
+    sub.subscribe(&topic, QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let mut sub = V4::connect(options).await;
+    assert!(sub.connack.session_present, "session resumed");
+    sub.unsubscribe(&topic).await;
+    let mut publisher = V4::connect(b.v4(Who::Toy)).await;
+    publisher
+        .send(&topic, QoS::AtLeastOnce, false, b"gone")
+        .await;
+    assert!(sub.publish(SHORT).await.is_none());
+}
+on_both_listeners!(unsubscribe_after_resuming_a_session_stops_delivery);
+
+/// §3.8.4 [MQTT-3.8.4-3]: a SUBSCRIBE for a filter already held replaces
+/// the subscription: the new maximum QoS applies, and the retained
+/// messages are sent again.
+async fn subscribing_again_replaces_the_subscription(b: Bench) {
+    let topic = b.topic("again4");
+    let mut publisher = V4::connect(b.v4(Who::Toy)).await;
+    publisher
+        .send(&topic, QoS::AtLeastOnce, true, b"kept")
+        .await;
+    let mut sub = V4::connect(b.v4(Who::Phone)).await;
+    sub.subscribe(&topic, QoS::AtMostOnce).await;
+    let first = sub.publish(LONG).await.expect("retained at subscribe");
+    assert!(first.retain);
+    assert_eq!(first.qos, QoS::AtMostOnce);
+    sub.subscribe(&topic, QoS::AtLeastOnce).await;
+    let again = sub.publish(LONG).await.expect("retained again");
+    assert!(again.retain);
+    assert_eq!(&again.payload[..], b"kept");
+    publisher
+        .send(&topic, QoS::AtLeastOnce, false, b"live")
+        .await;
+    let live = sub.publish(LONG).await.expect("live");
+    assert_eq!(&live.payload[..], b"live");
+    assert_eq!(live.qos, QoS::AtLeastOnce, "the new maximum QoS");
+}
+on_both_listeners!(subscribing_again_replaces_the_subscription);

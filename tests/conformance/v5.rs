@@ -320,6 +320,14 @@ async fn retain_handling_is_respected(b: Bench) {
         new_only.publish(SHORT).await.is_none(),
         "existing subscription"
     );
+    // 0: sent at every subscribe, the subscription existing or not.
+    let filter = Filter::new(&topic, QoS::AtLeastOnce);
+    new_only.subscribe_with(filter, None).await;
+    let again = new_only
+        .publish(LONG)
+        .await
+        .expect("retain handling 0 on an existing subscription");
+    assert!(again.retain);
 }
 on_both_listeners!(retain_handling_is_respected);
 
@@ -656,3 +664,264 @@ async fn a_session_ends_when_its_expiry_interval_passes(b: Bench) {
     assert!(back.publish(SHORT).await.is_none());
 }
 on_both_listeners!(a_session_ends_when_its_expiry_interval_passes);
+
+/// §3.11.3 [MQTT-3.11.3-1], §3.10.4 [MQTT-3.10.4-5] (v5): one UNSUBACK
+/// answers an UNSUBSCRIBE, with a reason per filter in order: 0x00 for the
+/// filter held, 0x11 No subscription existed for one that was not.
+async fn one_unsuback_has_a_reason_per_filter(b: Bench) {
+    let held = b.topic("unsub-held");
+    let mut raw = b.raw(Who::Phone).await;
+    raw.send(&connect(true, 30, &b.client_id(Who::Phone), true, None))
+        .await;
+    assert!(matches!(raw.next(LONG).await, Seen::Packet(0x20, _)));
+    raw.send(&subscribe_packet(true, 1, std::slice::from_ref(&held)))
+        .await;
+    assert!(matches!(raw.next(LONG).await, Seen::Packet(0x90, _)));
+    raw.send(&unsubscribe_packet(
+        true,
+        2,
+        &[held, b.topic("unsub-never")],
+    ))
+    .await;
+    match raw.next(LONG).await {
+        Seen::Packet(0xb0, p) => assert_eq!(&p[2..], &[0, 2, 0, 0x00, 0x11], "{p:02x?}"),
+        other => panic!("expected UNSUBACK, saw {other:?}"),
+    }
+    assert_eq!(raw.next(SHORT).await, Seen::Nothing, "one UNSUBACK only");
+}
+on_both_listeners!(one_unsuback_has_a_reason_per_filter);
+
+/// §3.2.2.3.2 and §3.2.2.3.3 (v5): the CONNACK says the Session Expiry
+/// Interval the hub uses when it caps the client's (`max_session_expiry_secs`)
+/// and gives the hub's Receive Maximum (`max_inflight`).
+async fn the_connack_says_the_capped_expiry_and_the_receive_maximum(b: Bench) {
+    let mut options = b.v5(Who::Phone);
+    options.set_clean_start(true);
+    options.set_session_expiry_interval(Some(u32::MAX));
+    let client = V5::connect(options).await;
+    let properties = client
+        .connack
+        .properties
+        .clone()
+        .expect("CONNACK properties");
+    assert_eq!(properties.session_expiry_interval, Some(604_800));
+    assert_eq!(properties.receive_max, Some(100));
+    // Asked for less than the cap: nothing to say.
+    let mut options = b.v5(Who::Toy);
+    options.set_session_expiry_interval(Some(60));
+    let client = V5::connect(options).await;
+    let properties = client
+        .connack
+        .properties
+        .clone()
+        .expect("CONNACK properties");
+    assert_eq!(properties.session_expiry_interval, None);
+}
+on_both_listeners!(the_connack_says_the_capped_expiry_and_the_receive_maximum);
+
+/// §3.8.4, §3.10.4 (v5): a resumed session's subscriptions are the
+/// connection's own: UNSUBSCRIBE is answered and stops delivery.
+async fn unsubscribe_after_resuming_a_session_stops_delivery(b: Bench) {
+    let topic = b.topic("resume-unsub5");
+    let mut options = b.v5(Who::Phone);
+    options.set_clean_start(false);
+    options.set_session_expiry_interval(Some(600));
+    let mut sub = V5::connect(options.clone()).await;
+    sub.subscribe(&topic, QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let mut sub = V5::connect(options).await;
+    assert!(sub.connack.session_present, "session resumed");
+    sub.client.unsubscribe(&topic).await.unwrap();
+    sub.next_where(LONG, |p| matches!(p, P5::UnsubAck(_)).then_some(()))
+        .await
+        .expect("UNSUBACK");
+    let mut publisher = V5::connect(b.v5(Who::Toy)).await;
+    publisher
+        .send(&topic, QoS::AtLeastOnce, false, b"gone", no_props())
+        .await;
+    assert!(sub.publish(SHORT).await.is_none());
+}
+on_both_listeners!(unsubscribe_after_resuming_a_session_stops_delivery);
+
+/// §3.3.2.3.4 [MQTT-3.3.2-10 … -12]: topic aliases from the hub to a client
+/// that allows them name topics, one alias per topic: a wildcard
+/// subscriber's messages on different topics keep their own topics.
+/// rumqttd keyed its aliases by subscription filter, so every message after
+/// the first on `tele/#` came with the first one's alias: the client read
+/// them as published to the first topic.
+async fn topic_aliases_to_a_client_name_each_topic(b: Bench) {
+    let mut options = b.v5(Who::Phone);
+    options.set_topic_alias_max(Some(10));
+    let mut sub = V5::connect(options).await;
+    sub.subscribe(&b.topic("aliased/+"), QoS::AtMostOnce).await;
+    let mut publisher = V5::connect(b.v5(Who::Toy)).await;
+    let sent = ["a", "b", "a", "c", "b"].map(|leaf| b.topic(&format!("aliased/{leaf}")));
+    for topic in &sent {
+        publisher
+            .send(topic, QoS::AtLeastOnce, false, topic.as_bytes(), no_props())
+            .await;
+    }
+    // The client resolves aliases as the specification says.
+    let mut aliases: std::collections::HashMap<u16, String> = Default::default();
+    let mut aliased = 0;
+    for expected in &sent {
+        let got = sub.publish(LONG).await.expect("delivered");
+        let alias = got.properties.as_ref().and_then(|p| p.topic_alias);
+        let topic = if got.topic.is_empty() {
+            aliased += 1;
+            let alias = alias.expect("an empty topic comes with an alias");
+            aliases
+                .get(&alias)
+                .cloned()
+                .expect("an alias defined before")
+        } else {
+            let topic = String::from_utf8(got.topic.to_vec()).unwrap();
+            if let Some(alias) = alias {
+                assert!(
+                    (1..=10).contains(&alias),
+                    "alias {alias} within the maximum"
+                );
+                aliases.insert(alias, topic.clone());
+            }
+            topic
+        };
+        assert_eq!(&topic, expected);
+        assert_eq!(&got.payload[..], expected.as_bytes());
+    }
+    assert!(aliased >= 2, "repeated topics travel as aliases");
+}
+on_both_listeners!(topic_aliases_to_a_client_name_each_topic);
+
+/// §3.3.2.3.4: a client whose Receive Maximum makes the edge hold back
+/// QoS 1/2 messages (while QoS 0 ones go on) gets no aliases from the hub:
+/// an alias defined in a held message would be used before the client
+/// learnt it.
+async fn a_client_the_edge_holds_messages_for_gets_no_aliases(b: Bench) {
+    let mut options = b.v5(Who::Phone);
+    options.set_topic_alias_max(Some(10));
+    options.set_receive_maximum(Some(2));
+    let mut sub = V5::connect(options).await;
+    sub.subscribe(&b.topic("held/+"), QoS::AtLeastOnce).await;
+    let mut publisher = V5::connect(b.v5(Who::Toy)).await;
+    for leaf in ["a", "a", "b"] {
+        let topic = b.topic(&format!("held/{leaf}"));
+        publisher
+            .send(&topic, QoS::AtLeastOnce, false, b"h", no_props())
+            .await;
+        let got = sub.publish(LONG).await.expect("delivered");
+        assert_eq!(&got.topic[..], topic.as_bytes());
+        assert_eq!(got.properties.and_then(|p| p.topic_alias), None);
+    }
+}
+on_both_listeners!(a_client_the_edge_holds_messages_for_gets_no_aliases);
+
+/// §4.10 (request/response): a requester names a Response Topic and
+/// Correlation Data; the responder receives both and answers there, and
+/// the requester matches the answer by its Correlation Data.
+async fn request_and_response(b: Bench) {
+    let request_topic = format!("hearth/v1/dev/{}/cmd/ask", b.toy.id);
+    let response_topic = b.topic("answer");
+    let mut responder = V5::connect(b.v5(Who::Toy)).await;
+    responder.subscribe(&request_topic, QoS::AtLeastOnce).await;
+    let mut requester = V5::connect(b.v5(Who::Phone)).await;
+    requester.subscribe(&response_topic, QoS::AtLeastOnce).await;
+    let request = PublishProperties {
+        response_topic: Some(response_topic.clone()),
+        correlation_data: Some(bytes::Bytes::from_static(b"req-7")),
+        ..no_props()
+    };
+    requester
+        .send(&request_topic, QoS::AtLeastOnce, false, b"ping?", request)
+        .await;
+    let asked = responder.publish(LONG).await.expect("request delivered");
+    let props = asked.properties.expect("request properties");
+    let answer_to = props.response_topic.expect("Response Topic");
+    assert_eq!(answer_to, response_topic);
+    let correlation = props.correlation_data.expect("Correlation Data");
+    let answer = PublishProperties {
+        correlation_data: Some(correlation),
+        ..no_props()
+    };
+    responder
+        .send(&answer_to, QoS::AtLeastOnce, false, b"pong", answer)
+        .await;
+    let answered = requester.publish(LONG).await.expect("response delivered");
+    assert_eq!(&answered.payload[..], b"pong");
+    assert_eq!(
+        answered
+            .properties
+            .and_then(|p| p.correlation_data)
+            .as_deref(),
+        Some(&b"req-7"[..])
+    );
+}
+on_both_listeners!(request_and_response);
+
+/// A v5 CONNECT asking for `expiry` seconds of session, over a raw
+/// connection.
+fn connect_with_expiry(client_id: &str, expiry: u32) -> Vec<u8> {
+    let properties = rumqttd::protocol::ConnectProperties {
+        session_expiry_interval: Some(expiry),
+        receive_maximum: None,
+        max_packet_size: None,
+        topic_alias_max: None,
+        request_response_info: None,
+        request_problem_info: None,
+        user_properties: Vec::new(),
+        authentication_method: None,
+        authentication_data: None,
+    };
+    let connect = rumqttd::protocol::Connect {
+        keep_alive: 30,
+        client_id: client_id.to_owned(),
+        clean_session: false,
+    };
+    encode(
+        true,
+        rumqttd::protocol::Packet::Connect(connect, Some(properties), None, None, None),
+    )
+}
+
+/// A v5 DISCONNECT (normal) with a Session Expiry Interval.
+fn disconnect_with_expiry(expiry: u32) -> Vec<u8> {
+    let mut packet = vec![0xe0, 0x07, 0x00, 0x05, 0x11];
+    packet.extend_from_slice(&expiry.to_be_bytes());
+    packet
+}
+
+/// §3.14.2.2.2: a DISCONNECT with Session Expiry Interval 0 ends a session
+/// the CONNECT asked to keep.
+async fn a_disconnect_can_end_the_session(b: Bench) {
+    let client_id = b.client_id(Who::Phone);
+    let mut raw = b.raw(Who::Phone).await;
+    raw.send(&connect_with_expiry(&client_id, 600)).await;
+    assert!(matches!(raw.next(LONG).await, Seen::Packet(0x20, _)));
+    raw.send(&subscribe_packet(true, 1, &[b.topic("ended")]))
+        .await;
+    assert!(matches!(raw.next(LONG).await, Seen::Packet(0x90, _)));
+    raw.send(&disconnect_with_expiry(0)).await;
+    assert_eq!(raw.next(LONG).await, Seen::Closed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut options = b.v5(Who::Phone);
+    options.set_clean_start(false);
+    options.set_session_expiry_interval(Some(600));
+    let back = V5::connect(options).await;
+    assert!(!back.connack.session_present, "the session ended");
+}
+on_both_listeners!(a_disconnect_can_end_the_session);
+
+/// §3.14.2.2.2: after a CONNECT without a Session Expiry Interval, a
+/// DISCONNECT that sets one is a Protocol Error (0x82), not a DISCONNECT.
+async fn a_disconnect_cannot_give_a_session_an_expiry(b: Bench) {
+    let mut raw = b.raw(Who::Toy).await;
+    raw.send(&connect(true, 30, &b.client_id(Who::Toy), true, None))
+        .await;
+    assert!(matches!(raw.next(LONG).await, Seen::Packet(0x20, _)));
+    raw.send(&disconnect_with_expiry(60)).await;
+    match raw.next(LONG).await {
+        Seen::Packet(0xe0, p) => assert_eq!(p.get(2), Some(&0x82), "{p:02x?}"),
+        other => panic!("expected DISCONNECT 0x82, saw {other:?}"),
+    }
+    assert_eq!(raw.next(LONG).await, Seen::Closed);
+}
+on_both_listeners!(a_disconnect_cannot_give_a_session_an_expiry);

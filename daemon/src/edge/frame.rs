@@ -121,6 +121,20 @@ pub fn next_frame(buf: &[u8], max_len: usize) -> Result<Option<Frame>, FrameErro
     Err(FrameError::MalformedLength)
 }
 
+/// The whole length the first packet in `buf` announces, once its fixed
+/// header is complete (the packet itself may not be).
+pub fn announced_len(buf: &[u8]) -> Option<usize> {
+    let mut remaining: usize = 0;
+    for i in 0..4 {
+        let byte = *buf.get(1 + i)?;
+        remaining |= ((byte & 0x7f) as usize) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some(2 + i + remaining);
+        }
+    }
+    None
+}
+
 /// The protocol level a CONNECT packet names (`packet` is the whole frame).
 pub fn connect_version(packet: &[u8], frame: &Frame) -> Result<MqttVersion, FrameError> {
     // A frame that does not fit the packet it came with is no CONNECT.
@@ -193,6 +207,14 @@ pub const CONNACK_UNACCEPTABLE_PROTOCOL: &[u8] = &[0x20, 0x02, 0x00, 0x01];
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_announced_length_is_known_once_the_header_is() {
+        assert_eq!(announced_len(&[0x30]), None);
+        assert_eq!(announced_len(&[0x30, 0x80]), None);
+        assert_eq!(announced_len(&[0x30, 0x80, 0x01]), Some(3 + 128));
+        assert_eq!(announced_len(&[0x30, 0x05, 0, 1]), Some(7));
+    }
     use rumqttd::protocol::Connect;
 
     #[test]

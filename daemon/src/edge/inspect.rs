@@ -344,6 +344,41 @@ fn find_u16(mut props: &[u8], wanted: u8) -> Result<Option<u16>, Malformed> {
     Ok(found)
 }
 
+/// A v5 DISCONNECT's Session Expiry Interval (0x11), if it has one
+/// (5 §3.14.2.2.2). Other DISCONNECT properties are skipped.
+pub fn disconnect_session_expiry(
+    packet: &[u8],
+    header_len: usize,
+) -> Result<Option<u32>, Malformed> {
+    let mut r = Reader::new(packet.get(header_len..).unwrap_or_default());
+    // No reason code (remaining length 0) or no properties (1): none.
+    if r.u8().is_none() || r.rest().is_empty() {
+        return Ok(None);
+    }
+    let props = r.properties().ok_or(Malformed("DISCONNECT properties"))?;
+    let mut p = Reader::new(props);
+    let mut expiry = None;
+    while let Some(id) = p.u8() {
+        match id {
+            0x11 => {
+                let b = p.take(4).ok_or(Malformed("session expiry"))?;
+                expiry = Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+            }
+            // Reason String, Server Reference: a string.
+            0x1f | 0x1c => {
+                p.string().ok_or(Malformed("DISCONNECT string property"))?;
+            }
+            // User Property: a string pair.
+            0x26 => {
+                p.string().ok_or(Malformed("user property"))?;
+                p.string().ok_or(Malformed("user property"))?;
+            }
+            _ => return Err(Malformed("DISCONNECT property")),
+        }
+    }
+    Ok(expiry)
+}
+
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -540,18 +575,49 @@ mod tests {
     }
 }
 
-/// A v5 CONNACK with an Assigned Client Identifier property (0x12) added,
-/// or `None` if the packet is not a well-formed v5 CONNACK.
-pub fn connack_with_assigned_id(packet: &[u8], header_len: usize, id: &str) -> Option<Vec<u8>> {
+/// The v5 CONNACK properties the edge adds to the broker's (5 §3.2.2.3).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ConnAckExtras {
+    /// Assigned Client Identifier (0x12): the client sent an empty one.
+    pub assigned_id: Option<String>,
+    /// Session Expiry Interval (0x11): the hub keeps the session for less
+    /// than the client asked.
+    pub session_expiry: Option<u32>,
+    /// Receive Maximum (0x21): QoS 1/2 PUBLISHes the hub takes unacknowledged.
+    pub receive_max: Option<u16>,
+}
+
+impl ConnAckExtras {
+    /// The properties' bytes, or `None` if an id does not fit a string.
+    fn encode(&self) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        if let Some(expiry) = self.session_expiry {
+            out.push(0x11);
+            out.extend_from_slice(&expiry.to_be_bytes());
+        }
+        if let Some(max) = self.receive_max {
+            out.push(0x21);
+            out.extend_from_slice(&max.to_be_bytes());
+        }
+        if let Some(id) = &self.assigned_id {
+            let id_len = u16::try_from(id.len()).ok()?;
+            out.push(0x12);
+            out.extend_from_slice(&id_len.to_be_bytes());
+            out.extend_from_slice(id.as_bytes());
+        }
+        Some(out)
+    }
+}
+
+/// A v5 CONNACK with the edge's properties added, or `None` if the packet
+/// is not a well-formed v5 CONNACK. rumqttd sends none of these.
+pub fn connack_with(packet: &[u8], header_len: usize, extras: &ConnAckExtras) -> Option<Vec<u8>> {
     let body = packet.get(header_len..)?;
     let flags_and_reason = body.get(..2)?;
     let (props_len, props_len_size) = read_varint(body.get(2..)?)?;
     let props = body.get(2 + props_len_size..2 + props_len_size + props_len)?;
-    let id_len = u16::try_from(id.len()).ok()?;
     let mut new_props = props.to_vec();
-    new_props.push(0x12);
-    new_props.extend_from_slice(&id_len.to_be_bytes());
-    new_props.extend_from_slice(id.as_bytes());
+    new_props.extend_from_slice(&extras.encode()?);
     let mut variable = flags_and_reason.to_vec();
     write_varint(new_props.len(), &mut variable);
     variable.extend_from_slice(&new_props);
@@ -578,16 +644,48 @@ mod assigned_id_tests {
     use super::*;
 
     #[test]
+    fn a_disconnects_session_expiry_is_read_among_its_properties() {
+        assert_eq!(disconnect_session_expiry(&[0xe0, 0x00], 2), Ok(None));
+        assert_eq!(disconnect_session_expiry(&[0xe0, 0x01, 0x00], 2), Ok(None));
+        let with = [
+            0xe0, 0x0d, 0x00, 0x0b, 0x26, 0x00, 0x01, b'k', 0x00, 0x00, 0x11, 0x00, 0x00, 0x01,
+            0x2c,
+        ];
+        assert_eq!(disconnect_session_expiry(&with, 2), Ok(Some(300)));
+        let cut = [0xe0, 0x04, 0x00, 0x02, 0x11, 0x00];
+        assert!(disconnect_session_expiry(&cut, 2).is_err());
+    }
+
+    #[test]
     fn the_assigned_id_is_appended_to_the_connack_properties() {
         // CONNACK: flags 0, reason 0, properties: topic alias max 4096.
         let connack = [0x20, 0x06, 0x00, 0x00, 0x03, 0x22, 0x10, 0x00];
-        let out = connack_with_assigned_id(&connack, 2, "abc").unwrap();
+        let extras = ConnAckExtras {
+            assigned_id: Some("abc".into()),
+            ..ConnAckExtras::default()
+        };
+        let out = connack_with(&connack, 2, &extras).unwrap();
         assert_eq!(
             out,
             vec![
                 0x20, 0x0c, 0x00, 0x00, 0x09, 0x22, 0x10, 0x00, 0x12, 0x00, 0x03, b'a', b'b', b'c'
             ]
         );
-        assert!(connack_with_assigned_id(&[0x20, 0x01, 0x00], 2, "x").is_none());
+        assert!(connack_with(&[0x20, 0x01, 0x00], 2, &extras).is_none());
+    }
+
+    #[test]
+    fn a_capped_expiry_and_the_receive_maximum_are_added_in_order() {
+        let connack = [0x20, 0x03, 0x01, 0x00, 0x00];
+        let extras = ConnAckExtras {
+            assigned_id: None,
+            session_expiry: Some(604_800),
+            receive_max: Some(100),
+        };
+        let out = connack_with(&connack, 2, &extras).unwrap();
+        assert_eq!(
+            out,
+            vec![0x20, 0x0b, 0x01, 0x00, 0x08, 0x11, 0x00, 0x09, 0x3a, 0x80, 0x21, 0x00, 0x64]
+        );
     }
 }

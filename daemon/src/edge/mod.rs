@@ -111,6 +111,20 @@ impl SessionLifetime {
         }
     }
 
+    /// The lifetime after a DISCONNECT that set a Session Expiry Interval
+    /// (5 §3.14.2.2.2): 0 ends the session with the connection, another
+    /// value replaces the CONNECT's (capped). A session that was to end
+    /// with its connection stays so (the edge refused such a DISCONNECT).
+    fn at_disconnect(self, expiry: Option<u32>, cap: Duration) -> SessionLifetime {
+        let kept = |secs: u32| Duration::from_secs(u64::from(secs)).min(cap);
+        match (self, expiry) {
+            (SessionLifetime::Ends, _) | (_, None) => self,
+            (_, Some(0)) => SessionLifetime::Ends,
+            (SessionLifetime::Kept(_), Some(secs)) => SessionLifetime::Kept(kept(secs)),
+            (SessionLifetime::FreshKept(_), Some(secs)) => SessionLifetime::FreshKept(kept(secs)),
+        }
+    }
+
     fn kept_for(self) -> Option<Duration> {
         match self {
             SessionLifetime::Ends => None,
@@ -130,6 +144,9 @@ pub struct EdgeLimits {
     pub max_subscriptions: usize,
     /// The longest a session outlives its connection.
     pub max_session_expiry: Duration,
+    /// QoS 1/2 PUBLISHes unacknowledged per connection, each way
+    /// (`limits.max_inflight`, at most rumqttd's window of 100).
+    pub max_inflight: u16,
 }
 
 /// What every connection task shares.
@@ -158,6 +175,9 @@ pub struct Edge {
     pub retained: Arc<RetainedTopics>,
     /// Tells the mailbox when a device subscribes to its inbox.
     pub inbox_watch: Option<crate::mailbox::InboxWatch>,
+    /// The hub's budget of bytes of large packets the edge holds, in KiB
+    /// (`limits.max_large_packet_bytes`; see `relay::LARGE_PACKET`).
+    pub large_packets: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Edge {
@@ -266,6 +286,10 @@ enum SessionEnd {
     TooManyDenials,
     #[error("the previous connection of this client id did not close in time")]
     Busy,
+    #[error("a large packet did not complete in time")]
+    SlowPacket,
+    #[error("the hub's budget for large packets stayed full")]
+    LargePacketBudget,
     #[error("certificate no longer accepted")]
     Revoked,
     #[error("closed by the hub")]
@@ -487,14 +511,18 @@ impl Edge {
             }
             if let Packet::Connect(c, properties, ..) = &connect {
                 if c.clean_session || matches!(lifetime, SessionLifetime::FreshKept(_)) {
-                    self.sessions.outbound_reset(&client_id);
+                    self.sessions.reset_session(&client_id);
                 }
                 traits.silent = c.keep_alive == 0;
                 if version == MqttVersion::V5 {
                     // 5 §3.2.2.3.7 [MQTT-3.2.2-16]: an empty id is answered
                     // with the one assigned.
+                    let mut extras = inspect::ConnAckExtras {
+                        receive_max: Some(self.limits.max_inflight),
+                        ..inspect::ConnAckExtras::default()
+                    };
                     if c.client_id.is_empty() {
-                        traits.assigned_id = Some(client_id.clone());
+                        extras.assigned_id = Some(client_id.clone());
                     }
                     // 5 §3.1.2.11.2: with no Session Expiry Interval the
                     // session ends with the connection; rumqttd keeps it.
@@ -505,6 +533,28 @@ impl Edge {
                         .map(|n| n as usize);
                     traits.receive_max = properties.as_ref().and_then(|p| p.receive_maximum);
                     purge_on_close = !c.clean_session && expiry.unwrap_or(0) == 0;
+                    traits.no_expiry = expiry.unwrap_or(0) == 0;
+                    // 5 §3.2.2.3.2: the hub says so when it keeps the session
+                    // for less than the client asked.
+                    if let Some(kept) = lifetime.kept_for() {
+                        if u64::from(expiry.unwrap_or(0)) > kept.as_secs() {
+                            extras.session_expiry = u32::try_from(kept.as_secs()).ok();
+                        }
+                    }
+                    traits.connack = Some(extras);
+                }
+            }
+            if let Packet::Connect(_, Some(properties), ..) = &mut connect {
+                // The edge may hold back a QoS 1/2 PUBLISH (the client's
+                // Receive Maximum) or drop one too large for the client,
+                // while later ones go on: a topic alias the broker defined
+                // in it would be unknown when a later one used it. Such a
+                // client gets no aliases from the hub (they are optional,
+                // 5 §3.3.2.3.4).
+                if traits.max_packet.is_some()
+                    || relay::holds_back(traits.receive_max, self.limits.max_inflight)
+                {
+                    properties.topic_alias_max = None;
                 }
             }
             let will = match &connect {
@@ -562,6 +612,7 @@ impl Edge {
                     ..Event::default()
                 });
             }
+            let expiry_at_disconnect = Arc::clone(&traits.expiry_at_disconnect);
             let result = relay::run(
                 self,
                 &peer,
@@ -574,6 +625,16 @@ impl Edge {
                 stop,
             )
             .await;
+            // 5 §3.14.2.2.2: a DISCONNECT may change the session's expiry.
+            let at_disconnect = *expiry_at_disconnect
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let ended = lifetime.at_disconnect(at_disconnect, self.limits.max_session_expiry);
+            if lifetime.kept_for().is_some() && ended.kept_for().is_none() {
+                // rumqttd holds the session: end it on close.
+                purge_on_close = true;
+            }
+            let lifetime = ended;
             // A device revoked (or no longer allowed its will) leaves no
             // will behind: the broker drops it on a DISCONNECT.
             let discard_will = match (&will, fingerprint) {
@@ -584,12 +645,15 @@ impl Edge {
                 _ => false,
             };
             close_broker_connection(broker, discard_will).await;
-            if let Some(after) = lifetime.kept_for() {
-                self.expire_later(&client_id, session.generation(), after);
+            match lifetime.kept_for() {
+                Some(after) => self.expire_later(&client_id, session.generation(), after),
+                // The session ended with its connection (still on the
+                // client id's turn): forget what the edge kept for it.
+                None => self.sessions.reset_session(&client_id),
             }
             drop(session);
             if purge_on_close {
-                self.sessions.outbound_reset(&client_id);
+                self.sessions.reset_session(&client_id);
                 // Still holding the client id's broker turn: no newer
                 // connection of it can be hit.
                 if let Err(e) = crate::broker::purge_session(&self.broker, &client_id).await {
@@ -657,7 +721,7 @@ impl Edge {
             // session while it is being ended.
             let _turn = sessions.broker_turn(&client_id).await;
             if sessions.session_expired(&client_id, generation) {
-                sessions.outbound_reset(&client_id);
+                sessions.reset_session(&client_id);
                 if let Err(e) = crate::broker::purge_session(&broker, &client_id).await {
                     tracing::warn!(error = %e, "cannot end an expired session");
                 }
@@ -789,5 +853,33 @@ fn client_id_for(
                 Ok(connect.client_id.clone())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CAP: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn a_disconnect_may_end_shorten_or_keep_a_session() {
+        let kept = SessionLifetime::Kept(Duration::from_secs(600));
+        let secs = |d: Option<Duration>| d.map(|d| d.as_secs());
+        assert_eq!(secs(kept.at_disconnect(None, CAP).kept_for()), Some(600));
+        assert_eq!(secs(kept.at_disconnect(Some(0), CAP).kept_for()), None);
+        assert_eq!(secs(kept.at_disconnect(Some(60), CAP).kept_for()), Some(60));
+        assert_eq!(
+            secs(kept.at_disconnect(Some(u32::MAX), CAP).kept_for()),
+            Some(3600),
+            "capped"
+        );
+        let fresh = SessionLifetime::FreshKept(Duration::from_secs(600));
+        assert!(matches!(
+            fresh.at_disconnect(Some(60), CAP),
+            SessionLifetime::FreshKept(d) if d.as_secs() == 60
+        ));
+        let ends = SessionLifetime::Ends;
+        assert_eq!(ends.at_disconnect(Some(60), CAP).kept_for(), None);
     }
 }

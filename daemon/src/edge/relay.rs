@@ -53,12 +53,19 @@ const PACE_WAIT: Duration = Duration::from_millis(100);
 pub(super) struct ClientTraits {
     /// It asked for no keep-alive: the edge keeps the broker side alive.
     pub silent: bool,
-    /// It sent an empty client id (v5): the CONNACK must name this one.
-    pub assigned_id: Option<String>,
+    /// What the edge adds to the broker's CONNACK (v5): an assigned id, a
+    /// capped session expiry, the hub's Receive Maximum.
+    pub connack: Option<inspect::ConnAckExtras>,
     /// Its Maximum Packet Size (v5): larger packets are not sent to it.
     pub max_packet: Option<usize>,
     /// Its Receive Maximum (v5): QoS 1/2 PUBLISHes it may have unacknowledged.
     pub receive_max: Option<u16>,
+    /// Its CONNECT asked for no Session Expiry Interval (v5): its session
+    /// ends with the connection, and a DISCONNECT may not set one.
+    pub no_expiry: bool,
+    /// The Session Expiry Interval its DISCONNECT set (v5), for the edge
+    /// to apply when the connection has ended.
+    pub expiry_at_disconnect: std::sync::Arc<std::sync::Mutex<Option<u32>>>,
 }
 
 /// What the upstream half asks the downstream half (the client's writer).
@@ -106,6 +113,12 @@ where
         .map(|_| std::sync::Arc::new(std::sync::Mutex::new(AckOrder::default())));
     // The client's PUBACKs and PUBCOMPs, which free its receive window.
     let (client_acks, acks) = mpsc::unbounded_channel();
+    // A v5 client's own window: it was told the hub's Receive Maximum.
+    let in_flight = (version == MqttVersion::V5).then(|| {
+        std::sync::Arc::new(std::sync::Mutex::new(InboundWindow::new(
+            edge.limits.max_inflight,
+        )))
+    });
     // PINGRESPs owed to the edge's own PINGREQs, dropped on the way down.
     let edge_pings = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     // Told when one of them came back.
@@ -123,7 +136,9 @@ where
         aliases: HashMap::new(),
         alias_bytes: 0,
         refused_qos2: HashSet::new(),
-        subscriptions: HashSet::new(),
+        in_flight: in_flight.clone(),
+        no_expiry: traits.no_expiry,
+        expiry_at_disconnect: std::sync::Arc::clone(&traits.expiry_at_disconnect),
         denials: VecDeque::new(),
         to_client,
     };
@@ -139,11 +154,13 @@ where
             pong,
             sessions: &edge.sessions,
             client_id,
-            assigned_id: traits.assigned_id,
+            connack: traits.connack,
             to_broker,
             order,
             client_max: traits.max_packet,
-            window: traits.receive_max.map(ReceiveWindow::new),
+            window: send_window(traits.receive_max, edge.limits.max_inflight),
+            budget: std::sync::Arc::clone(&edge.large_packets),
+            in_flight,
             acks,
         },
     );
@@ -153,6 +170,95 @@ where
         result = down => result,
     }
 }
+
+/// QoS 1/2 PUBLISHes a v5 client sent and the hub has not yet answered
+/// with PUBACK, PUBCOMP or a failing PUBREC (5 §3.3.4, §4.9): at most the
+/// Receive Maximum the CONNACK gave it.
+#[derive(Debug)]
+struct InboundWindow {
+    max: usize,
+    open: HashSet<u16>,
+}
+
+impl InboundWindow {
+    fn new(max: u16) -> InboundWindow {
+        InboundWindow {
+            max: usize::from(max),
+            open: HashSet::new(),
+        }
+    }
+
+    /// A PUBLISH with `pkid` arrived: false if it is one too many (a resent
+    /// one, DUP or not, takes no second place).
+    fn received(&mut self, pkid: u16) -> bool {
+        if self.open.contains(&pkid) {
+            return true;
+        }
+        if self.open.len() >= self.max {
+            return false;
+        }
+        self.open.insert(pkid);
+        true
+    }
+
+    /// The flow of `pkid` ended.
+    fn answered(&mut self, pkid: u16) {
+        self.open.remove(&pkid);
+    }
+}
+
+/// The packet id whose inbound flow this broker packet ends: PUBACK,
+/// PUBCOMP, or a PUBREC with an error reason (>= 0x80).
+fn ends_inbound_flow(f: &Frame, packet: &[u8]) -> Option<u16> {
+    let ends = match f.kind() {
+        kind::PUBACK | kind::PUBCOMP => true,
+        kind::PUBREC => packet
+            .get(f.header_len + 2)
+            .is_some_and(|code| *code >= 0x80),
+        _ => false,
+    };
+    if !ends {
+        return None;
+    }
+    inspect::packet_id(packet, f.header_len).ok()
+}
+
+/// rumqttd's own window of unacknowledged QoS 1/2 PUBLISHes per connection.
+const BROKER_WINDOW: u16 = 100;
+
+/// The window the edge applies to what it sends a client: its Receive
+/// Maximum or the hub's `max_inflight`, whichever is lower; none when
+/// rumqttd's own window is as small (nothing to hold back).
+fn send_window(client: Option<u16>, hub: u16) -> Option<ReceiveWindow> {
+    holds_back(client, hub).then(|| ReceiveWindow::new(client.unwrap_or(u16::MAX).min(hub)))
+}
+
+/// Whether the edge may hold back QoS 1/2 PUBLISHes for a client (while
+/// QoS 0 ones and other packets go on).
+pub(super) fn holds_back(client: Option<u16>, hub: u16) -> bool {
+    client.unwrap_or(u16::MAX).min(hub) < BROKER_WINDOW
+}
+
+/// A packet larger than this, from a client or to one, takes its size from
+/// the hub's budget (`limits.max_large_packet_bytes`) while the edge holds
+/// it, so that many devices sending or receiving their largest packets at
+/// once cannot exhaust the hub's memory.
+pub(super) const LARGE_PACKET: usize = 64 * 1024;
+
+/// The budget a large packet of `len` bytes takes, in KiB: twice its size,
+/// for the copy on the other side of the edge (the buffer it is written
+/// from towards the broker, or rumqttd's write buffer towards the edge).
+fn budget_kib(len: usize) -> u32 {
+    u32::try_from((2 * len).div_ceil(1024)).unwrap_or(u32::MAX)
+}
+/// Bytes a client's receive window holds before the edge stops reading
+/// from the broker until the client acknowledges.
+const WINDOW_HOLD_MAX: usize = 1024 * 1024;
+/// The longest a sender waits for room in that budget.
+const RECEIVE_WAIT: Duration = Duration::from_secs(30);
+/// The longest a large packet may take to arrive once it has its budget (an
+/// 8 MiB photo at 1 Mbit/s takes about 70 s).
+const LARGE_PACKET_TIME: Duration = Duration::from_secs(120);
 
 /// How much room a read from the broker gets.
 const BROKER_READ: usize = 16 * 1024;
@@ -242,9 +348,12 @@ struct Upstream<'a> {
     aliases: HashMap<u16, Vec<u8>>,
     alias_bytes: usize,
     refused_qos2: HashSet<u16>,
-    /// Digests of the filters this connection is subscribed to, for
-    /// `limits.max_subscriptions_per_client`.
-    subscriptions: HashSet<u64>,
+    /// Its CONNECT set no session expiry (v5).
+    no_expiry: bool,
+    /// Where a DISCONNECT's Session Expiry Interval goes.
+    expiry_at_disconnect: std::sync::Arc<std::sync::Mutex<Option<u32>>>,
+    /// What a v5 client has in flight towards the hub.
+    in_flight: Option<std::sync::Arc<std::sync::Mutex<InboundWindow>>>,
     denials: VecDeque<Instant>,
     to_client: mpsc::Sender<ToClient>,
 }
@@ -267,7 +376,11 @@ impl Upstream<'_> {
         let (mut unpaced, mut unpaced_bytes) = (0usize, 0usize);
         // Once the client said DISCONNECT, nothing is paced any more.
         let mut leaving = false;
+        // The receive budget a large packet still arriving holds, and when
+        // it must be complete.
+        let mut receiving: Option<(tokio::sync::OwnedSemaphorePermit, Instant)> = None;
         loop {
+            let mut took_any = false;
             // What goes on is usually what came in (plus a pace's PINGREQ):
             // one allocation for the batch, not a growth per packet.
             if !inbound.is_empty() {
@@ -289,6 +402,7 @@ impl Upstream<'_> {
                     }
                 }
                 inbound.advance(frame.len);
+                took_any = true;
                 if publish {
                     unpaced += 1;
                     unpaced_bytes += frame.len;
@@ -322,8 +436,26 @@ impl Upstream<'_> {
                 };
                 let _ = tokio::time::timeout(PACE_WAIT, answered).await;
             }
+            // The packet that held the budget was passed on (and `out`
+            // written): its budget goes back before another is taken.
+            if took_any {
+                receiving = None;
+            }
             release_if_idle(&mut inbound);
             release_if_idle(&mut out);
+            match frame::announced_len(&inbound).filter(|len| *len > LARGE_PACKET) {
+                None => receiving = None,
+                Some(len) if receiving.is_none() => {
+                    receiving = Some(self.receive_budget(len).await?);
+                }
+                Some(_) => {}
+            }
+            let packet_due = async {
+                match &receiving {
+                    Some((_, due)) => tokio::time::sleep_until(*due).await,
+                    None => std::future::pending().await,
+                }
+            };
             let ping_due = async {
                 match self.ping_broker {
                     Some(_) => tokio::time::sleep(BROKER_PING).await,
@@ -332,6 +464,7 @@ impl Upstream<'_> {
             };
             let read = tokio::select! {
                 read = read_client(&mut client, &mut inbound) => read?,
+                _ = packet_due => return Err(SessionEnd::SlowPacket),
                 Some(()) = from_downstream.recv() => {
                     // The edge answered for the client: send what is now
                     // in order.
@@ -351,6 +484,27 @@ impl Upstream<'_> {
             };
             if read == 0 {
                 return Ok(());
+            }
+        }
+    }
+
+    /// Waits for room in the hub's receive budget for a packet of `len`
+    /// bytes (counted twice: it is copied on its way to the broker), at most
+    /// `RECEIVE_WAIT`; then the packet has `LARGE_PACKET_TIME` to arrive.
+    async fn receive_budget(
+        &self,
+        len: usize,
+    ) -> Result<(tokio::sync::OwnedSemaphorePermit, Instant), SessionEnd> {
+        let kib = budget_kib(len);
+        let budget = std::sync::Arc::clone(&self.edge.large_packets);
+        match tokio::time::timeout(RECEIVE_WAIT, budget.acquire_many_owned(kib)).await {
+            Ok(Ok(permit)) => Ok((permit, Instant::now() + LARGE_PACKET_TIME)),
+            _ => {
+                if self.v5 {
+                    // Server busy.
+                    self.reply(inspect::disconnect_v5(0x89)).await;
+                }
+                Err(SessionEnd::LargePacketBudget)
             }
         }
     }
@@ -383,7 +537,9 @@ impl Upstream<'_> {
                 let unsub = inspect::unsubscribe(packet, frame.header_len, self.v5)
                     .map_err(|e| SessionEnd::Malformed(e.0))?;
                 for filter in &unsub.filters {
-                    self.subscriptions.remove(&digest(filter));
+                    self.edge
+                        .sessions
+                        .unsubscribed(self.client_id, digest(filter));
                 }
                 let Some(scope) = self.share_scope() else {
                     return Ok(Verdict::Forward);
@@ -428,6 +584,22 @@ impl Upstream<'_> {
                 }
                 Ok(Verdict::Forward)
             }
+            kind::DISCONNECT if self.v5 => {
+                let expiry = inspect::disconnect_session_expiry(packet, frame.header_len)
+                    .map_err(|e| SessionEnd::Malformed(e.0))?;
+                if let Some(expiry) = expiry {
+                    // 5 §3.14.2.2.2: not a valid DISCONNECT (the will
+                    // stays due) after a CONNECT without an expiry.
+                    if expiry > 0 && self.no_expiry {
+                        self.reply(inspect::disconnect_v5(0x82)).await;
+                        return Err(SessionEnd::Protocol(
+                            "session expiry set at DISCONNECT after none at CONNECT",
+                        ));
+                    }
+                    *lock(&self.expiry_at_disconnect) = Some(expiry);
+                }
+                Ok(Verdict::Forward)
+            }
             kind::PINGREQ | kind::DISCONNECT => Ok(Verdict::Forward),
             other => Err(SessionEnd::ForbiddenPacket(other)),
         }
@@ -436,6 +608,14 @@ impl Upstream<'_> {
     async fn publish(&mut self, frame: &Frame, packet: &[u8]) -> Result<Verdict, SessionEnd> {
         let header = inspect::publish(packet, frame.header_len, self.v5)
             .map_err(|e| SessionEnd::Malformed(e.0))?;
+        if let (Some(in_flight), Some(pkid)) = (&self.in_flight, header.pkid) {
+            // 5 §3.3.4: more unanswered QoS 1/2 PUBLISHes than the CONNACK's
+            // Receive Maximum allowed.
+            if !lock(in_flight).received(pkid) {
+                self.reply(inspect::disconnect_v5(0x93)).await;
+                return Err(SessionEnd::Protocol("receive maximum exceeded"));
+            }
+        }
         let topic_bytes: Vec<u8> = match header.topic_alias {
             None => header.topic.to_vec(),
             Some(alias) => {
@@ -507,11 +687,18 @@ impl Upstream<'_> {
                 // 3.1.1 has no way to refuse a publish: acknowledge and drop.
                 let code = self.v5.then_some(code);
                 self.reply(inspect::ack(kind::PUBACK, pkid, code)).await;
+                if let Some(in_flight) = &self.in_flight {
+                    lock(in_flight).answered(pkid);
+                }
             }
             (2, Some(pkid)) => {
                 let code = self.v5.then_some(code);
                 self.refused_qos2.insert(pkid);
                 self.reply(inspect::ack(kind::PUBREC, pkid, code)).await;
+                // A PUBREC with an error code ends the flow (5 §4.3.3).
+                if let Some(in_flight) = &self.in_flight {
+                    lock(in_flight).answered(pkid);
+                }
             }
             _ => {}
         }
@@ -565,11 +752,13 @@ impl Upstream<'_> {
             let refusal = match decision {
                 Decision::Deny(reason) => Some((reason.to_string(), self.not_authorized())),
                 Decision::Allow => {
-                    let key = digest(filter_bytes);
-                    if self.subscriptions.contains(&key)
-                        || self.subscriptions.len() < self.edge.limits.max_subscriptions
-                    {
-                        self.subscriptions.insert(key);
+                    // The quota is the session's (`max_subscriptions_per_client`).
+                    let max = self.edge.limits.max_subscriptions;
+                    if self.edge.sessions.subscribe_within(
+                        self.client_id,
+                        digest(filter_bytes),
+                        max,
+                    ) {
                         None
                     } else {
                         let quota = if self.v5 { QUOTA_EXCEEDED } else { 0x80 };
@@ -697,8 +886,8 @@ struct Downstream<'a> {
     pong: std::sync::Arc<tokio::sync::Notify>,
     sessions: &'a super::sessions::Sessions,
     client_id: &'a str,
-    /// The id to name in the CONNACK (v5, empty id sent).
-    assigned_id: Option<String>,
+    /// Properties to add to the CONNACK (v5).
+    connack: Option<inspect::ConnAckExtras>,
     /// Wakes the upstream half when the edge answered for the client.
     to_broker: mpsc::UnboundedSender<()>,
     /// Acknowledgement order towards the broker (with `client_max`).
@@ -707,6 +896,12 @@ struct Downstream<'a> {
     client_max: Option<usize>,
     /// The client's Receive Maximum, applied.
     window: Option<ReceiveWindow>,
+    /// What the client has in flight towards the hub (v5), freed by the
+    /// broker's answers as they pass.
+    budget: std::sync::Arc<tokio::sync::Semaphore>,
+    /// What the client has in flight towards the hub (v5), freed by the
+    /// broker's answers as they pass.
+    in_flight: Option<std::sync::Arc<std::sync::Mutex<InboundWindow>>>,
     /// Packet ids the client acknowledged.
     acks: mpsc::UnboundedReceiver<u16>,
 }
@@ -720,6 +915,8 @@ struct ReceiveWindow {
     max: usize,
     inflight: HashSet<u16>,
     held: VecDeque<(u16, Vec<u8>)>,
+    /// Bytes of the packets held.
+    held_bytes: usize,
 }
 
 impl ReceiveWindow {
@@ -728,7 +925,14 @@ impl ReceiveWindow {
             max: usize::from(max.max(1)),
             inflight: HashSet::new(),
             held: VecDeque::new(),
+            held_bytes: 0,
         }
+    }
+
+    /// Whether it holds so much that the broker should wait (the broker may
+    /// send up to its own window of large packets).
+    fn full(&self) -> bool {
+        self.held_bytes > WINDOW_HOLD_MAX
     }
 
     /// A QoS 1/2 PUBLISH for the client: the bytes to send now, or `None`
@@ -740,6 +944,7 @@ impl ReceiveWindow {
             self.inflight.insert(pkid);
             return Some(bytes);
         }
+        self.held_bytes += bytes.len();
         self.held.push_back((pkid, bytes));
         None
     }
@@ -752,10 +957,25 @@ impl ReceiveWindow {
             let Some((next, bytes)) = self.held.pop_front() else {
                 break;
             };
+            self.held_bytes -= bytes.len();
             self.inflight.insert(next);
             ready.push(bytes);
         }
         ready
+    }
+}
+
+/// Writes `bytes` to the client, by `due` if given.
+async fn write_by<W>(client: &mut W, bytes: &[u8], due: Option<Instant>) -> Result<(), SessionEnd>
+where
+    W: AsyncWrite + Unpin,
+{
+    match due {
+        None => Ok(client.write_all(bytes).await?),
+        Some(due) => match tokio::time::timeout_at(due, client.write_all(bytes)).await {
+            Ok(written) => Ok(written?),
+            Err(_) => Err(SessionEnd::SlowPacket),
+        },
     }
 }
 
@@ -777,13 +997,19 @@ where
         pong,
         sessions,
         client_id,
-        mut assigned_id,
+        mut connack,
         to_broker,
         order,
         client_max,
         mut window,
+        budget,
+        in_flight,
         mut acks,
     } = state;
+    // A large packet from the broker still arriving: the budget it needs
+    // (KiB), and the budget it holds with the time it must be written by.
+    let mut wanted: Option<u32> = None;
+    let mut sending: Option<(tokio::sync::OwnedSemaphorePermit, Instant)> = None;
     // Allocated when the broker has something to say, released when all
     // of it was passed on: an idle connection holds no buffer here.
     let mut buf = BytesMut::new();
@@ -793,6 +1019,26 @@ where
     // Broker packets may be a little larger than client ones (properties).
     let limit = max_packet + 64 * 1024;
     loop {
+        let need = wanted.filter(|_| sending.is_none());
+        let acquire = {
+            let budget = std::sync::Arc::clone(&budget);
+            async move {
+                match need {
+                    Some(kib) => budget.acquire_many_owned(kib).await.ok(),
+                    None => std::future::pending().await,
+                }
+            }
+        };
+        let due = sending.as_ref().map(|(_, due)| *due);
+        let packet_due = async move {
+            match due {
+                Some(due) => tokio::time::sleep_until(due).await,
+                None => std::future::pending().await,
+            }
+        };
+        // The broker waits while a large packet has no budget yet, or while
+        // the client's receive window holds a lot.
+        let may_read = need.is_none() && !window.as_ref().is_some_and(ReceiveWindow::full);
         tokio::select! {
             biased;
             Some(pkid) = acks.recv() => {
@@ -815,7 +1061,11 @@ where
                 }
                 None => return Ok(()),
             },
-            ready = broker.readable() => {
+            Some(permit) = acquire => {
+                sending = Some((permit, Instant::now() + LARGE_PACKET_TIME));
+            }
+            _ = packet_due => return Err(SessionEnd::SlowPacket),
+            ready = broker.readable(), if may_read => {
                 ready?;
                 buf.reserve(BROKER_READ);
                 let read = match broker.try_read_buf(&mut buf) {
@@ -847,6 +1097,11 @@ where
                     if owed_pong {
                         pong.notify_one();
                     }
+                    if let Some(in_flight) = &in_flight {
+                        if let Some(pkid) = ends_inbound_flow(&f, packet) {
+                            lock(in_flight).answered(pkid);
+                        }
+                    }
                     let merged = if owed_pong {
                         // The answer to the edge's own PINGREQ: not the client's.
                         Some(Vec::new())
@@ -861,10 +1116,10 @@ where
                             &mut discarded_qos2,
                             (order.as_deref(), &to_broker),
                         )
-                    } else if f.kind() == kind::CONNACK && assigned_id.is_some() {
-                        assigned_id
+                    } else if f.kind() == kind::CONNACK && connack.is_some() {
+                        connack
                             .take()
-                            .and_then(|id| inspect::connack_with_assigned_id(packet, f.header_len, &id))
+                            .and_then(|extras| inspect::connack_with(packet, f.header_len, &extras))
                     } else if f.kind() == kind::PUBLISH {
                         let pkid = inspect::publish(packet, f.header_len, v5)
                             .ok()
@@ -908,15 +1163,25 @@ where
                     }
                     complete += f.len;
                 }
+                // A large packet must be written by its budget's time too.
+                let due = sending.as_ref().map(|(_, due)| *due);
                 match out {
-                    Some(bytes) => client.write_all(&bytes).await?,
-                    None if complete > 0 => client.write_all(&buf[..complete]).await?,
+                    Some(bytes) => write_by(&mut client, &bytes, due).await?,
+                    None if complete > 0 => write_by(&mut client, &buf[..complete], due).await?,
                     None => {}
                 }
                 buf.advance(complete);
                 if buf.is_empty() {
                     buf = BytesMut::new();
                 }
+                // The packet that held the budget was written: it goes back;
+                // a large one now arriving needs its own.
+                if complete > 0 {
+                    sending = None;
+                }
+                wanted = frame::announced_len(&buf)
+                    .filter(|len| *len > LARGE_PACKET)
+                    .map(budget_kib);
             }
         }
     }
@@ -1038,8 +1303,10 @@ impl AckOrder {
     }
 }
 
-fn lock(order: &std::sync::Mutex<AckOrder>) -> std::sync::MutexGuard<'_, AckOrder> {
-    order.lock().unwrap_or_else(|p| p.into_inner())
+/// A mutex's state, poisoned or not (a panicked holder left it consistent:
+/// every update is one insert or remove).
+fn lock<T>(state: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// [`redelivery_marked`] for a whole PUBLISH held back earlier.
@@ -1094,4 +1361,46 @@ fn merge_suback(
     let mut out = Vec::new();
     inspect::encode_suback(pkid, v5, properties, &merged, &mut out);
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_v5_client_may_have_as_many_publishes_in_flight_as_it_was_told() {
+        let mut window = InboundWindow::new(2);
+        assert!(window.received(1));
+        assert!(window.received(2));
+        assert!(window.received(2), "a resend takes no second place");
+        assert!(!window.received(3), "one too many");
+        window.answered(1);
+        assert!(window.received(3));
+    }
+
+    #[test]
+    fn puback_pubcomp_and_a_failing_pubrec_end_an_inbound_flow() {
+        let frame = |packet: &[u8]| frame::next_frame(packet, 1024).unwrap().unwrap();
+        let puback = [0x40, 0x02, 0x00, 0x07];
+        assert_eq!(ends_inbound_flow(&frame(&puback), &puback), Some(7));
+        let pubcomp = [0x70, 0x02, 0x00, 0x08];
+        assert_eq!(ends_inbound_flow(&frame(&pubcomp), &pubcomp), Some(8));
+        let pubrec_ok = [0x50, 0x02, 0x00, 0x09];
+        assert_eq!(ends_inbound_flow(&frame(&pubrec_ok), &pubrec_ok), None);
+        let pubrec_refused = [0x50, 0x03, 0x00, 0x09, 0x97];
+        assert_eq!(
+            ends_inbound_flow(&frame(&pubrec_refused), &pubrec_refused),
+            Some(9)
+        );
+        let suback = [0x90, 0x03, 0x00, 0x01, 0x00];
+        assert_eq!(ends_inbound_flow(&frame(&suback), &suback), None);
+    }
+
+    #[test]
+    fn the_send_window_is_the_lower_of_the_clients_and_the_hubs() {
+        assert!(send_window(None, 100).is_none(), "rumqttd's own window");
+        assert!(send_window(Some(500), 100).is_none());
+        assert_eq!(send_window(Some(10), 100).map(|w| w.max), Some(10));
+        assert_eq!(send_window(None, 20).map(|w| w.max), Some(20));
+    }
 }

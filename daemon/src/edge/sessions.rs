@@ -28,6 +28,10 @@ pub struct Sessions {
     /// number of the connection that left it; a new connection of the
     /// client id takes it out (the session is resumed, not expired).
     expiring: Mutex<HashMap<String, u64>>,
+    /// Per client id, the filters its session holds (as digests), across
+    /// its connections: the subscription quota is the session's, or a
+    /// client could reconnect and subscribe another quota's worth each time.
+    subscribed: Mutex<HashMap<String, std::collections::HashSet<u64>>>,
 }
 
 /// Packet ids remembered per client id; rumqttd's inflight window is 100.
@@ -84,12 +88,40 @@ pub struct SessionGuard {
 }
 
 impl Sessions {
-    /// A clean session starts: nothing it was sent before counts.
-    pub fn outbound_reset(&self, client_id: &str) {
+    /// A session starts clean, or ends: nothing it was sent or subscribed
+    /// to before counts.
+    pub fn reset_session(&self, client_id: &str) {
         self.unacked
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(client_id);
+        self.subscribed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(client_id);
+    }
+
+    /// The session of `client_id` subscribes to the filter `key`: whether it
+    /// may (it holds it already, or holds fewer than `max`).
+    pub fn subscribe_within(&self, client_id: &str, key: u64, max: usize) -> bool {
+        let mut subscribed = self.subscribed.lock().unwrap_or_else(|p| p.into_inner());
+        let filters = subscribed.entry(client_id.to_owned()).or_default();
+        if filters.contains(&key) || filters.len() < max {
+            filters.insert(key);
+            return true;
+        }
+        false
+    }
+
+    /// The session of `client_id` unsubscribed from the filter `key`.
+    pub fn unsubscribed(&self, client_id: &str, key: u64) {
+        let mut subscribed = self.subscribed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(filters) = subscribed.get_mut(client_id) {
+            filters.remove(&key);
+            if filters.is_empty() {
+                subscribed.remove(client_id);
+            }
+        }
     }
 
     /// A QoS 1/2 PUBLISH with `pkid` goes to the client; returns whether

@@ -207,6 +207,11 @@ pub struct RouterConfig {
     /// which let one client grow the broker without bound).
     #[serde(default)]
     pub max_remembered_topics: Option<usize>,
+    /// Hearth: bytes all filters' logs may hold together (`None`: no bound
+    /// beyond each log's own segments, upstream's choice). Past it, the
+    /// largest log gives up its oldest segment.
+    #[serde(default)]
+    pub max_log_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

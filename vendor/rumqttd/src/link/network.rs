@@ -141,7 +141,8 @@ impl<P: Protocol> Network<P> {
                 .protocol
                 .read_mut(&mut self.read, self.max_incoming_size)
             {
-                Ok(packet) => {
+                Ok(mut packet) => {
+                    own_small_publish(&mut packet);
                     packets.push_back(packet);
                     let connection_buffer_length = packets.len();
                     if connection_buffer_length >= self.max_connection_buffer_len {
@@ -183,3 +184,30 @@ impl<P: Protocol> Network<P> {
 
 pub trait N: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T> N for T where T: AsyncRead + AsyncWrite + Unpin + Send {}
+
+/// Hearth: publishes smaller than this get their topic and payload copied
+/// into one allocation of their own.
+const OWN_BELOW: usize = 16 * 1024;
+
+/// Hearth: a decoded packet's topic and payload are slices of the read
+/// buffer, and keep all of it alive as long as any of them lives. A small
+/// publish kept in a filter's log (or as a retained message) would pin a
+/// whole read buffer of other packets, so the router's byte budgets
+/// (`max_log_bytes`, the edge's retained quotas) would not bound memory:
+/// small ones are copied out (one allocation, exact size); large ones are
+/// mostly their own buffer already.
+fn own_small_publish(packet: &mut Packet) {
+    let Packet::Publish(publish, _) = packet else {
+        return;
+    };
+    let (topic_len, payload_len) = (publish.topic.len(), publish.payload.len());
+    if topic_len + payload_len >= OWN_BELOW {
+        return;
+    }
+    let mut owned = BytesMut::with_capacity(topic_len + payload_len);
+    owned.extend_from_slice(&publish.topic);
+    owned.extend_from_slice(&publish.payload);
+    let mut owned = owned.freeze();
+    publish.topic = owned.split_to(topic_len);
+    publish.payload = owned;
+}

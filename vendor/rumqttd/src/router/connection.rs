@@ -88,6 +88,11 @@ impl Connection {
     }
 }
 
+/// Hearth: topics one connection gets aliases for, at most.
+const MAX_BROKER_ALIASES: usize = 64;
+/// Hearth: longer topics are always sent in full.
+const MAX_ALIASED_TOPIC_LEN: usize = 256;
+
 #[derive(Debug)]
 pub(crate) struct BrokerAliases {
     pub(crate) broker_topic_aliases: HashMap<Filter, u16>,
@@ -120,6 +125,25 @@ impl BrokerAliases {
     // Get alias used for the topic, if it exists
     pub fn get_alias(&self, topic: &str) -> Option<u16> {
         self.broker_topic_aliases.get(topic).copied()
+    }
+
+    /// Hearth: the alias to send `topic` with, and whether the client knows
+    /// it already (then the topic itself is left out); `None` when the topic
+    /// goes in full. At most `MAX_BROKER_ALIASES` topics of at most
+    /// `MAX_ALIASED_TOPIC_LEN` bytes get one, whatever the client allows, so
+    /// a client cannot make its connection hold 65,535 long topics.
+    pub fn alias_for(&mut self, topic: &[u8]) -> Option<(u16, bool)> {
+        let topic = std::str::from_utf8(topic).ok()?;
+        if topic.is_empty() || topic.len() > MAX_ALIASED_TOPIC_LEN {
+            return None;
+        }
+        if let Some(alias) = self.get_alias(topic) {
+            return Some((alias, true));
+        }
+        if self.broker_topic_aliases.len() >= MAX_BROKER_ALIASES {
+            return None;
+        }
+        self.set_new_alias(topic).map(|alias| (alias, false))
     }
 
     // Set new alias for a topic and return the alias

@@ -22,6 +22,11 @@ impl Graveyard {
         self.connections.remove(id)
     }
 
+    /// Hearth: a kept session's state, left in place.
+    pub fn peek(&self, id: &str) -> Option<&SavedState> {
+        self.connections.get(id)
+    }
+
     /// Save connection tracker
     pub fn save_state(
         &mut self,
@@ -43,17 +48,6 @@ impl Graveyard {
             id,
             SavedState {
                 session_state: Some(session_state),
-                metrics,
-            },
-        );
-    }
-
-    /// Save only metrics for connection
-    pub fn save_metrics(&mut self, id: String, metrics: ConnectionEvents) {
-        self.connections.insert(
-            id,
-            SavedState {
-                session_state: None,
                 metrics,
             },
         );

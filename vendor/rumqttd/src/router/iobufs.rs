@@ -189,6 +189,17 @@ impl Outgoing {
         Some(())
     }
 
+    /// Hearth: the log of `filter_idx` is gone (nobody subscribes): deliveries
+    /// still unacknowledged from it are no longer rewound to on a resumed
+    /// session, since the slot may now hold another filter's log.
+    pub fn forget_filter(&mut self, filter_idx: FilterIdx) {
+        for (_, idx, cursor) in self.inflight_buffer.iter_mut() {
+            if *idx == filter_idx {
+                *cursor = None;
+            }
+        }
+    }
+
     // Here we are assuming that the first unique filter_idx we find while iterating will have the
     // least corresponding cursor because of the way we insert into the inflight_buffer
     pub fn retransmission_map(&self) -> HashMap<FilterIdx, Cursor> {

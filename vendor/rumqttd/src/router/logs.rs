@@ -53,11 +53,41 @@ pub(crate) fn client_key(client_id: &str) -> u64 {
 
 // TODO: remove this from here
 impl Storage for PublishData {
-    // TODO: calculate size of publish properties as well!
     fn size(&self) -> usize {
         let publish = &self.publish;
-        4 + publish.topic.len() + publish.payload.len()
+        // Hearth: and what holding it costs besides its bytes (the entry
+        // itself, its properties), so the byte budgets bound memory.
+        ENTRY_OVERHEAD
+            + publish.topic.len()
+            + publish.payload.len()
+            + self.properties.as_ref().map_or(0, properties_len)
     }
+}
+
+/// Hearth: bytes a log entry costs besides its topic and payload: the
+/// entry (checked below) and, when it has them, its properties' heap.
+pub const ENTRY_OVERHEAD: usize = 512;
+
+/// Hearth: the heap a publish's properties hold (strings with their
+/// allocation's header).
+fn properties_len(p: &PublishProperties) -> usize {
+    let string = |s: &Option<String>| s.as_ref().map_or(0, |s| s.len() + 24);
+    string(&p.response_topic)
+        + string(&p.content_type)
+        + p.correlation_data.as_ref().map_or(0, |c| c.len() + 32)
+        + p.user_properties
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 48)
+            .sum::<usize>()
+        + p.subscription_identifiers.len() * 8
+}
+
+/// Hearth: the filter whose log a subscription reads: `f` for a shared
+/// subscription `$share/<group>/f` (5 §4.8.2), the filter itself otherwise.
+pub fn log_filter(path: &str) -> &str {
+    path.strip_prefix("$share/")
+        .and_then(|rest| rest.split_once('/'))
+        .map_or(path, |(_, inner)| inner)
 }
 
 /// Stores 'device' data and 'actions' data in native commitlog
@@ -78,6 +108,8 @@ pub struct DataLog {
     retained_publishes: HashMap<Topic, PublishData>,
     /// List of filters associated with a topic
     publish_filters: HashMap<Topic, Vec<FilterIdx>>,
+    /// Hearth: bytes held by all logs together (see `RouterConfig::max_log_bytes`).
+    held_bytes: u64,
 }
 
 impl DataLog {
@@ -104,7 +136,71 @@ impl DataLog {
             publish_filters,
             filter_indexes,
             retained_publishes,
+            held_bytes: 0,
         })
+    }
+
+    /// Hearth: appends to one filter's log, then holds all logs together to
+    /// `max_log_bytes` by taking the oldest segment of the largest log. Each
+    /// log alone is bounded by its segments; without this, a hub with many
+    /// busy filters held each one's full log.
+    pub fn append(
+        &mut self,
+        filter_idx: FilterIdx,
+        item: PublishData,
+        notifications: &mut VecDeque<(ConnectionId, DataRequest)>,
+    ) -> Option<Offset> {
+        let data = self.native.get_mut(filter_idx)?;
+        let before = data.log.bytes();
+        let (offset, _) = data.append(item, notifications);
+        self.held_bytes = self.held_bytes - before + data.log.bytes();
+        if let Some(max) = self.config.max_log_bytes {
+            while self.held_bytes > max {
+                let Some((_, largest)) = self.native.iter_mut().max_by_key(|(_, d)| d.log.bytes())
+                else {
+                    break;
+                };
+                let freed = largest.log.evict_oldest();
+                if freed == 0 {
+                    break;
+                }
+                self.held_bytes -= freed;
+            }
+        }
+        Some(offset)
+    }
+
+    /// Hearth: bytes held by all logs together.
+    pub fn held_bytes(&self) -> u64 {
+        self.held_bytes
+    }
+
+    /// Hearth: forgets a filter nobody subscribes to any more: its log, its
+    /// index and its place in the remembered topics. Upstream kept every
+    /// filter ever subscribed, so subscribing to ever new filters grew the
+    /// broker without bound. The caller makes sure no request or waiter
+    /// still names it (its slot may be reused by the next new filter).
+    pub fn remove_filter(&mut self, filter: &str) {
+        let Some(idx) = self.filter_indexes.remove(filter) else {
+            return;
+        };
+        if let Some(data) = self.native.try_remove(idx) {
+            self.held_bytes -= data.log.bytes();
+        }
+        self.publish_filters.retain(|_, filters| {
+            filters.retain(|i| *i != idx);
+            !filters.is_empty()
+        });
+    }
+
+    /// Hearth: the index of a filter's log, if it has one.
+    pub fn filter_index(&self, filter: &str) -> Option<FilterIdx> {
+        self.filter_indexes.get(filter).copied()
+    }
+
+    /// Hearth: how many filters have a log (for tests of the bound above).
+    pub fn filter_count(&self) -> usize {
+        self.filter_indexes.len()
     }
 
     pub fn meter(&mut self, filter: &str) -> Option<&mut SubscriptionMeter> {
@@ -128,13 +224,9 @@ impl DataLog {
         // `f` and `$share/g/f`: the waiter is found by its own filter.
         // Upstream looked up `$share/g/f`'s log, found none and left the
         // waiter, which kept delivering after UNSUBSCRIBE.
-        let log_filter = filter
-            .strip_prefix("$share/")
-            .and_then(|rest| rest.split_once('/'))
-            .map_or(filter.as_str(), |(_, inner)| inner);
         let data = self
             .native
-            .get_mut(*self.filter_indexes.get(log_filter)?)?;
+            .get_mut(*self.filter_indexes.get(log_filter(filter))?)?;
         let waiters = data.waiters.get_mut();
 
         waiters
@@ -214,15 +306,22 @@ impl DataLog {
     pub fn native_readv(
         &self,
         filter_idx: FilterIdx,
+        filter: &str,
         offset: Offset,
         len: u64,
         not_from: Option<u64>,
     ) -> io::Result<(Position, Vec<(PubWithProp, Offset)>)> {
-        // unwrap to get index of `self.native` is fine here, because when a new subscribe packet
-        // arrives in `Router::handle_device_payload`, it first calls the function
-        // `next_native_offset` which creates a new commitlog if one doesn't exist. So any new
-        // reads will definitely happen on a valid filter.
-        let data = self.native.get(filter_idx).unwrap();
+        // Hearth: filters nobody subscribes to are removed (`remove_filter`)
+        // and their slot reused, so a request whose log is gone, or whose
+        // slot now holds another filter's log, reads nothing: it must never
+        // deliver another filter's messages. Upstream unwrapped.
+        let Some(data) = self
+            .native
+            .get(filter_idx)
+            .filter(|data| data.filter == log_filter(filter))
+        else {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "filter gone"));
+        };
         let mut o = Vec::new();
         // TODO: `readv` is infallible but its current return type does not
         // reflect that. Consequently, this method is also infallible.
@@ -285,8 +384,14 @@ impl DataLog {
         // filter as `request` is "done", that is, the subscriber has caught up. In other words,
         // there has been atleast 1 call to `native_readv` for the same filter, which means if
         // `native_readv` hasn't paniced, so this won't panic either.
-        let data = self.native.get_mut(request.filter_idx).unwrap();
-        data.waiters.register(id, request);
+        // Hearth: unless its log is gone (see `native_readv`).
+        if let Some(data) = self
+            .native
+            .get_mut(request.filter_idx)
+            .filter(|data| data.filter == log_filter(&request.filter))
+        {
+            data.waiters.register(id, request);
+        }
     }
 
     /// Cleanup a connection from all the waiters
@@ -479,6 +584,12 @@ impl AckLog {
 
 #[cfg(test)]
 mod test {
+    #[test]
+    fn the_entry_overhead_covers_an_entry() {
+        let entry = std::mem::size_of::<super::PublishData>();
+        assert!(entry <= super::ENTRY_OVERHEAD / 2, "{entry} bytes");
+    }
+
     use super::DataLog;
     use crate::router::shared_subs::Strategy;
     use crate::RouterConfig;
@@ -493,6 +604,7 @@ mod test {
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Strategy::RoundRobin,
+            ..RouterConfig::default()
         };
         let mut data = DataLog::new(config).unwrap();
         data.next_native_offset("topic/a");
@@ -513,6 +625,7 @@ mod test {
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Strategy::RoundRobin,
+            ..RouterConfig::default()
         };
         let mut data = DataLog::new(config).unwrap();
         data.next_native_offset("+/+");

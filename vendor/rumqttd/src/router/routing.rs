@@ -21,7 +21,7 @@ use tracing::{debug, error, info, trace, warn};
 use super::alertlog::{Alert, AlertLog};
 use super::graveyard::Graveyard;
 use super::iobufs::{Incoming, Outgoing};
-use super::logs::{client_key, AckLog, DataLog, PublishData};
+use super::logs::{client_key, log_filter, AckLog, DataLog, PublishData};
 use super::scheduler::{ScheduleReason, Scheduler};
 use super::shared_subs::SharedGroup;
 use super::{
@@ -72,6 +72,9 @@ pub struct Router {
     connection_map: HashMap<String, ConnectionId>,
     /// Subscription map to interested connection ids
     subscription_map: HashMap<Filter, HashSet<ConnectionId>>,
+    /// Hearth: how many subscriptions, of live connections and of kept
+    /// sessions, read each filter's log; a log nobody reads is removed.
+    filter_refs: HashMap<Filter, usize>,
     /// Incoming data grouped by connection
     ibufs: Slab<Incoming>,
     /// Outgoing data grouped by connection
@@ -130,6 +133,7 @@ impl Router {
             connections,
             connection_map: Default::default(),
             subscription_map: Default::default(),
+            filter_refs: HashMap::new(),
             ibufs,
             obufs,
             datalog: DataLog::new(config.clone()).unwrap(),
@@ -307,6 +311,7 @@ impl Router {
         let previous_session = saved.as_ref().is_some_and(|s| s.session_state.is_some());
         // for qos2 pending pubrels
         let mut pending_acks = VecDeque::new();
+        let mut pending_subscriptions: Vec<String> = Vec::new();
 
         let tracker = if !clean_session {
             // if there was some saved state, restore the metrics
@@ -321,6 +326,14 @@ impl Router {
             saved_state.map_or_else(
                 || Tracker::new(client_id.clone()),
                 |session_state| {
+                    // Hearth: the resumed subscriptions are this connection's
+                    // again: UNSUBSCRIBE finds them (upstream left them out of
+                    // `subscription_map`, so UNSUBSCRIBE after a resume was
+                    // ignored and never acknowledged), and shared ones rejoin
+                    // their groups.
+                    for path in &session_state.subscriptions {
+                        pending_subscriptions.push(path.clone());
+                    }
                     connection.subscriptions = session_state.subscriptions;
                     // for using in acklog
                     pending_acks.clone_from(&session_state.unacked_pubrels);
@@ -330,7 +343,28 @@ impl Router {
             )
         } else {
             // Only retrieve metrics in clean session
-            connection.events = saved.map_or_else(ConnectionEvents::default, |s| s.metrics);
+            // Hearth: and a kept session that Clean Start ends gives up its
+            // subscriptions, and with the last of them their logs.
+            let (events, dropped) = match saved {
+                Some(saved) => (
+                    saved.metrics,
+                    saved
+                        .session_state
+                        .map(|state| state.subscriptions)
+                        .unwrap_or_default(),
+                ),
+                None => (ConnectionEvents::default(), HashSet::new()),
+            };
+            connection.events = events;
+            for path in &dropped {
+                release_subscription(
+                    &mut self.filter_refs,
+                    &mut self.datalog,
+                    &mut self.subscription_map,
+                    &mut self.obufs,
+                    path,
+                );
+            }
             Tracker::new(client_id.clone())
         };
 
@@ -361,6 +395,18 @@ impl Router {
 
         self.connection_map.insert(client_id.clone(), connection_id);
         info!(connection_id, "Client connection registered");
+
+        for path in pending_subscriptions {
+            if path.starts_with("$share/") {
+                if let Some(group) = self.shared_subscriptions.get_mut(&path) {
+                    group.add_client(client_id.clone());
+                }
+            }
+            self.subscription_map
+                .entry(path)
+                .or_default()
+                .insert(connection_id);
+        }
 
         assert_eq!(self.ackslog.insert(ackslog), connection_id);
         assert_eq!(self.scheduler.add(tracker), connection_id);
@@ -527,10 +573,19 @@ impl Router {
                 outgoing.unacked_pubrels,
             );
         } else {
-            tracker.pause(PauseReason::Busy);
-            let id = tracker.id.clone();
-            // Only save metrics in clean session
-            self.graveyard.save_metrics(id, connection.events);
+            // Hearth: nothing is kept for a session that ends with its
+            // connection (upstream kept its metrics under its client id
+            // forever, one entry per client id ever seen), and its
+            // subscriptions end, with the last reader of a log the log.
+            for path in &connection.subscriptions {
+                release_subscription(
+                    &mut self.filter_refs,
+                    &mut self.datalog,
+                    &mut self.subscription_map,
+                    &mut self.obufs,
+                    path,
+                );
+            }
         }
         self.router_meters.total_connections -= 1;
     }
@@ -721,6 +776,12 @@ impl Router {
                 Packet::Unsubscribe(unsubscribe, _) => {
                     let connection = self.connections.get_mut(id).unwrap();
                     let pkid = unsubscribe.pkid;
+                    // Hearth: one UNSUBACK per UNSUBSCRIBE, a reason per filter
+                    // in order, No Subscription Existed for one not held (5
+                    // §3.11.3; 3.1.1 §3.10.4 answers even then). Upstream sent
+                    // one UNSUBACK per filter held and none for the others, so
+                    // a client waited for ever.
+                    let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
                     for filter in &unsubscribe.filters {
                         let span = tracing::info_span!("unsubscribe", topic = filter, pkid);
                         let _guard = span.enter();
@@ -729,6 +790,7 @@ impl Router {
                         if let Some(connection_ids) = self.subscription_map.get_mut(filter) {
                             let removed = connection_ids.remove(&id);
                             if !removed {
+                                reasons.push(UnsubAckReason::NoSubscriptionExisted);
                                 continue;
                             }
 
@@ -740,6 +802,7 @@ impl Router {
                                     pkid = unsubscribe.pkid,
                                     "Unsubscribe failed as filter was not subscribed previously"
                                 );
+                                reasons.push(UnsubAckReason::NoSubscriptionExisted);
                                 continue;
                             }
 
@@ -760,18 +823,31 @@ impl Router {
                             // remove the subscription id
                             connection.subscription_ids.remove(filter);
 
-                            let unsuback = UnsubAck {
-                                pkid,
-                                // reasons are used in MQTTv5
-                                reasons: vec![UnsubAckReason::Success],
-                            };
-                            let ackslog = self.ackslog.get_mut(id).unwrap();
-                            ackslog.unsuback(unsuback);
+                            reasons.push(UnsubAckReason::Success);
                             self.scheduler.untrack(id, filter);
                             self.datalog.remove_waiters_for_id(id, filter);
-                            force_ack = true;
+                            // Hearth: a request woken earlier in this batch
+                            // is neither tracked nor waiting: drop it too, or
+                            // it is tracked again below and keeps delivering.
+                            self.notifications
+                                .retain(|(cid, request)| !(*cid == id && request.filter == *filter));
+                            release_subscription(
+                                &mut self.filter_refs,
+                                &mut self.datalog,
+                                &mut self.subscription_map,
+                                &mut self.obufs,
+                                filter,
+                            );
+                        } else {
+                            reasons.push(UnsubAckReason::NoSubscriptionExisted);
                         }
                     }
+                    // reasons are used in MQTTv5
+                    let unsuback = UnsubAck { pkid, reasons };
+                    if let Some(ackslog) = self.ackslog.get_mut(id) {
+                        ackslog.unsuback(unsuback);
+                    }
+                    force_ack = true;
                 }
                 Packet::PubAck(puback, _) => {
                     // Hearth: trace, not error/info: a span per packet.
@@ -985,6 +1061,10 @@ impl Router {
         // call to `insert(_)` returns `true` if it didn't contain the filter_path already
         // i.e. its a new subscription
         if connection.subscriptions.insert(filter_path.clone()) {
+            *self
+                .filter_refs
+                .entry(log_filter(filter_path).to_owned())
+                .or_default() += 1;
             let request = DataRequest {
                 filter: filter_path.clone(),
                 filter_idx,
@@ -1002,11 +1082,35 @@ impl Router {
             self.scheduler.track(id, request);
             self.scheduler.reschedule(id, ScheduleReason::NewFilter);
             debug_assert!(self.scheduler.check_tracker_duplicates(id).is_none())
+        } else {
+            // Hearth: a SUBSCRIBE for a filter already held replaces the
+            // subscription (3.1.1 §3.8.4 [MQTT-3.8.4-3], 5 §3.8.4): its
+            // options change and, with Retain Handling 0, the retained
+            // messages are sent again (5 §3.8.3.1; 1 and 2 send none).
+            // Upstream kept the old request unchanged.
+            let notified = self
+                .notifications
+                .iter()
+                .position(|(cid, request)| *cid == id && request.filter == *filter_path);
+            let existing = self
+                .scheduler
+                .take_request(id, filter_path)
+                .or_else(|| self.datalog.remove_waiters_for_id(id, filter_path))
+                .or_else(|| {
+                    notified
+                        .and_then(|i| self.notifications.remove(i))
+                        .map(|(_, request)| request)
+                });
+            if let Some(mut request) = existing {
+                request.qos = filter.qos as u8;
+                request.nolocal = filter.nolocal;
+                request.preserve_retain = filter.preserve_retain;
+                request.forward_retained = group.is_none()
+                    && filter.retain_forward_rule == RetainForwardRule::OnEverySubscribe;
+                self.scheduler.track(id, request);
+                self.scheduler.reschedule(id, ScheduleReason::NewFilter);
+            }
         }
-
-        // TODO: figure out how we can update existing DataRequest
-        // helpful in re-subscriptions and forwarding retained messages on
-        // every subscribe
 
         let meter = &mut self.ibufs.get_mut(id).unwrap().meter;
         meter.register_subscription(filter_path.clone());
@@ -1103,6 +1207,7 @@ impl Router {
                 ConsumeStatus::PartialRead => {
                     requests.push_back(request);
                 }
+                ConsumeStatus::FilterGone => {}
                 ConsumeStatus::SkipRequest => {
                     skipped_requests.push_back(request);
                 }
@@ -1277,16 +1382,14 @@ fn append_to_commitlog(
     let publisher = client_key(&connection.client_id);
     let mut o = (0, 0);
     for filter_idx in filter_idxs {
-        let datalog = datalog.native.get_mut(filter_idx).unwrap();
         let mut publish_data: PublishData = (publish.clone(), properties.clone()).into();
         publish_data.publisher = publisher;
-        let (offset, filter) = datalog.append(publish_data, notifications);
-        debug!(
-            pkid,
-            "Appended to commitlog: {}[{}, {})", filter, offset.0, offset.1,
-        );
-
-        o = offset;
+        // Hearth: through `DataLog::append`, which holds all logs to one
+        // budget; the index comes from `matches`, so the log exists.
+        if let Some(offset) = datalog.append(filter_idx, publish_data, notifications) {
+            debug!(pkid, "Appended to commitlog: [{}, {})", offset.0, offset.1);
+            o = offset;
+        }
     }
 
     // error!("{:15.15}[E] {:20} topic = {}", connections[id].client_id, "no-filter", topic);
@@ -1345,18 +1448,45 @@ fn append_will_message(
 
     let mut o = (0, 0);
     for filter_idx in filter_idxs {
-        let datalog = datalog.native.get_mut(filter_idx).unwrap();
         let publish_data = (publish.clone(), properties.clone());
-        let (offset, filter) = datalog.append(publish_data.into(), notifications);
-        debug!(
-            pkid,
-            "Appended to commitlog: {}[{}, {})", filter, offset.0, offset.1,
-        );
-
-        o = offset;
+        if let Some(offset) = datalog.append(filter_idx, publish_data.into(), notifications) {
+            debug!(pkid, "Appended to commitlog: [{}, {})", offset.0, offset.1);
+            o = offset;
+        }
     }
 
     Ok(o)
+}
+
+/// Hearth: one subscription on `path` ended (unsubscribed, or its session
+/// ended). When it was the last reader of its log, the log is removed, and
+/// no in-flight delivery keeps a cursor into it; `subscription_map` forgets
+/// a filter nobody holds. Upstream kept every filter ever subscribed.
+fn release_subscription(
+    filter_refs: &mut HashMap<Filter, usize>,
+    datalog: &mut DataLog,
+    subscription_map: &mut HashMap<Filter, HashSet<ConnectionId>>,
+    obufs: &mut Slab<Outgoing>,
+    path: &str,
+) {
+    if subscription_map.get(path).is_some_and(HashSet::is_empty) {
+        subscription_map.remove(path);
+    }
+    let log = log_filter(path);
+    let Some(count) = filter_refs.get_mut(log) else {
+        return;
+    };
+    *count -= 1;
+    if *count > 0 {
+        return;
+    }
+    filter_refs.remove(log);
+    if let Some(idx) = datalog.filter_index(log) {
+        for (_, outgoing) in obufs.iter_mut() {
+            outgoing.forget_filter(idx);
+        }
+    }
+    datalog.remove_filter(log);
 }
 
 fn validate_and_set_topic_alias(
@@ -1428,6 +1558,8 @@ enum ConsumeStatus {
     InflightFull,
     /// All publishes on topic forwarded
     FilterCaughtup,
+    /// Hearth: the request's filter has no log any more (nobody subscribes)
+    FilterGone,
     /// Some publishes on topic have been forwarded
     PartialRead,
     /// Use to indicate we want to skip the datareqest
@@ -1505,11 +1637,16 @@ fn forward_device_data(
     let (next, publishes_from_datalog) =
         match datalog.native_readv(
             request.filter_idx,
+            &request.filter,
             request.cursor,
             inflight_slots,
             request.nolocal.then(|| client_key(&outgoing.client_id)),
         ) {
             Ok(v) => v,
+            // Hearth: the subscription's log was removed; drop the request.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return ConsumeStatus::FilterGone;
+            }
             Err(e) => {
                 error!(error = ?e, "Failed to read from commitlog {}", e);
                 return ConsumeStatus::FilterCaughtup;
@@ -1574,19 +1711,11 @@ fn forward_device_data(
         return ConsumeStatus::FilterCaughtup;
     }
 
+    // Hearth: aliases name topics (5 §3.3.2.3.4), so each publish gets its
+    // topic's own. Upstream keyed them by the subscription's filter: every
+    // message on `a/#` after the first came with the first one's alias, and
+    // the client read it as published there.
     let broker_topic_aliases = &mut connection.broker_topic_aliases;
-    let mut topic_alias = broker_topic_aliases
-        .as_ref()
-        .and_then(|aliases| aliases.get_alias(&request.filter));
-
-    let topic_alias_already_exists = topic_alias.is_some();
-
-    // if topic alias doesn't exists, try creating new one!
-    if !topic_alias_already_exists {
-        topic_alias = broker_topic_aliases
-            .as_mut()
-            .and_then(|broker_aliases| broker_aliases.set_new_alias(&request.filter))
-    }
 
     let subscription_id = connection.subscription_ids.get(&request.filter);
 
@@ -1605,6 +1734,11 @@ fn forward_device_data(
             // message to the subscription's QoS.
             publish.qos = protocol::qos(qos.min(publish.qos as u8)).unwrap_or(publish.qos);
 
+            let (topic_alias, already_known) = broker_topic_aliases
+                .as_mut()
+                .and_then(|aliases| aliases.alias_for(&publish.topic))
+                .unzip();
+
             // if there is some topic alias to use, set it in publish properties
             if topic_alias.is_some() {
                 let mut props = properties.unwrap_or_default();
@@ -1613,7 +1747,7 @@ fn forward_device_data(
             }
 
             // We want to clear topic if we are using an existing alias
-            if topic_alias_already_exists {
+            if already_known == Some(true) {
                 publish.topic.clear()
             }
 
@@ -1708,11 +1842,14 @@ fn print_status(router: &mut Router, metrics: Print) {
 
             let metrics = match metrics {
                 Some(v) => Some(v),
-                None => router.graveyard.retrieve(&id).map(|v| {
+                // Hearth: look, do not take: upstream's `retrieve` here
+                // ended a kept session just to print its metrics.
+                None => router.graveyard.peek(&id).map(|v| {
                     (
-                        v.metrics,
+                        v.metrics.clone(),
                         v.session_state
-                            .map(|s| s.tracker)
+                            .as_ref()
+                            .map(|s| s.tracker.clone())
                             .unwrap_or(Tracker::new(id)),
                     )
                 }),

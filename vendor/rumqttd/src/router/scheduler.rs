@@ -54,6 +54,17 @@ impl Scheduler {
         tracker.unregister_data_request(filter.clone());
     }
 
+    /// Hearth: takes the connection's request for `filter` out of its
+    /// tracker, if it is there (it may be parked in the log's waiters).
+    pub fn take_request(&mut self, id: ConnectionId, filter: &str) -> Option<DataRequest> {
+        let tracker = self.trackers.get_mut(id)?;
+        let index = tracker
+            .data_requests
+            .iter()
+            .position(|request| request.filter == filter)?;
+        tracker.data_requests.remove(index)
+    }
+
     pub fn trackv(&mut self, id: ConnectionId, requests: VecDeque<DataRequest>) {
         let tracker = self.trackers.get_mut(id).unwrap();
         tracker.data_requests.extend(requests);

@@ -54,6 +54,9 @@ pub struct CommitLog<T> {
     max_mem_segments: usize,
     /// Total size of active segment, used for enforcing the contraints.
     segments: VecDeque<Segment<T>>,
+    /// Hearth: bytes held by all segments, kept as they come and go, so the
+    /// router can hold every log together to one budget.
+    bytes: u64,
 }
 
 impl<T> CommitLog<T>
@@ -80,6 +83,7 @@ where
             max_segment_size,
             max_mem_segments,
             segments,
+            bytes: 0,
         })
     }
 
@@ -137,6 +141,7 @@ where
     #[inline]
     pub fn append(&mut self, message: T) -> (u64, u64) {
         self.apply_retention();
+        self.bytes += message.size() as u64;
         let active_segment = self.active_segment_mut();
         active_segment.push(message);
         let absolute_offset = self.active_segment().next_offset();
@@ -150,7 +155,9 @@ where
             let absolute_offset = self.active_segment().next_offset();
             // If active segment is full and segments are full, apply retention policy.
             if self.memory_segments_count() >= self.max_mem_segments {
-                self.segments.pop_front();
+                if let Some(oldest) = self.segments.pop_front() {
+                    self.bytes -= oldest.size();
+                }
                 self.head += 1;
             }
 
@@ -160,6 +167,34 @@ where
                 .push_back(Segment::with_offset(absolute_offset));
             self.tail += 1;
         }
+    }
+
+    /// Hearth: bytes held by this log's segments.
+    #[inline]
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Hearth: drops the oldest segment (closing the active one first when it
+    /// is the only one) and returns the bytes freed. Readers behind it jump
+    /// to the new head, as they do when retention drops a segment.
+    pub fn evict_oldest(&mut self) -> u64 {
+        if self.segments.len() == 1 {
+            if self.active_segment().size() == 0 {
+                return 0;
+            }
+            let absolute_offset = self.active_segment().next_offset();
+            self.segments
+                .push_back(Segment::with_offset(absolute_offset));
+            self.tail += 1;
+        }
+        let Some(oldest) = self.segments.pop_front() else {
+            return 0;
+        };
+        self.head += 1;
+        let freed = oldest.size();
+        self.bytes -= freed;
+        freed
     }
 
     #[inline]
@@ -282,6 +317,28 @@ mod tests {
         let expected = Bytes::from(vec![expected_id as u8; expected_size as usize]);
         // dbg!(expected_id, &expected);
         assert_eq!(out.0, expected);
+    }
+
+    #[test]
+    fn bytes_follow_appends_retention_and_eviction() {
+        let mut log: CommitLog<Bytes> = CommitLog::new(1024, 2).unwrap();
+        for i in 0..3u8 {
+            log.append(random_payload(i, 1024));
+        }
+        // Three full segments were made; retention kept the newest two.
+        assert_eq!(log.bytes(), 2048);
+        assert_eq!(log.evict_oldest(), 1024);
+        assert_eq!(log.bytes(), 1024);
+        // The only segment is closed and dropped; the log is empty but keeps
+        // its offsets, and a reader behind it jumps to the new head.
+        assert_eq!(log.evict_oldest(), 1024);
+        assert_eq!(log.bytes(), 0);
+        assert_eq!(log.evict_oldest(), 0);
+        log.append(random_payload(9, 10));
+        let mut out = Vec::new();
+        log.readv((0, 0), 10, &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        verify(9, 10, out.remove(0));
     }
 
     #[test]
