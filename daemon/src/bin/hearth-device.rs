@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use hearth_daemon::cli::device::{Cli, Command};
-use hearth_daemon::enroll::pkcs7;
+use hearth_protocol::pki;
 
 const EST: &str = "/.well-known/est/";
 /// Largest EST response read: a certificate or two in base64.
@@ -401,7 +401,7 @@ fn decode_pkcs7(body: &[u8]) -> Result<Vec<Vec<u8>>> {
     let der = base64::engine::general_purpose::STANDARD
         .decode(text)
         .context("the hub's answer is not base64")?;
-    pkcs7::certificates(&der).context("the hub's answer is not a PKCS#7 certs-only message")
+    pki::certificates(&der).context("the hub's answer is not a PKCS#7 certs-only message")
 }
 
 // ---------------------------------------------------------------- running
@@ -917,16 +917,7 @@ fn sha256(der: &[u8]) -> [u8; 32] {
     hearth_daemon::ca::fingerprint(der)
 }
 
-fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
+use pki::pem;
 
 fn pem_chain(cert: &[u8], ca: &[u8]) -> String {
     format!("{}{}", pem("CERTIFICATE", cert), pem("CERTIFICATE", ca))
