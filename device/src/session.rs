@@ -450,3 +450,57 @@ impl Session {
         flush_disconnect(&mut self.events).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_protocol::mailbox::{From, Kind};
+
+    #[test]
+    fn what_other_devices_sent_cannot_drive_the_terminal() {
+        let delivery = Delivery {
+            v: 1,
+            id: "ab\x1b[2J".into(),
+            from: From {
+                member: "Mum".parse().unwrap(),
+                device: DeviceId::from_entropy([1; 16]),
+            },
+            kind: Kind::Text,
+            body: Some("Dinner\nis \x1b]0;pwned\x07".into()),
+            data: None,
+            content_type: None,
+            sent_at: 0,
+            expires_at: 0,
+        };
+        let line = InboxEvent::Text {
+            delivery: &delivery,
+            body: delivery.body.as_deref().unwrap(),
+        }
+        .to_string();
+        assert!(!line.contains('\x1b') && !line.contains('\x07'), "{line:?}");
+        assert!(
+            line.starts_with("message ab") && line.contains("from Mum ("),
+            "{line}"
+        );
+        assert!(
+            line.contains("Dinner\nis "),
+            "a body keeps its lines: {line:?}"
+        );
+
+        let command = RunEvent::Command {
+            topic: "hearth/v1/dev/x/cmd/\x1b[31m",
+            payload: b"go\x1b]0;t\x07",
+        }
+        .to_string();
+        assert!(
+            !command.contains('\x1b') && !command.contains('\x07'),
+            "{command:?}"
+        );
+        let lost = RunEvent::ConnectionLost {
+            error: &Error::Timeout("t"),
+            retry_in: Duration::from_secs(4),
+        };
+        assert!(lost.is_problem() && lost.to_string().ends_with("retrying in 4s"));
+        assert!(InboxEvent::Malformed.is_problem());
+    }
+}
