@@ -45,7 +45,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             HEARTH_EXTRA,
         ),
         (
-            cli::device::Cli::command(),
+            hearth_device::cli::Cli::command(),
             "1",
             "the Hearth reference device: pair with a hub, run, renew",
             DEVICE_EXTRA,

@@ -13,7 +13,6 @@ use rcgen::{
     PKCS_ECDSA_P256_SHA256, PKCS_ED25519,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
@@ -46,8 +45,8 @@ fn allowed_key(csr_pem: &str) -> bool {
     }
 }
 
-/// The SAN URI scheme that names a device in its certificate.
-pub const DEVICE_URI_PREFIX: &str = "urn:hearth:device:";
+// One copy of the certificate rules, shared with the device crate.
+pub use hearth_protocol::pki::{device_id_of, fingerprint, DEVICE_URI_PREFIX};
 
 const CA_CERT: &str = "ca.pem";
 const CA_KEY: &str = "ca.key";
@@ -439,28 +438,6 @@ fn san_strings(cert: &X509Certificate<'_>) -> BTreeSet<String> {
         }
     }
     out
-}
-
-/// SHA-256 of a certificate's DER encoding.
-pub fn fingerprint(der: &[u8]) -> [u8; 32] {
-    Sha256::digest(der).into()
-}
-
-/// The device id a certificate names: its `urn:hearth:device:` SAN URI, or
-/// failing that its common name. `None` if neither is a valid device id.
-pub fn device_id_of(der: &[u8]) -> Option<DeviceId> {
-    let (_, cert) = X509Certificate::from_der(der).ok()?;
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            if let GeneralName::URI(uri) = name {
-                if let Some(id) = uri.strip_prefix(DEVICE_URI_PREFIX) {
-                    return id.parse().ok();
-                }
-            }
-        }
-    }
-    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
-    cn.parse().ok()
 }
 
 /// The first certificate in a PEM text, as DER.

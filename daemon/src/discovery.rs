@@ -14,8 +14,7 @@ use crate::admin::HubPorts;
 use crate::config::DiscoverySection;
 use crate::pairing::PairingWindows;
 
-/// DNS-SD type of the hub's enrollment service.
-pub const HEARTH_SERVICE: &str = "_hearth._tcp.local.";
+pub use hearth_protocol::pairing::HEARTH_SERVICE;
 /// DNS-SD type of the mutual-TLS MQTT service.
 pub const MQTT_SERVICE: &str = "_secure-mqtt._tcp.local.";
 /// How often the advertisement follows the pairing windows.

@@ -1,13 +1,14 @@
 //! Fuzz target: the body of an EST simpleenroll/simplereenroll request,
 //! along the path enroll/mod.rs gives it: base64 (or PEM) to PEM, the CA's
 //! request check (parse, signature, key kind), and signing when it passes;
-//! then the PKCS#7 reader a device uses on the answer.
+//! then the EST answer readers a device uses (hearth_protocol::pki).
 #![no_main]
 
 use std::sync::OnceLock;
 
-use hearth_daemon::ca::{device_id_of, pem_to_der, HubCa};
-use hearth_daemon::enroll::{csr_pem_from_body, pkcs7};
+use hearth_daemon::ca::{pem_to_der, HubCa};
+use hearth_daemon::enroll::csr_pem_from_body;
+use hearth_protocol::pki::{self, device_id_of};
 use hearth_protocol::DeviceId;
 use libfuzzer_sys::fuzz_target;
 
@@ -25,7 +26,10 @@ fuzz_target!(|data: &[u8]| {
     let ca = ca();
     // The answer's reader sees untrusted bytes too (a device talking to a
     // hub it is pairing with).
-    if let Some(certs) = pkcs7::certificates(data) {
+    for certs in [pki::certificates(data), pki::est_certificates(data)]
+        .into_iter()
+        .flatten()
+    {
         for cert in &certs {
             let _ = device_id_of(cert);
         }
@@ -42,6 +46,6 @@ fuzz_target!(|data: &[u8]| {
         .expect("a request that passed the check is signed");
     let der = pem_to_der(&issued.pem).expect("the issued certificate is PEM");
     assert_eq!(device_id_of(&der), Some(device), "it names the device");
-    let p7 = pkcs7::certs_only(&[&der]);
-    assert_eq!(pkcs7::certificates(&p7), Some(vec![der.to_vec()]));
+    let p7 = pki::certs_only(&[&der]);
+    assert_eq!(pki::certificates(&p7), Some(vec![der.to_vec()]));
 });

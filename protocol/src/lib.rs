@@ -1,6 +1,6 @@
 //! Pure types shared by every part of Hearth: identifiers, household roles,
-//! topic names and the admin protocol. No I/O lives here, so every rule can
-//! be tested exhaustively.
+//! topic names, the admin protocol and the certificate formats (`pki`). No
+//! I/O lives here, so every rule can be tested exhaustively.
 
 pub mod admin;
 pub mod filter;
@@ -8,6 +8,7 @@ pub mod household;
 pub mod id;
 pub mod mailbox;
 pub mod pairing;
+pub mod pki;
 pub mod policy;
 pub mod reference;
 pub mod terminal;

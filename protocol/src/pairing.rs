@@ -6,6 +6,12 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// DNS-SD type under which a hub advertises its enrollment service; its TXT
+/// record says `mqtt` (port), `ca` (CA fingerprint prefix) and `pair`
+/// (`1` while a pairing window is open). The hub advertises it and devices
+/// browse for it, so both read this one constant.
+pub const HEARTH_SERVICE: &str = "_hearth._tcp.local.";
+
 /// The parts of a pairing URI.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PairingUri {

@@ -95,7 +95,7 @@ fn hub_in(ns: &TwoNamespaces) -> TestHub {
 fn discover(ns: &TwoNamespaces) -> String {
     let out = ns
         .exec(&ns.lan)
-        .args([HEARTH_DEVICE, "discover", "--secs", "2"])
+        .args([hearth_device_bin(), "discover", "--secs", "2"])
         .output()
         .unwrap();
     assert!(
@@ -157,7 +157,7 @@ fn the_reference_device_discovers_the_hub_and_pair_follows_the_window() {
     let dir = hub.dir.path().join("found");
     let pair = |ca: &str| {
         ns.exec(&ns.lan)
-            .arg(HEARTH_DEVICE)
+            .arg(hearth_device_bin())
             .arg("--dir")
             .arg(&dir)
             .args([
@@ -353,7 +353,7 @@ fn nothing_leaves_the_hub_but_mdns_and_replies_to_its_clients() {
         discover_until(&ns, |s| s.contains("pair=1"));
         let out = ns
             .exec(&ns.lan)
-            .arg(HEARTH_DEVICE)
+            .arg(hearth_device_bin())
             .arg("--dir")
             .arg(dir)
             .args([
@@ -380,7 +380,7 @@ fn nothing_leaves_the_hub_but_mdns_and_replies_to_its_clients() {
     let run = |dir: &std::path::Path, args: &[&str]| {
         let out = ns
             .exec(&ns.lan)
-            .arg(HEARTH_DEVICE)
+            .arg(hearth_device_bin())
             .arg("--dir")
             .arg(dir)
             .args(args)

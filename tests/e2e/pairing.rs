@@ -232,7 +232,7 @@ async fn enrollment_refusals_get_clear_statuses_are_audited_and_the_hub_keeps_se
     let der = base64::engine::general_purpose::STANDARD
         .decode(cacerts.body.split_whitespace().collect::<String>())
         .unwrap();
-    let certs = hearth_daemon::enroll::pkcs7::certificates(&der).unwrap();
+    let certs = hearth_protocol::pki::certificates(&der).unwrap();
     assert_eq!(certs.len(), 1);
     assert_eq!(
         certs[0],
@@ -296,7 +296,7 @@ async fn enrollment_refusals_get_clear_statuses_are_audited_and_the_hub_keeps_se
     let der = base64::engine::general_purpose::STANDARD
         .decode(ok.body.split_whitespace().collect::<String>())
         .unwrap();
-    let issued = hearth_daemon::enroll::pkcs7::certificates(&der).unwrap();
+    let issued = hearth_protocol::pki::certificates(&der).unwrap();
     assert!(hearth_daemon::ca::device_id_of(&issued[0]).is_some());
 
     // Reused token: while another window is open, 401; with none, 403.

@@ -769,11 +769,78 @@ impl Raw {
     }
 }
 
-pub const HEARTH_DEVICE: &str = env!("CARGO_BIN_EXE_hearth-device");
+/// The `hearth-device` binary. It belongs to another package (device/), so
+/// cargo gives this test no `CARGO_BIN_EXE_hearth-device`: it is built
+/// here, once per test process, with the cargo that runs the tests, and
+/// found from cargo's own report of what it built — whatever the target
+/// dir, profile or working directory. Under `cargo test --workspace` it is
+/// already built and this costs a second.
+pub fn hearth_device_bin() -> &'static str {
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let mut build = Command::new(env!("CARGO"));
+        build
+            .args([
+                "build",
+                "--package",
+                "hearth-device",
+                "--bin",
+                "hearth-device",
+            ])
+            .args(["--message-format", "json-render-diagnostics"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit());
+        if !cfg!(debug_assertions) {
+            build.arg("--release");
+        }
+        // Cargo set these for this test process, not the user: build
+        // scripts that watch them (ring's watches CARGO_MANIFEST_DIR) would
+        // otherwise see a change, and the outer and inner builds would
+        // rebuild each other's dependencies at every run.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key == "OUT_DIR" || (key.starts_with("CARGO_") && !user_cargo_setting(&key)) {
+                build.env_remove(&*key);
+            }
+        }
+        let out = build.output().expect("run cargo build -p hearth-device");
+        assert!(out.status.success(), "cargo build -p hearth-device failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|msg| msg["target"]["name"] == "hearth-device")
+            .find_map(|msg| msg["executable"].as_str().map(str::to_owned))
+            .expect("cargo reported the hearth-device executable")
+    })
+}
+
+/// Whether a `CARGO_*` variable is the user's configuration (kept for the
+/// nested build) rather than one cargo sets for the test it runs.
+fn user_cargo_setting(key: &str) -> bool {
+    const USER: [&str; 12] = [
+        "CARGO_HOME",
+        "CARGO_BUILD_",
+        "CARGO_PROFILE_",
+        "CARGO_REGISTRIES_",
+        "CARGO_REGISTRY_",
+        "CARGO_NET_",
+        "CARGO_HTTP_",
+        "CARGO_TERM_",
+        "CARGO_INCREMENTAL",
+        "CARGO_UNSTABLE_",
+        "CARGO_CACHE_",
+        "CARGO_SOURCE_",
+    ];
+    key == "CARGO_TARGET_DIR"
+        || USER.iter().any(|p| key.starts_with(p))
+        // Per-target linker and runner settings: CARGO_TARGET_<TRIPLE>_*.
+        || (key.starts_with("CARGO_TARGET_") && key != "CARGO_TARGET_TMPDIR")
+}
 
 /// Runs `hearth-device --dir DIR ARGS`.
 pub fn hearth_device(dir: &Path, args: &[&str]) -> Output {
-    Command::new(HEARTH_DEVICE)
+    Command::new(hearth_device_bin())
         .arg("--dir")
         .arg(dir)
         .args(args)

@@ -4,15 +4,13 @@
 //! (authenticated by the device's current certificate). Requests are
 //! base64 PKCS#10, responses base64 certs-only PKCS#7, as the RFC says.
 
-pub mod pkcs7;
-
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
-use hearth_protocol::DeviceId;
+use hearth_protocol::{pki, DeviceId};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
@@ -135,7 +133,7 @@ struct Answer {
 
 impl Answer {
     fn pkcs7(certs: &[&[u8]]) -> Answer {
-        let der = pkcs7::certs_only(certs);
+        let der = pki::certs_only(certs);
         let mut text = base64::engine::general_purpose::STANDARD.encode(der);
         text.push('\n');
         Answer {
@@ -376,12 +374,5 @@ pub fn csr_pem_from_body(body: &[u8]) -> Result<String, &'static str> {
     if der.is_empty() {
         return Err("empty request");
     }
-    let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
-    let mut pem = String::from("-----BEGIN CERTIFICATE REQUEST-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        pem.push_str(std::str::from_utf8(line).unwrap_or_default());
-        pem.push('\n');
-    }
-    pem.push_str("-----END CERTIFICATE REQUEST-----\n");
-    Ok(pem)
+    Ok(pki::pem("CERTIFICATE REQUEST", &der))
 }

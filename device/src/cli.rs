@@ -1,5 +1,6 @@
 //! The `hearth-device` command line's clap definition, shared by the binary
-//! and by the man-page and completion generator (examples/gen-assets.rs).
+//! and by the daemon's man-page and completion generator
+//! (daemon/examples/gen-assets.rs), which is why it lives in the library.
 
 use std::path::PathBuf;
 

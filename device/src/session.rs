@@ -1,0 +1,506 @@
+//! The device's MQTT session over mutual TLS (client id = device id, the
+//! hub CA as the only root): telemetry and commands (`run_telemetry`), and
+//! the family mailbox — send, receive with de-duplication, acknowledge
+//! ([`Session`]). What arrives from the network is handed to the caller as
+//! events, to show or store; it is never obeyed.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use hearth_protocol::mailbox::{Delivery, Inbox, Receipt, ReceiptStatus};
+use hearth_protocol::{terminal, topic, DeviceId};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+use crate::inbox::{self, Content, Seen};
+use crate::state::{DeviceDir, Paired, Pairing};
+use crate::{tls, Error, Result};
+
+/// Longest wait between reconnection attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How long the hub has to accept the session or answer a message.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+/// Largest packet accepted from the hub: attachments are large, and the
+/// hub's own limit is below this.
+pub const MAX_PACKET: usize = 16 * 1024 * 1024;
+
+/// MQTT over mutual TLS as this device.
+pub fn mqtt_options(paired: &Paired) -> Result<MqttOptions> {
+    let ca = CertificateDer::from_pem_slice(&paired.ca_pem)?;
+    let tls = tls::client_config(&ca, Some((&paired.chain_pem, &paired.key_pem)))?;
+    let pairing = &paired.pairing;
+    let mut options = MqttOptions::new(
+        pairing.device_id.as_str(),
+        pairing.host.as_str(),
+        pairing.mqtt_port,
+    );
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    Ok(options)
+}
+
+/// What happens while the device runs.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RunEvent<'a> {
+    /// The hub accepted the session.
+    Connected(&'a Pairing),
+    /// A command arrived on the device's `cmd` topic.
+    Command {
+        /// Its topic.
+        topic: &'a str,
+        /// Its payload, as sent.
+        payload: &'a [u8],
+    },
+    /// The connection was lost; the next attempt is after `retry_in`.
+    ConnectionLost {
+        /// Why.
+        error: &'a Error,
+        /// The backoff before the next attempt.
+        retry_in: Duration,
+    },
+}
+
+impl RunEvent<'_> {
+    /// Whether it is a problem (for stderr) rather than news (stdout).
+    pub fn is_problem(&self) -> bool {
+        matches!(self, RunEvent::ConnectionLost { .. })
+    }
+}
+
+/// One line for a terminal. What came over the network is escaped, so a
+/// command cannot retitle the terminal or fake output.
+impl std::fmt::Display for RunEvent<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunEvent::Connected(p) => {
+                write!(
+                    f,
+                    "connected to {}:{} as {}",
+                    p.host, p.mqtt_port, p.device_id
+                )
+            }
+            RunEvent::Command { topic, payload } => write!(
+                f,
+                "cmd {} {}",
+                terminal::field(topic),
+                terminal::text(&String::from_utf8_lossy(payload))
+            ),
+            RunEvent::ConnectionLost { error, retry_in } => write!(
+                f,
+                "connection lost: {}; retrying in {}s",
+                terminal::text(&error.to_string()),
+                retry_in.as_secs()
+            ),
+        }
+    }
+}
+
+/// Connects, publishes telemetry to `tele/status` every `interval`,
+/// reports commands on `cmd/#`, and reconnects with exponential backoff.
+/// With `count`, returns once that many telemetry messages were
+/// acknowledged (and the DISCONNECT sent); otherwise runs until an error
+/// that reconnecting cannot mend.
+pub async fn run_telemetry(
+    dir: &DeviceDir,
+    interval: Duration,
+    count: Option<u64>,
+    mut on: impl FnMut(RunEvent<'_>),
+) -> Result<u64> {
+    let paired = dir.load()?;
+    let options = mqtt_options(&paired)?;
+    let pairing = paired.pairing;
+    let id = pairing.device_id;
+    let (client, mut events) = AsyncClient::new(options, 16);
+    let tele = topic::tele(&id, "status");
+    let commands = topic::cmd(&id, "#");
+    let interval = interval.max(Duration::from_millis(10));
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(interval);
+    let mut connected = false;
+    let mut backoff = Duration::from_secs(1);
+    let (mut sent, mut acked) = (0u64, 0u64);
+    loop {
+        tokio::select! {
+            _ = ticker.tick(), if connected && count.is_none_or(|n| sent < n) => {
+                sent += 1;
+                let reading = serde_json::json!({
+                    "seq": sent,
+                    "uptime_s": started.elapsed().as_secs(),
+                });
+                client.try_publish(&tele, QoS::AtLeastOnce, false, reading.to_string())?;
+            }
+            event = events.poll() => match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    connected = true;
+                    backoff = Duration::from_secs(1);
+                    on(RunEvent::Connected(&pairing));
+                    client.try_subscribe(&commands, QoS::AtLeastOnce)?;
+                }
+                Ok(Event::Incoming(Packet::Publish(command))) => {
+                    on(RunEvent::Command { topic: &command.topic, payload: &command.payload });
+                }
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    acked += 1;
+                    if count.is_some_and(|n| acked >= n) {
+                        client.try_disconnect()?;
+                        flush_disconnect(&mut events).await;
+                        return Ok(acked);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    connected = false;
+                    on(RunEvent::ConnectionLost { error: &e.into(), retry_in: backoff });
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+/// Lets a DISCONNECT (and what was queued before it) go out before the
+/// session is dropped, for at most two seconds.
+async fn flush_disconnect(events: &mut EventLoop) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(event) = events.poll().await {
+            if matches!(event, Event::Outgoing(Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// What the inbox hands the caller.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum InboxEvent<'a> {
+    /// A text message, the first time it arrives.
+    Text {
+        /// The delivery (sender, id, body).
+        delivery: &'a Delivery,
+        /// Its text.
+        body: &'a str,
+    },
+    /// A picture or voice note, saved the first time it arrives.
+    Saved {
+        /// The delivery.
+        delivery: &'a Delivery,
+        /// Where it was saved.
+        path: &'a std::path::Path,
+        /// Its size.
+        bytes: usize,
+    },
+    /// A delivery with neither text nor data.
+    Empty(&'a Delivery),
+    /// A delivery ignored because its id cannot name a file.
+    Malformed,
+    /// A receipt for a message this device sent.
+    Receipt(&'a Receipt),
+}
+
+impl InboxEvent<'_> {
+    /// Whether it is a problem (for stderr) rather than news (stdout).
+    pub fn is_problem(&self) -> bool {
+        matches!(self, InboxEvent::Malformed)
+    }
+}
+
+/// One line for a terminal. Names, bodies and ids came from other devices:
+/// a message must not retitle the terminal or fake output.
+impl std::fmt::Display for InboxEvent<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let from = |d: &Delivery| {
+            format!(
+                "{} ({})",
+                terminal::field(d.from.member.as_str()),
+                terminal::field(&d.from.device.to_string())
+            )
+        };
+        match self {
+            InboxEvent::Text { delivery: d, body } => write!(
+                f,
+                "message {} from {}: {}",
+                terminal::field(&d.id),
+                from(d),
+                terminal::text(body)
+            ),
+            // The id names the file, so it is the hub's hex already.
+            InboxEvent::Saved {
+                delivery: d,
+                path,
+                bytes,
+            } => write!(
+                f,
+                "{} {} from {}: saved {} ({bytes} bytes)",
+                d.kind.as_str(),
+                d.id,
+                from(d),
+                path.display()
+            ),
+            InboxEvent::Empty(d) => {
+                write!(
+                    f,
+                    "message {} from {} (empty)",
+                    terminal::field(&d.id),
+                    from(d)
+                )
+            }
+            InboxEvent::Malformed => write!(f, "ignoring a delivery with a malformed id"),
+            InboxEvent::Receipt(r) => {
+                let status = match r.status {
+                    ReceiptStatus::Stored => "stored",
+                    ReceiptStatus::Delivered => "delivered",
+                    ReceiptStatus::Expired => "expired",
+                    ReceiptStatus::Refused => "refused",
+                };
+                write!(f, "receipt {} {status}", terminal::field(&r.reference))?;
+                if let Some(device) = r.device {
+                    write!(f, " to {device}")?;
+                }
+                if let Some(why) = &r.reason {
+                    write!(f, ": {}", terminal::field(why))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A message the hub has stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The hub's id for it.
+    pub id: String,
+    /// The client reference it was sent under.
+    pub reference: String,
+}
+
+/// A device's mailbox session: connected and subscribed to its inbox.
+pub struct Session {
+    id: DeviceId,
+    dir: DeviceDir,
+    client: AsyncClient,
+    events: EventLoop,
+    seen: Seen,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Connects, subscribes to the device's inbox, and returns once the
+    /// subscription is in place (within [`ANSWER_TIMEOUT`]).
+    pub async fn connect_inbox(dir: &DeviceDir) -> Result<Session> {
+        let paired = dir.load()?;
+        let mut options = mqtt_options(&paired)?;
+        let id = paired.pairing.device_id;
+        options.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+        let (client, mut events) = AsyncClient::new(options, 16);
+        let subscribed = async {
+            loop {
+                match events.poll().await? {
+                    Event::Incoming(Packet::ConnAck(_)) => {
+                        client
+                            .subscribe(topic::inbox(&id), QoS::AtLeastOnce)
+                            .await?;
+                    }
+                    Event::Incoming(Packet::SubAck(_)) => return Ok::<_, Error>(()),
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(ANSWER_TIMEOUT, subscribed)
+            .await
+            .map_err(|_| Error::Timeout("the hub did not answer within 15 s"))??;
+        Ok(Session {
+            id,
+            dir: dir.clone(),
+            client,
+            events,
+            seen: Seen::default(),
+        })
+    }
+
+    /// The device's id.
+    pub fn id(&self) -> DeviceId {
+        self.id
+    }
+
+    /// Sends a message through the hub's mailbox and waits until the hub
+    /// has stored it. `reference` makes a retry idempotent (default: a new
+    /// random one).
+    pub async fn send(
+        &mut self,
+        to: &str,
+        content: Content,
+        reference: Option<String>,
+    ) -> Result<Stored> {
+        let reference = reference.unwrap_or_else(|| hex::encode(crate::random_bytes::<8>()));
+        let envelope = inbox::send_envelope(&reference, to, content);
+        let payload = serde_json::to_vec(&envelope).map_err(|e| Error::Usage(e.to_string()))?;
+        self.client
+            .publish(topic::outbox(&self.id), QoS::AtLeastOnce, false, payload)
+            .await?;
+        let events = &mut self.events;
+        let answer = async {
+            loop {
+                if let Event::Incoming(Packet::Publish(p)) = events.poll().await? {
+                    if let Ok(Inbox::Receipt(r)) = serde_json::from_slice::<Inbox>(&p.payload) {
+                        if r.reference == reference {
+                            return Ok::<_, Error>(r);
+                        }
+                    }
+                }
+            }
+        };
+        let receipt = tokio::time::timeout(ANSWER_TIMEOUT, answer)
+            .await
+            .map_err(|_| {
+                Error::Timeout(
+                    "no receipt from the hub within 15 s; send again with the same --ref",
+                )
+            })??;
+        match receipt.status {
+            ReceiptStatus::Stored => Ok(Stored {
+                id: receipt.id.unwrap_or_default(),
+                reference,
+            }),
+            _ => Err(Error::Refused(
+                receipt.reason.unwrap_or_else(|| "no reason given".into()),
+            )),
+        }
+    }
+
+    /// Receives deliveries and receipts until nothing came for `wait`
+    /// (forever with `follow`): each new message is handed to `on` (an
+    /// attachment saved under the device's `inbox/` first), and every
+    /// delivery is acknowledged, again if the hub resent it.
+    pub async fn receive(
+        &mut self,
+        wait: Duration,
+        follow: bool,
+        mut on: impl FnMut(InboxEvent<'_>),
+    ) -> Result<()> {
+        loop {
+            let event = match tokio::time::timeout(wait, self.events.poll()).await {
+                Err(_) if !follow => return Ok(()),
+                Err(_) => continue,
+                Ok(event) => event?,
+            };
+            let Event::Incoming(Packet::Publish(p)) = event else {
+                continue;
+            };
+            match serde_json::from_slice::<Inbox>(&p.payload) {
+                Ok(Inbox::Delivery(d)) => {
+                    if self.seen.first_time(&d.id) && !self.show(&d, &mut on)? {
+                        // Not acknowledged: the id is not the hub's.
+                        continue;
+                    }
+                    let ack = serde_json::to_vec(&inbox::ack_envelope(&d.id))
+                        .map_err(|e| Error::Usage(e.to_string()))?;
+                    self.client
+                        .publish(topic::outbox(&self.id), QoS::AtLeastOnce, false, ack)
+                        .await?;
+                }
+                Ok(Inbox::Receipt(r)) => on(InboxEvent::Receipt(&r)),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Hands a new delivery to `on`; false if it was malformed.
+    fn show(&self, d: &Delivery, on: &mut impl FnMut(InboxEvent<'_>)) -> Result<bool> {
+        use base64::Engine;
+        match (&d.body, &d.data) {
+            (Some(body), _) => on(InboxEvent::Text { delivery: d, body }),
+            (None, Some(data)) => {
+                let Some(name) = inbox::attachment_name(&d.id, d.content_type.as_deref()) else {
+                    on(InboxEvent::Malformed);
+                    return Ok(false);
+                };
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .map_err(|e| Error::Mqtt(format!("an attachment is not base64: {e}")))?;
+                let path: PathBuf = self.dir.save_attachment(&name, &bytes)?;
+                on(InboxEvent::Saved {
+                    delivery: d,
+                    path: &path,
+                    bytes: bytes.len(),
+                });
+            }
+            (None, None) => on(InboxEvent::Empty(d)),
+        }
+        Ok(true)
+    }
+
+    /// Disconnects cleanly, letting the acknowledgements go out first.
+    pub async fn close(mut self) {
+        let _ = self.client.disconnect().await;
+        flush_disconnect(&mut self.events).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_protocol::mailbox::{From, Kind};
+
+    #[test]
+    fn what_other_devices_sent_cannot_drive_the_terminal() {
+        let delivery = Delivery {
+            v: 1,
+            id: "ab\x1b[2J".into(),
+            from: From {
+                member: "Mum".parse().unwrap(),
+                device: DeviceId::from_entropy([1; 16]),
+            },
+            kind: Kind::Text,
+            body: Some("Dinner\nis \x1b]0;pwned\x07".into()),
+            data: None,
+            content_type: None,
+            sent_at: 0,
+            expires_at: 0,
+        };
+        let line = InboxEvent::Text {
+            delivery: &delivery,
+            body: delivery.body.as_deref().unwrap(),
+        }
+        .to_string();
+        assert!(!line.contains('\x1b') && !line.contains('\x07'), "{line:?}");
+        assert!(
+            line.starts_with("message ab") && line.contains("from Mum ("),
+            "{line}"
+        );
+        assert!(
+            line.contains("Dinner\nis "),
+            "a body keeps its lines: {line:?}"
+        );
+
+        let command = RunEvent::Command {
+            topic: "hearth/v1/dev/x/cmd/\x1b[31m",
+            payload: b"go\x1b]0;t\x07",
+        }
+        .to_string();
+        assert!(
+            !command.contains('\x1b') && !command.contains('\x07'),
+            "{command:?}"
+        );
+        let lost = RunEvent::ConnectionLost {
+            error: &Error::Timeout("t"),
+            retry_in: Duration::from_secs(4),
+        };
+        assert!(lost.is_problem() && lost.to_string().ends_with("retrying in 4s"));
+        assert!(InboxEvent::Malformed.is_problem());
+    }
+}
