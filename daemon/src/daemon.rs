@@ -14,7 +14,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, Hub, HubPorts};
+use crate::admin;
 use crate::audit::Audit;
 use crate::broker::{self, BrokerLimits};
 use crate::ca::{HubCa, ServerNames};
@@ -25,6 +25,7 @@ use crate::edge::sessions::{RetainedTopics, Sessions};
 use crate::edge::tls::{server_config, ClientAuth, ServerCertificate};
 use crate::edge::{self, Edge, EdgeLimits, ListenerKind};
 use crate::enroll;
+use crate::hub::{Hub, HubPorts, Retention};
 use crate::mailbox::Mailbox;
 use crate::pairing::PairingWindows;
 use crate::registry::Registry;
@@ -177,28 +178,6 @@ pub async fn run(
         mailbox_link,
     )
     .map_err(|e| config_error(&e))?;
-    let edge = Arc::new(Edge {
-        tls: TlsAcceptor::from(tls),
-        registry: Arc::clone(&registry),
-        broker: broker.endpoint.clone(),
-        limits: EdgeLimits {
-            max_packet: config.limits.max_payload,
-            handshake_timeout: config.limits.handshake_timeout(),
-            max_subscriptions: config.limits.max_subscriptions_per_client,
-            max_session_expiry: Duration::from_secs(config.limits.max_session_expiry_secs),
-        },
-        sessions: Arc::clone(&sessions),
-        store: Arc::clone(&store),
-        slots: Arc::new(Semaphore::new(config.limits.max_connections)),
-        admission: crate::admission::Admission::new(
-            config.limits.max_unauthenticated_per_source,
-            config.limits.max_unauthenticated,
-        ),
-        audit: audit.clone(),
-        retained: Arc::clone(&retained),
-        inbox_watch: Some(inbox_watch),
-    });
-
     let mut listeners = vec![ListenerInfo {
         name: "mqtt".into(),
         address: local_addr(&mqtt),
@@ -245,10 +224,32 @@ pub async fn run(
         windows: Arc::clone(&windows),
         ports,
         data_dir: data_dir.clone(),
-        retention: crate::admin::Retention {
+        retention: Retention {
             audit_days: config.audit.retention_days,
             message_secs: config.mailbox.expiry_secs,
         },
+    });
+
+    let edge = Arc::new(Edge {
+        tls: TlsAcceptor::from(tls),
+        registry: Arc::clone(&hub.registry),
+        broker: broker.endpoint.clone(),
+        limits: EdgeLimits {
+            max_packet: config.limits.max_payload,
+            handshake_timeout: config.limits.handshake_timeout(),
+            max_subscriptions: config.limits.max_subscriptions_per_client,
+            max_session_expiry: Duration::from_secs(config.limits.max_session_expiry_secs),
+        },
+        sessions: Arc::clone(&hub.sessions),
+        hub: Arc::clone(&hub),
+        slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+        admission: crate::admission::Admission::new(
+            config.limits.max_unauthenticated_per_source,
+            config.limits.max_unauthenticated,
+        ),
+        audit: hub.audit.clone(),
+        retained: Arc::clone(&hub.retained),
+        inbox_watch: Some(inbox_watch),
     });
 
     tracker.spawn(edge::serve(
@@ -379,23 +380,9 @@ async fn retire_renewed(hub: Arc<Hub>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(RETIRE_CHECK_INTERVAL) => {}
         }
-        let retired = hub.store().retire_due(crate::unix_now());
-        match retired {
-            Ok(retired) if !retired.is_empty() => {
-                // A session still open on a retired certificate ends too.
-                for sha in &retired {
-                    let device = hub.registry.lookup(sha).map(|identity| identity.device);
-                    hub.registry.retire(device.as_ref(), &[*sha]);
-                    if let Some(device) = device {
-                        hub.sessions.disconnect(&device);
-                    }
-                }
-                tracing::info!(
-                    count = retired.len(),
-                    "renewal grace over; previous certificates retired"
-                );
-            }
-            Ok(_) => {}
+        match hub.retire_due(crate::unix_now()) {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(count, "renewal grace over; previous certificates retired"),
             Err(e) => tracing::warn!(error = %e, "cannot retire renewed certificates"),
         }
     }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use mdns_sd::{IfKind, ServiceDaemon, ServiceInfo};
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::HubPorts;
 use crate::config::DiscoverySection;
+use crate::hub::HubPorts;
 use crate::pairing::PairingWindows;
 
 /// DNS-SD type of the hub's enrollment service.
