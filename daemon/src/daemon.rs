@@ -18,7 +18,7 @@ use crate::admin;
 use crate::audit::Audit;
 use crate::broker::{self, BrokerLimits};
 use crate::ca::{HubCa, ServerNames};
-use crate::config::{Config, EXIT_CONFIG};
+use crate::config::Config;
 use crate::discovery::Advertiser;
 use crate::edge::retained::RetainLimits;
 use crate::edge::sessions::{RetainedTopics, Sessions};
@@ -31,8 +31,6 @@ use crate::pairing::PairingWindows;
 use crate::registry::Registry;
 use crate::store::Store;
 
-/// Exit code when the broker stopped routing (sysexits EX_SOFTWARE).
-pub const EXIT_BROKER_DEAD: i32 = 70;
 /// How long shutdown waits for connections to close.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 /// How often the hub checks whether its addresses changed.
@@ -59,9 +57,9 @@ impl DaemonError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            DaemonError::Config(_) => EXIT_CONFIG,
-            DaemonError::Startup(_) => 1,
-            DaemonError::BrokerDead(_) => EXIT_BROKER_DEAD,
+            DaemonError::Config(_) => crate::exit::CONFIG,
+            DaemonError::Startup(_) => crate::exit::STARTUP,
+            DaemonError::BrokerDead(_) => crate::exit::BROKER_DEAD,
         }
     }
 }

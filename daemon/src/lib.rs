@@ -15,6 +15,7 @@ pub mod datadir;
 pub mod discovery;
 pub mod edge;
 pub mod enroll;
+pub mod exit;
 pub mod hub;
 pub mod logging;
 pub mod mailbox;

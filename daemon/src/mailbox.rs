@@ -31,8 +31,8 @@ use crate::store::{NewMessage, Store, StoreError};
 
 /// The mailbox key file in the data dir.
 pub const KEY_FILE: &str = crate::seal::KEY_FILE;
-/// The filter the mailbox's link subscribes to.
-pub const OUTBOX_FILTER: &str = "hearth/v1/dev/+/outbox";
+/// The filter the mailbox's link subscribes to (the broker makes the link).
+pub use crate::broker::OUTBOX_FILTER;
 /// How long after a device subscribes to its inbox the mailbox delivers
 /// (the broker applies the subscription first).
 const SUBSCRIBE_SETTLE: Duration = Duration::from_millis(150);
