@@ -497,7 +497,7 @@ fn open_pairing(
         &host,
         explicit,
         &hub.listeners,
-        &crate::ca::ServerNames::discover(&crate::discovery::instance_name(&hub.ca.fingerprint())),
+        &crate::ca::ServerNames::discover(&crate::ca::instance_name(&hub.ca.fingerprint())),
     )?;
     let (id, token, expires_at) = hub.windows.open(
         member.clone(),
@@ -616,8 +616,7 @@ fn default_host(listeners: &[ListenerInfo]) -> Option<String> {
 /// The address a device on the LAN most likely reaches the hub by: the
 /// first IPv4 address of a non-loopback interface, else the hub's mDNS name.
 fn lan_host(ca: &HubCa) -> String {
-    let names =
-        crate::ca::ServerNames::discover(&crate::discovery::instance_name(&ca.fingerprint()));
+    let names = crate::ca::ServerNames::discover(&crate::ca::instance_name(&ca.fingerprint()));
     names
         .ips
         .iter()

@@ -97,14 +97,14 @@ pub async fn run(
              --data-dir pointing at its state directory."
         );
     }
-    let alias = crate::discovery::host_name(&ca.fingerprint());
+    let alias = crate::ca::host_name(&ca.fingerprint());
     // `[hub] name` may rename the hub; `hearth-<8 hex>.local` stays a
     // server name either way (devices may rely on it).
     let hub_name = config
         .hub
         .name
         .clone()
-        .unwrap_or_else(|| crate::discovery::instance_name(&ca.fingerprint()));
+        .unwrap_or_else(|| crate::ca::instance_name(&ca.fingerprint()));
     let names = ServerNames::discover(&hub_name).with_alias(alias.clone());
     let identity = ca
         .server_identity(&data_dir, &names)
