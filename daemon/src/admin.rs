@@ -128,8 +128,8 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
             .map(|()| AdminResponse::Member(MemberInfo { name, role }))
             .map_err(reply),
         AdminRequest::MemberList => hub
-            .store()
-            .members()
+            .store
+            .with(|s| s.members())
             .map(|members| AdminResponse::Members { members })
             .map_err(|e| e.to_string()),
         AdminRequest::DeviceIssue {
@@ -146,8 +146,8 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
                 .map_err(reply)
         }
         AdminRequest::DeviceList => hub
-            .store()
-            .devices()
+            .store
+            .with(|s| s.devices())
             .map(|devices| AdminResponse::Devices { devices })
             .map_err(|e| e.to_string()),
         AdminRequest::DeviceRevoke { id } => match hub.revoke_device(&id).await {
@@ -218,13 +218,13 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
             }
         }
         AdminRequest::MailboxStatus => hub
-            .store()
-            .mailbox_pending()
+            .store
+            .with(|s| s.mailbox_pending())
             .map(|pending| AdminResponse::Mailbox { pending })
             .map_err(|e| e.to_string()),
         AdminRequest::ContactList => hub
-            .store()
-            .contact_rules()
+            .store
+            .with(|s| s.contact_rules())
             .map(|rules| AdminResponse::Contacts { rules })
             .map_err(|e| e.to_string()),
         AdminRequest::ContactSet { a, b, allowed } => {
@@ -262,8 +262,8 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
         } => {
             // What was recorded before the question is in the answer.
             hub.audit.flush().await;
-            hub.store()
-                .audit(device.as_ref(), since, after_id, limit.clamp(1, 10_000))
+            hub.store
+                .with(|s| s.audit(device.as_ref(), since, after_id, limit.clamp(1, 10_000)))
                 .map(|entries| AdminResponse::Audit { entries })
                 .map_err(|e| e.to_string())
         }
@@ -306,8 +306,8 @@ fn privacy_report(hub: &Hub, member: Option<MemberName>) -> Result<AdminResponse
     };
     if let Some(name) = &member {
         if hub
-            .store()
-            .member_role(name)
+            .store
+            .with(|s| s.member_role(name))
             .map_err(|e| e.to_string())?
             .is_none()
         {
@@ -315,8 +315,8 @@ fn privacy_report(hub: &Hub, member: Option<MemberName>) -> Result<AdminResponse
         }
     }
     let items = hub
-        .store()
-        .privacy_items(member.as_ref(), &kept)
+        .store
+        .with(|s| s.privacy_items(member.as_ref(), &kept))
         .map_err(|e| e.to_string())?;
     Ok(AdminResponse::Privacy(PrivacyReport {
         member,
@@ -340,79 +340,80 @@ fn privacy_report(hub: &Hub, member: Option<MemberName>) -> Result<AdminResponse
 fn member_export(hub: &Hub, name: MemberName) -> Result<AdminResponse, String> {
     use serde_json::{json, Value};
     let err = |e: &dyn std::fmt::Display| e.to_string();
-    let store = hub.store();
-    let role = store
-        .member_role(&name)
-        .map_err(|e| err(&e))?
-        .ok_or_else(|| format!("no member named {name:?}"))?;
-    let owner = Owner::Member(name.clone());
-    let devices: Vec<_> = store
-        .devices()
-        .map_err(|e| err(&e))?
-        .into_iter()
-        .filter(|d| d.owner == owner)
-        .collect();
-    let contacts: Vec<_> = store
-        .contact_rules()
-        .map_err(|e| err(&e))?
-        .into_iter()
-        .filter(|r| r.from == name || r.to == name)
-        .collect();
-    let mut audit = Vec::new();
-    for d in &devices {
-        audit.extend(
-            store
-                .audit(Some(&d.id), None, None, 100_000)
-                .map_err(|e| err(&e))?,
-        );
-    }
-    // The key is loaded only to open; it is never made here.
-    let key = crate::seal::MailboxKey::load(&hub.data_dir, 1).map_err(|e| err(&e))?;
-    let mut attachments = Vec::new();
-    let mut open = |id: &str, direction: &str| -> Result<Option<Value>, String> {
-        let Some(m) = store.message(id).map_err(|e| err(&e))? else {
-            return Ok(None);
+    let (data, attachments) = hub.store.with(|store| -> Result<_, String> {
+        let role = store
+            .member_role(&name)
+            .map_err(|e| err(&e))?
+            .ok_or_else(|| format!("no member named {name:?}"))?;
+        let owner = Owner::Member(name.clone());
+        let devices: Vec<_> = store
+            .devices()
+            .map_err(|e| err(&e))?
+            .into_iter()
+            .filter(|d| d.owner == owner)
+            .collect();
+        let contacts: Vec<_> = store
+            .contact_rules()
+            .map_err(|e| err(&e))?
+            .into_iter()
+            .filter(|r| r.from == name || r.to == name)
+            .collect();
+        let mut audit = Vec::new();
+        for d in &devices {
+            audit.extend(
+                store
+                    .audit(Some(&d.id), None, None, 100_000)
+                    .map_err(|e| err(&e))?,
+            );
+        }
+        // The key is loaded only to open; it is never made here.
+        let key = crate::seal::MailboxKey::load(&hub.data_dir, 1).map_err(|e| err(&e))?;
+        let mut attachments = Vec::new();
+        let mut open = |id: &str, direction: &str| -> Result<Option<Value>, String> {
+            let Some(m) = store.message(id).map_err(|e| err(&e))? else {
+                return Ok(None);
+            };
+            let plain = key
+                .open(&m.id, &m.recipient, m.wrapped_key.as_deref(), &m.sealed)
+                .ok_or_else(|| format!("message {} does not open", m.id))?;
+            let mut content: Value = serde_json::from_slice(&plain).map_err(|e| err(&e))?;
+            if let Some(data) = content.get("data").and_then(Value::as_str) {
+                let ext = content
+                    .get("content_type")
+                    .and_then(Value::as_str)
+                    .and_then(|t| t.split('/').nth(1))
+                    .filter(|e| e.chars().all(|c| c.is_ascii_alphanumeric()))
+                    .unwrap_or("bin");
+                let file = format!("{}.{ext}", m.id);
+                attachments.push((file.clone(), data.to_owned()));
+                content["data"] = Value::String(format!("attachments/{file}"));
+            }
+            Ok(Some(json!({
+                "id": m.id, "direction": direction, "from_device": m.sender,
+                "to": m.recipient, "sent_at": m.sent_at, "expires_at": m.expires_at,
+                "content": content,
+            })))
         };
-        let plain = key
-            .open(&m.id, &m.recipient, m.wrapped_key.as_deref(), &m.sealed)
-            .ok_or_else(|| format!("message {} does not open", m.id))?;
-        let mut content: Value = serde_json::from_slice(&plain).map_err(|e| err(&e))?;
-        if let Some(data) = content.get("data").and_then(Value::as_str) {
-            let ext = content
-                .get("content_type")
-                .and_then(Value::as_str)
-                .and_then(|t| t.split('/').nth(1))
-                .filter(|e| e.chars().all(|c| c.is_ascii_alphanumeric()))
-                .unwrap_or("bin");
-            let file = format!("{}.{ext}", m.id);
-            attachments.push((file.clone(), data.to_owned()));
-            content["data"] = Value::String(format!("attachments/{file}"));
+        let mut messages = Vec::new();
+        for d in &devices {
+            for id in store.pending_ids(&d.id).map_err(|e| err(&e))? {
+                messages.extend(open(&id, "waiting for this member")?);
+            }
+            for id in store.messages_sent_by(&d.id).map_err(|e| err(&e))? {
+                messages.extend(open(&id, "sent by this member, not yet delivered")?);
+            }
         }
-        Ok(Some(json!({
-            "id": m.id, "direction": direction, "from_device": m.sender,
-            "to": m.recipient, "sent_at": m.sent_at, "expires_at": m.expires_at,
-            "content": content,
-        })))
-    };
-    let mut messages = Vec::new();
-    for d in &devices {
-        for id in store.pending_ids(&d.id).map_err(|e| err(&e))? {
-            messages.extend(open(&id, "waiting for this member")?);
-        }
-        for id in store.messages_sent_by(&d.id).map_err(|e| err(&e))? {
-            messages.extend(open(&id, "sent by this member, not yet delivered")?);
-        }
-    }
-    let data = json!({
-        "format": "hearth-member-export-v1",
-        "exported_at": crate::unix_now(),
-        "member": {"name": name, "role": role},
-        "devices": devices,
-        "contact_rules": contacts,
-        "messages": messages,
-        "audit": audit,
-    });
-    drop(store);
+        let data = json!({
+            "format": "hearth-member-export-v1",
+            "exported_at": crate::unix_now(),
+            "member": {"name": name, "role": role},
+            "devices": devices,
+            "contact_rules": contacts,
+            "messages": messages,
+            "audit": audit,
+        });
+        Ok((data, attachments))
+    })?;
     // Only the export is audited, not whose.
     hub.admin_audit("member-export", None, "exported".into());
     Ok(AdminResponse::MemberExport { data, attachments })
@@ -432,8 +433,10 @@ async fn backup(
         (None, Some(r)) => crate::backup::BackupKey::Recipient(r),
         _ => return Err("give a passphrase or a recipient, not both".into()),
     };
-    let file =
-        crate::backup::create(&hub.store(), &hub.data_dir, &key).map_err(|e| e.to_string())?;
+    let file = hub
+        .store
+        .with(|s| crate::backup::create(s, &hub.data_dir, &key))
+        .map_err(|e| e.to_string())?;
     hub.admin_audit("backup", None, "encrypted backup made".into());
     Ok(AdminResponse::Backup {
         age_base64: base64::engine::general_purpose::STANDARD.encode(file),
@@ -479,8 +482,8 @@ fn open_pairing(
     host: Option<String>,
 ) -> Result<AdminResponse, String> {
     if hub
-        .store()
-        .member_role(&member)
+        .store
+        .with(|s| s.member_role(&member))
         .map_err(|e| e.to_string())?
         .is_none()
     {

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hearth_protocol::admin::ListenerInfo;
@@ -29,7 +29,7 @@ use crate::hub::{Hub, HubPorts, Retention};
 use crate::mailbox::Mailbox;
 use crate::pairing::PairingWindows;
 use crate::registry::Registry;
-use crate::store::Store;
+use crate::store::StoreHandle;
 
 /// How long shutdown waits for connections to close.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
@@ -82,7 +82,7 @@ pub async fn run(
         Some(addr) => Some(bind("dev.listen", addr).await?),
         None => None,
     };
-    let store = Store::open(&data_dir)
+    let store = StoreHandle::open(&data_dir)
         .map_err(|e| DaemonError::Config(format!("data dir {}: {e}", data_dir.display())))?;
     let new_hub = !data_dir.join("ca.pem").exists() && !data_dir.join("ca.key").exists();
     let ca = Arc::new(HubCa::load_or_create(&data_dir).map_err(|e| config_error(&e))?);
@@ -110,10 +110,13 @@ pub async fn run(
         .server_identity(&data_dir, &names)
         .map_err(|e| config_error(&e))?;
     let registry = Arc::new(Registry::new(
-        store.active_certificates().map_err(|e| config_error(&e))?,
-        store.revoked_fingerprints().map_err(|e| config_error(&e))?,
+        store
+            .with(|s| s.active_certificates())
+            .map_err(|e| config_error(&e))?,
+        store
+            .with(|s| s.revoked_fingerprints())
+            .map_err(|e| config_error(&e))?,
     ));
-    let store = Arc::new(Mutex::new(store));
 
     let admin_path = config.resolved_admin_socket(&data_dir);
     let admin_listener = admin::bind(&admin_path).map_err(|e| config_error(&e))?;
@@ -150,7 +153,7 @@ pub async fn run(
     let audit_stop = CancellationToken::new();
     let audit_tracker = TaskTracker::new();
     let audit = Audit::start(
-        Arc::clone(&store),
+        store.clone(),
         Duration::from_secs(u64::from(config.audit.retention_days) * 86_400),
         config.audit.max_unidentified_entries_per_minute,
         audit_stop.clone(),
@@ -169,7 +172,7 @@ pub async fn run(
         .ok_or_else(|| DaemonError::Startup("the broker gave no mailbox link".into()))?;
     let (mailbox, inbox_watch, subscribed) = Mailbox::new(
         &data_dir,
-        Arc::clone(&store),
+        store.clone(),
         Arc::clone(&sessions),
         audit.clone(),
         config.mailbox.within(config.limits.max_payload),
@@ -210,7 +213,7 @@ pub async fn run(
         None
     };
     let hub = Arc::new(Hub {
-        store: Arc::clone(&store),
+        store: store.clone(),
         ca: Arc::clone(&ca),
         registry,
         sessions,

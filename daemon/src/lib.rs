@@ -23,6 +23,7 @@ pub mod pairing;
 pub mod registry;
 pub mod seal;
 pub mod store;
+pub mod sync;
 
 /// Seconds since the Unix epoch, as stored in the database.
 pub fn unix_now() -> i64 {

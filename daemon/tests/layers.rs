@@ -13,7 +13,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     // Shared ground: no state, no domain.
     (
         "foundation",
-        &["crate", "datadir", "logging", "exit", "config", "cli"],
+        &[
+            "crate", "datadir", "logging", "exit", "config", "cli", "sync",
+        ],
     ),
     ("store", &["store"]),
     // What the hub is made of and owns.

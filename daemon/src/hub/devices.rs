@@ -32,37 +32,38 @@ impl Hub {
         label: Label,
         csr_pem: &str,
     ) -> Result<IssuedDevice, HubError> {
-        let mut store = self.store();
-        let role = match &owner {
-            Owner::Member(name) => match store.member_role(name)? {
-                Some(Role::Parent) => DeviceRole::Parent,
-                Some(Role::Child) => DeviceRole::Child,
-                None => return Err(HubError::NoSuchMember(name.clone())),
-            },
-            Owner::Service => DeviceRole::Service,
-        };
-        let device = DeviceId::from_entropy(crate::random_bytes());
-        let issued = self.ca.issue_device(csr_pem, &device)?;
-        store.add_device(&NewDevice {
-            id: device,
-            owner: &owner,
-            label: &label,
-            sha256: issued.sha256,
-            serial_hex: &issued.serial_hex,
-            not_after: issued.not_after,
-        })?;
-        // Registered before the store lock is released: a member removal
+        // Signed and registered under the store lock: a member removal
         // cannot fall in between.
-        self.registry.insert(
-            issued.sha256,
-            DeviceIdentity {
-                device,
-                owner,
-                role,
-                grants: Vec::new().into(),
-            },
-        );
-        drop(store);
+        let (device, issued) = self.store.with(|store| {
+            let role = match &owner {
+                Owner::Member(name) => match store.member_role(name)? {
+                    Some(Role::Parent) => DeviceRole::Parent,
+                    Some(Role::Child) => DeviceRole::Child,
+                    None => return Err(HubError::NoSuchMember(name.clone())),
+                },
+                Owner::Service => DeviceRole::Service,
+            };
+            let device = DeviceId::from_entropy(crate::random_bytes());
+            let issued = self.ca.issue_device(csr_pem, &device)?;
+            store.add_device(&NewDevice {
+                id: device,
+                owner: &owner,
+                label: &label,
+                sha256: issued.sha256,
+                serial_hex: &issued.serial_hex,
+                not_after: issued.not_after,
+            })?;
+            self.registry.insert(
+                issued.sha256,
+                DeviceIdentity {
+                    device,
+                    owner,
+                    role,
+                    grants: Vec::new().into(),
+                },
+            );
+            Ok::<_, HubError>((device, issued))
+        })?;
         tracing::info!(device = %device, "device certificate issued");
         self.admin_audit(
             "device-issue",
@@ -93,22 +94,23 @@ impl Hub {
         // The store lock is held until the registry knows the new
         // certificate, so a revocation cannot fall between the two; the
         // identity (grants) is read afresh under it.
-        let store = self.store();
-        store.add_renewed_certificate(
-            &identity.device,
-            presented,
-            issued.sha256,
-            &issued.serial_hex,
-            issued.not_after,
-            crate::unix_now() + RENEWAL_GRACE.as_secs() as i64,
-        )?;
-        let current = self
-            .registry
-            .lookup(presented)
-            .ok_or(HubError::NotAccepted)?;
-        self.registry.insert(issued.sha256, current);
-        self.registry.mark_renewing(identity.device);
-        drop(store);
+        self.store.with(|store| {
+            store.add_renewed_certificate(
+                &identity.device,
+                presented,
+                issued.sha256,
+                &issued.serial_hex,
+                issued.not_after,
+                crate::unix_now() + RENEWAL_GRACE.as_secs() as i64,
+            )?;
+            let current = self
+                .registry
+                .lookup(presented)
+                .ok_or(HubError::NotAccepted)?;
+            self.registry.insert(issued.sha256, current);
+            self.registry.mark_renewing(identity.device);
+            Ok::<_, HubError>(())
+        })?;
         self.admin_audit(
             "renew",
             Some(identity.device),
@@ -121,8 +123,8 @@ impl Hub {
     /// revoked device cuts it off again (cheap, and never less safe).
     pub async fn revoke_device(&self, id: &DeviceId) -> Result<Revoked, HubError> {
         let already = self
-            .store()
-            .devices()
+            .store
+            .with(|s| s.devices())
             .map(|all| {
                 all.iter()
                     .any(|d| d.id == *id && d.status == DeviceStatus::Revoked)
@@ -142,7 +144,7 @@ impl Hub {
     pub async fn remove_device(&self, id: &DeviceId) -> Result<(), HubError> {
         self.revoke_quietly(id).await?;
         self.audit.flush().await;
-        self.store().remove_device(id)?;
+        self.store.with(|s| s.remove_device(id))?;
         // The entry says a device was erased, not which: its id is gone.
         self.admin_audit("device-remove", None, "device erased".into());
         Ok(())
@@ -152,11 +154,11 @@ impl Hub {
     /// its certificates out of the registry under the same lock, then cut
     /// its sessions and purge the broker.
     pub(super) async fn revoke_quietly(&self, id: &DeviceId) -> Result<(), HubError> {
-        {
-            let mut store = self.store();
+        self.store.with(|store| {
             store.revoke_device(id)?;
             self.registry.remove_device(id);
-        }
+            Ok::<_, HubError>(())
+        })?;
         self.cut_off(id).await;
         Ok(())
     }
@@ -168,12 +170,13 @@ impl Hub {
         device: &DeviceId,
         used: &[u8; 32],
     ) -> Result<usize, HubError> {
-        let store = self.store();
-        let retired = store.retire_predecessors(device, used)?;
-        if !retired.is_empty() {
-            self.registry.retire(Some(device), &retired);
-        }
-        Ok(retired.len())
+        self.store.with(|store| {
+            let retired = store.retire_predecessors(device, used)?;
+            if !retired.is_empty() {
+                self.registry.retire(Some(device), &retired);
+            }
+            Ok(retired.len())
+        })
     }
 
     /// Retires certificates whose renewal grace ended before `now` without
@@ -181,16 +184,15 @@ impl Hub {
     /// Returns how many retired.
     pub fn retire_due(&self, now: i64) -> Result<usize, HubError> {
         let mut ended = Vec::new();
-        let count = {
-            let store = self.store();
+        let count = self.store.with(|store| {
             let retired = store.retire_due(now)?;
             for sha in &retired {
                 let device = self.registry.lookup(sha).map(|identity| identity.device);
                 self.registry.retire(device.as_ref(), &[*sha]);
                 ended.extend(device);
             }
-            retired.len()
-        };
+            Ok::<_, HubError>(retired.len())
+        })?;
         for device in &ended {
             self.sessions.disconnect(device);
         }
@@ -234,7 +236,11 @@ mod tests {
         assert!(hub.registry.lookup(&sha).is_none());
         assert!(hub.registry.is_revoked(&sha));
         // The database says so too: a restart loads the same registry.
-        assert!(hub.store().active_certificates().unwrap().is_empty());
+        assert!(hub
+            .store
+            .with(|s| s.active_certificates())
+            .unwrap()
+            .is_empty());
         assert_eq!(
             hub.revoke_device(&issued.device_id).await.unwrap(),
             Revoked::Already
@@ -325,9 +331,13 @@ mod tests {
             .unwrap();
         let sha = fingerprint(&issued.certificate_pem);
         hub.remove_device(&issued.device_id).await.unwrap();
-        assert!(hub.store().devices().unwrap().is_empty());
+        assert!(hub.store.with(|s| s.devices()).unwrap().is_empty());
         assert!(hub.registry.lookup(&sha).is_none());
-        assert!(hub.store().revoked_fingerprints().unwrap().contains(&sha));
+        assert!(hub
+            .store
+            .with(|s| s.revoked_fingerprints())
+            .unwrap()
+            .contains(&sha));
         let err = hub.remove_device(&issued.device_id).await.unwrap_err();
         assert!(matches!(err, HubError::Refused(_)), "{err}");
     }

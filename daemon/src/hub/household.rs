@@ -20,8 +20,7 @@ impl Hub {
     /// Adds a member; nicknames are unique whatever their case, so "ada" is
     /// refused beside "Ada" (the check and the insert happen under one lock).
     pub fn add_member(&self, name: MemberName, role: Role) -> Result<(), HubError> {
-        {
-            let store = self.store();
+        self.store.with(|store| {
             let members = store.members()?;
             if let Some(existing) = members
                 .iter()
@@ -30,7 +29,8 @@ impl Hub {
                 return Err(HubError::MemberExists(existing.name.clone()));
             }
             store.add_member(&name, role)?;
-        }
+            Ok(())
+        })?;
         self.admin_audit("member-add", None, format!("{role}"));
         Ok(())
     }
@@ -43,12 +43,12 @@ impl Hub {
         if self.is_last_parent(name)? {
             return Err(HubError::LastParent(name.clone()));
         }
-        let devices = self.store().member_device_ids(name)?;
+        let devices = self.store.with(|s| s.member_device_ids(name))?;
         for id in &devices {
             self.revoke_quietly(id).await?;
         }
         self.audit.flush().await;
-        let devices = self.store().remove_member(name)?;
+        let devices = self.store.with(|s| s.remove_member(name))?;
         self.admin_audit(
             "member-remove",
             None,
@@ -60,7 +60,7 @@ impl Hub {
     /// Whether `name` is a parent whose removal would leave other members
     /// without any parent.
     fn is_last_parent(&self, name: &MemberName) -> Result<bool, HubError> {
-        let members = self.store().members()?;
+        let members = self.store.with(|s| s.members())?;
         let Some(member) = members.iter().find(|m| &m.name == name) else {
             return Ok(false);
         };
@@ -75,7 +75,7 @@ impl Hub {
         b: &MemberName,
         allowed: bool,
     ) -> Result<(), HubError> {
-        self.store().set_contact(a, b, allowed)?;
+        self.store.with(|s| s.set_contact(a, b, allowed))?;
         let verb = if allowed { "allow" } else { "deny" };
         // Members are not named in the audit (docs/PRIVACY.md).
         self.admin_audit("contacts", None, verb.to_owned());
@@ -94,21 +94,23 @@ impl Hub {
         add: bool,
     ) -> Result<GrantChange, HubError> {
         let grant = Grant::new(filter, direction)?;
-        {
-            let store = self.store();
+        let changed = self.store.with(|store| {
             let changed = if add {
                 store.add_grant(id, &grant)
             } else {
                 store.remove_grant(id, &grant)
             }?;
-            if !changed {
-                return if add {
-                    Ok(GrantChange::Unchanged)
-                } else {
-                    Err(HubError::NoSuchGrant(*id))
-                };
+            if changed {
+                self.registry.set_grants(id, store.grants(id)?);
             }
-            self.registry.set_grants(id, store.grants(id)?);
+            Ok::<_, HubError>(changed)
+        })?;
+        if !changed {
+            return if add {
+                Ok(GrantChange::Unchanged)
+            } else {
+                Err(HubError::NoSuchGrant(*id))
+            };
         }
         self.sessions.disconnect(id);
         if !add {
@@ -144,7 +146,7 @@ mod tests {
             matches!(&err, HubError::MemberExists(n) if n.as_str() == "Ada"),
             "{err}"
         );
-        assert_eq!(hub.store().members().unwrap().len(), 1);
+        assert_eq!(hub.store.with(|s| s.members()).unwrap().len(), 1);
     }
 
     #[tokio::test]
@@ -163,7 +165,7 @@ mod tests {
         assert_eq!(erased, vec![issued.device_id]);
         assert!(hub.registry.is_empty());
         assert!(hub.remove_member(&name("Mum")).await.unwrap().is_empty());
-        assert!(hub.store().members().unwrap().is_empty());
+        assert!(hub.store.with(|s| s.members()).unwrap().is_empty());
     }
 
     #[tokio::test]

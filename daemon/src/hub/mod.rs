@@ -8,7 +8,7 @@ pub mod devices;
 pub mod household;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Instant;
 
 use hearth_protocol::admin::ListenerInfo;
@@ -23,15 +23,16 @@ use crate::ca::{CaError, HubCa};
 use crate::edge::sessions::{RetainedTopics, Sessions};
 use crate::pairing::PairingWindows;
 use crate::registry::Registry;
-use crate::store::{Store, StoreError};
+use crate::store::{StoreError, StoreHandle};
 
 pub use devices::{Revoked, RENEWAL_GRACE};
 
 /// The household's state and what acts on it.
 #[derive(Debug)]
 pub struct Hub {
-    /// The database. Written only through the hub's operations.
-    pub store: Arc<Mutex<Store>>,
+    /// The database, reached off the async runtime. Written only through
+    /// the hub's operations.
+    pub store: StoreHandle,
     /// The CA that signs device certificates.
     pub ca: Arc<HubCa>,
     /// Accepted certificates.
@@ -153,20 +154,7 @@ impl From<CaError> for HubError {
     }
 }
 
-/// Locks a mutex, recovering it if a holder panicked: every value behind
-/// the hub's mutexes is left consistent at each step (SQLite rolls back an
-/// unfinished transaction), so a poisoned lock is still safe to use.
-pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Hub {
-    /// The store, locked. Hold it across a commit and the registry update
-    /// that follows it, so no other change falls between the two.
-    pub fn store(&self) -> MutexGuard<'_, Store> {
-        lock(&self.store)
-    }
-
     /// Records an administrative action; ids only, never names or labels.
     pub fn admin_audit(&self, action: &str, device: Option<DeviceId>, detail: String) {
         self.audit.record(Event {
@@ -182,7 +170,7 @@ impl Hub {
     /// `name` itself when there is none, so the caller's "no member named"
     /// error names what was asked.
     pub fn member_named(&self, name: MemberName) -> MemberName {
-        let members = self.store().members().unwrap_or_default();
+        let members = self.store.with(|s| s.members()).unwrap_or_default();
         hearth_protocol::reference::find_member(&name, members.iter().map(|m| &m.name))
             .cloned()
             .unwrap_or(name)
@@ -228,14 +216,13 @@ pub(crate) mod testing {
     use tokio_util::task::TaskTracker;
 
     pub(crate) fn hub(dir: &std::path::Path) -> Hub {
-        let store = Store::open(dir).unwrap();
+        let store = StoreHandle::open(dir).unwrap();
         let registry = Arc::new(Registry::new(
-            store.active_certificates().unwrap(),
-            store.revoked_fingerprints().unwrap(),
+            store.with(|s| s.active_certificates()).unwrap(),
+            store.with(|s| s.revoked_fingerprints()).unwrap(),
         ));
-        let store = Arc::new(Mutex::new(store));
         let audit = Audit::start(
-            Arc::clone(&store),
+            store.clone(),
             std::time::Duration::from_secs(86_400),
             60,
             CancellationToken::new(),
