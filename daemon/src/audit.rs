@@ -103,7 +103,7 @@ impl Audit {
     /// when it is spent (the entry is dropped and counted). `Some(n)`: the
     /// entry may be written, and `n` entries were dropped before it.
     fn take_total(&self) -> Option<u32> {
-        let mut total = self.total.lock().unwrap_or_else(|p| p.into_inner());
+        let mut total = crate::sync::lock(&self.total);
         let now = Instant::now();
         if now.duration_since(total.window_start) >= WINDOW {
             total.window_start = now;
@@ -158,7 +158,7 @@ impl Audit {
             });
         }
         let suppressed_before = {
-            let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+            let mut buckets = crate::sync::lock(&self.buckets);
             let now = Instant::now();
             if buckets.len() > 10_000 {
                 buckets.retain(|_, b| now.duration_since(b.window_start) < WINDOW);
