@@ -167,6 +167,19 @@ pub async fn start(limits: BrokerLimits) -> Result<RunningBroker, BrokerError> {
     std::thread::Builder::new()
         .name("rumqttd".to_owned())
         .spawn(move || {
+            if debug_fault("router-thread-ends") {
+                // Debug builds only: the router goes on in a thread of its
+                // own while this one reports an end a few seconds in, as
+                // when every server thread has stopped.
+                let _ = std::thread::Builder::new()
+                    .name("rumqttd".to_owned())
+                    .spawn(move || {
+                        let _ = broker.start();
+                    });
+                std::thread::sleep(Duration::from_secs(5));
+                let _ = ended.send("the broker's listeners stopped (injected fault)".to_owned());
+                return;
+            }
             let why = match broker.start() {
                 Err(e) => format!("the broker stopped: {e}"),
                 Ok(()) => "the broker's listeners stopped".to_owned(),
