@@ -80,44 +80,78 @@ fn layer_of(node: &str) -> Option<usize> {
     LAYERS.iter().position(|(_, mods)| mods.contains(&node))
 }
 
-/// The module paths a file names after `crate::` (in `use` lines and
-/// inline), comments left out. A root item (`crate::unix_now`) is the
-/// crate itself.
+/// The module paths a file names after `crate::` (in `use` lines, grouped
+/// `crate::{a, b::c}` included, and inline), comments left out. A root
+/// item (`crate::unix_now`) is the crate itself.
 fn imports(text: &str, known: &BTreeSet<String>) -> Vec<Vec<String>> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let code = line.trim_start();
-        if code.starts_with("//") {
-            continue;
-        }
-        let mut rest = code;
-        while let Some(at) = rest.find("crate::") {
-            // `hearth_daemon::crate::` never occurs; a `$crate::` would be a macro's.
-            let path: String = rest[at + "crate::".len()..]
-                .chars()
-                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
-                .collect();
-            let segments: Vec<String> = path
-                .split("::")
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect();
+    let code: String = text
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut paths = Vec::new();
+    let mut rest = code.as_str();
+    while let Some(at) = rest.find("crate::") {
+        rest = &rest[at + "crate::".len()..];
+        paths.extend(expand(rest));
+    }
+    paths
+        .into_iter()
+        .map(|path| {
             // Only the segments that name modules; a root item is `crate`.
-            let mut module = Vec::new();
-            for s in segments {
+            let mut module: Vec<String> = Vec::new();
+            for s in path.split("::").map(str::trim).filter(|s| !s.is_empty()) {
                 let mut next = module.clone();
-                next.push(s);
+                next.push(s.to_owned());
                 if known.contains(&next.join("::")) {
                     module = next;
                 } else {
                     break;
                 }
             }
-            out.push(module);
-            rest = &rest[at + "crate::".len()..];
+            module
+        })
+        .collect()
+}
+
+/// The paths at the start of `text` (what follows `crate::`): one path, or
+/// each path of a `{...}` group, nested groups expanded.
+fn expand(text: &str) -> Vec<String> {
+    let head: String = text
+        .chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
+        .collect();
+    let after = &text[head.len()..];
+    if !after.starts_with('{') {
+        return vec![head];
+    }
+    // The group's items, split at its top-level commas.
+    let mut depth = 0;
+    let mut items = Vec::new();
+    let mut start = 1;
+    for (i, c) in after.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    items.push(&after[start..i]);
+                    break;
+                }
+            }
+            ',' if depth == 1 => {
+                items.push(&after[start..i]);
+                start = i + 1;
+            }
+            _ => {}
         }
     }
-    out
+    items
+        .into_iter()
+        .map(str::trim_start)
+        .filter(|item| !item.is_empty())
+        .flat_map(|item| expand(item).into_iter().map(|tail| format!("{head}{tail}")))
+        .collect()
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -239,7 +273,11 @@ fn the_checker_sees_an_import_upward_and_a_circle() {
     std::fs::write(dir.join("lib.rs"), "pub mod store;\n").unwrap();
     std::fs::write(dir.join("store.rs"), "use crate::hub::Hub;\n").unwrap();
     std::fs::write(dir.join("hub.rs"), "use crate::store::Store;\n").unwrap();
-    std::fs::write(dir.join("admin.rs"), "use crate::enroll::x;\n").unwrap();
+    std::fs::write(
+        dir.join("admin.rs"),
+        "use crate::{\n    audit::Event,\n    enroll::{x, y},\n};\n",
+    )
+    .unwrap();
     std::fs::write(dir.join("enroll.rs"), "fn f() { crate::admin::y(); }\n").unwrap();
     std::fs::write(dir.join("edge/mod.rs"), "// crate::daemon in a comment\n").unwrap();
     std::fs::write(
