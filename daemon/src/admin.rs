@@ -3,28 +3,24 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
 use hearth_protocol::admin::{
-    AdminRequest, AdminResponse, DeviceStatus, IssuedDevice, ListenerInfo, MemberInfo,
-    PairingTicket, StatusReport,
+    AdminRequest, AdminResponse, ListenerInfo, MemberInfo, PairingTicket, StatusReport,
 };
 use hearth_protocol::pairing::PairingUri;
-use hearth_protocol::policy::{DeviceRole, Direction, Grant};
-use hearth_protocol::{DeviceId, Label, MemberName, Owner, Role};
+use hearth_protocol::policy::Direction;
+use hearth_protocol::{DeviceId, Label, MemberName, Owner};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::audit::{Audit, Event};
-use crate::broker::{self, BrokerEndpoint};
+use crate::audit::Event;
 use crate::ca::HubCa;
-use crate::edge::sessions::{RetainedTopics, Sessions};
-use crate::registry::{DeviceIdentity, Registry};
-use crate::store::{NewDevice, Store};
+use crate::hub::household::GrantChange;
+use crate::hub::{Hub, HubError, Retention, Revoked};
 
 /// Largest request line; a CSR is a few hundred bytes.
 const MAX_REQUEST: u64 = 64 * 1024;
@@ -40,59 +36,6 @@ pub struct AdminSocketError {
     /// What went wrong.
     pub message: String,
 }
-
-/// What the admin handlers act on.
-#[derive(Debug)]
-pub struct Hub {
-    /// The database.
-    pub store: Arc<Mutex<Store>>,
-    /// The CA that signs device certificates.
-    pub ca: Arc<HubCa>,
-    /// Accepted certificates.
-    pub registry: Arc<Registry>,
-    /// Live sessions.
-    pub sessions: Arc<Sessions>,
-    /// Bound listeners, for `status`.
-    pub listeners: Vec<ListenerInfo>,
-    /// When the daemon started.
-    pub started: Instant,
-    /// The audit log.
-    pub audit: Audit,
-    /// Retained topics per device, cleared on revocation.
-    pub retained: Arc<RetainedTopics>,
-    /// The broker, for purging sessions and retained messages.
-    pub broker: BrokerEndpoint,
-    /// Open pairing windows.
-    pub windows: Arc<crate::pairing::PairingWindows>,
-    /// The bound MQTT and enrollment ports, for pairing URIs.
-    pub ports: HubPorts,
-    /// The data dir (backups read the key files there).
-    pub data_dir: PathBuf,
-    /// How long data is kept, for the privacy report.
-    pub retention: Retention,
-}
-
-/// How long data is kept, as configured.
-#[derive(Debug, Clone, Copy)]
-pub struct Retention {
-    /// `audit.retention_days`.
-    pub audit_days: u32,
-    /// `mailbox.expiry_secs`.
-    pub message_secs: u64,
-}
-
-/// The ports a device needs to know.
-#[derive(Debug, Clone, Copy)]
-pub struct HubPorts {
-    /// Mutual-TLS MQTT.
-    pub mqtt: u16,
-    /// EST enrollment.
-    pub enroll: u16,
-}
-
-/// How long an old certificate keeps working after a renewal if the new
-/// one is not used before.
-pub const RENEWAL_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Binds the admin socket, replacing a stale one but never a live one.
 pub fn bind(path: &Path) -> Result<UnixListener, AdminSocketError> {
@@ -180,10 +123,13 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
             listeners: hub.listeners.clone(),
             connected: hub.sessions.connected_devices(),
         })),
-        AdminRequest::MemberAdd { name, role } => add_member(hub, name, role),
+        AdminRequest::MemberAdd { name, role } => hub
+            .add_member(name.clone(), role)
+            .map(|()| AdminResponse::Member(MemberInfo { name, role }))
+            .map_err(reply),
         AdminRequest::MemberList => hub
-            .store()
-            .members()
+            .store
+            .with(|s| s.members())
             .map(|members| AdminResponse::Members { members })
             .map_err(|e| e.to_string()),
         AdminRequest::DeviceIssue {
@@ -195,57 +141,55 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
                 Owner::Member(name) => Owner::Member(hub.member_named(name)),
                 Owner::Service => Owner::Service,
             };
-            issue_device(hub, owner, label, &csr_pem).map(AdminResponse::DeviceIssued)
+            hub.issue_device(owner, label, &csr_pem)
+                .map(AdminResponse::DeviceIssued)
+                .map_err(reply)
         }
         AdminRequest::DeviceList => hub
-            .store()
-            .devices()
+            .store
+            .with(|s| s.devices())
             .map(|devices| AdminResponse::Devices { devices })
             .map_err(|e| e.to_string()),
-        AdminRequest::DeviceRevoke { id } => {
-            let already = hub.store().devices().map(|all| {
-                all.iter()
-                    .any(|d| d.id == id && d.status == DeviceStatus::Revoked)
-            });
-            let already = matches!(already, Ok(true));
-            let revoked = hub.store().revoke_device(&id).map_err(|e| e.to_string());
-            match revoked {
-                Ok(()) => {
-                    hub.cut_off(&id).await;
-                    if already {
-                        // Cut off again all the same: cheap, and never less safe.
-                        return done(format!("{id} was already revoked; nothing changed"));
-                    }
-                    hub.admin_audit("device-revoke", Some(id), "certificates revoked".into());
-                    Ok(done(format!("revoked {id}")))
-                }
-                Err(e) => Err(e),
-            }
-        }
-        AdminRequest::DeviceRemove { id } => erase_device(hub, id).await,
+        AdminRequest::DeviceRevoke { id } => match hub.revoke_device(&id).await {
+            Ok(Revoked::Now) => Ok(done(format!("revoked {id}"))),
+            Ok(Revoked::Already) => Ok(done(format!("{id} was already revoked; nothing changed"))),
+            Err(e) => Err(reply(e)),
+        },
+        AdminRequest::DeviceRemove { id } => hub
+            .remove_device(&id)
+            .await
+            .map(|()| {
+                done(format!(
+                    "removed {id} and erased what the hub held about it"
+                ))
+            })
+            .map_err(reply),
         AdminRequest::MemberRemove { name } => {
             let name = hub.member_named(name);
-            let last = last_parent(&hub.store(), &name);
-            match last {
-                Ok(true) => Err(format!(
-                    "{name} is the household's last parent, and the others would have \
-                     no parent to message or to look after their devices; add another \
-                     parent first (`hearth member add NAME --role parent`)"
-                )),
-                Ok(false) => erase_member(hub, name).await,
-                Err(e) => Err(e),
-            }
+            hub.remove_member(&name)
+                .await
+                .map(|devices| {
+                    done(format!(
+                        "removed {name} and {} device(s), and erased what the hub held about them",
+                        devices.len()
+                    ))
+                })
+                .map_err(reply)
         }
         AdminRequest::Grant {
             id,
             filter,
             direction,
-        } => change_grant(hub, id, &filter, direction, true).await,
+        } => change_grant(hub, id, &filter, direction, true)
+            .await
+            .map_err(reply),
         AdminRequest::RevokeGrant {
             id,
             filter,
             direction,
-        } => change_grant(hub, id, &filter, direction, false).await,
+        } => change_grant(hub, id, &filter, direction, false)
+            .await
+            .map_err(reply),
         AdminRequest::PairOpen {
             member,
             label,
@@ -274,30 +218,23 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
             }
         }
         AdminRequest::MailboxStatus => hub
-            .store()
-            .mailbox_pending()
+            .store
+            .with(|s| s.mailbox_pending())
             .map(|pending| AdminResponse::Mailbox { pending })
             .map_err(|e| e.to_string()),
         AdminRequest::ContactList => hub
-            .store()
-            .contact_rules()
+            .store
+            .with(|s| s.contact_rules())
             .map(|rules| AdminResponse::Contacts { rules })
             .map_err(|e| e.to_string()),
         AdminRequest::ContactSet { a, b, allowed } => {
             let (a, b) = (hub.member_named(a), hub.member_named(b));
-            let set = hub.store().set_contact(&a, &b, allowed);
-            if let Err(e) = set {
-                return AdminResponse::Error {
-                    message: e.to_string(),
-                };
-            }
-            let verb = if allowed { "allow" } else { "deny" };
-            // Members are not named in the audit (docs/PRIVACY.md).
-            hub.admin_audit("contacts", None, verb.to_owned());
-            Ok(done(format!(
-                "{a} and {b} {} message each other",
-                if allowed { "may" } else { "may not" }
-            )))
+            hub.set_contact(&a, &b, allowed).map_err(reply).map(|()| {
+                done(format!(
+                    "{a} and {b} {} message each other",
+                    if allowed { "may" } else { "may not" }
+                ))
+            })
         }
         AdminRequest::PairList => Ok(AdminResponse::PairWindows {
             windows: hub.windows.list(),
@@ -325,8 +262,8 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
         } => {
             // What was recorded before the question is in the answer.
             hub.audit.flush().await;
-            hub.store()
-                .audit(device.as_ref(), since, after_id, limit.clamp(1, 10_000))
+            hub.store
+                .with(|s| s.audit(device.as_ref(), since, after_id, limit.clamp(1, 10_000)))
                 .map(|entries| AdminResponse::Audit { entries })
                 .map_err(|e| e.to_string())
         }
@@ -369,8 +306,8 @@ fn privacy_report(hub: &Hub, member: Option<MemberName>) -> Result<AdminResponse
     };
     if let Some(name) = &member {
         if hub
-            .store()
-            .member_role(name)
+            .store
+            .with(|s| s.member_role(name))
             .map_err(|e| e.to_string())?
             .is_none()
         {
@@ -378,8 +315,8 @@ fn privacy_report(hub: &Hub, member: Option<MemberName>) -> Result<AdminResponse
         }
     }
     let items = hub
-        .store()
-        .privacy_items(member.as_ref(), &kept)
+        .store
+        .with(|s| s.privacy_items(member.as_ref(), &kept))
         .map_err(|e| e.to_string())?;
     Ok(AdminResponse::Privacy(PrivacyReport {
         member,
@@ -403,79 +340,80 @@ fn privacy_report(hub: &Hub, member: Option<MemberName>) -> Result<AdminResponse
 fn member_export(hub: &Hub, name: MemberName) -> Result<AdminResponse, String> {
     use serde_json::{json, Value};
     let err = |e: &dyn std::fmt::Display| e.to_string();
-    let store = hub.store();
-    let role = store
-        .member_role(&name)
-        .map_err(|e| err(&e))?
-        .ok_or_else(|| format!("no member named {name:?}"))?;
-    let owner = Owner::Member(name.clone());
-    let devices: Vec<_> = store
-        .devices()
-        .map_err(|e| err(&e))?
-        .into_iter()
-        .filter(|d| d.owner == owner)
-        .collect();
-    let contacts: Vec<_> = store
-        .contact_rules()
-        .map_err(|e| err(&e))?
-        .into_iter()
-        .filter(|r| r.from == name || r.to == name)
-        .collect();
-    let mut audit = Vec::new();
-    for d in &devices {
-        audit.extend(
-            store
-                .audit(Some(&d.id), None, None, 100_000)
-                .map_err(|e| err(&e))?,
-        );
-    }
-    // The key is loaded only to open; it is never made here.
-    let key = crate::seal::MailboxKey::load(&hub.data_dir, 1).map_err(|e| err(&e))?;
-    let mut attachments = Vec::new();
-    let mut open = |id: &str, direction: &str| -> Result<Option<Value>, String> {
-        let Some(m) = store.message(id).map_err(|e| err(&e))? else {
-            return Ok(None);
+    let (data, attachments) = hub.store.with(|store| -> Result<_, String> {
+        let role = store
+            .member_role(&name)
+            .map_err(|e| err(&e))?
+            .ok_or_else(|| format!("no member named {name:?}"))?;
+        let owner = Owner::Member(name.clone());
+        let devices: Vec<_> = store
+            .devices()
+            .map_err(|e| err(&e))?
+            .into_iter()
+            .filter(|d| d.owner == owner)
+            .collect();
+        let contacts: Vec<_> = store
+            .contact_rules()
+            .map_err(|e| err(&e))?
+            .into_iter()
+            .filter(|r| r.from == name || r.to == name)
+            .collect();
+        let mut audit = Vec::new();
+        for d in &devices {
+            audit.extend(
+                store
+                    .audit(Some(&d.id), None, None, 100_000)
+                    .map_err(|e| err(&e))?,
+            );
+        }
+        // The key is loaded only to open; it is never made here.
+        let key = crate::seal::MailboxKey::load(&hub.data_dir, 1).map_err(|e| err(&e))?;
+        let mut attachments = Vec::new();
+        let mut open = |id: &str, direction: &str| -> Result<Option<Value>, String> {
+            let Some(m) = store.message(id).map_err(|e| err(&e))? else {
+                return Ok(None);
+            };
+            let plain = key
+                .open(&m.id, &m.recipient, m.wrapped_key.as_deref(), &m.sealed)
+                .ok_or_else(|| format!("message {} does not open", m.id))?;
+            let mut content: Value = serde_json::from_slice(&plain).map_err(|e| err(&e))?;
+            if let Some(data) = content.get("data").and_then(Value::as_str) {
+                let ext = content
+                    .get("content_type")
+                    .and_then(Value::as_str)
+                    .and_then(|t| t.split('/').nth(1))
+                    .filter(|e| e.chars().all(|c| c.is_ascii_alphanumeric()))
+                    .unwrap_or("bin");
+                let file = format!("{}.{ext}", m.id);
+                attachments.push((file.clone(), data.to_owned()));
+                content["data"] = Value::String(format!("attachments/{file}"));
+            }
+            Ok(Some(json!({
+                "id": m.id, "direction": direction, "from_device": m.sender,
+                "to": m.recipient, "sent_at": m.sent_at, "expires_at": m.expires_at,
+                "content": content,
+            })))
         };
-        let plain = key
-            .open(&m.id, &m.recipient, m.wrapped_key.as_deref(), &m.sealed)
-            .ok_or_else(|| format!("message {} does not open", m.id))?;
-        let mut content: Value = serde_json::from_slice(&plain).map_err(|e| err(&e))?;
-        if let Some(data) = content.get("data").and_then(Value::as_str) {
-            let ext = content
-                .get("content_type")
-                .and_then(Value::as_str)
-                .and_then(|t| t.split('/').nth(1))
-                .filter(|e| e.chars().all(|c| c.is_ascii_alphanumeric()))
-                .unwrap_or("bin");
-            let file = format!("{}.{ext}", m.id);
-            attachments.push((file.clone(), data.to_owned()));
-            content["data"] = Value::String(format!("attachments/{file}"));
+        let mut messages = Vec::new();
+        for d in &devices {
+            for id in store.pending_ids(&d.id).map_err(|e| err(&e))? {
+                messages.extend(open(&id, "waiting for this member")?);
+            }
+            for id in store.messages_sent_by(&d.id).map_err(|e| err(&e))? {
+                messages.extend(open(&id, "sent by this member, not yet delivered")?);
+            }
         }
-        Ok(Some(json!({
-            "id": m.id, "direction": direction, "from_device": m.sender,
-            "to": m.recipient, "sent_at": m.sent_at, "expires_at": m.expires_at,
-            "content": content,
-        })))
-    };
-    let mut messages = Vec::new();
-    for d in &devices {
-        for id in store.pending_ids(&d.id).map_err(|e| err(&e))? {
-            messages.extend(open(&id, "waiting for this member")?);
-        }
-        for id in store.messages_sent_by(&d.id).map_err(|e| err(&e))? {
-            messages.extend(open(&id, "sent by this member, not yet delivered")?);
-        }
-    }
-    let data = json!({
-        "format": "hearth-member-export-v1",
-        "exported_at": crate::unix_now(),
-        "member": {"name": name, "role": role},
-        "devices": devices,
-        "contact_rules": contacts,
-        "messages": messages,
-        "audit": audit,
-    });
-    drop(store);
+        let data = json!({
+            "format": "hearth-member-export-v1",
+            "exported_at": crate::unix_now(),
+            "member": {"name": name, "role": role},
+            "devices": devices,
+            "contact_rules": contacts,
+            "messages": messages,
+            "audit": audit,
+        });
+        Ok((data, attachments))
+    })?;
     // Only the export is audited, not whose.
     hub.admin_audit("member-export", None, "exported".into());
     Ok(AdminResponse::MemberExport { data, attachments })
@@ -495,101 +433,44 @@ async fn backup(
         (None, Some(r)) => crate::backup::BackupKey::Recipient(r),
         _ => return Err("give a passphrase or a recipient, not both".into()),
     };
-    let file =
-        crate::backup::create(&hub.store(), &hub.data_dir, &key).map_err(|e| e.to_string())?;
+    let file = hub
+        .store
+        .with(|s| crate::backup::create(s, &hub.data_dir, &key))
+        .map_err(|e| e.to_string())?;
     hub.admin_audit("backup", None, "encrypted backup made".into());
     Ok(AdminResponse::Backup {
         age_base64: base64::engine::general_purpose::STANDARD.encode(file),
     })
 }
 
-/// Removes a device and erases everything about it. It is revoked and cut
-/// off first, and the audit entries its last session left are written,
-/// so nothing about it is recorded after the erasure.
-async fn erase_device(hub: &Hub, id: DeviceId) -> Result<AdminResponse, String> {
-    hub.store().revoke_device(&id).map_err(|e| e.to_string())?;
-    hub.cut_off(&id).await;
-    hub.audit.flush().await;
-    hub.store().remove_device(&id).map_err(|e| e.to_string())?;
-    // The entry says a device was erased, not which: its id is gone.
-    hub.admin_audit("device-remove", None, "device erased".into());
-    Ok(done(format!(
-        "removed {id} and erased what the hub held about it"
-    )))
-}
-
-/// Removes a member and erases everything about them and their devices,
-/// as [`erase_device`] does.
-async fn erase_member(hub: &Hub, name: MemberName) -> Result<AdminResponse, String> {
-    let devices = hub
-        .store()
-        .member_device_ids(&name)
-        .map_err(|e| e.to_string())?;
-    for id in &devices {
-        hub.store().revoke_device(id).map_err(|e| e.to_string())?;
-        hub.cut_off(id).await;
-    }
-    hub.audit.flush().await;
-    let devices = hub
-        .store()
-        .remove_member(&name)
-        .map_err(|e| e.to_string())?;
-    hub.admin_audit(
-        "member-remove",
-        None,
-        format!("{} device(s) erased", devices.len()),
-    );
-    Ok(done(format!(
-        "removed {name} and {} device(s), and erased what the hub held about them",
-        devices.len()
-    )))
-}
-
 fn done(message: String) -> AdminResponse {
     AdminResponse::Done { message }
 }
 
+/// The admin reply for a hub error: its text, which says what to do.
+fn reply(e: HubError) -> String {
+    e.to_string()
+}
+
+/// Adds or takes back a grant, in the words the CLI prints.
 async fn change_grant(
     hub: &Hub,
     id: DeviceId,
     filter: &str,
     direction: Direction,
     add: bool,
-) -> Result<AdminResponse, String> {
-    let grant = Grant::new(filter, direction).map_err(|e| e.to_string())?;
-    let (changed, grants) = {
-        let store = hub.store();
-        let changed = if add {
-            store.add_grant(&id, &grant)
-        } else {
-            store.remove_grant(&id, &grant)
-        }
-        .map_err(|e| e.to_string())?;
-        (changed, store.grants(&id).map_err(|e| e.to_string())?)
-    };
-    if !changed {
-        return if add {
-            Ok(done(format!(
-                "{id} already had that grant; nothing changed"
-            )))
-        } else {
-            // A script taking a grant back wants to know it was not there.
-            Err(format!("{id} has no such grant; nothing changed"))
-        };
-    }
-    hub.registry.set_grants(&id, grants);
-    // Sessions hold the grants they started with: reconnecting picks up
-    // the change, and a narrowed one must not keep what it lost.
-    hub.sessions.disconnect(&id);
-    if !add {
-        hub.purge(&id).await;
+) -> Result<AdminResponse, HubError> {
+    let change = hub.change_grant(&id, filter, direction, add).await?;
+    if change == GrantChange::Unchanged {
+        return Ok(done(format!(
+            "{id} already had that grant; nothing changed"
+        )));
     }
     let what = if add { "grant" } else { "revoke-grant" };
     let direction = match direction {
         Direction::Publish => "publish",
         Direction::Subscribe => "subscribe",
     };
-    hub.admin_audit(what, Some(id), format!("{direction} {filter}"));
     Ok(done(format!("{what} {direction} {filter} for {id}")))
 }
 
@@ -601,15 +482,12 @@ fn open_pairing(
     host: Option<String>,
 ) -> Result<AdminResponse, String> {
     if hub
-        .store()
-        .member_role(&member)
+        .store
+        .with(|s| s.member_role(&member))
         .map_err(|e| e.to_string())?
         .is_none()
     {
-        return Err(format!(
-            "no member named {:?}; add it with `hearth member add`",
-            member.as_str()
-        ));
+        return Err(HubError::NoSuchMember(member).to_string());
     }
     if ttl_secs == 0 || ttl_secs > crate::pairing::MAX_TTL.as_secs() {
         return Err("the window must stay open between 1 second and 24 hours".into());
@@ -622,7 +500,7 @@ fn open_pairing(
         &host,
         explicit,
         &hub.listeners,
-        &crate::ca::ServerNames::discover(&crate::discovery::instance_name(&hub.ca.fingerprint())),
+        &crate::ca::ServerNames::discover(&crate::ca::instance_name(&hub.ca.fingerprint())),
     )?;
     let (id, token, expires_at) = hub.windows.open(
         member.clone(),
@@ -648,42 +526,6 @@ fn open_pairing(
         uri,
         expires_at,
     }))
-}
-
-/// Adds a member; nicknames are unique whatever their case, so "ada" is
-/// refused beside "Ada" (the check and the insert happen under one lock).
-fn add_member(
-    hub: &Hub,
-    name: hearth_protocol::MemberName,
-    role: Role,
-) -> Result<AdminResponse, String> {
-    {
-        let store = hub.store();
-        let members = store.members().map_err(|e| e.to_string())?;
-        if let Some(existing) = members
-            .iter()
-            .find(|m| hearth_protocol::reference::same_member(&m.name, &name))
-        {
-            return Err(format!(
-                "a member named {:?} already exists (nicknames are unique whatever their case)",
-                existing.name.as_str()
-            ));
-        }
-        store.add_member(&name, role).map_err(|e| e.to_string())?;
-    }
-    hub.admin_audit("member-add", None, format!("{role}"));
-    Ok(AdminResponse::Member(MemberInfo { name, role }))
-}
-
-/// Whether `name` is a parent whose removal would leave other members
-/// without any parent.
-fn last_parent(store: &Store, name: &hearth_protocol::MemberName) -> Result<bool, String> {
-    let members = store.members().map_err(|e| e.to_string())?;
-    let Some(member) = members.iter().find(|m| &m.name == name) else {
-        return Ok(false);
-    };
-    let parents = members.iter().filter(|m| m.role == Role::Parent).count();
-    Ok(member.role == Role::Parent && parents == 1 && members.len() > 1)
 }
 
 /// Refuses a pairing host that devices could not reach the hub at: an
@@ -777,8 +619,7 @@ fn default_host(listeners: &[ListenerInfo]) -> Option<String> {
 /// The address a device on the LAN most likely reaches the hub by: the
 /// first IPv4 address of a non-loopback interface, else the hub's mDNS name.
 fn lan_host(ca: &HubCa) -> String {
-    let names =
-        crate::ca::ServerNames::discover(&crate::discovery::instance_name(&ca.fingerprint()));
+    let names = crate::ca::ServerNames::discover(&crate::ca::instance_name(&ca.fingerprint()));
     names
         .ips
         .iter()
@@ -788,166 +629,6 @@ fn lan_host(ca: &HubCa) -> String {
         })
         .map(|ip| ip.to_string())
         .unwrap_or_else(|| format!("{}.local", names.host))
-}
-
-/// Renews a device's certificate from a new request (same device id).
-/// The old certificate keeps working until the new one is first used, or
-/// [`RENEWAL_GRACE`] at the latest.
-pub(crate) fn renew_device(
-    hub: &Hub,
-    presented: &[u8; 32],
-    csr_pem: &str,
-) -> Result<(DeviceId, String), String> {
-    let Some(identity) = hub.registry.lookup(presented) else {
-        return Err("the certificate presented is no longer accepted".into());
-    };
-    let issued = hub
-        .ca
-        .issue_device(csr_pem, &identity.device)
-        .map_err(|e| e.to_string())?;
-    // The store lock is held until the registry knows the new certificate,
-    // so a revocation cannot fall between the two; the identity (grants)
-    // is read afresh under it.
-    let store = hub.store();
-    store
-        .add_renewed_certificate(
-            &identity.device,
-            presented,
-            issued.sha256,
-            &issued.serial_hex,
-            issued.not_after,
-            crate::unix_now() + RENEWAL_GRACE.as_secs() as i64,
-        )
-        .map_err(|e| e.to_string())?;
-    let Some(current) = hub.registry.lookup(presented) else {
-        return Err("the certificate presented is no longer accepted".into());
-    };
-    hub.registry.insert(issued.sha256, current);
-    hub.registry.mark_renewing(identity.device);
-    drop(store);
-    hub.admin_audit(
-        "renew",
-        Some(identity.device),
-        format!("certificate {}", hex::encode(issued.sha256)),
-    );
-    Ok((identity.device, issued.pem))
-}
-
-pub(crate) fn issue_device(
-    hub: &Hub,
-    owner: Owner,
-    label: Label,
-    csr_pem: &str,
-) -> Result<IssuedDevice, String> {
-    let mut store = hub.store();
-    let role = match &owner {
-        Owner::Member(name) => match store.member_role(name).map_err(|e| e.to_string())? {
-            Some(Role::Parent) => DeviceRole::Parent,
-            Some(Role::Child) => DeviceRole::Child,
-            None => {
-                return Err(format!(
-                    "no member named {:?}; add it with `hearth member add`",
-                    name.as_str()
-                ))
-            }
-        },
-        Owner::Service => DeviceRole::Service,
-    };
-    let device = DeviceId::from_entropy(crate::random_bytes());
-    let issued = hub
-        .ca
-        .issue_device(csr_pem, &device)
-        .map_err(|e| e.to_string())?;
-    store
-        .add_device(&NewDevice {
-            id: device,
-            owner: &owner,
-            label: &label,
-            sha256: issued.sha256,
-            serial_hex: &issued.serial_hex,
-            not_after: issued.not_after,
-        })
-        .map_err(|e| e.to_string())?;
-    // Registered before the store lock is released: a member removal
-    // cannot fall in between.
-    hub.registry.insert(
-        issued.sha256,
-        DeviceIdentity {
-            device,
-            owner,
-            role,
-            grants: Vec::new().into(),
-        },
-    );
-    drop(store);
-    tracing::info!(device = %device, "device certificate issued");
-    hub.admin_audit(
-        "device-issue",
-        Some(device),
-        format!("certificate {}", hex::encode(issued.sha256)),
-    );
-    Ok(IssuedDevice {
-        device_id: device,
-        certificate_pem: issued.pem,
-        ca_pem: hub.ca.cert_pem().to_owned(),
-    })
-}
-
-impl Hub {
-    /// Ends everything a device has: its certificates leave the live
-    /// registry, its connections close now, the broker forgets its session
-    /// and the retained messages it left.
-    async fn cut_off(&self, device: &DeviceId) {
-        self.registry.remove_device(device);
-        let closed = self.sessions.disconnect(device);
-        tracing::info!(device = %device, connections = closed, "device cut off");
-        self.purge(device).await;
-        let topics = self.retained.take(device);
-        if let Err(e) = broker::clear_retained(&self.broker, &topics).await {
-            tracing::warn!(error = %e, "cannot clear retained messages");
-        }
-    }
-
-    /// Makes the broker forget the device's session, once the edge's own
-    /// connection for it has closed.
-    async fn purge(&self, device: &DeviceId) {
-        let turn = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            self.sessions.broker_turn(device.as_str()),
-        )
-        .await;
-        if turn.is_err() {
-            tracing::warn!(device = %device, "old connection still open; purging anyway");
-        }
-        self.sessions.reset_session(device.as_str());
-        if let Err(e) = broker::purge_session(&self.broker, device.as_str()).await {
-            tracing::warn!(error = %e, "cannot purge the broker session");
-        }
-    }
-
-    pub(crate) fn admin_audit(&self, action: &str, device: Option<DeviceId>, detail: String) {
-        self.audit.record(Event {
-            device,
-            event: "admin",
-            action: Some(action.to_owned()),
-            reason: Some(detail),
-            ..Event::default()
-        });
-    }
-
-    /// The member `name` names, in its stored case ("mum" is "Mum");
-    /// `name` itself when there is none, so the caller's "no member named"
-    /// error names what was asked.
-    fn member_named(&self, name: hearth_protocol::MemberName) -> hearth_protocol::MemberName {
-        let members = self.store().members().unwrap_or_default();
-        hearth_protocol::reference::find_member(&name, members.iter().map(|m| &m.name))
-            .cloned()
-            .unwrap_or(name)
-    }
-
-    pub(crate) fn store(&self) -> std::sync::MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 #[cfg(test)]

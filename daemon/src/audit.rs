@@ -12,7 +12,7 @@ use hearth_protocol::DeviceId;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::Store;
+use crate::store::StoreHandle;
 
 /// Entries one device (or peer address) may add per window.
 const BUDGET: u32 = 60;
@@ -79,7 +79,7 @@ impl Audit {
     /// Starts the writer task; returns the handle.
     /// `per_minute` bounds the entries of all unidentified peers together.
     pub fn start(
-        store: Arc<Mutex<Store>>,
+        store: StoreHandle,
         retention: Duration,
         per_minute: u32,
         stop: CancellationToken,
@@ -103,7 +103,7 @@ impl Audit {
     /// when it is spent (the entry is dropped and counted). `Some(n)`: the
     /// entry may be written, and `n` entries were dropped before it.
     fn take_total(&self) -> Option<u32> {
-        let mut total = self.total.lock().unwrap_or_else(|p| p.into_inner());
+        let mut total = crate::sync::lock(&self.total);
         let now = Instant::now();
         if now.duration_since(total.window_start) >= WINDOW {
             total.window_start = now;
@@ -158,7 +158,7 @@ impl Audit {
             });
         }
         let suppressed_before = {
-            let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+            let mut buckets = crate::sync::lock(&self.buckets);
             let now = Instant::now();
             if buckets.len() > 10_000 {
                 buckets.retain(|_, b| now.duration_since(b.window_start) < WINDOW);
@@ -238,7 +238,7 @@ fn peer_host(peer: &str) -> &str {
 }
 
 async fn write_loop(
-    store: Arc<Mutex<Store>>,
+    store: StoreHandle,
     mut rx: mpsc::Receiver<ToWriter>,
     retention: Duration,
     stop: CancellationToken,
@@ -279,14 +279,9 @@ async fn write_loop(
         if Instant::now() >= next_prune {
             next_prune = Instant::now() + PRUNE_INTERVAL;
             let before = crate::unix_now() - retention.as_secs() as i64;
-            let store = Arc::clone(&store);
-            let pruned = tokio::task::spawn_blocking(move || {
-                store
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .prune_audit(before)
-            })
-            .await;
+            let store = store.clone();
+            let pruned =
+                tokio::task::spawn_blocking(move || store.with(|s| s.prune_audit(before))).await;
             match pruned {
                 Ok(Ok(n)) if n > 0 => tracing::info!(entries = n, "pruned the audit log"),
                 Ok(Ok(_)) => {}
@@ -297,7 +292,7 @@ async fn write_loop(
     }
 }
 
-async fn write(store: &Arc<Mutex<Store>>, batch: Vec<ToWriter>) {
+async fn write(store: &StoreHandle, batch: Vec<ToWriter>) {
     let mut flushes = Vec::new();
     let batch: Vec<AuditEntry> = batch
         .into_iter()
@@ -315,18 +310,12 @@ async fn write(store: &Arc<Mutex<Store>>, batch: Vec<ToWriter>) {
     }
 }
 
-async fn write_entries(store: &Arc<Mutex<Store>>, batch: Vec<AuditEntry>) {
+async fn write_entries(store: &StoreHandle, batch: Vec<AuditEntry>) {
     if batch.is_empty() {
         return;
     }
-    let store = Arc::clone(store);
-    let result = tokio::task::spawn_blocking(move || {
-        store
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .append_audit(&batch)
-    })
-    .await;
+    let store = store.clone();
+    let result = tokio::task::spawn_blocking(move || store.with(|s| s.append_audit(&batch))).await;
     match result {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "cannot write the audit log"),

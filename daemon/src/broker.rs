@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::{Broker, Config, ConnectionSettings, Notification, RouterConfig, ServerSettings};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// How often the liveness probe runs.
@@ -19,6 +20,8 @@ pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(3);
 /// Under `$hearth/`: `#` and `+` never match it (MQTT §4.7.2) and the edge
 /// refuses it to every client.
 const LIVENESS_TOPIC: &str = "$hearth/liveness";
+/// The filter the mailbox's link subscribes to: every device's outbox.
+pub const OUTBOX_FILTER: &str = "hearth/v1/dev/+/outbox";
 
 /// The broker could not start or has stopped working.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +87,9 @@ pub struct RunningBroker {
     probe: Option<(LinkTx, LinkRx)>,
     /// The mailbox's link, subscribed to every outbox; taken once.
     pub mailbox: Option<(LinkTx, LinkRx)>,
+    /// Says why, when the router thread ends (its sender dropped: it
+    /// panicked).
+    stopped: Option<oneshot::Receiver<String>>,
 }
 
 impl std::fmt::Debug for RunningBroker {
@@ -159,18 +165,33 @@ pub async fn start(limits: BrokerLimits) -> Result<RunningBroker, BrokerError> {
         .link("hearth-mailbox")
         .map_err(|e| BrokerError::Link(e.to_string()))?;
     mailbox_tx
-        .subscribe(crate::mailbox::OUTBOX_FILTER)
+        .subscribe(OUTBOX_FILTER)
         .map_err(|e| BrokerError::Link(e.to_string()))?;
+    // The router thread reports its end as a value; the daemon decides to
+    // exit (and drains first).
+    let (ended, stopped) = oneshot::channel();
     std::thread::Builder::new()
         .name("rumqttd".to_owned())
         .spawn(move || {
-            if let Err(e) = broker.start() {
-                tracing::error!(error = %e, "broker stopped");
+            if debug_fault("router-thread-ends") {
+                // Debug builds only: the router goes on in a thread of its
+                // own while this one reports an end a few seconds in, as
+                // when every server thread has stopped.
+                let _ = std::thread::Builder::new()
+                    .name("rumqttd".to_owned())
+                    .spawn(move || {
+                        let _ = broker.start();
+                    });
+                std::thread::sleep(Duration::from_secs(5));
+                let _ = ended.send("the broker's listeners stopped (injected fault)".to_owned());
+                return;
             }
-            // Every server thread has ended: nothing routes any more. Exit
-            // so the service manager restarts the hub.
-            tracing::error!("the broker's listeners stopped; exiting");
-            std::process::exit(crate::daemon::EXIT_BROKER_DEAD);
+            let why = match broker.start() {
+                Err(e) => format!("the broker stopped: {e}"),
+                Ok(()) => "the broker's listeners stopped".to_owned(),
+            };
+            // Every server thread has ended: nothing routes any more.
+            let _ = ended.send(why);
         })
         .map_err(|e| BrokerError::Link(e.to_string()))?;
     for addr in [endpoint.v4, endpoint.v5] {
@@ -180,6 +201,7 @@ pub async fn start(limits: BrokerLimits) -> Result<RunningBroker, BrokerError> {
         endpoint,
         probe: Some((tx, rx)),
         mailbox: Some((mailbox_tx, mailbox_rx)),
+        stopped: Some(stopped),
     })
 }
 
@@ -190,10 +212,20 @@ impl RunningBroker {
         let Some((mut tx, mut rx)) = self.probe.take() else {
             return Ok(());
         };
+        let mut stopped = self.stopped.take();
         let mut seq: u64 = 0;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
+                ended = async {
+                    match stopped.as_mut() {
+                        Some(ended) => ended.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let why = ended.unwrap_or_else(|_| "the router thread ended".to_owned());
+                    return Err(BrokerError::Dead(why));
+                }
                 _ = tokio::time::sleep(LIVENESS_INTERVAL) => {}
             }
             seq += 1;

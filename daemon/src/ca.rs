@@ -363,7 +363,7 @@ pub struct ServerNames {
 }
 
 impl ServerNames {
-    /// The hub's name (`discovery::instance_name`) and the addresses of
+    /// The hub's name ([`instance_name`]) and the addresses of
     /// every interface.
     pub fn discover(hub_name: &str) -> ServerNames {
         let host = hub_name.to_ascii_lowercase();
@@ -438,6 +438,17 @@ fn san_strings(cert: &X509Certificate<'_>) -> BTreeSet<String> {
         }
     }
     out
+}
+
+/// The hub's name on the LAN: `hearth-` and the first 8 hex digits of the
+/// CA fingerprint — stable, unique per hub, and naming nobody.
+pub fn instance_name(ca_fingerprint: &[u8; 32]) -> String {
+    format!("hearth-{}", hex::encode(&ca_fingerprint[..4]))
+}
+
+/// The mDNS host name the hub answers to (also in its server certificate).
+pub fn host_name(ca_fingerprint: &[u8; 32]) -> String {
+    format!("{}.local", instance_name(ca_fingerprint))
 }
 
 /// The first certificate in a PEM text, as DER.
@@ -541,7 +552,7 @@ mod tests {
     fn the_server_certificate_follows_the_names() {
         let tmp = tempfile::tempdir().unwrap();
         let ca = HubCa::load_or_create(tmp.path()).unwrap();
-        let hub_name = crate::discovery::instance_name(&ca.fingerprint());
+        let hub_name = instance_name(&ca.fingerprint());
         let mut names = ServerNames::discover(&hub_name);
         let first = ca.server_identity(tmp.path(), &names).unwrap();
         // Named by the hub's id, never by the OS host name.

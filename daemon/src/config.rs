@@ -12,9 +12,6 @@ use serde::Deserialize;
 /// A unit test below keeps it equal to [`Config::default`].
 pub const DEFAULT_CONFIG_TOML: &str = include_str!("../../packaging/hearth.toml");
 
-/// Exit code for a bad configuration or unusable data dir (sysexits EX_CONFIG).
-pub const EXIT_CONFIG: i32 = 78;
-
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

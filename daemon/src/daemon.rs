@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hearth_protocol::admin::ListenerInfo;
@@ -14,24 +14,23 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, Hub, HubPorts};
+use crate::admin;
 use crate::audit::Audit;
 use crate::broker::{self, BrokerLimits};
 use crate::ca::{HubCa, ServerNames};
-use crate::config::{Config, EXIT_CONFIG};
+use crate::config::Config;
 use crate::discovery::Advertiser;
 use crate::edge::retained::RetainLimits;
 use crate::edge::sessions::{RetainedTopics, Sessions};
 use crate::edge::tls::{server_config, ClientAuth, ServerCertificate};
 use crate::edge::{self, Edge, EdgeLimits, ListenerKind};
 use crate::enroll;
+use crate::hub::{Hub, HubPorts, Retention};
 use crate::mailbox::Mailbox;
 use crate::pairing::PairingWindows;
 use crate::registry::Registry;
-use crate::store::Store;
+use crate::store::StoreHandle;
 
-/// Exit code when the broker stopped routing (sysexits EX_SOFTWARE).
-pub const EXIT_BROKER_DEAD: i32 = 70;
 /// How long shutdown waits for connections to close.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 /// How often the hub checks whether its addresses changed.
@@ -58,9 +57,9 @@ impl DaemonError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            DaemonError::Config(_) => EXIT_CONFIG,
-            DaemonError::Startup(_) => 1,
-            DaemonError::BrokerDead(_) => EXIT_BROKER_DEAD,
+            DaemonError::Config(_) => crate::exit::CONFIG,
+            DaemonError::Startup(_) => crate::exit::STARTUP,
+            DaemonError::BrokerDead(_) => crate::exit::BROKER_DEAD,
         }
     }
 }
@@ -83,7 +82,7 @@ pub async fn run(
         Some(addr) => Some(bind("dev.listen", addr).await?),
         None => None,
     };
-    let store = Store::open(&data_dir)
+    let store = StoreHandle::open(&data_dir)
         .map_err(|e| DaemonError::Config(format!("data dir {}: {e}", data_dir.display())))?;
     let new_hub = !data_dir.join("ca.pem").exists() && !data_dir.join("ca.key").exists();
     let ca = Arc::new(HubCa::load_or_create(&data_dir).map_err(|e| config_error(&e))?);
@@ -98,23 +97,26 @@ pub async fn run(
              --data-dir pointing at its state directory."
         );
     }
-    let alias = crate::discovery::host_name(&ca.fingerprint());
+    let alias = crate::ca::host_name(&ca.fingerprint());
     // `[hub] name` may rename the hub; `hearth-<8 hex>.local` stays a
     // server name either way (devices may rely on it).
     let hub_name = config
         .hub
         .name
         .clone()
-        .unwrap_or_else(|| crate::discovery::instance_name(&ca.fingerprint()));
+        .unwrap_or_else(|| crate::ca::instance_name(&ca.fingerprint()));
     let names = ServerNames::discover(&hub_name).with_alias(alias.clone());
     let identity = ca
         .server_identity(&data_dir, &names)
         .map_err(|e| config_error(&e))?;
     let registry = Arc::new(Registry::new(
-        store.active_certificates().map_err(|e| config_error(&e))?,
-        store.revoked_fingerprints().map_err(|e| config_error(&e))?,
+        store
+            .with(|s| s.active_certificates())
+            .map_err(|e| config_error(&e))?,
+        store
+            .with(|s| s.revoked_fingerprints())
+            .map_err(|e| config_error(&e))?,
     ));
-    let store = Arc::new(Mutex::new(store));
 
     let admin_path = config.resolved_admin_socket(&data_dir);
     let admin_listener = admin::bind(&admin_path).map_err(|e| config_error(&e))?;
@@ -153,7 +155,7 @@ pub async fn run(
     let audit_stop = CancellationToken::new();
     let audit_tracker = TaskTracker::new();
     let audit = Audit::start(
-        Arc::clone(&store),
+        store.clone(),
         Duration::from_secs(u64::from(config.audit.retention_days) * 86_400),
         config.audit.max_unidentified_entries_per_minute,
         audit_stop.clone(),
@@ -172,38 +174,13 @@ pub async fn run(
         .ok_or_else(|| DaemonError::Startup("the broker gave no mailbox link".into()))?;
     let (mailbox, inbox_watch, subscribed) = Mailbox::new(
         &data_dir,
-        Arc::clone(&store),
+        store.clone(),
         Arc::clone(&sessions),
         audit.clone(),
         config.mailbox.within(config.limits.max_payload),
         mailbox_link,
     )
     .map_err(|e| config_error(&e))?;
-    let edge = Arc::new(Edge {
-        tls: TlsAcceptor::from(tls),
-        registry: Arc::clone(&registry),
-        broker: broker.endpoint.clone(),
-        limits: EdgeLimits {
-            max_packet: config.limits.max_payload,
-            handshake_timeout: config.limits.handshake_timeout(),
-            max_subscriptions: config.limits.max_subscriptions_per_client,
-            max_session_expiry: Duration::from_secs(config.limits.max_session_expiry_secs),
-            // Validated to 1..=100.
-            max_inflight: u16::try_from(config.limits.max_inflight).unwrap_or(100),
-        },
-        sessions: Arc::clone(&sessions),
-        store: Arc::clone(&store),
-        slots: Arc::new(Semaphore::new(config.limits.max_connections)),
-        large_packets: Arc::new(Semaphore::new(config.limits.max_large_packet_bytes / 1024)),
-        admission: crate::admission::Admission::new(
-            config.limits.max_unauthenticated_per_source,
-            config.limits.max_unauthenticated,
-        ),
-        audit: audit.clone(),
-        retained: Arc::clone(&retained),
-        inbox_watch: Some(inbox_watch),
-    });
-
     let mut listeners = vec![ListenerInfo {
         name: "mqtt".into(),
         address: local_addr(&mqtt),
@@ -238,7 +215,7 @@ pub async fn run(
         None
     };
     let hub = Arc::new(Hub {
-        store: Arc::clone(&store),
+        store: store.clone(),
         ca: Arc::clone(&ca),
         registry,
         sessions,
@@ -250,10 +227,35 @@ pub async fn run(
         windows: Arc::clone(&windows),
         ports,
         data_dir: data_dir.clone(),
-        retention: crate::admin::Retention {
+        retention: Retention {
             audit_days: config.audit.retention_days,
             message_secs: config.mailbox.expiry_secs,
         },
+    });
+
+    let edge = Arc::new(Edge {
+        tls: TlsAcceptor::from(tls),
+        registry: Arc::clone(&hub.registry),
+        broker: broker.endpoint.clone(),
+        limits: EdgeLimits {
+            max_packet: config.limits.max_payload,
+            handshake_timeout: config.limits.handshake_timeout(),
+            max_subscriptions: config.limits.max_subscriptions_per_client,
+            max_session_expiry: Duration::from_secs(config.limits.max_session_expiry_secs),
+            // Validated to 1..=100.
+            max_inflight: u16::try_from(config.limits.max_inflight).unwrap_or(100),
+        },
+        sessions: Arc::clone(&hub.sessions),
+        hub: Arc::clone(&hub),
+        slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+        large_packets: Arc::new(Semaphore::new(config.limits.max_large_packet_bytes / 1024)),
+        admission: crate::admission::Admission::new(
+            config.limits.max_unauthenticated_per_source,
+            config.limits.max_unauthenticated,
+        ),
+        audit: hub.audit.clone(),
+        retained: Arc::clone(&hub.retained),
+        inbox_watch: Some(inbox_watch),
     });
 
     tracker.spawn(edge::serve(
@@ -384,23 +386,9 @@ async fn retire_renewed(hub: Arc<Hub>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(RETIRE_CHECK_INTERVAL) => {}
         }
-        let retired = hub.store().retire_due(crate::unix_now());
-        match retired {
-            Ok(retired) if !retired.is_empty() => {
-                // A session still open on a retired certificate ends too.
-                for sha in &retired {
-                    let device = hub.registry.lookup(sha).map(|identity| identity.device);
-                    hub.registry.retire(device.as_ref(), &[*sha]);
-                    if let Some(device) = device {
-                        hub.sessions.disconnect(&device);
-                    }
-                }
-                tracing::info!(
-                    count = retired.len(),
-                    "renewal grace over; previous certificates retired"
-                );
-            }
-            Ok(_) => {}
+        match hub.retire_due(crate::unix_now()) {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(count, "renewal grace over; previous certificates retired"),
             Err(e) => tracing::warn!(error = %e, "cannot retire renewed certificates"),
         }
     }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use mdns_sd::{IfKind, ServiceDaemon, ServiceInfo};
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::HubPorts;
 use crate::config::DiscoverySection;
+use crate::hub::HubPorts;
 use crate::pairing::PairingWindows;
 
 pub use hearth_protocol::pairing::HEARTH_SERVICE;
@@ -27,16 +27,9 @@ const WITHDRAW_LIMIT: Duration = Duration::from_secs(2);
 #[error("discovery: {0}")]
 pub struct DiscoveryError(String);
 
-/// The hub's name on the LAN: `hearth-` and the first 8 hex digits of the
-/// CA fingerprint — stable, unique per hub, and naming nobody.
-pub fn instance_name(ca_fingerprint: &[u8; 32]) -> String {
-    format!("hearth-{}", hex::encode(&ca_fingerprint[..4]))
-}
-
-/// The mDNS host name the hub answers to (also in its server certificate).
-pub fn host_name(ca_fingerprint: &[u8; 32]) -> String {
-    format!("{}.local", instance_name(ca_fingerprint))
-}
+// The hub's names come from its CA, which names its server certificate
+// with them; discovery only announces them.
+pub use crate::ca::{host_name, instance_name};
 
 /// A running advertisement.
 pub struct Advertiser {

@@ -1,6 +1,8 @@
 //! The Hearth daemon: a mutual-TLS MQTT edge in front of an embedded rumqttd
 //! router, a local certificate authority, the device registry and the admin
-//! socket. `hearthd` and `hearth` are thin wrappers over this library.
+//! socket, around one domain core (`hub`). `hearthd` and `hearth` are thin
+//! wrappers over this library. Modules depend on lower layers only
+//! (docs/ARCHITECTURE.md, "Layers"; checked by `tests/layers.rs`).
 
 pub mod admin;
 pub mod admission;
@@ -15,12 +17,15 @@ pub mod datadir;
 pub mod discovery;
 pub mod edge;
 pub mod enroll;
+pub mod exit;
+pub mod hub;
 pub mod logging;
 pub mod mailbox;
 pub mod pairing;
 pub mod registry;
 pub mod seal;
 pub mod store;
+pub mod sync;
 
 /// Seconds since the Unix epoch, as stored in the database.
 pub fn unix_now() -> i64 {

@@ -9,7 +9,7 @@ mod quota;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -27,12 +27,12 @@ use crate::audit::{Audit, Event};
 use crate::config::MailboxSection;
 use crate::edge::sessions::Sessions;
 use crate::seal::MailboxKey;
-use crate::store::{NewMessage, Store, StoreError};
+use crate::store::{NewMessage, Store, StoreError, StoreHandle};
 
 /// The mailbox key file in the data dir.
 pub const KEY_FILE: &str = crate::seal::KEY_FILE;
-/// The filter the mailbox's link subscribes to.
-pub const OUTBOX_FILTER: &str = "hearth/v1/dev/+/outbox";
+/// The filter the mailbox's link subscribes to (the broker makes the link).
+pub use crate::broker::OUTBOX_FILTER;
 /// How long after a device subscribes to its inbox the mailbox delivers
 /// (the broker applies the subscription first).
 const SUBSCRIBE_SETTLE: Duration = Duration::from_millis(150);
@@ -120,7 +120,7 @@ impl Content {
 
 /// A running mailbox.
 pub struct Mailbox {
-    store: Arc<Mutex<Store>>,
+    store: StoreHandle,
     sessions: Arc<Sessions>,
     audit: Audit,
     seal: MailboxKey,
@@ -157,25 +157,24 @@ impl Mailbox {
     /// subscribed to [`OUTBOX_FILTER`].
     pub fn new(
         data_dir: &Path,
-        store: Arc<Mutex<Store>>,
+        store: StoreHandle,
         sessions: Arc<Sessions>,
         audit: Audit,
         limits: MailboxSection,
         link: LinkTx,
     ) -> Result<(Mailbox, InboxWatch, mpsc::UnboundedReceiver<DeviceId>), MailboxError> {
-        let seal = {
-            let mut db = lock(&store);
+        let seal = store.with(|db| {
             let pending = db
                 .message_count()
                 .map_err(|e| MailboxError(e.to_string()))?;
             let seal =
                 MailboxKey::load(data_dir, pending).map_err(|e| MailboxError(e.to_string()))?;
-            reseal_old_rows(&mut db, &seal).map_err(|e| MailboxError(e.to_string()))?;
+            reseal_old_rows(db, &seal).map_err(|e| MailboxError(e.to_string()))?;
             // A shorter `expiry_secs` applies to what is already stored.
             db.apply_retention(crate::unix_now(), limits.expiry_secs as i64)
                 .map_err(|e| MailboxError(e.to_string()))?;
-            seal
-        };
+            Ok::<_, MailboxError>(seal)
+        })?;
         let (tx, rx) = mpsc::unbounded_channel();
         let mailbox = Mailbox {
             store,
@@ -193,10 +192,6 @@ impl Mailbox {
             pending: HashMap::new(),
         };
         Ok((mailbox, InboxWatch(tx), rx))
-    }
-
-    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
-        lock(&self.store)
     }
 
     /// Serves until `stop`.
@@ -282,19 +277,19 @@ impl Mailbox {
         if outbox.is_empty() {
             return;
         }
-        let store = Arc::clone(&self.store);
-        let mut db = lock(&store);
+        let store = self.store.clone();
         self.held = Some(Vec::new());
-        let committed = db.batch(|db| {
-            for publish in &outbox {
-                if db.batch_lost() {
-                    break;
+        let committed = store.with(|db| {
+            db.batch(|db| {
+                for publish in &outbox {
+                    if db.batch_lost() {
+                        break;
+                    }
+                    let topic = String::from_utf8_lossy(&publish.topic);
+                    self.on_outbox(db, &topic, &publish.payload);
                 }
-                let topic = String::from_utf8_lossy(&publish.topic);
-                self.on_outbox(db, &topic, &publish.payload);
-            }
+            })
         });
-        drop(db);
         let held = self.held.take().unwrap_or_default();
         match committed {
             Ok(()) => {
@@ -576,7 +571,7 @@ impl Mailbox {
     /// says; with [`Resend::All`] its queued receipts too.
     fn deliver_pending(&mut self, device: &DeviceId, which: Resend) {
         let now = Instant::now();
-        let pending = match self.store().pending_ids(device) {
+        let pending = match self.store.with(|db| db.pending_ids(device)) {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read pending deliveries");
@@ -603,15 +598,15 @@ impl Mailbox {
             }
         }
         if matches!(which, Resend::All) {
-            let store = Arc::clone(&self.store);
-            self.flush_receipts(&mut lock(&store), device);
+            let store = self.store.clone();
+            store.with(|db| self.flush_receipts(db, device));
         }
     }
 
     /// Publishes one stored message to a device's inbox; returns its
     /// sealed size, or `None` if it is gone or cannot be opened.
     fn send_one(&mut self, device: &DeviceId, id: &str, now: Instant) -> Option<usize> {
-        let message = match self.store().message(id) {
+        let message = match self.store.with(|db| db.message(id)) {
             Ok(Some(m)) => m,
             Ok(None) => return None,
             Err(e) => {
@@ -629,7 +624,11 @@ impl Mailbox {
             return None;
         };
         let content = serde_json::from_slice::<Content>(&plain).ok()?;
-        let from_member = self.store().device_member(&message.sender).ok().flatten();
+        let from_member = self
+            .store
+            .with(|db| db.device_member(&message.sender))
+            .ok()
+            .flatten();
         let member = from_member.or_else(|| "former-member".parse().ok())?;
         let size = message.sealed.len();
         let from = mailbox::From {
@@ -654,8 +653,11 @@ impl Mailbox {
         if sweep {
             self.last_sweep = Instant::now();
         }
-        let store = Arc::clone(&self.store);
-        let mut db = lock(&store);
+        let store = self.store.clone();
+        store.with(|db| self.expire_with(db, sweep));
+    }
+
+    fn expire_with(&mut self, db: &mut Store, sweep: bool) {
         match db.expire_messages(crate::unix_now(), sweep) {
             Ok(expired) => {
                 if !expired.is_empty() {
@@ -671,7 +673,7 @@ impl Mailbox {
                         device: None,
                         reason: None,
                     };
-                    self.queue_receipt(&mut db, &message.sender, receipt);
+                    self.queue_receipt(db, &message.sender, receipt);
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot expire messages"),
@@ -763,10 +765,6 @@ fn refusal_class(reason: &str) -> &'static str {
 
 /// What a refused send is told when the store failed.
 const TRY_AGAIN: &str = "the hub could not store the message; try again";
-
-fn lock(store: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
-    store.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Whether a send's content passes the mailbox's checks (kind, body or
 /// data, content type, base64, size), and why not. Pure: the messaging

@@ -69,7 +69,7 @@ impl PairingWindows {
         let ttl = ttl.min(MAX_TTL);
         let token = hex::encode(crate::random_bytes::<20>());
         let id = {
-            let mut next = self.next_id.lock().unwrap_or_else(|p| p.into_inner());
+            let mut next = crate::sync::lock(&self.next_id);
             *next += 1;
             *next
         };
@@ -131,7 +131,7 @@ impl PairingWindows {
 
     /// Whether an address is locked out now.
     pub fn locked_out(&self, ip: IpAddr) -> bool {
-        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let failures = crate::sync::lock(&self.failures);
         failures
             .get(&source_key(ip))
             .and_then(|f| f.locked_until)
@@ -141,7 +141,7 @@ impl PairingWindows {
     /// Lifts a lockout (and forgets the wrong tokens counted) for an
     /// address, or its IPv6 /64; false if it was not locked out.
     pub fn unlock(&self, ip: IpAddr) -> bool {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let mut failures = crate::sync::lock(&self.failures);
         failures
             .remove(&source_key(ip))
             .and_then(|f| f.locked_until)
@@ -151,7 +151,7 @@ impl PairingWindows {
     /// Counts a wrong token; returns true if the address is now locked out.
     pub fn record_failure(&self, ip: IpAddr) -> bool {
         let now = Instant::now();
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let mut failures = crate::sync::lock(&self.failures);
         if failures.len() >= MAX_SOURCES {
             failures.retain(|_, f| f.locked_until.is_some_and(|u| now < u));
             if failures.len() >= MAX_SOURCES {
@@ -182,7 +182,7 @@ impl PairingWindows {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Window>> {
-        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let mut windows = crate::sync::lock(&self.windows);
         let now = Instant::now();
         windows.retain(|w| w.closes > now);
         windows

@@ -73,42 +73,30 @@ impl Registry {
 
     /// Notes that a device was given a new certificate.
     pub fn mark_renewing(&self, device: DeviceId) {
-        self.renewing
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(device);
+        crate::sync::write(&self.renewing).insert(device);
     }
 
     /// Whether a device's renewed certificate has not been used yet.
     pub fn is_renewing(&self, device: &DeviceId) -> bool {
-        self.renewing
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(device)
+        crate::sync::read(&self.renewing).contains(device)
     }
 
     /// Stops accepting these certificates (superseded by a renewal).
     pub fn retire(&self, device: Option<&DeviceId>, fingerprints: &[[u8; 32]]) {
         let mut map = self.write();
-        let mut revoked = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+        let mut revoked = crate::sync::write(&self.revoked);
         for sha in fingerprints {
             map.remove(sha);
             revoked.insert(*sha);
         }
         if let Some(device) = device {
-            self.renewing
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(device);
+            crate::sync::write(&self.renewing).remove(device);
         }
     }
 
     /// Whether a certificate was revoked (as opposed to never issued).
     pub fn is_revoked(&self, sha256: &[u8; 32]) -> bool {
-        self.revoked
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(sha256)
+        crate::sync::read(&self.revoked).contains(sha256)
     }
 
     /// The device a certificate belongs to, if the certificate is accepted.
@@ -124,7 +112,7 @@ impl Registry {
     /// Stops accepting every certificate of a device; returns how many.
     pub fn remove_device(&self, device: &DeviceId) -> usize {
         let mut map = self.write();
-        let mut revoked = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+        let mut revoked = crate::sync::write(&self.revoked);
         let before = map.len();
         map.retain(|sha, identity| {
             let keep = identity.device != *device;
@@ -159,14 +147,10 @@ impl Registry {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<[u8; 32], DeviceIdentity>> {
         // With panic = "abort" no writer can die holding the lock; in tests
         // the map is still consistent per entry.
-        self.by_fingerprint
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::read(&self.by_fingerprint)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<[u8; 32], DeviceIdentity>> {
-        self.by_fingerprint
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::write(&self.by_fingerprint)
     }
 }

@@ -9,7 +9,10 @@ use hearth_protocol::policy::{DeviceRole, Direction, Grant};
 use hearth_protocol::{DeviceId, Label, MemberName, Owner, Role};
 use rusqlite::{params, Connection, OptionalExtension};
 
+pub use handle::StoreHandle;
+
 mod erase;
+mod handle;
 mod mailbox;
 mod minimise;
 mod privacy;
@@ -201,15 +204,31 @@ pub struct NewDevice<'a> {
 /// The open database.
 #[derive(Debug)]
 pub struct Store {
-    conn: Connection,
+    /// Reached only through [`Store::conn`], which checks it is not used
+    /// on an async worker thread.
+    db: Connection,
     /// Rows with content or metadata about people were deleted since the
     /// WAL was last truncated: their old images may still be in it.
     erased: bool,
 }
 
 impl Store {
+    /// The connection. Every SQLite call goes through here (or through
+    /// [`Store::conn_mut`]), so debug builds catch one made on an async
+    /// worker thread instead of through [`StoreHandle::with`].
+    fn conn(&self) -> &Connection {
+        handle::check_off_runtime();
+        &self.db
+    }
+
+    fn conn_mut(&mut self) -> &mut Connection {
+        handle::check_off_runtime();
+        &mut self.db
+    }
+
     /// Opens (creating 0600 if needed) and migrates the database.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        handle::check_off_runtime();
         let path = dir.join(DB_FILE);
         // Create the file ourselves so it is 0600 from its first byte;
         // SQLite gives its -wal and -shm files the database file's mode.
@@ -237,7 +256,10 @@ impl Store {
         // deleted rows do not linger at its end.
         conn.pragma_update(None, "journal_size_limit", 0)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let mut store = Store { conn, erased: true };
+        let mut store = Store {
+            db: conn,
+            erased: true,
+        };
         store.migrate()?;
         // A crash or a pulled plug can leave deleted rows' old images in the
         // WAL: fold it into the main file (where `secure_delete` zeroed
@@ -251,16 +273,16 @@ impl Store {
     /// methods called inside nest as savepoints: one that fails undoes only
     /// its own writes. If the commit fails, nothing `work` wrote is kept.
     pub fn batch<T>(&mut self, work: impl FnOnce(&mut Store) -> T) -> Result<T, StoreError> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        self.conn().execute_batch("BEGIN IMMEDIATE")?;
         let out = work(self);
-        if self.conn.is_autocommit() {
+        if self.conn().is_autocommit() {
             // SQLite rolled the transaction back on its own (a full disk,
             // an I/O error): what `work` wrote after that committed piece
             // by piece, but the batch as a whole did not happen.
             return Err(StoreError::BatchLost);
         }
-        if let Err(e) = self.conn.execute_batch("COMMIT") {
-            let _ = self.conn.execute_batch("ROLLBACK");
+        if let Err(e) = self.conn().execute_batch("COMMIT") {
+            let _ = self.conn().execute_batch("ROLLBACK");
             return Err(e.into());
         }
         self.settle()?;
@@ -278,11 +300,11 @@ impl Store {
     /// nothing, so no frame of a deleted row is left to read. Inside a
     /// transaction it waits for the outermost commit.
     pub fn settle(&mut self) -> Result<(), StoreError> {
-        if !self.erased || !self.conn.is_autocommit() {
+        if !self.erased || !self.conn().is_autocommit() {
             return Ok(());
         }
         let (busy, _, _): (i64, i64, i64) =
-            self.conn
+            self.conn()
                 .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
                     Ok((row.get(0)?, row.get(1)?, row.get(2)?))
                 })?;
@@ -299,18 +321,18 @@ impl Store {
     /// Whether a [`Store::batch`] in progress lost its transaction (SQLite
     /// rolled it back after an error); the batch should stop.
     pub fn batch_lost(&self) -> bool {
-        self.conn.is_autocommit()
+        self.conn().is_autocommit()
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
         let version: i64 = self
-            .conn
+            .conn()
             .pragma_query_value(None, "user_version", |row| row.get(0))?;
         if version > MIGRATIONS.len() as i64 {
             return Err(StoreError::TooNew(version));
         }
         for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = self.conn.transaction()?;
+            let tx = self.conn_mut().transaction()?;
             tx.execute_batch(sql)?;
             tx.pragma_update(None, "user_version", (index + 1) as i64)?;
             tx.commit()?;
@@ -320,7 +342,7 @@ impl Store {
 
     /// Adds a member.
     pub fn add_member(&self, name: &MemberName, role: Role) -> Result<(), StoreError> {
-        let inserted = self.conn.execute(
+        let inserted = self.conn().execute(
             "INSERT INTO members (name, role, created_at) VALUES (?1, ?2, ?3)
              ON CONFLICT(name) DO NOTHING",
             params![name.as_str(), role.as_str(), crate::unix_now()],
@@ -334,7 +356,7 @@ impl Store {
     /// Every member, by nickname.
     pub fn members(&self) -> Result<Vec<MemberInfo>, StoreError> {
         let mut stmt = self
-            .conn
+            .conn()
             .prepare("SELECT name, role FROM members ORDER BY name")?;
         let rows = stmt.query_map([], |row| {
             Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
@@ -354,7 +376,7 @@ impl Store {
     /// A member's role, if the member exists.
     pub fn member_role(&self, name: &MemberName) -> Result<Option<Role>, StoreError> {
         let role: Option<String> = self
-            .conn
+            .conn()
             .prepare_cached("SELECT role FROM members WHERE name = ?1")?
             .query_row(params![name.as_str()], |row| row.get(0))
             .optional()?;
@@ -374,7 +396,7 @@ impl Store {
             Owner::Service => None,
         };
         let now = crate::unix_now();
-        let tx = self.conn.transaction()?;
+        let tx = self.conn_mut().transaction()?;
         tx.execute(
             "INSERT INTO devices (id, member, label, status, created_at) VALUES (?1, ?2, ?3, 'active', ?4)",
             params![device.id.as_str(), member, device.label.as_str(), now],
@@ -397,7 +419,7 @@ impl Store {
     /// Every certificate the edge may accept now: active certificates of
     /// active devices, with each device's role and grants.
     pub fn active_certificates(&self) -> Result<Vec<ActiveCertificate>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn().prepare(
             "SELECT c.sha256, d.id, d.member, m.role FROM certificates c
              JOIN devices d ON d.id = c.device_id
              LEFT JOIN members m ON m.name = d.member
@@ -451,7 +473,7 @@ impl Store {
         not_after: i64,
         retire_at: i64,
     ) -> Result<(), StoreError> {
-        let tx = self.conn.unchecked_transaction()?;
+        let tx = self.conn().unchecked_transaction()?;
         let active: Option<String> = tx
             .query_row(
                 "SELECT d.status FROM devices d JOIN certificates c ON c.device_id = d.id
@@ -522,7 +544,7 @@ impl Store {
     }
 
     fn retire(&self, sql: &str, args: impl rusqlite::Params) -> Result<Vec<[u8; 32]>, StoreError> {
-        let mut stmt = self.conn.prepare(sql)?;
+        let mut stmt = self.conn().prepare(sql)?;
         let rows = stmt.query_map(args, |row| row.get::<_, String>(0))?;
         rows.map(|row| {
             let sha = row?;
@@ -537,7 +559,7 @@ impl Store {
     /// Fingerprints of revoked certificates.
     pub fn revoked_fingerprints(&self) -> Result<Vec<[u8; 32]>, StoreError> {
         let mut stmt = self
-            .conn
+            .conn()
             .prepare("SELECT sha256 FROM certificates WHERE status IN ('revoked', 'superseded')")?;
         let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
         rows.map(|row| {
@@ -552,7 +574,7 @@ impl Store {
 
     /// A device's grants.
     pub fn grants(&self, device: &DeviceId) -> Result<Vec<Grant>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn().prepare(
             "SELECT filter, direction FROM grants WHERE device_id = ?1 ORDER BY filter, direction",
         )?;
         let rows = stmt.query_map(params![device.as_str()], |row| {
@@ -573,7 +595,7 @@ impl Store {
     /// Adds a grant to a service device; returns whether it was new.
     pub fn add_grant(&self, device: &DeviceId, grant: &Grant) -> Result<bool, StoreError> {
         self.require_service(device)?;
-        let n = self.conn.execute(
+        let n = self.conn().execute(
             "INSERT INTO grants (device_id, filter, direction) VALUES (?1, ?2, ?3)
              ON CONFLICT DO NOTHING",
             params![
@@ -588,7 +610,7 @@ impl Store {
     /// Removes a grant; returns whether it existed.
     pub fn remove_grant(&self, device: &DeviceId, grant: &Grant) -> Result<bool, StoreError> {
         self.require_service(device)?;
-        let n = self.conn.execute(
+        let n = self.conn().execute(
             "DELETE FROM grants WHERE device_id = ?1 AND filter = ?2 AND direction = ?3",
             params![
                 device.as_str(),
@@ -601,7 +623,7 @@ impl Store {
 
     fn require_service(&self, device: &DeviceId) -> Result<(), StoreError> {
         let member: Option<Option<String>> = self
-            .conn
+            .conn()
             .query_row(
                 "SELECT member FROM devices WHERE id = ?1",
                 params![device.as_str()],
@@ -618,7 +640,7 @@ impl Store {
     /// Marks a device and all its certificates revoked. Revoking twice is
     /// not an error.
     pub fn revoke_device(&mut self, device: &DeviceId) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn_mut().transaction()?;
         let n = tx.execute(
             "UPDATE devices SET status = 'revoked' WHERE id = ?1",
             params![device.as_str()],
@@ -639,7 +661,7 @@ impl Store {
     /// label, grants, messages, receipts, references and audit rows (see
     /// `store/erase.rs`). The WAL is truncated after the commit.
     pub fn remove_device(&mut self, device: &DeviceId) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn_mut().transaction()?;
         let exists: bool = tx.query_row(
             "SELECT EXISTS (SELECT 1 FROM devices WHERE id = ?1)",
             params![device.as_str()],
@@ -661,7 +683,7 @@ impl Store {
             return Err(StoreError::NoSuchMember(name.to_string()));
         }
         let mut stmt = self
-            .conn
+            .conn()
             .prepare("SELECT id FROM devices WHERE member = ?1 ORDER BY created_at")?;
         let rows = stmt.query_map(params![name.as_str()], |row| row.get::<_, String>(0))?;
         rows.map(|row| parse(&row?)).collect()
@@ -670,7 +692,7 @@ impl Store {
     /// Erases a member and all their devices as [`Store::remove_device`]
     /// does, and their contact rules; returns the devices.
     pub fn remove_member(&mut self, name: &MemberName) -> Result<Vec<DeviceId>, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn_mut().transaction()?;
         let exists: bool = tx.query_row(
             "SELECT EXISTS (SELECT 1 FROM members WHERE name = ?1)",
             params![name.as_str()],
@@ -693,7 +715,7 @@ impl Store {
 
     /// Appends audit entries in one transaction.
     pub fn append_audit(&mut self, entries: &[AuditEntry]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn_mut().transaction()?;
         {
             // A device's `last_seen` is its latest connect, written with
             // the audit batch rather than with a sync of its own on every
@@ -736,7 +758,7 @@ impl Store {
         after_id: Option<i64>,
         limit: u32,
     ) -> Result<Vec<AuditEntry>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
+        let mut stmt = self.conn().prepare_cached(
             "SELECT id, at, device, event, action, topic, reason, peer FROM audit
              WHERE (?1 IS NULL OR device = ?1) AND (?2 IS NULL OR at >= ?2) AND (?3 IS NULL OR id > ?3)
              ORDER BY id DESC LIMIT ?4",
@@ -783,9 +805,9 @@ impl Store {
     /// `last_seen` of devices not seen since then.
     pub fn prune_audit(&mut self, before: i64) -> Result<usize, StoreError> {
         let n = self
-            .conn
+            .conn()
             .execute("DELETE FROM audit WHERE at < ?1", params![before])?;
-        self.conn.execute(
+        self.conn().execute(
             "UPDATE devices SET last_seen = NULL WHERE last_seen < ?1",
             params![day(before)],
         )?;
@@ -798,7 +820,7 @@ impl Store {
 
     /// Every device, oldest first, with its newest active certificate.
     pub fn devices(&self) -> Result<Vec<DeviceInfo>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn().prepare(
             "SELECT d.id, d.member, d.label, d.status, d.created_at, d.last_seen,
                     (SELECT c.sha256 FROM certificates c WHERE c.device_id = d.id
                      ORDER BY c.status = 'active' DESC, c.issued_at DESC LIMIT 1),
@@ -940,7 +962,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(tmp.path()).unwrap();
         let mut stmt = store
-            .conn
+            .conn()
             .prepare(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
             )

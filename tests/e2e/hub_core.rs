@@ -326,6 +326,37 @@ fn a_dead_router_makes_the_daemon_exit_non_zero() {
 }
 
 #[tokio::test]
+async fn a_router_thread_that_ends_drains_the_sessions_and_exits_70() {
+    // Debug builds report the router thread's end 5 s after start. The
+    // daemon must still close and audit its sessions, then exit 70 for a
+    // restart (it used to exit on the spot, losing the sessions' entries).
+    let mut hub = TestHub::start_with("", &[("HEARTH_DEBUG_FAULT", "router-thread-ends")]);
+    let toy = hub.device("Ada", "child");
+    let (_client, mut eventloop) = rumqttc::AsyncClient::new(mqtt_v4(&hub, &toy, &toy.id), 10);
+    v4_connected(&mut eventloop).await.unwrap();
+    let driver = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let status = hub
+        .wait_exit(Duration::from_secs(20))
+        .expect("hearthd kept running after its router thread ended");
+    driver.abort();
+    assert_eq!(status.code(), Some(70), "{}", hub.log());
+    assert!(
+        hub.log().contains("the broker stopped routing"),
+        "{}",
+        hub.log()
+    );
+    let conn = rusqlite::Connection::open(hub.data.join("hearth.db")).unwrap();
+    let ended: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM audit WHERE event = 'disconnect' AND device = ?1",
+            [&toy.id],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(ended, 1, "the session's end is in the audit log");
+}
+
+#[tokio::test]
 async fn the_development_listener_gives_plaintext_access_on_loopback() {
     let hub = TestHub::start_with("[dev]\nlisten = \"127.0.0.1:0\"\n", &[]);
     let dev = hub.dev.expect("dev listener bound");

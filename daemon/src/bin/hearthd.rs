@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hearth_daemon::cli::hearthd::{Args, Command};
-use hearth_daemon::config::{Config, DEFAULT_CONFIG_TOML, EXIT_CONFIG};
+use hearth_daemon::config::{Config, DEFAULT_CONFIG_TOML};
+use hearth_daemon::exit;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -24,7 +25,7 @@ fn main() -> ExitCode {
             Ok(config) => config,
             Err(e) => {
                 tracing::error!("{e}");
-                return ExitCode::from(EXIT_CONFIG as u8);
+                return ExitCode::from(exit::CONFIG as u8);
             }
         },
         None => Config::default(),
@@ -36,7 +37,7 @@ fn main() -> ExitCode {
         Ok(dir) => dir,
         Err(e) => {
             tracing::error!("{e}");
-            return ExitCode::from(EXIT_CONFIG as u8);
+            return ExitCode::from(exit::CONFIG as u8);
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -79,7 +80,7 @@ fn check_config(file: Option<PathBuf>) -> ExitCode {
             }
             Err(e) => {
                 eprintln!("hearthd: {e}");
-                ExitCode::from(EXIT_CONFIG as u8)
+                ExitCode::from(exit::CONFIG as u8)
             }
         };
     };
@@ -90,7 +91,7 @@ fn check_config(file: Option<PathBuf>) -> ExitCode {
         }
         Err(e) => {
             eprintln!("hearthd: {e}");
-            ExitCode::from(EXIT_CONFIG as u8)
+            ExitCode::from(exit::CONFIG as u8)
         }
     }
 }

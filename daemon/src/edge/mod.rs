@@ -11,7 +11,7 @@ pub mod sessions;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -29,7 +29,6 @@ use crate::audit::{Audit, Event};
 use crate::broker::BrokerEndpoint;
 use crate::ca::fingerprint;
 use crate::registry::{DeviceIdentity, Registry};
-use crate::store::Store;
 use frame::{kind, FrameError, MqttVersion};
 use hearth_protocol::policy::{self, Action, Decision, DenyReason};
 use sessions::{RetainedTopics, Sessions};
@@ -161,8 +160,8 @@ pub struct Edge {
     pub limits: EdgeLimits,
     /// Live sessions.
     pub sessions: Arc<Sessions>,
-    /// For retiring a renewed certificate's predecessors.
-    pub store: Arc<Mutex<Store>>,
+    /// The domain core, for retiring a renewed certificate's predecessors.
+    pub hub: Arc<crate::hub::Hub>,
     /// Connection slots shared by every listener, taken once a client has
     /// authenticated (the development listener's at accept).
     pub slots: Arc<Semaphore>,
@@ -402,14 +401,8 @@ impl Edge {
     /// A renewed certificate was just used: its predecessors stop working
     /// now rather than at the end of their grace.
     fn retire_predecessors(&self, device: &DeviceId, used: &[u8; 32]) {
-        let retired = self
-            .store
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retire_predecessors(device, used);
-        match retired {
-            Ok(retired) if !retired.is_empty() => {
-                self.registry.retire(Some(device), &retired);
+        match self.hub.retire_predecessors(device, used) {
+            Ok(retired) if retired > 0 => {
                 tracing::info!(device = %device, "renewed certificate in use; the previous one is retired");
             }
             Ok(_) => {}

@@ -47,7 +47,7 @@ impl ServerCertificate {
     /// Presents a new certificate to every handshake from now on.
     pub fn replace(&self, identity: ServerIdentity) -> Result<(), TlsSetupError> {
         let key = certified_key(&self.provider, identity)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = key;
+        *crate::sync::write(&self.current) = key;
         Ok(())
     }
 }
@@ -65,9 +65,7 @@ fn certified_key(
 
 impl ResolvesServerCert for ServerCertificate {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(Arc::clone(
-            &self.current.read().unwrap_or_else(|p| p.into_inner()),
-        ))
+        Some(Arc::clone(&crate::sync::read(&self.current)))
     }
 }
 

@@ -21,9 +21,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::Hub;
 use crate::audit::Event;
 use crate::ca::{fingerprint, pem_to_der};
+use crate::hub::{Hub, HubError};
 
 /// Largest request body: a PKCS#10 request in base64 is well under 4 KiB.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -253,7 +253,7 @@ async fn simple_enroll(hub: &Hub, ip: IpAddr, request: Request<Incoming>) -> Ans
         );
     }
     let owner = hearth_protocol::Owner::Member(window.member.clone());
-    match crate::admin::issue_device(hub, owner, window.label.clone(), &csr_pem) {
+    match hub.issue_device(owner, window.label.clone(), &csr_pem) {
         Ok(issued) => {
             hub.audit.record(Event {
                 device: Some(issued.device_id),
@@ -271,7 +271,7 @@ async fn simple_enroll(hub: &Hub, ip: IpAddr, request: Request<Incoming>) -> Ans
                 ),
             }
         }
-        Err(message) => refuse(StatusCode::BAD_REQUEST, &message),
+        Err(e) => refuse(status_for(&e), &e.to_string()),
     }
 }
 
@@ -298,7 +298,7 @@ async fn simple_reenroll(
         Ok(pem) => pem,
         Err(answer) => return refused(hub, ip, Some(identity.device), ACTION, answer.0, answer.1),
     };
-    match crate::admin::renew_device(hub, &presented, &csr_pem) {
+    match hub.renew_device(&presented, &csr_pem) {
         Ok((_, pem)) => match pem_to_der(&pem) {
             Some(der) => Answer::pkcs7(&[&der]),
             None => Answer::refuse(
@@ -306,14 +306,29 @@ async fn simple_reenroll(
                 "cannot encode the certificate",
             ),
         },
-        Err(message) => refused(
+        Err(e) => refused(
             hub,
             ip,
             Some(identity.device),
             ACTION,
-            StatusCode::BAD_REQUEST,
-            &message,
+            status_for(&e),
+            &e.to_string(),
         ),
+    }
+}
+
+/// The HTTP status for a hub error: the hub's own failure (its database,
+/// its CA) is a 5xx the device may retry, never a 400 that blames the
+/// request.
+fn status_for(e: &HubError) -> StatusCode {
+    match e {
+        HubError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        HubError::Ca(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        HubError::NotAccepted => StatusCode::FORBIDDEN,
+        HubError::Refused(_) | HubError::NoSuchMember(_) | HubError::MemberExists(_) => {
+            StatusCode::CONFLICT
+        }
+        _ => StatusCode::BAD_REQUEST,
     }
 }
 
@@ -375,4 +390,34 @@ pub fn csr_pem_from_body(body: &[u8]) -> Result<String, &'static str> {
         return Err("empty request");
     }
     Ok(pki::pem("CERTIFICATE REQUEST", &der))
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+    use crate::hub::testing::{csr, hub};
+    use hearth_protocol::{Owner, Role};
+
+    #[tokio::test]
+    async fn a_database_failure_is_a_server_error_not_the_devices_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = hub(dir.path());
+        let ada: hearth_protocol::MemberName = "Ada".parse().unwrap();
+        hub.add_member(ada.clone(), Role::Child).unwrap();
+        let other = rusqlite::Connection::open(dir.path().join(crate::store::DB_FILE)).unwrap();
+        other.execute_batch("DROP TABLE certificates").unwrap();
+        let err = hub
+            .issue_device(Owner::Member(ada), "robot".parse().unwrap(), &csr())
+            .unwrap_err();
+        assert!(
+            status_for(&err).is_server_error(),
+            "{err}: {}",
+            status_for(&err)
+        );
+        // A bad request stays the device's.
+        let err = hub
+            .issue_device(Owner::Service, "bridge".parse().unwrap(), "not a csr")
+            .unwrap_err();
+        assert_eq!(status_for(&err), StatusCode::BAD_REQUEST);
+    }
 }

@@ -75,7 +75,7 @@ impl Store {
         reference: &str,
     ) -> Result<Option<String>, StoreError> {
         Ok(self
-            .conn
+            .conn()
             .prepare_cached("SELECT message_id FROM sent_refs WHERE sender = ?1 AND ref = ?2")?
             .query_row(params![sender.as_str(), reference], |row| row.get(0))
             .optional()?)
@@ -84,7 +84,7 @@ impl Store {
     /// Deliveries pending for a device.
     pub fn pending_count(&self, device: &DeviceId) -> Result<u64, StoreError> {
         let count: i64 = self
-            .conn
+            .conn()
             .prepare_cached("SELECT count(*) FROM deliveries WHERE device_id = ?1")?
             .query_row(params![device.as_str()], |row| row.get(0))?;
         Ok(count.max(0) as u64)
@@ -93,7 +93,7 @@ impl Store {
     /// Bytes of the sealed messages waiting for a device (quota).
     pub fn pending_bytes(&self, device: &DeviceId) -> Result<u64, StoreError> {
         let bytes: i64 = self
-            .conn
+            .conn()
             .prepare_cached(
                 "SELECT COALESCE(SUM(length(m.sealed)), 0) FROM deliveries d
                  JOIN messages m ON m.id = d.message_id WHERE d.device_id = ?1",
@@ -105,7 +105,7 @@ impl Store {
     /// Bytes of every sealed message stored (quota).
     pub fn stored_bytes(&self) -> Result<u64, StoreError> {
         let bytes: i64 = self
-            .conn
+            .conn()
             .prepare_cached("SELECT COALESCE(SUM(length(sealed)), 0) FROM messages")?
             .query_row([], |row| row.get(0))?;
         Ok(bytes.max(0) as u64)
@@ -114,7 +114,7 @@ impl Store {
     /// Stores a message and its deliveries, all or nothing: committed with
     /// full sync before this returns, or with the [`Store::batch`] it is in.
     pub fn store_message(&mut self, message: &NewMessage<'_>) -> Result<(), StoreError> {
-        let tx = self.conn.savepoint()?;
+        let tx = self.conn_mut().savepoint()?;
         tx.prepare_cached(
             "INSERT INTO messages (id, sender, ref, recipient, sealed, wrapped_key, sent_at, expires_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -150,7 +150,7 @@ impl Store {
     /// sender). No content: the caller fetches only what it will send.
     pub fn pending_ids(&self, device: &DeviceId) -> Result<Vec<String>, StoreError> {
         let mut stmt = self
-            .conn
+            .conn()
             .prepare("SELECT message_id FROM deliveries WHERE device_id = ?1 ORDER BY seq")?;
         let rows = stmt.query_map(params![device.as_str()], |row| row.get::<_, String>(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -159,7 +159,7 @@ impl Store {
     /// One stored message, sealed.
     pub fn message(&self, id: &str) -> Result<Option<PendingDelivery>, StoreError> {
         let row = self
-            .conn
+            .conn()
             .query_row(
                 "SELECT id, sender, recipient, sealed, wrapped_key, sent_at, expires_at
                  FROM messages WHERE id = ?1",
@@ -196,7 +196,7 @@ impl Store {
     /// How many messages are stored (sealed), delivered or not.
     pub fn message_count(&self) -> Result<u64, StoreError> {
         let n: i64 = self
-            .conn
+            .conn()
             .query_row("SELECT count(*) FROM messages", [], |row| row.get(0))?;
         Ok(n.max(0) as u64)
     }
@@ -204,7 +204,7 @@ impl Store {
     /// Ids of messages sealed before crypto-erase (no wrapped key).
     pub fn messages_without_data_key(&self) -> Result<Vec<String>, StoreError> {
         let mut stmt = self
-            .conn
+            .conn()
             .prepare("SELECT id FROM messages WHERE wrapped_key IS NULL")?;
         let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -219,7 +219,7 @@ impl Store {
         sealed: &[u8],
         wrapped_key: &[u8],
     ) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.conn().execute(
             "UPDATE messages SET sealed = ?2, wrapped_key = ?3 WHERE id = ?1",
             params![id, sealed, wrapped_key],
         )?;
@@ -235,7 +235,7 @@ impl Store {
         device: &DeviceId,
         id: &str,
     ) -> Result<Option<(DeviceId, String, bool)>, StoreError> {
-        let tx = self.conn.savepoint()?;
+        let tx = self.conn_mut().savepoint()?;
         let closed = tx.execute(
             "DELETE FROM deliveries WHERE message_id = ?1 AND device_id = ?2",
             params![id, device.as_str()],
@@ -276,7 +276,7 @@ impl Store {
         now: i64,
         sweep_inactive: bool,
     ) -> Result<Vec<ExpiredMessage>, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn_mut().transaction()?;
         if sweep_inactive {
             tx.execute(
                 "DELETE FROM deliveries WHERE device_id NOT IN
@@ -339,7 +339,7 @@ impl Store {
         envelope: &str,
         expires_at: i64,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.conn().execute(
             "INSERT INTO receipts (device_id, envelope, expires_at) VALUES (?1, ?2, ?3)",
             params![device.as_str(), envelope, expires_at],
         )?;
@@ -349,7 +349,7 @@ impl Store {
     /// Deletes the queued receipts that expired by `now`; returns how many.
     pub fn expire_receipts(&self, now: i64) -> Result<usize, StoreError> {
         Ok(self
-            .conn
+            .conn()
             .prepare_cached("DELETE FROM receipts WHERE expires_at <= ?1")?
             .execute(params![now])?)
     }
@@ -358,7 +358,7 @@ impl Store {
     /// message, reference or receipt is kept longer than `expiry_secs`
     /// from when it was made (from `now` for receipts without a time).
     pub fn apply_retention(&mut self, now: i64, expiry_secs: i64) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn_mut().transaction()?;
         tx.execute(
             "UPDATE messages SET expires_at = sent_at + ?1 WHERE expires_at > sent_at + ?1",
             params![expiry_secs],
@@ -380,7 +380,7 @@ impl Store {
 
     /// Takes the receipts waiting for a device.
     pub fn take_receipts(&mut self, device: &DeviceId) -> Result<Vec<String>, StoreError> {
-        let tx = self.conn.savepoint()?;
+        let tx = self.conn_mut().savepoint()?;
         let envelopes = {
             let mut stmt =
                 tx.prepare("DELETE FROM receipts WHERE device_id = ?1 RETURNING seq, envelope")?;
@@ -398,7 +398,7 @@ impl Store {
 
     /// Active devices of a member.
     pub fn member_devices(&self, member: &MemberName) -> Result<Vec<DeviceId>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
+        let mut stmt = self.conn().prepare_cached(
             "SELECT id FROM devices WHERE member = ?1 AND status = 'active' ORDER BY created_at",
         )?;
         let rows = stmt.query_map(params![member.as_str()], |row| row.get::<_, String>(0))?;
@@ -408,7 +408,7 @@ impl Store {
     /// The member owning an active device.
     pub fn device_member(&self, device: &DeviceId) -> Result<Option<MemberName>, StoreError> {
         let name: Option<Option<String>> = self
-            .conn
+            .conn()
             .prepare_cached("SELECT member FROM devices WHERE id = ?1 AND status = 'active'")?
             .query_row(params![device.as_str()], |row| row.get(0))
             .optional()?;
@@ -426,7 +426,7 @@ impl Store {
     /// told apart from a service device for the refusal.
     pub fn device_revoked(&self, device: &DeviceId) -> Result<bool, StoreError> {
         Ok(self
-            .conn
+            .conn()
             .prepare_cached("SELECT 1 FROM devices WHERE id = ?1 AND status = 'active'")?
             .query_row(params![device.as_str()], |_| Ok(()))
             .optional()?
@@ -440,7 +440,7 @@ impl Store {
         to: &MemberName,
     ) -> Result<Option<bool>, StoreError> {
         Ok(self
-            .conn
+            .conn()
             .prepare_cached(
                 "SELECT allowed FROM contacts WHERE from_member = ?1 AND to_member = ?2",
             )?
@@ -455,7 +455,7 @@ impl Store {
         b: &MemberName,
         allowed: bool,
     ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn_mut().transaction()?;
         for name in [a, b] {
             let exists: bool = tx.query_row(
                 "SELECT EXISTS (SELECT 1 FROM members WHERE name = ?1)",
@@ -479,7 +479,7 @@ impl Store {
 
     /// Every explicit contact rule.
     pub fn contact_rules(&self) -> Result<Vec<ContactRule>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn().prepare(
             "SELECT from_member, to_member, allowed FROM contacts ORDER BY from_member, to_member",
         )?;
         let rows = stmt.query_map([], |row| {
@@ -506,7 +506,7 @@ impl Store {
 
     /// What is pending per recipient device: count and oldest, no content.
     pub fn mailbox_pending(&self) -> Result<Vec<MailboxPending>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn().prepare(
             "SELECT d.device_id, count(*), min(m.sent_at), min(m.expires_at)
              FROM deliveries d JOIN messages m ON m.id = d.message_id
              GROUP BY d.device_id ORDER BY d.device_id",

@@ -68,7 +68,7 @@ impl Store {
         let mut items = Vec::new();
         for (kind, sql) in queries {
             let (count, bytes, oldest): (i64, i64, Option<i64>) =
-                self.conn.query_row(&sql, params![name], |row| {
+                self.conn().query_row(&sql, params![name], |row| {
                     Ok((row.get(0)?, row.get(1)?, row.get(2)?))
                 })?;
             items.push(PrivacyItem {
@@ -88,7 +88,7 @@ impl Store {
         device: &hearth_protocol::DeviceId,
     ) -> Result<Vec<String>, StoreError> {
         let mut stmt = self
-            .conn
+            .conn()
             .prepare("SELECT id FROM messages WHERE sender = ?1 ORDER BY sent_at")?;
         let rows = stmt.query_map(params![device.as_str()], |row| row.get::<_, String>(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -98,7 +98,7 @@ impl Store {
     /// new file): deleted rows and free pages are not carried over.
     pub fn snapshot(&self, path: &Path) -> Result<(), StoreError> {
         let text = path.to_string_lossy().into_owned();
-        self.conn.execute("VACUUM INTO ?1", params![text])?;
+        self.conn().execute("VACUUM INTO ?1", params![text])?;
         Ok(())
     }
 }

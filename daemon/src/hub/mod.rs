@@ -1,0 +1,268 @@
+//! The domain core: the [`Hub`] owns the household's state (the store, the
+//! live registry, the live sessions, the audit, the CA and the pairing
+//! windows) and its invariants. Every way in (admin socket, EST, the edge,
+//! the mailbox) calls its operations in [`devices`] and [`household`] and
+//! maps [`HubError`] to its own protocol.
+
+pub mod devices;
+pub mod household;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hearth_protocol::admin::ListenerInfo;
+use hearth_protocol::policy::GrantError;
+use hearth_protocol::{DeviceId, MemberName};
+
+use crate::audit::{Audit, Event};
+use crate::broker::{self, BrokerEndpoint};
+use crate::ca::{CaError, HubCa};
+// Live sessions and retained topics belong to the hub's layer; their files
+// still live under edge/ (docs/ARCHITECTURE.md, "What is left").
+use crate::edge::sessions::{RetainedTopics, Sessions};
+use crate::pairing::PairingWindows;
+use crate::registry::Registry;
+use crate::store::{StoreError, StoreHandle};
+
+pub use devices::{Revoked, RENEWAL_GRACE};
+
+/// The household's state and what acts on it.
+#[derive(Debug)]
+pub struct Hub {
+    /// The database, reached off the async runtime. Written only through
+    /// the hub's operations.
+    pub store: StoreHandle,
+    /// The CA that signs device certificates.
+    pub ca: Arc<HubCa>,
+    /// Accepted certificates.
+    pub registry: Arc<Registry>,
+    /// Live sessions.
+    pub sessions: Arc<Sessions>,
+    /// Bound listeners, for `status`.
+    pub listeners: Vec<ListenerInfo>,
+    /// When the daemon started.
+    pub started: Instant,
+    /// The audit log.
+    pub audit: Audit,
+    /// Retained topics per device, cleared on revocation.
+    pub retained: Arc<RetainedTopics>,
+    /// The broker, for purging sessions and retained messages.
+    pub broker: BrokerEndpoint,
+    /// Open pairing windows.
+    pub windows: Arc<PairingWindows>,
+    /// The bound MQTT and enrollment ports, for pairing URIs.
+    pub ports: HubPorts,
+    /// The data dir (backups read the key files there).
+    pub data_dir: PathBuf,
+    /// How long data is kept, for the privacy report.
+    pub retention: Retention,
+}
+
+/// How long data is kept, as configured.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// `audit.retention_days`.
+    pub audit_days: u32,
+    /// `mailbox.expiry_secs`.
+    pub message_secs: u64,
+}
+
+/// The ports a device needs to know.
+#[derive(Debug, Clone, Copy)]
+pub struct HubPorts {
+    /// Mutual-TLS MQTT.
+    pub mqtt: u16,
+    /// EST enrollment.
+    pub enroll: u16,
+}
+
+/// Why a hub operation did not happen. Adapters map it: the admin socket
+/// answers its text, EST an HTTP status (a failure of the hub itself is a
+/// 5xx, never the client's fault), the edge logs it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HubError {
+    /// The database failed (I/O, a full disk, a damaged file): the hub's
+    /// fault, and worth a retry later.
+    #[error(transparent)]
+    Store(StoreError),
+    /// The request does not fit what the database holds (no such device,
+    /// not a service device, a renewal pending...): the caller's to fix.
+    #[error(transparent)]
+    Refused(StoreError),
+    /// The certificate request is not acceptable.
+    #[error(transparent)]
+    BadRequest(CaError),
+    /// The CA could not sign (its files, the signer): the hub's fault.
+    #[error(transparent)]
+    Ca(CaError),
+    /// No member has that nickname.
+    #[error("no member named {:?}; add it with `hearth member add`", .0.as_str())]
+    NoSuchMember(MemberName),
+    /// A member of that nickname exists, whatever its case.
+    #[error(
+        "a member named {:?} already exists (nicknames are unique whatever their case)",
+        .0.as_str()
+    )]
+    MemberExists(MemberName),
+    /// The household's last parent, with other members left.
+    #[error(
+        "{0} is the household's last parent, and the others would have no parent to message \
+         or to look after their devices; add another parent first \
+         (`hearth member add NAME --role parent`)"
+    )]
+    LastParent(MemberName),
+    /// The certificate presented is not (or no longer) accepted.
+    #[error("the certificate presented is no longer accepted")]
+    NotAccepted,
+    /// The grant is not valid.
+    #[error(transparent)]
+    BadGrant(#[from] GrantError),
+    /// Taking back a grant the device does not have.
+    #[error("{0} has no such grant; nothing changed")]
+    NoSuchGrant(DeviceId),
+}
+
+impl HubError {
+    /// Whether the hub itself failed (as opposed to the request): a
+    /// database or CA failure, which the caller may retry later.
+    pub fn is_internal(&self) -> bool {
+        matches!(self, HubError::Store(_) | HubError::Ca(_))
+    }
+}
+
+impl From<StoreError> for HubError {
+    fn from(e: StoreError) -> HubError {
+        match e {
+            StoreError::MemberExists(_)
+            | StoreError::NoSuchMember(_)
+            | StoreError::NoSuchDevice(_)
+            | StoreError::NotAService(_)
+            | StoreError::RenewalPending(_) => HubError::Refused(e),
+            _ => HubError::Store(e),
+        }
+    }
+}
+
+impl From<CaError> for HubError {
+    fn from(e: CaError) -> HubError {
+        match e {
+            CaError::BadRequest(_) => HubError::BadRequest(e),
+            _ => HubError::Ca(e),
+        }
+    }
+}
+
+impl Hub {
+    /// Records an administrative action; ids only, never names or labels.
+    pub fn admin_audit(&self, action: &str, device: Option<DeviceId>, detail: String) {
+        self.audit.record(Event {
+            device,
+            event: "admin",
+            action: Some(action.to_owned()),
+            reason: Some(detail),
+            ..Event::default()
+        });
+    }
+
+    /// The member `name` names, in its stored case ("mum" is "Mum");
+    /// `name` itself when there is none, so the caller's "no member named"
+    /// error names what was asked.
+    pub fn member_named(&self, name: MemberName) -> MemberName {
+        let members = self.store.with(|s| s.members()).unwrap_or_default();
+        hearth_protocol::reference::find_member(&name, members.iter().map(|m| &m.name))
+            .cloned()
+            .unwrap_or(name)
+    }
+
+    /// Ends everything a device has once the registry no longer accepts
+    /// it: its connections close now, the broker forgets its session and
+    /// the retained messages it left.
+    async fn cut_off(&self, device: &DeviceId) {
+        let closed = self.sessions.disconnect(device);
+        tracing::info!(device = %device, connections = closed, "device cut off");
+        self.purge(device).await;
+        let topics = self.retained.take(device);
+        if let Err(e) = broker::clear_retained(&self.broker, &topics).await {
+            tracing::warn!(error = %e, "cannot clear retained messages");
+        }
+    }
+
+    /// Makes the broker forget the device's session, once the edge's own
+    /// connection for it has closed.
+    async fn purge(&self, device: &DeviceId) {
+        let turn = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            self.sessions.broker_turn(device.as_str()),
+        )
+        .await;
+        if turn.is_err() {
+            tracing::warn!(device = %device, "old connection still open; purging anyway");
+        }
+        self.sessions.reset_session(device.as_str());
+        if let Err(e) = broker::purge_session(&self.broker, device.as_str()).await {
+            tracing::warn!(error = %e, "cannot purge the broker session");
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A hub over a real SQLite file and a real CA in a temp dir, with no
+    //! broker behind it (purges fail fast and are only logged).
+    use super::*;
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    pub(crate) fn hub(dir: &std::path::Path) -> Hub {
+        let store = StoreHandle::open(dir).unwrap();
+        let registry = Arc::new(Registry::new(
+            store.with(|s| s.active_certificates()).unwrap(),
+            store.with(|s| s.revoked_fingerprints()).unwrap(),
+        ));
+        let audit = Audit::start(
+            store.clone(),
+            std::time::Duration::from_secs(86_400),
+            60,
+            CancellationToken::new(),
+            &TaskTracker::new(),
+        );
+        // Port 1 on loopback: nothing listens, so a purge is refused at once.
+        let nowhere: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        Hub {
+            store,
+            ca: Arc::new(HubCa::load_or_create(dir).unwrap()),
+            registry,
+            sessions: Arc::new(Sessions::default()),
+            listeners: Vec::new(),
+            started: Instant::now(),
+            audit,
+            retained: Arc::new(RetainedTopics::new(Default::default())),
+            broker: BrokerEndpoint {
+                v4: nowhere,
+                v5: nowhere,
+                username: "test".into(),
+                password: "test".into(),
+            },
+            windows: Arc::new(PairingWindows::default()),
+            ports: HubPorts { mqtt: 0, enroll: 0 },
+            data_dir: dir.to_owned(),
+            retention: Retention {
+                audit_days: 1,
+                message_secs: 60,
+            },
+        }
+    }
+
+    /// A PEM certificate request for a fresh P-256 key.
+    pub(crate) fn csr() -> String {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap()
+    }
+}
