@@ -446,13 +446,15 @@ impl Upstream<'_> {
             match frame::announced_len(&inbound).filter(|len| *len > LARGE_PACKET) {
                 None => receiving = None,
                 Some(len) if receiving.is_none() => {
-                    receiving = Some(self.receive_budget(len).await?);
+                    // Boxed, as are the other rare waits below: a future
+                    // kept inline makes every connection's task larger.
+                    receiving = Some(Box::pin(self.receive_budget(len)).await?);
                 }
                 Some(_) => {}
             }
             let packet_due = async {
                 match &receiving {
-                    Some((_, due)) => tokio::time::sleep_until(*due).await,
+                    Some((_, due)) => Box::pin(tokio::time::sleep_until(*due)).await,
                     None => std::future::pending().await,
                 }
             };
@@ -972,7 +974,7 @@ where
 {
     match due {
         None => Ok(client.write_all(bytes).await?),
-        Some(due) => match tokio::time::timeout_at(due, client.write_all(bytes)).await {
+        Some(due) => match Box::pin(tokio::time::timeout_at(due, client.write_all(bytes))).await {
             Ok(written) => Ok(written?),
             Err(_) => Err(SessionEnd::SlowPacket),
         },
@@ -1024,7 +1026,7 @@ where
             let budget = std::sync::Arc::clone(&budget);
             async move {
                 match need {
-                    Some(kib) => budget.acquire_many_owned(kib).await.ok(),
+                    Some(kib) => Box::pin(budget.acquire_many_owned(kib)).await.ok(),
                     None => std::future::pending().await,
                 }
             }
@@ -1032,7 +1034,7 @@ where
         let due = sending.as_ref().map(|(_, due)| *due);
         let packet_due = async move {
             match due {
-                Some(due) => tokio::time::sleep_until(due).await,
+                Some(due) => Box::pin(tokio::time::sleep_until(due)).await,
                 None => std::future::pending().await,
             }
         };
