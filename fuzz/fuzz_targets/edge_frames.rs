@@ -165,6 +165,8 @@ fn client_packet(who: &Subject<'_>, f: &frame::Frame, packet: &[u8], v5: bool) -
         }
         kind::PUBREL | kind::UNSUBSCRIBE if f.flags() != 0b0010 => false,
         kind::PUBREL => inspect::packet_id(packet, f.header_len).is_ok(),
+        // relay.rs: a v5 DISCONNECT's Session Expiry Interval.
+        kind::DISCONNECT if v5 => inspect::disconnect_session_expiry(packet, f.header_len).is_ok(),
         kind::UNSUBSCRIBE | kind::PINGREQ | kind::DISCONNECT => true,
         kind::PUBACK | kind::PUBREC | kind::PUBCOMP => {
             if inspect::packet_id(packet, f.header_len).is_ok() {
@@ -182,7 +184,12 @@ fn client_packet(who: &Subject<'_>, f: &frame::Frame, packet: &[u8], v5: bool) -
 fn broker_packet(f: &frame::Frame, packet: &[u8], v5: bool) {
     match f.kind() {
         kind::CONNACK if v5 => {
-            if let Some(out) = inspect::connack_with_assigned_id(packet, f.header_len, "dev-1") {
+            let extras = inspect::ConnAckExtras {
+                assigned_id: Some("dev-1".into()),
+                session_expiry: Some(604_800),
+                receive_max: Some(100),
+            };
+            if let Some(out) = inspect::connack_with(packet, f.header_len, &extras) {
                 let f2 = frame::next_frame(&out, usize::MAX)
                     .expect("rewritten CONNACK frames")
                     .expect("rewritten CONNACK is complete");
