@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use hearth_protocol::mqtt::{kind, next_frame, reason, write_varint};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -181,43 +182,22 @@ impl Reader {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
         }
         self.end += n;
-        while let Some((header, body_start, total)) = frame(&self.buf[self.start..self.end])? {
-            let body = &self.buf[self.start + body_start..self.start + total];
-            f(parse(header, body)?);
-            self.start += total;
+        while let Some(frame) = next_frame(&self.buf[self.start..self.end], usize::MAX)? {
+            let body = &self.buf[self.start + frame.header_len..self.start + frame.len];
+            f(parse(frame.first_byte, body)?);
+            self.start += frame.len;
         }
         Ok(())
     }
 }
 
-/// A complete packet at the front of `data`: (first byte, body offset, total length).
-fn frame(data: &[u8]) -> Result<Option<(u8, usize, usize)>> {
-    if data.len() < 2 {
-        return Ok(None);
-    }
-    let mut len = 0usize;
-    let mut shift = 0;
-    for i in 1..5 {
-        let Some(&b) = data.get(i) else {
-            return Ok(None);
-        };
-        len |= ((b & 0x7f) as usize) << shift;
-        if b & 0x80 == 0 {
-            let total = i + 1 + len;
-            return Ok((data.len() >= total).then_some((data[0], i + 1, total)));
-        }
-        shift += 7;
-    }
-    bail!("malformed remaining length")
-}
-
 fn parse(header: u8, body: &[u8]) -> Result<Packet<'_>> {
     let short = || anyhow::anyhow!("short packet 0x{header:02x}");
     Ok(match header >> 4 {
-        2 => Packet::Connack {
+        kind::CONNACK => Packet::Connack {
             code: *body.get(1).ok_or_else(short)?,
         },
-        3 => {
+        kind::PUBLISH => {
             let qos = (header >> 1) & 3;
             let tlen = u16::from_be_bytes([
                 *body.first().ok_or_else(short)?,
@@ -238,13 +218,13 @@ fn parse(header: u8, body: &[u8]) -> Result<Packet<'_>> {
                 payload: &body[at..],
             }
         }
-        4 => {
+        kind::PUBACK => {
             let b = body.get(0..2).ok_or_else(short)?;
             Packet::Puback {
                 pid: u16::from_be_bytes([b[0], b[1]]),
             }
         }
-        9 => Packet::Suback {
+        kind::SUBACK => Packet::Suback {
             granted: *body.get(2).ok_or_else(short)?,
         },
         t => Packet::Other(t),
@@ -286,20 +266,6 @@ impl Writer {
     }
 }
 
-fn put_len(buf: &mut Vec<u8>, mut len: usize) {
-    loop {
-        let mut b = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            b |= 0x80;
-        }
-        buf.push(b);
-        if len == 0 {
-            break;
-        }
-    }
-}
-
 fn put_str(buf: &mut Vec<u8>, s: &[u8]) {
     buf.extend_from_slice(&(s.len() as u16).to_be_bytes());
     buf.extend_from_slice(s);
@@ -308,7 +274,7 @@ fn put_str(buf: &mut Vec<u8>, s: &[u8]) {
 /// CONNECT, MQTT 3.1.1, clean session, no credentials.
 pub fn encode_connect(buf: &mut Vec<u8>, client_id: &str, keep_alive: u16) {
     buf.push(0x10);
-    put_len(buf, 10 + 2 + client_id.len());
+    write_varint(10 + 2 + client_id.len(), buf);
     put_str(buf, b"MQTT");
     buf.push(4);
     buf.push(0x02);
@@ -320,7 +286,7 @@ pub fn encode_connect(buf: &mut Vec<u8>, client_id: &str, keep_alive: u16) {
 pub fn encode_publish(buf: &mut Vec<u8>, topic: &str, qos: u8, pid: u16, payload: &[u8]) {
     buf.push(0x30 | (qos << 1));
     let id_len = if qos > 0 { 2 } else { 0 };
-    put_len(buf, 2 + topic.len() + id_len + payload.len());
+    write_varint(2 + topic.len() + id_len + payload.len(), buf);
     put_str(buf, topic.as_bytes());
     if qos > 0 {
         buf.extend_from_slice(&pid.to_be_bytes());
@@ -337,7 +303,7 @@ pub fn encode_puback(buf: &mut Vec<u8>, pid: u16) {
 /// SUBSCRIBE to one filter.
 pub fn encode_subscribe(buf: &mut Vec<u8>, pid: u16, filter: &str, qos: u8) {
     buf.push(0x82);
-    put_len(buf, 2 + 2 + filter.len() + 1);
+    write_varint(2 + 2 + filter.len() + 1, buf);
     buf.extend_from_slice(&pid.to_be_bytes());
     put_str(buf, filter.as_bytes());
     buf.push(qos);
@@ -363,7 +329,7 @@ impl Client {
             .context("no SUBACK within 10 s")??;
         }
         match granted {
-            Some(g) if g < 0x80 => Ok(()),
+            Some(g) if !reason::is_failure(g) => Ok(()),
             _ => bail!("subscription to {filter} refused"),
         }
     }
@@ -378,8 +344,8 @@ mod tests {
         let mut buf = Vec::new();
         encode_publish(&mut buf, "a/b", 1, 7, &[9; 300]);
         encode_puback(&mut buf, 7);
-        let (h, s, t) = frame(&buf).unwrap().unwrap();
-        match parse(h, &buf[s..t]).unwrap() {
+        let f = next_frame(&buf, usize::MAX).unwrap().unwrap();
+        match parse(f.first_byte, &buf[f.header_len..f.len]).unwrap() {
             Packet::Publish {
                 qos,
                 pid,
@@ -390,12 +356,12 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let rest = &buf[t..];
-        let (h, s, t) = frame(rest).unwrap().unwrap();
+        let rest = &buf[f.len..];
+        let f = next_frame(rest, usize::MAX).unwrap().unwrap();
         assert!(matches!(
-            parse(h, &rest[s..t]).unwrap(),
+            parse(f.first_byte, &rest[f.header_len..f.len]).unwrap(),
             Packet::Puback { pid: 7 }
         ));
-        assert!(frame(&buf[..3]).unwrap().is_none());
+        assert!(next_frame(&buf[..3], usize::MAX).unwrap().is_none());
     }
 }

@@ -335,20 +335,8 @@ pub async fn clear_retained(
     // PUBLISH, QoS 0, retain, empty payload: the MQTT way to clear.
     let mut publishes = Vec::new();
     for topic in topics {
-        let len = 2 + topic.len();
         publishes.push(0x31);
-        let mut n = len;
-        loop {
-            let mut byte = (n % 128) as u8;
-            n /= 128;
-            if n > 0 {
-                byte |= 0x80;
-            }
-            publishes.push(byte);
-            if n == 0 {
-                break;
-            }
-        }
+        hearth_protocol::mqtt::write_varint(2 + topic.len(), &mut publishes);
         publishes.extend_from_slice(&(topic.len() as u16).to_be_bytes());
         publishes.extend_from_slice(topic.as_bytes());
     }

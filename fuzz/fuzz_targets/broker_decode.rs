@@ -9,8 +9,8 @@
 #![no_main]
 
 use bytes::BytesMut;
-use hearth_daemon::edge::frame::{self, kind, MqttVersion};
-use hearth_daemon::edge::inspect;
+use hearth_daemon::edge::codec;
+use hearth_protocol::mqtt::{self, inspect, kind, MqttVersion};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_PACKET: usize = 2048;
@@ -25,12 +25,12 @@ fuzz_target!(|data: &[u8]| {
         MqttVersion::V311
     };
     let v5 = version == MqttVersion::V5;
-    while let Ok(Some(f)) = frame::next_frame(stream, MAX_PACKET) {
+    while let Ok(Some(f)) = mqtt::next_frame(stream, MAX_PACKET) {
         let packet = &stream[..f.len];
         // The edge's own checks, as in relay.rs: what fails them never
         // reaches the broker.
         let forwarded = match f.kind() {
-            kind::CONNECT => frame::connect_version(stream, &f).is_ok_and(|v| v == version),
+            kind::CONNECT => mqtt::connect_version(stream, &f).is_ok_and(|v| v == version),
             kind::PUBLISH => inspect::publish(packet, f.header_len, v5).is_ok(),
             kind::SUBSCRIBE => inspect::subscribe(packet, f.header_len, v5).is_ok(),
             kind::PUBREL | kind::UNSUBSCRIBE => f.flags() == 0b0010,
@@ -40,9 +40,9 @@ fuzz_target!(|data: &[u8]| {
         if !forwarded {
             return;
         }
-        if let Ok(decoded) = frame::decode(version, packet, MAX_PACKET) {
+        if let Ok(decoded) = codec::decode(version, packet, MAX_PACKET) {
             let mut out = BytesMut::new();
-            let _ = frame::encode(version, decoded, &mut out);
+            let _ = codec::encode(version, decoded, &mut out);
         }
         stream = &stream[f.len..];
     }

@@ -12,9 +12,9 @@
 #![no_main]
 
 use bytes::BytesMut;
-use hearth_daemon::edge::frame::{self, kind, MqttVersion};
-use hearth_daemon::edge::inspect;
+use hearth_daemon::edge::codec;
 use hearth_protocol::filter;
+use hearth_protocol::mqtt::{self, inspect, kind, Frame, MqttVersion};
 use hearth_protocol::policy::{self, Action, DeviceRole, Subject};
 use hearth_protocol::DeviceId;
 use libfuzzer_sys::fuzz_target;
@@ -47,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
     };
     // As the relay does: take complete frames off the front until one is
     // missing bytes or the stream is refused.
-    while let Ok(Some(f)) = frame::next_frame(stream, MAX_PACKET) {
+    while let Ok(Some(f)) = mqtt::next_frame(stream, MAX_PACKET) {
         assert!(f.header_len <= f.len && f.len <= stream.len());
         let packet = &stream[..f.len];
         let v5 = version == MqttVersion::V5;
@@ -68,9 +68,9 @@ fuzz_target!(|data: &[u8]| {
 
 /// edge/mod.rs `read_connect` and `run_session`: version, decode, rewrite
 /// with the edge's credential, encode for the broker.
-fn connect(f: &frame::Frame, inbound: &[u8]) -> Option<MqttVersion> {
-    let version = frame::connect_version(inbound, f).ok()?;
-    let packet = frame::decode(version, &inbound[..f.len], MAX_PACKET).ok()?;
+fn connect(f: &Frame, inbound: &[u8]) -> Option<MqttVersion> {
+    let version = mqtt::connect_version(inbound, f).ok()?;
+    let packet = codec::decode(version, &inbound[..f.len], MAX_PACKET).ok()?;
     if let Packet::Connect(c, properties, will, ..) = &packet {
         // What run_session reads from a v5 CONNECT.
         let _ = (c.keep_alive, c.clean_session, c.client_id.is_empty());
@@ -90,17 +90,17 @@ fn connect(f: &frame::Frame, inbound: &[u8]) -> Option<MqttVersion> {
         username: "edge".into(),
         password: "per-boot".into(),
     };
-    let rewritten = frame::rewrite_connect(packet, "0jqs8adyj6jyjnsqmar523qbbd".into(), login);
+    let rewritten = codec::rewrite_connect(packet, "0jqs8adyj6jyjnsqmar523qbbd".into(), login);
     let mut out = BytesMut::new();
-    if frame::encode(version, rewritten, &mut out).is_ok() {
+    if codec::encode(version, rewritten, &mut out).is_ok() {
         // What the edge sends the broker must be one whole packet the
         // broker's codec reads back.
-        let f2 = frame::next_frame(&out, usize::MAX)
+        let f2 = mqtt::next_frame(&out, usize::MAX)
             .expect("the edge's CONNECT frames")
             .expect("the edge's CONNECT is complete");
         assert_eq!(f2.len, out.len(), "one packet");
         assert!(
-            frame::decode(version, &out, usize::MAX).is_ok(),
+            codec::decode(version, &out, usize::MAX).is_ok(),
             "the edge's CONNECT decodes"
         );
     }
@@ -108,7 +108,7 @@ fn connect(f: &frame::Frame, inbound: &[u8]) -> Option<MqttVersion> {
 }
 
 /// relay.rs `Upstream::inspect`: false where the relay ends the session.
-fn client_packet(who: &Subject<'_>, f: &frame::Frame, packet: &[u8], v5: bool) -> bool {
+fn client_packet(who: &Subject<'_>, f: &Frame, packet: &[u8], v5: bool) -> bool {
     match f.kind() {
         kind::PUBLISH => {
             let Ok(header) = inspect::publish(packet, f.header_len, v5) else {
@@ -150,7 +150,7 @@ fn client_packet(who: &Subject<'_>, f: &frame::Frame, packet: &[u8], v5: bool) -
             if !allowed.is_empty() {
                 let mut rewritten = Vec::new();
                 inspect::encode_subscribe(sub.pkid, sub.properties, &allowed, &mut rewritten);
-                let f2 = frame::next_frame(&rewritten, usize::MAX)
+                let f2 = mqtt::next_frame(&rewritten, usize::MAX)
                     .expect("rewritten SUBSCRIBE frames")
                     .expect("rewritten SUBSCRIBE is complete");
                 let again = inspect::subscribe(&rewritten, f2.header_len, v5)
@@ -181,7 +181,7 @@ fn client_packet(who: &Subject<'_>, f: &frame::Frame, packet: &[u8], v5: bool) -
 
 /// relay.rs `downstream`: what the edge reads of the broker's packets on
 /// their way to the client.
-fn broker_packet(f: &frame::Frame, packet: &[u8], v5: bool) {
+fn broker_packet(f: &Frame, packet: &[u8], v5: bool) {
     match f.kind() {
         kind::CONNACK if v5 => {
             let extras = inspect::ConnAckExtras {
@@ -190,7 +190,7 @@ fn broker_packet(f: &frame::Frame, packet: &[u8], v5: bool) {
                 receive_max: Some(100),
             };
             if let Some(out) = inspect::connack_with(packet, f.header_len, &extras) {
-                let f2 = frame::next_frame(&out, usize::MAX)
+                let f2 = mqtt::next_frame(&out, usize::MAX)
                     .expect("rewritten CONNACK frames")
                     .expect("rewritten CONNACK is complete");
                 assert_eq!(f2.len, out.len());
@@ -211,7 +211,7 @@ fn broker_packet(f: &frame::Frame, packet: &[u8], v5: bool) {
                 let merged: Vec<u8> = codes.iter().copied().chain([0x87]).collect();
                 let mut out = Vec::new();
                 inspect::encode_suback(pkid, v5, properties, &merged, &mut out);
-                let f2 = frame::next_frame(&out, usize::MAX)
+                let f2 = mqtt::next_frame(&out, usize::MAX)
                     .expect("rebuilt SUBACK frames")
                     .expect("rebuilt SUBACK is complete");
                 let (p2, props2, codes2) =

@@ -1,12 +1,14 @@
 //! Pure types shared by every part of Hearth: identifiers, household roles,
-//! topic names, the admin protocol and the certificate formats (`pki`). No
-//! I/O lives here, so every rule can be tested exhaustively.
+//! topic names, the admin protocol, the certificate formats (`pki`) and the
+//! MQTT codec (`mqtt`). No I/O lives here, so every rule can be tested
+//! exhaustively.
 
 pub mod admin;
 pub mod filter;
 pub mod household;
 pub mod id;
 pub mod mailbox;
+pub mod mqtt;
 pub mod pairing;
 pub mod pki;
 pub mod policy;

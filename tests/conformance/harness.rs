@@ -251,22 +251,8 @@ impl RawConn {
 }
 
 fn take_packet(buf: &mut BytesMut) -> Option<Vec<u8>> {
-    let mut len = 0usize;
-    let mut shift = 0;
-    let mut i = 1;
-    loop {
-        let byte = *buf.get(i)?;
-        len |= usize::from(byte & 0x7f) << shift;
-        shift += 7;
-        i += 1;
-        if byte & 0x80 == 0 {
-            break;
-        }
-    }
-    if buf.len() < i + len {
-        return None;
-    }
-    Some(buf.split_to(i + len).to_vec())
+    let len = packet_len(buf)?;
+    Some(buf.split_to(len).to_vec())
 }
 
 /// A 3.1.1 client whose incoming packets arrive in a channel.

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use hearth_protocol::admin::{AdminRequest, AdminResponse};
+use hearth_protocol::mqtt::{self, write_varint};
 use rumqttd::protocol::{Connect, Login, Packet, Protocol};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -618,20 +619,6 @@ pub fn assert_denied_audited(hub: &TestHub, device: &Device, action: &str, topic
     entry.reason.unwrap_or_default()
 }
 
-fn varint(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            break;
-        }
-    }
-}
-
 /// A PUBLISH, built by hand so tests can send what no library would.
 pub fn publish_packet(
     v5: bool,
@@ -659,7 +646,7 @@ pub fn publish_packet(
     }
     body.extend_from_slice(payload);
     let mut out = vec![0x30 | (qos << 1) | u8::from(retain)];
-    varint(body.len(), &mut out);
+    write_varint(body.len(), &mut out);
     out.extend_from_slice(&body);
     out
 }
@@ -676,7 +663,7 @@ pub fn subscribe_packet(v5: bool, pkid: u16, filters: &[&[u8]]) -> Vec<u8> {
         body.push(0);
     }
     let mut out = vec![0x82];
-    varint(body.len(), &mut out);
+    write_varint(body.len(), &mut out);
     out.extend_from_slice(&body);
     out
 }
@@ -688,18 +675,13 @@ pub struct Raw {
     buf: Vec<u8>,
 }
 
-/// The length of the first complete MQTT packet in `buf`, if any.
-fn packet_len(buf: &[u8]) -> Option<usize> {
-    let mut len = 0usize;
-    for i in 0..4 {
-        let byte = *buf.get(1 + i)?;
-        len |= ((byte & 0x7f) as usize) << (7 * i);
-        if byte & 0x80 == 0 {
-            let total = 2 + i + len;
-            return (buf.len() >= total).then_some(total);
-        }
+/// The length of the first complete MQTT packet in `buf`, if any. Bytes
+/// that are not MQTT fail the test where they arrive.
+pub fn packet_len(buf: &[u8]) -> Option<usize> {
+    match mqtt::next_frame(buf, usize::MAX) {
+        Ok(frame) => frame.map(|f| f.len),
+        Err(e) => panic!("the server sent bytes that are not MQTT ({e}): {buf:02x?}"),
     }
-    None
 }
 
 impl Raw {

@@ -3,8 +3,7 @@
 //! logs in to the embedded broker with the edge's own credential, and then
 //! relays packets both ways, inspecting everything the client sends.
 
-pub mod frame;
-pub mod inspect;
+pub mod codec;
 mod relay;
 pub mod retained;
 pub mod sessions;
@@ -29,7 +28,7 @@ use crate::audit::{Audit, Event};
 use crate::broker::BrokerEndpoint;
 use crate::ca::fingerprint;
 use crate::registry::{DeviceIdentity, Registry};
-use frame::{kind, FrameError, MqttVersion};
+use hearth_protocol::mqtt::{self, inspect, kind, FrameError, MqttVersion};
 use hearth_protocol::policy::{self, Action, Decision, DenyReason};
 use sessions::{RetainedTopics, Sessions};
 
@@ -463,8 +462,8 @@ impl Edge {
                 Ok(id) => id,
                 Err(end) => {
                     let connack = match end {
-                        SessionEnd::IdentifierRejected => frame::CONNACK_IDENTIFIER_REJECTED,
-                        _ => frame::connack_not_authorized(version),
+                        SessionEnd::IdentifierRejected => inspect::CONNACK_IDENTIFIER_REJECTED,
+                        _ => inspect::connack_not_authorized(version),
                     };
                     let _ = client.write_all(connack).await;
                     let _ = client.shutdown().await;
@@ -559,9 +558,9 @@ impl Edge {
                 password: self.broker.password.clone(),
             };
             let mut connect_out = BytesMut::new();
-            frame::encode(
+            codec::encode(
                 version,
-                frame::rewrite_connect(connect, client_id.clone(), login),
+                codec::rewrite_connect(connect, client_id.clone(), login),
                 &mut connect_out,
             )
             .map_err(FrameError::MalformedConnect)?;
@@ -731,7 +730,7 @@ impl Edge {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let frame = loop {
-            if let Some(frame) = frame::next_frame(inbound, self.limits.max_packet)? {
+            if let Some(frame) = mqtt::next_frame(inbound, self.limits.max_packet)? {
                 break frame;
             }
             if relay::read_client(client, inbound).await? == 0 {
@@ -741,15 +740,17 @@ impl Edge {
         if frame.kind() != kind::CONNECT {
             return Err(SessionEnd::NotConnect);
         }
-        let version = match frame::connect_version(inbound, &frame) {
+        let version = match mqtt::connect_version(inbound, &frame) {
             Ok(version) => version,
             Err(e) => {
                 // MQTT 3.1.1 §3.2.2.3: answer return code 1, then close.
-                let _ = client.write_all(frame::CONNACK_UNACCEPTABLE_PROTOCOL).await;
+                let _ = client
+                    .write_all(inspect::CONNACK_UNACCEPTABLE_PROTOCOL)
+                    .await;
                 return Err(e.into());
             }
         };
-        let packet = frame::decode(version, &inbound[..frame.len], self.limits.max_packet)
+        let packet = codec::decode(version, &inbound[..frame.len], self.limits.max_packet)
             .map_err(FrameError::MalformedConnect)?;
         Ok((version, packet, frame.len))
     }

@@ -10,6 +10,8 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use hearth_protocol::filter;
 use hearth_protocol::household::Owner;
+use hearth_protocol::mqtt::reason::{self, NOT_AUTHORIZED, QUOTA_EXCEEDED};
+use hearth_protocol::mqtt::{self, inspect, kind, Frame, MqttVersion};
 use hearth_protocol::policy::{Action, Decision, DenyReason};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -17,8 +19,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::frame::{self, kind, Frame, MqttVersion};
-use super::inspect;
+use super::codec;
 use super::{Edge, Peer, SessionEnd};
 use crate::audit::Event;
 
@@ -32,8 +33,8 @@ pub const DENIAL_LIMIT: usize = 10;
 /// The window for [`DENIAL_LIMIT`].
 pub const DENIAL_WINDOW: Duration = Duration::from_secs(10);
 /// How often the edge pings the broker for a client that asked for no
-/// keep-alive, well within the broker's 1.5 × [`frame::SILENT_CLIENT_KEEP_ALIVE`].
-const BROKER_PING: Duration = Duration::from_secs(frame::SILENT_CLIENT_KEEP_ALIVE as u64 / 3);
+/// keep-alive, well within the broker's 1.5 × [`codec::SILENT_CLIENT_KEEP_ALIVE`].
+const BROKER_PING: Duration = Duration::from_secs(codec::SILENT_CLIENT_KEEP_ALIVE as u64 / 3);
 /// PINGREQ.
 const PINGREQ: [u8; 2] = [0xc0, 0x00];
 /// After this many publishes (or [`PACE_BYTES`]) from one client, the edge
@@ -214,7 +215,7 @@ fn ends_inbound_flow(f: &Frame, packet: &[u8]) -> Option<u16> {
         kind::PUBACK | kind::PUBCOMP => true,
         kind::PUBREC => packet
             .get(f.header_len + 2)
-            .is_some_and(|code| *code >= 0x80),
+            .is_some_and(|code| reason::is_failure(*code)),
         _ => false,
     };
     if !ends {
@@ -296,11 +297,6 @@ fn release_if_idle(buf: &mut BytesMut) {
         *buf = BytesMut::new();
     }
 }
-
-/// 5 reason code: the policy refuses it.
-const NOT_AUTHORIZED: u8 = 0x87;
-/// 5 reason code: a bound of the hub's (a quota) refuses it.
-const QUOTA_EXCEEDED: u8 = 0x97;
 
 /// For a SUBACK still to come from the broker: the refused filters'
 /// positions and codes, and how many filters the client asked for.
@@ -386,7 +382,7 @@ impl Upstream<'_> {
             if !inbound.is_empty() {
                 out.reserve(inbound.len() + PINGREQ.len());
             }
-            while let Some(frame) = frame::next_frame(&inbound, max)? {
+            while let Some(frame) = mqtt::next_frame(&inbound, max)? {
                 let packet = &inbound[..frame.len];
                 let publish = frame.kind() == kind::PUBLISH;
                 match self.inspect(&frame, packet).await {
@@ -443,7 +439,7 @@ impl Upstream<'_> {
             }
             release_if_idle(&mut inbound);
             release_if_idle(&mut out);
-            match frame::announced_len(&inbound).filter(|len| *len > LARGE_PACKET) {
+            match mqtt::announced_len(&inbound).filter(|len| *len > LARGE_PACKET) {
                 None => receiving = None,
                 Some(len) if receiving.is_none() => {
                     // Boxed, as are the other rare waits below: a future
@@ -503,8 +499,8 @@ impl Upstream<'_> {
             Ok(Ok(permit)) => Ok((permit, Instant::now() + LARGE_PACKET_TIME)),
             _ => {
                 if self.v5 {
-                    // Server busy.
-                    self.reply(inspect::disconnect_v5(0x89)).await;
+                    self.reply(inspect::disconnect_v5(reason::SERVER_BUSY))
+                        .await;
                 }
                 Err(SessionEnd::LargePacketBudget)
             }
@@ -573,7 +569,9 @@ impl Upstream<'_> {
                     // QoS 2 flow too (5 §4.9): its receive slot is free.
                     let failed_pubrec = frame.kind() == kind::PUBREC
                         && self.v5
-                        && packet.get(frame.header_len + 2).is_some_and(|r| *r >= 0x80);
+                        && packet
+                            .get(frame.header_len + 2)
+                            .is_some_and(|r| reason::is_failure(*r));
                     if frame.kind() != kind::PUBREC || failed_pubrec {
                         let _ = self.client_acks.send(pkid);
                     }
@@ -593,7 +591,8 @@ impl Upstream<'_> {
                     // 5 §3.14.2.2.2: not a valid DISCONNECT (the will
                     // stays due) after a CONNECT without an expiry.
                     if expiry > 0 && self.no_expiry {
-                        self.reply(inspect::disconnect_v5(0x82)).await;
+                        self.reply(inspect::disconnect_v5(reason::PROTOCOL_ERROR))
+                            .await;
                         return Err(SessionEnd::Protocol(
                             "session expiry set at DISCONNECT after none at CONNECT",
                         ));
@@ -614,7 +613,8 @@ impl Upstream<'_> {
             // 5 §3.3.4: more unanswered QoS 1/2 PUBLISHes than the CONNACK's
             // Receive Maximum allowed.
             if !lock(in_flight).received(pkid) {
-                self.reply(inspect::disconnect_v5(0x93)).await;
+                self.reply(inspect::disconnect_v5(reason::RECEIVE_MAXIMUM_EXCEEDED))
+                    .await;
                 return Err(SessionEnd::Protocol("receive maximum exceeded"));
             }
         }
@@ -622,7 +622,8 @@ impl Upstream<'_> {
             None => header.topic.to_vec(),
             Some(alias) => {
                 if alias == 0 || alias > TOPIC_ALIAS_MAX {
-                    self.reply(inspect::disconnect_v5(0x94)).await;
+                    self.reply(inspect::disconnect_v5(reason::TOPIC_ALIAS_INVALID))
+                        .await;
                     return Err(SessionEnd::Protocol("topic alias out of range"));
                 }
                 if header.topic.is_empty() {
@@ -636,7 +637,8 @@ impl Upstream<'_> {
                                 &format!("(alias {alias})"),
                                 "topic alias never defined",
                             );
-                            self.reply(inspect::disconnect_v5(0x82)).await;
+                            self.reply(inspect::disconnect_v5(reason::PROTOCOL_ERROR))
+                                .await;
                             return Err(SessionEnd::Protocol("topic alias never defined"));
                         }
                     }
@@ -648,7 +650,7 @@ impl Upstream<'_> {
                         .unwrap_or(0);
                     self.alias_bytes = (self.alias_bytes + header.topic.len()).saturating_sub(old);
                     if self.alias_bytes > ALIAS_BYTES_MAX {
-                        self.reply(inspect::disconnect_v5(0x97)).await;
+                        self.reply(inspect::disconnect_v5(QUOTA_EXCEEDED)).await;
                         return Err(SessionEnd::Protocol("topic aliases hold too many bytes"));
                     }
                     header.topic.to_vec()
@@ -734,7 +736,7 @@ impl Upstream<'_> {
                 ..Event::default()
             });
             if self.v5 {
-                self.reply(inspect::disconnect_v5(0x87)).await;
+                self.reply(inspect::disconnect_v5(NOT_AUTHORIZED)).await;
             }
             return Err(SessionEnd::TooManyDenials);
         }
@@ -763,7 +765,11 @@ impl Upstream<'_> {
                     ) {
                         None
                     } else {
-                        let quota = if self.v5 { QUOTA_EXCEEDED } else { 0x80 };
+                        let quota = if self.v5 {
+                            QUOTA_EXCEEDED
+                        } else {
+                            reason::UNSPECIFIED
+                        };
                         Some(("subscription quota of the client exceeded".into(), quota))
                     }
                 }
@@ -830,7 +836,7 @@ impl Upstream<'_> {
         if self.v5 {
             NOT_AUTHORIZED
         } else {
-            0x80
+            reason::UNSPECIFIED
         }
     }
 
@@ -1086,7 +1092,7 @@ where
                 }
                 let mut complete = 0;
                 let mut out: Option<Vec<u8>> = None;
-                while let Some(f) = frame::next_frame(&buf[complete..], limit)? {
+                while let Some(f) = mqtt::next_frame(&buf[complete..], limit)? {
                     let packet = &buf[complete..complete + f.len];
                     let owed_pong = f.kind() == kind::PINGRESP
                         && edge_pings
@@ -1181,7 +1187,7 @@ where
                 if complete > 0 {
                     sending = None;
                 }
-                wanted = frame::announced_len(&buf)
+                wanted = mqtt::announced_len(&buf)
                     .filter(|len| *len > LARGE_PACKET)
                     .map(budget_kib);
             }
@@ -1318,7 +1324,7 @@ fn mark_redelivery(
     v5: bool,
     raw: Vec<u8>,
 ) -> Vec<u8> {
-    match frame::next_frame(&raw, usize::MAX) {
+    match mqtt::next_frame(&raw, usize::MAX) {
         Ok(Some(f)) => redelivery_marked(sessions, client_id, v5, &f, &raw).unwrap_or(raw),
         _ => raw,
     }
@@ -1357,7 +1363,7 @@ fn merge_suback(
         .map(|i| match refused.iter().find(|(at, _)| *at == i) {
             Some((_, code)) => *code,
             // 0x80: "failure" in 3.1.1, "unspecified error" in 5.
-            None => broker_codes.next().copied().unwrap_or(0x80),
+            None => broker_codes.next().copied().unwrap_or(reason::UNSPECIFIED),
         })
         .collect();
     let mut out = Vec::new();
@@ -1382,7 +1388,7 @@ mod tests {
 
     #[test]
     fn puback_pubcomp_and_a_failing_pubrec_end_an_inbound_flow() {
-        let frame = |packet: &[u8]| frame::next_frame(packet, 1024).unwrap().unwrap();
+        let frame = |packet: &[u8]| mqtt::next_frame(packet, 1024).unwrap().unwrap();
         let puback = [0x40, 0x02, 0x00, 0x07];
         assert_eq!(ends_inbound_flow(&frame(&puback), &puback), Some(7));
         let pubcomp = [0x70, 0x02, 0x00, 0x08];

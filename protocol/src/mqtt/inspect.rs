@@ -2,12 +2,9 @@
 //! topic, flags, packet id and topic alias; a SUBSCRIBE's filters — and
 //! building the packets the edge answers with itself. Hand-written because
 //! rumqttd's decoder copies payloads and panics on some packet types; these
-//! only look at headers.
+//! only look at headers, and borrow from the packet rather than copy it.
 
-/// The packet is malformed: MQTT says close the connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("malformed {0}")]
-pub struct Malformed(pub &'static str);
+use super::{read_varint, reason, return_code, write_varint, Malformed, MqttVersion};
 
 /// What the policy needs from a PUBLISH.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,6 +256,24 @@ pub fn disconnect_v5(reason: u8) -> Vec<u8> {
     vec![0xe0, 1, reason]
 }
 
+/// CONNACK rejecting a zero-byte client id without a clean session
+/// (3.1.1 §3.1.3.1 [MQTT-3.1.3-8]: return code 2).
+pub const CONNACK_IDENTIFIER_REJECTED: &[u8] =
+    &[0x20, 0x02, 0x00, return_code::IDENTIFIER_REJECTED];
+
+/// CONNACK refusing a client as not authorized (3.1.1: return code 5;
+/// 5: reason 0x87), sent before closing.
+pub fn connack_not_authorized(version: MqttVersion) -> &'static [u8] {
+    match version {
+        MqttVersion::V311 => &[0x20, 0x02, 0x00, return_code::NOT_AUTHORIZED],
+        MqttVersion::V5 => &[0x20, 0x03, 0x00, reason::NOT_AUTHORIZED, 0x00],
+    }
+}
+
+/// CONNACK refusing an unsupported protocol level (3.1.1 return code 1).
+pub const CONNACK_UNACCEPTABLE_PROTOCOL: &[u8] =
+    &[0x20, 0x02, 0x00, return_code::UNACCEPTABLE_PROTOCOL_VERSION];
+
 /// The longest scope [`scoped_share`] is given: `m` and 16 hex digits for
 /// a member's devices, `s` and a 26-character device id for a service.
 pub const MAX_SHARE_SCOPE: usize = 32;
@@ -283,20 +298,6 @@ fn prefix_len(bytes: &[u8]) -> [u8; 2] {
 /// The first byte and the body after a fixed header of `header_len` bytes.
 fn split(packet: &[u8], header_len: usize) -> Option<(u8, &[u8])> {
     Some((*packet.first()?, packet.get(header_len..)?))
-}
-
-fn write_varint(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let mut byte = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if n == 0 {
-            break;
-        }
-    }
 }
 
 /// Finds a two-byte-integer property in a property list.
@@ -409,15 +410,9 @@ impl<'a> Reader<'a> {
     }
 
     fn varint(&mut self) -> Option<usize> {
-        let mut value = 0usize;
-        for i in 0..4 {
-            let byte = self.u8()?;
-            value |= ((byte & 0x7f) as usize) << (7 * i);
-            if byte & 0x80 == 0 {
-                return Some(value);
-            }
-        }
-        None
+        let (value, len) = read_varint(self.rest()).ok().flatten()?;
+        self.pos += len;
+        Some(value)
     }
 
     /// Skips a v5 property section; returns the properties without the
@@ -510,7 +505,7 @@ mod tests {
     }
 
     fn header_len(packet: &[u8]) -> usize {
-        super::super::frame::next_frame(packet, usize::MAX)
+        super::super::next_frame(packet, usize::MAX)
             .unwrap()
             .unwrap()
             .header_len
@@ -566,6 +561,20 @@ mod tests {
     }
 
     #[test]
+    fn the_edges_own_connacks_are_the_bytes_the_spec_gives() {
+        assert_eq!(CONNACK_IDENTIFIER_REJECTED, &[0x20, 0x02, 0x00, 0x02]);
+        assert_eq!(CONNACK_UNACCEPTABLE_PROTOCOL, &[0x20, 0x02, 0x00, 0x01]);
+        assert_eq!(
+            connack_not_authorized(MqttVersion::V311),
+            &[0x20, 0x02, 0x00, 0x05]
+        );
+        assert_eq!(
+            connack_not_authorized(MqttVersion::V5),
+            &[0x20, 0x03, 0x00, 0x87, 0x00]
+        );
+    }
+
+    #[test]
     fn suback_is_rebuilt() {
         let mut out = Vec::new();
         encode_suback(5, true, &[], &[0x00, 0x87], &mut out);
@@ -614,7 +623,7 @@ impl ConnAckExtras {
 pub fn connack_with(packet: &[u8], header_len: usize, extras: &ConnAckExtras) -> Option<Vec<u8>> {
     let body = packet.get(header_len..)?;
     let flags_and_reason = body.get(..2)?;
-    let (props_len, props_len_size) = read_varint(body.get(2..)?)?;
+    let (props_len, props_len_size) = read_varint(body.get(2..)?).ok().flatten()?;
     let props = body.get(2 + props_len_size..2 + props_len_size + props_len)?;
     let mut new_props = props.to_vec();
     new_props.extend_from_slice(&extras.encode()?);
@@ -626,17 +635,6 @@ pub fn connack_with(packet: &[u8], header_len: usize, extras: &ConnAckExtras) ->
     write_varint(variable.len(), &mut out);
     out.extend_from_slice(&variable);
     Some(out)
-}
-
-fn read_varint(bytes: &[u8]) -> Option<(usize, usize)> {
-    let mut value = 0usize;
-    for (i, byte) in bytes.iter().take(4).enumerate() {
-        value |= usize::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some((value, i + 1));
-        }
-    }
-    None
 }
 
 #[cfg(test)]
