@@ -618,9 +618,7 @@ impl Edge {
             )
             .await;
             // 5 §3.14.2.2.2: a DISCONNECT may change the session's expiry.
-            let at_disconnect = *expiry_at_disconnect
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let at_disconnect = *crate::sync::lock(&expiry_at_disconnect);
             let ended = lifetime.at_disconnect(at_disconnect, self.limits.max_session_expiry);
             if lifetime.kept_for().is_some() && ended.kept_for().is_none() {
                 // rumqttd holds the session: end it on close.

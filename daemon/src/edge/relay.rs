@@ -17,6 +17,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+
+use crate::sync::lock;
 use tokio_util::sync::CancellationToken;
 
 use super::codec;
@@ -1309,12 +1311,6 @@ impl AckOrder {
         }
         out
     }
-}
-
-/// A mutex's state, poisoned or not (a panicked holder left it consistent:
-/// every update is one insert or remove).
-fn lock<T>(state: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// [`redelivery_marked`] for a whole PUBLISH held back earlier.

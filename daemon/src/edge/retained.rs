@@ -176,7 +176,7 @@ impl RetainedTopics {
     fn lock(&self) -> std::sync::MutexGuard<'_, Ledger> {
         // The ledger stays consistent at every step: a panic elsewhere
         // while holding the lock leaves nothing half-done.
-        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.ledger)
     }
 }
 

@@ -72,11 +72,7 @@ pub struct AdmittedGuard {
 
 impl Drop for AdmittedGuard {
     fn drop(&mut self) {
-        self.sessions
-            .admitted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
+        crate::sync::lock(&self.sessions.admitted).remove(&self.id);
     }
 }
 
@@ -91,20 +87,14 @@ impl Sessions {
     /// A session starts clean, or ends: nothing it was sent or subscribed
     /// to before counts.
     pub fn reset_session(&self, client_id: &str) {
-        self.unacked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(client_id);
-        self.subscribed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(client_id);
+        crate::sync::lock(&self.unacked).remove(client_id);
+        crate::sync::lock(&self.subscribed).remove(client_id);
     }
 
     /// The session of `client_id` subscribes to the filter `key`: whether it
     /// may (it holds it already, or holds fewer than `max`).
     pub fn subscribe_within(&self, client_id: &str, key: u64, max: usize) -> bool {
-        let mut subscribed = self.subscribed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut subscribed = crate::sync::lock(&self.subscribed);
         let filters = subscribed.entry(client_id.to_owned()).or_default();
         if filters.contains(&key) || filters.len() < max {
             filters.insert(key);
@@ -115,7 +105,7 @@ impl Sessions {
 
     /// The session of `client_id` unsubscribed from the filter `key`.
     pub fn unsubscribed(&self, client_id: &str, key: u64) {
-        let mut subscribed = self.subscribed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut subscribed = crate::sync::lock(&self.subscribed);
         if let Some(filters) = subscribed.get_mut(client_id) {
             filters.remove(&key);
             if filters.is_empty() {
@@ -127,7 +117,7 @@ impl Sessions {
     /// A QoS 1/2 PUBLISH with `pkid` goes to the client; returns whether
     /// it was sent before and not acknowledged (so it is a redelivery).
     pub fn outbound_sent(&self, client_id: &str, pkid: u16) -> bool {
-        let mut unacked = self.unacked.lock().unwrap_or_else(|p| p.into_inner());
+        let mut unacked = crate::sync::lock(&self.unacked);
         let ids = unacked.entry(client_id.to_owned()).or_default();
         if ids.len() >= UNACKED_MAX && !ids.contains(&pkid) {
             ids.clear();
@@ -138,16 +128,14 @@ impl Sessions {
     /// Whether QoS 1/2 PUBLISHes sent to the client await its
     /// acknowledgement.
     pub fn owes_acks(&self, client_id: &str) -> bool {
-        self.unacked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.unacked)
             .get(client_id)
             .is_some_and(|ids| !ids.is_empty())
     }
 
     /// The client acknowledged `pkid` (PUBACK or PUBREC).
     pub fn outbound_acked(&self, client_id: &str, pkid: u16) {
-        let mut unacked = self.unacked.lock().unwrap_or_else(|p| p.into_inner());
+        let mut unacked = crate::sync::lock(&self.unacked);
         if let Some(ids) = unacked.get_mut(client_id) {
             ids.remove(&pkid);
             if ids.is_empty() {
@@ -164,10 +152,7 @@ impl Sessions {
         stop: CancellationToken,
     ) -> SessionGuard {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.expiring
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(client_id);
+        crate::sync::lock(&self.expiring).remove(client_id);
         let mut live = self.lock();
         live.by_client
             .entry(client_id.to_owned())
@@ -192,10 +177,7 @@ impl Sessions {
     /// revocation or the lookup, sees the other.
     pub fn admit(self: &Arc<Self>, device: DeviceId, stop: CancellationToken) -> AdmittedGuard {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.admitted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, (device, stop));
+        crate::sync::lock(&self.admitted).insert(id, (device, stop));
         AdmittedGuard {
             sessions: Arc::clone(self),
             id,
@@ -220,10 +202,7 @@ impl Sessions {
     /// connection of a device stays admitted for its whole life, so the
     /// admitted ones are the count; the live ones share their tokens.
     pub fn disconnect(&self, device: &DeviceId) -> usize {
-        let stopped = self
-            .admitted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let stopped = crate::sync::lock(&self.admitted)
             .values()
             .filter(|(admitted, _)| admitted == device)
             .map(|(_, stop)| stop.cancel())
@@ -251,17 +230,14 @@ impl Sessions {
     /// Connection `generation` of `client_id` ended and its session lives
     /// on until it expires or a new connection resumes it.
     pub fn session_left(&self, client_id: &str, generation: u64) {
-        self.expiring
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(client_id.to_owned(), generation);
+        crate::sync::lock(&self.expiring).insert(client_id.to_owned(), generation);
     }
 
     /// Whether the session connection `generation` left is still unclaimed
     /// (no connection of the client id since): then it expires now, and is
     /// forgotten here.
     pub fn session_expired(&self, client_id: &str, generation: u64) -> bool {
-        let mut expiring = self.expiring.lock().unwrap_or_else(|p| p.into_inner());
+        let mut expiring = crate::sync::lock(&self.expiring);
         if expiring.get(client_id) == Some(&generation) {
             expiring.remove(client_id);
             return true;
@@ -272,7 +248,7 @@ impl Sessions {
     /// Waits until no other connection of `client_id` is open to the broker.
     pub async fn broker_turn(&self, client_id: &str) -> BrokerTurn {
         let lock = {
-            let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+            let mut turns = crate::sync::lock(&self.turns);
             // Forget the turns nobody holds or waits for.
             turns.retain(|_, m| Arc::strong_count(m) > 1);
             Arc::clone(turns.entry(client_id.to_owned()).or_default())
@@ -283,7 +259,7 @@ impl Sessions {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Live> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.live)
     }
 }
 
