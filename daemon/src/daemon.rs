@@ -20,11 +20,11 @@ use crate::broker::{self, BrokerLimits};
 use crate::ca::{HubCa, ServerNames};
 use crate::config::Config;
 use crate::discovery::Advertiser;
-use crate::edge::retained::RetainLimits;
-use crate::edge::sessions::{RetainedTopics, Sessions};
 use crate::edge::tls::{server_config, ClientAuth, ServerCertificate};
 use crate::edge::{self, Edge, EdgeLimits, ListenerKind};
 use crate::enroll;
+use crate::hub::retained::RetainLimits;
+use crate::hub::sessions::{RetainedTopics, Sessions};
 use crate::hub::{Hub, HubPorts, Retention};
 use crate::mailbox::Mailbox;
 use crate::pairing::PairingWindows;
@@ -235,8 +235,6 @@ pub async fn run(
 
     let edge = Arc::new(Edge {
         tls: TlsAcceptor::from(tls),
-        registry: Arc::clone(&hub.registry),
-        broker: broker.endpoint.clone(),
         limits: EdgeLimits {
             max_packet: config.limits.max_payload,
             handshake_timeout: config.limits.handshake_timeout(),
@@ -245,7 +243,6 @@ pub async fn run(
             // Validated to 1..=100.
             max_inflight: u16::try_from(config.limits.max_inflight).unwrap_or(100),
         },
-        sessions: Arc::clone(&hub.sessions),
         hub: Arc::clone(&hub),
         slots: Arc::new(Semaphore::new(config.limits.max_connections)),
         large_packets: Arc::new(Semaphore::new(config.limits.max_large_packet_bytes / 1024)),
@@ -253,8 +250,6 @@ pub async fn run(
             config.limits.max_unauthenticated_per_source,
             config.limits.max_unauthenticated,
         ),
-        audit: hub.audit.clone(),
-        retained: Arc::clone(&hub.retained),
         inbox_watch: Some(inbox_watch),
     });
 

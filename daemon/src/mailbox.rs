@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::{Audit, Event};
 use crate::config::MailboxSection;
-use crate::edge::sessions::Sessions;
+use crate::hub::sessions::Sessions;
 use crate::seal::MailboxKey;
 use crate::store::{NewMessage, Store, StoreError, StoreHandle};
 

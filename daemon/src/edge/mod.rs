@@ -5,8 +5,6 @@
 
 pub mod codec;
 mod relay;
-pub mod retained;
-pub mod sessions;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -24,13 +22,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::audit::{Audit, Event};
-use crate::broker::BrokerEndpoint;
+use crate::audit::Event;
 use crate::ca::fingerprint;
-use crate::registry::{DeviceIdentity, Registry};
+use crate::hub::retained;
+use crate::registry::DeviceIdentity;
 use hearth_protocol::mqtt::{self, inspect, kind, FrameError, MqttVersion};
 use hearth_protocol::policy::{self, Action, Decision, DenyReason};
-use sessions::{RetainedTopics, Sessions};
 
 /// Which listener a connection came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,15 +148,10 @@ pub struct EdgeLimits {
 pub struct Edge {
     /// TLS for the mutual-TLS listener.
     pub tls: TlsAcceptor,
-    /// Accepted certificates.
-    pub registry: Arc<Registry>,
-    /// Where the broker listens.
-    pub broker: BrokerEndpoint,
     /// Limits.
     pub limits: EdgeLimits,
-    /// Live sessions.
-    pub sessions: Arc<Sessions>,
-    /// The domain core, for retiring a renewed certificate's predecessors.
+    /// The domain core: registry, live sessions, retained topics, audit
+    /// and the broker's address all come from it.
     pub hub: Arc<crate::hub::Hub>,
     /// Connection slots shared by every listener, taken once a client has
     /// authenticated (the development listener's at accept).
@@ -167,10 +159,6 @@ pub struct Edge {
     /// The mutual-TLS listener's budget of connections still in their
     /// handshake.
     pub admission: Arc<crate::admission::Admission>,
-    /// The audit log.
-    pub audit: Audit,
-    /// Retained topics per device.
-    pub retained: Arc<RetainedTopics>,
     /// Tells the mailbox when a device subscribes to its inbox.
     pub inbox_watch: Option<crate::mailbox::InboxWatch>,
     /// The hub's budget of bytes of large packets the edge holds, in KiB
@@ -181,7 +169,7 @@ pub struct Edge {
 impl std::fmt::Debug for Edge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Edge")
-            .field("broker", &self.broker)
+            .field("broker", &self.hub.broker)
             .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
@@ -315,7 +303,7 @@ impl Edge {
             Ok(Err(e)) => {
                 let (reason, device) = tls::refusal_reason(&e);
                 tracing::warn!(peer = %peer_addr, reason = %reason, "handshake refused");
-                self.audit.record(Event {
+                self.hub.audit.record(Event {
                     device,
                     event: "handshake-refused",
                     reason: Some(reason),
@@ -341,7 +329,8 @@ impl Edge {
         // session began), so the id it names can go in the audit.
         let named = cert.and_then(|cert| crate::ca::device_id_of(cert));
         let sha = cert.map(|cert| fingerprint(cert));
-        let Some((sha, identity)) = sha.and_then(|sha| Some((sha, self.registry.lookup(&sha)?)))
+        let Some((sha, identity)) =
+            sha.and_then(|sha| Some((sha, self.hub.registry.lookup(&sha)?)))
         else {
             self.refuse_revoked(named, sha, peer_addr);
             return;
@@ -349,8 +338,9 @@ impl Edge {
         // Reachable by a revocation from here on; the lookup after it is
         // the one that counts (a revocation between the two is seen by one
         // of them).
-        let _admitted = self.sessions.admit(identity.device, stop.clone());
+        let _admitted = self.hub.sessions.admit(identity.device, stop.clone());
         let Some(identity) = self
+            .hub
             .registry
             .lookup(&sha)
             .filter(|now| now.device == identity.device)
@@ -365,7 +355,7 @@ impl Edge {
             tracing::warn!(device = %identity.device, "no connection slot free before the deadline");
             return;
         };
-        if self.registry.is_renewing(&identity.device) {
+        if self.hub.registry.is_renewing(&identity.device) {
             self.retire_predecessors(&identity.device, &sha);
         }
         self.run_session(stream, Peer::Device(identity), Some(sha), deadline, stop)
@@ -384,11 +374,11 @@ impl Edge {
         tracing::warn!(peer = %peer_addr, "certificate no longer accepted");
         // The same words as the verifier's refusals.
         let reason = match sha {
-            Some(sha) if self.registry.is_revoked(&sha) => "certificate revoked",
+            Some(sha) if self.hub.registry.is_revoked(&sha) => "certificate revoked",
             Some(_) => "unknown device",
             None => "no client certificate",
         };
-        self.audit.record(Event {
+        self.hub.audit.record(Event {
             device,
             event: "handshake-refused",
             reason: Some(reason.into()),
@@ -444,7 +434,7 @@ impl Edge {
             // The certificate's standing now, not at the handshake: revoked,
             // removed or with narrowed grants since, it counts as it is.
             let current = match fingerprint {
-                Some(sha) => match self.registry.lookup(&sha) {
+                Some(sha) => match self.hub.registry.lookup(&sha) {
                     Some(now) if Some(now.device) == device => Some(Peer::Device(now)),
                     _ => None,
                 },
@@ -474,7 +464,7 @@ impl Edge {
                             }
                             _ => ("connect", None),
                         };
-                        self.audit.record(Event {
+                        self.hub.audit.record(Event {
                             device: Some(device),
                             event: "connect-refused",
                             action: Some(action.to_owned()),
@@ -503,7 +493,7 @@ impl Edge {
             }
             if let Packet::Connect(c, properties, ..) = &connect {
                 if c.clean_session || matches!(lifetime, SessionLifetime::FreshKept(_)) {
-                    self.sessions.reset_session(&client_id);
+                    self.hub.sessions.reset_session(&client_id);
                 }
                 traits.silent = c.keep_alive == 0;
                 if version == MqttVersion::V5 {
@@ -554,8 +544,8 @@ impl Edge {
                 _ => None,
             };
             let login = Login {
-                username: self.broker.username.clone(),
-                password: self.broker.password.clone(),
+                username: self.hub.broker.username.clone(),
+                password: self.hub.broker.password.clone(),
             };
             let mut connect_out = BytesMut::new();
             codec::encode(
@@ -565,15 +555,15 @@ impl Edge {
             )
             .map_err(FrameError::MalformedConnect)?;
             let addr = match version {
-                MqttVersion::V311 => self.broker.v4,
-                MqttVersion::V5 => self.broker.v5,
+                MqttVersion::V311 => self.hub.broker.v4,
+                MqttVersion::V5 => self.hub.broker.v5,
             };
             // The previous connection may not have registered yet when this
             // one arrives; asking it to go again while waiting covers that.
             let waiting = async {
                 loop {
-                    self.sessions.take_over(&client_id);
-                    let turn = self.sessions.broker_turn(&client_id);
+                    self.hub.sessions.take_over(&client_id);
+                    let turn = self.hub.sessions.broker_turn(&client_id);
                     if let Ok(turn) = tokio::time::timeout(TAKEOVER_RETRY, turn).await {
                         return turn;
                     }
@@ -583,7 +573,7 @@ impl Edge {
                 .await
                 .map_err(|_| SessionEnd::Busy)?;
             if matches!(lifetime, SessionLifetime::FreshKept(_)) {
-                crate::broker::purge_session(&self.broker, &client_id)
+                crate::broker::purge_session(&self.hub.broker, &client_id)
                     .await
                     .map_err(|e| SessionEnd::Broker(std::io::Error::other(e.to_string())))?;
             }
@@ -593,12 +583,12 @@ impl Edge {
                 .write_all(&connect_out)
                 .await
                 .map_err(SessionEnd::Broker)?;
-            let session = self.sessions.register(device, &client_id, stop.clone());
+            let session = self.hub.sessions.register(device, &client_id, stop.clone());
             connected = true;
             if let Some(device) = &device {
                 // The audit writer also records it as the device's last_seen.
                 tracing::info!(device = %device, "connected");
-                self.audit.record(Event {
+                self.hub.audit.record(Event {
                     device: Some(*device),
                     event: "connect",
                     ..Event::default()
@@ -629,6 +619,7 @@ impl Edge {
             // will behind: the broker drops it on a DISCONNECT.
             let discard_will = match (&will, fingerprint) {
                 (Some((topic, retain)), Some(sha)) => self
+                    .hub
                     .registry
                     .lookup(&sha)
                     .is_none_or(|now| will_decision(&now, topic, *retain) != Decision::Allow),
@@ -639,14 +630,14 @@ impl Edge {
                 Some(after) => self.expire_later(&client_id, session.generation(), after),
                 // The session ended with its connection (still on the
                 // client id's turn): forget what the edge kept for it.
-                None => self.sessions.reset_session(&client_id),
+                None => self.hub.sessions.reset_session(&client_id),
             }
             drop(session);
             if purge_on_close {
-                self.sessions.reset_session(&client_id);
+                self.hub.sessions.reset_session(&client_id);
                 // Still holding the client id's broker turn: no newer
                 // connection of it can be hit.
-                if let Err(e) = crate::broker::purge_session(&self.broker, &client_id).await {
+                if let Err(e) = crate::broker::purge_session(&self.hub.broker, &client_id).await {
                     tracing::warn!(error = %e, "cannot end an expired session");
                 }
             }
@@ -669,7 +660,7 @@ impl Edge {
             (None, Err(end)) => tracing::info!(reason = %end, "development session ended"),
         }
         if let (Some(device), true) = (device, connected) {
-            self.audit.record(Event {
+            self.hub.audit.record(Event {
                 device: Some(device),
                 event: "disconnect",
                 reason: result.err().map(|e| e.to_string()),
@@ -689,7 +680,8 @@ impl Edge {
             return Ok(());
         }
         let topic = String::from_utf8_lossy(&will.topic);
-        self.retained
+        self.hub
+            .retained
             .admit(
                 peer.device().as_ref(),
                 &topic,
@@ -701,9 +693,9 @@ impl Edge {
     /// Ends the session connection `generation` of `client_id` left, after
     /// `after`, unless a connection of that client id resumed it first.
     fn expire_later(&self, client_id: &str, generation: u64, after: Duration) {
-        self.sessions.session_left(client_id, generation);
-        let sessions = Arc::clone(&self.sessions);
-        let broker = self.broker.clone();
+        self.hub.sessions.session_left(client_id, generation);
+        let sessions = Arc::clone(&self.hub.sessions);
+        let broker = self.hub.broker.clone();
         let client_id = client_id.to_owned();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;

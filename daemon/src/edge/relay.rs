@@ -155,7 +155,7 @@ where
             max_packet: edge.limits.max_packet,
             edge_pings,
             pong,
-            sessions: &edge.sessions,
+            sessions: &edge.hub.sessions,
             client_id,
             connack: traits.connack,
             to_broker,
@@ -414,7 +414,7 @@ impl Upstream<'_> {
             // client is not paced (QoS 1/2 already paces it).
             let pace = (unpaced >= PACE_PUBLISHES || unpaced_bytes >= PACE_BYTES)
                 && !leaving
-                && !self.edge.sessions.owes_acks(self.client_id);
+                && !self.edge.hub.sessions.owes_acks(self.client_id);
             if pace {
                 self.paces.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 out.extend_from_slice(&PINGREQ);
@@ -538,6 +538,7 @@ impl Upstream<'_> {
                     .map_err(|e| SessionEnd::Malformed(e.0))?;
                 for filter in &unsub.filters {
                     self.edge
+                        .hub
                         .sessions
                         .unsubscribed(self.client_id, digest(filter));
                 }
@@ -565,7 +566,7 @@ impl Upstream<'_> {
             kind::PUBACK | kind::PUBREC | kind::PUBCOMP => {
                 if let Ok(pkid) = inspect::packet_id(packet, frame.header_len) {
                     if frame.kind() != kind::PUBCOMP {
-                        self.edge.sessions.outbound_acked(self.client_id, pkid);
+                        self.edge.hub.sessions.outbound_acked(self.client_id, pkid);
                     }
                     // A PUBREC with an error reason (v5, >= 0x80) ends the
                     // QoS 2 flow too (5 §4.9): its receive slot is free.
@@ -677,6 +678,7 @@ impl Upstream<'_> {
                     packet.len()
                 };
                 self.edge
+                    .hub
                     .retained
                     .admit(self.peer.device().as_ref(), &topic, weight)
                     .err()
@@ -728,7 +730,7 @@ impl Upstream<'_> {
             self.denials.pop_front();
         }
         if self.denials.len() > DENIAL_LIMIT {
-            self.edge.audit.record(Event {
+            self.edge.hub.audit.record(Event {
                 device: self.peer.device(),
                 event: "disconnected",
                 reason: Some(format!(
@@ -760,7 +762,7 @@ impl Upstream<'_> {
                 Decision::Allow => {
                     // The quota is the session's (`max_subscriptions_per_client`).
                     let max = self.edge.limits.max_subscriptions;
-                    if self.edge.sessions.subscribe_within(
+                    if self.edge.hub.sessions.subscribe_within(
                         self.client_id,
                         digest(filter_bytes),
                         max,
@@ -858,7 +860,7 @@ impl Upstream<'_> {
 
     fn deny_audit(&self, action: Action, topic: &str, reason: &str) {
         let device = self.peer.device();
-        self.edge.audit.record(Event {
+        self.edge.hub.audit.record(Event {
             device,
             event: "denied",
             action: Some(action.name().to_owned()),
@@ -894,7 +896,7 @@ struct Downstream<'a> {
     edge_pings: std::sync::Arc<std::sync::atomic::AtomicU32>,
     /// Told when one of them arrives.
     pong: std::sync::Arc<tokio::sync::Notify>,
-    sessions: &'a super::sessions::Sessions,
+    sessions: &'a crate::hub::sessions::Sessions,
     client_id: &'a str,
     /// Properties to add to the CONNACK (v5).
     connack: Option<inspect::ConnAckExtras>,
@@ -1315,7 +1317,7 @@ impl AckOrder {
 
 /// [`redelivery_marked`] for a whole PUBLISH held back earlier.
 fn mark_redelivery(
-    sessions: &super::sessions::Sessions,
+    sessions: &crate::hub::sessions::Sessions,
     client_id: &str,
     v5: bool,
     raw: Vec<u8>,
@@ -1330,7 +1332,7 @@ fn mark_redelivery(
 /// since it was last sent is a redelivery: 3.1.1 §3.3.1.1 [MQTT-3.3.1-1]
 /// and 5 §3.3.1.1 require DUP 1, which rumqttd does not set.
 fn redelivery_marked(
-    sessions: &super::sessions::Sessions,
+    sessions: &crate::hub::sessions::Sessions,
     client_id: &str,
     v5: bool,
     frame: &Frame,

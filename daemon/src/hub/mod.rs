@@ -6,6 +6,8 @@
 
 pub mod devices;
 pub mod household;
+pub mod retained;
+pub mod sessions;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,9 +20,7 @@ use hearth_protocol::{DeviceId, MemberName};
 use crate::audit::{Audit, Event};
 use crate::broker::{self, BrokerEndpoint};
 use crate::ca::{CaError, HubCa};
-// Live sessions and retained topics belong to the hub's layer; their files
-// still live under edge/ (docs/ARCHITECTURE.md, "What is left").
-use crate::edge::sessions::{RetainedTopics, Sessions};
+use crate::hub::sessions::{RetainedTopics, Sessions};
 use crate::pairing::PairingWindows;
 use crate::registry::Registry;
 use crate::store::{StoreError, StoreHandle};
