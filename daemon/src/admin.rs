@@ -131,12 +131,19 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
             owner,
             label,
             csr_pem,
+            host,
         } => {
             let owner = match owner {
                 Owner::Member(name) => Owner::Member(hub.member_named(name)),
                 Owner::Service => Owner::Service,
             };
-            hub.issue_device(owner, label, &csr_pem)
+            // The host is checked first: a refused one issues nothing.
+            hub.issue_host(host)
+                .and_then(|host| {
+                    let mut issued = hub.issue_device(owner, label, &csr_pem)?;
+                    issued.settings = Some(hub.device_settings(issued.device_id, host));
+                    Ok(issued)
+                })
                 .map(AdminResponse::DeviceIssued)
                 .map_err(reply)
         }

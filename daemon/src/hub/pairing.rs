@@ -3,8 +3,8 @@
 //! reach the hub there.
 
 use hearth_protocol::admin::{ListenerInfo, PairingTicket};
-use hearth_protocol::pairing::PairingUri;
-use hearth_protocol::{Label, MemberName};
+use hearth_protocol::pairing::{DeviceSettings, PairingUri};
+use hearth_protocol::{DeviceId, Label, MemberName};
 
 use super::{Hub, HubError};
 use crate::ca::HubCa;
@@ -27,17 +27,7 @@ impl Hub {
         if ttl_secs == 0 || ttl_secs > crate::pairing::MAX_TTL.as_secs() {
             return Err(HubError::PairingTime);
         }
-        let explicit = host.is_some();
-        let host = host
-            .or_else(|| default_host(&hub.listeners))
-            .unwrap_or_else(|| lan_host(&hub.ca));
-        check_pairing_host(
-            &host,
-            explicit,
-            &hub.listeners,
-            &crate::ca::ServerNames::discover(&crate::ca::instance_name(&hub.ca.fingerprint())),
-        )
-        .map_err(HubError::PairingHost)?;
+        let host = hub.device_host(host)?;
         let (id, token, expires_at) = hub.windows.open(
             member.clone(),
             label,
@@ -65,6 +55,54 @@ impl Hub {
             expires_at,
         })
     }
+
+    /// The host devices are told to reach the hub at: `host` if given,
+    /// else the address devices on the home network most likely reach it
+    /// at; refused, saying what to change, when the hub does not listen
+    /// there for both enrollment and MQTT.
+    pub fn device_host(&self, host: Option<String>) -> Result<String, HubError> {
+        let explicit = host.is_some();
+        let host = host
+            .or_else(|| default_host(&self.listeners))
+            .unwrap_or_else(|| lan_host(&self.ca));
+        check_pairing_host(
+            &host,
+            explicit,
+            &self.listeners,
+            &crate::ca::ServerNames::discover(&crate::ca::instance_name(&self.ca.fingerprint())),
+        )
+        .map_err(HubError::PairingHost)?;
+        Ok(host)
+    }
+
+    /// The host a device issued by hand is told (its `device.toml`): `host`
+    /// if given, checked like a pairing URI's; else the pairing default,
+    /// or, when the hub does not listen there (a loopback-only hub), the
+    /// address its MQTT listener is bound to, so the device can at least
+    /// run on this machine.
+    pub fn issue_host(&self, host: Option<String>) -> Result<String, HubError> {
+        if host.is_some() {
+            return self.device_host(host);
+        }
+        Ok(self.device_host(None).unwrap_or_else(|_| {
+            bound(&self.listeners, "mqtt")
+                .map(|a| a.ip())
+                .filter(|ip| !ip.is_unspecified())
+                .map_or_else(|| "localhost".to_owned(), |ip| ip.to_string())
+        }))
+    }
+
+    /// What a device issued by hand needs in its `device.toml` to reach
+    /// this hub at `host`.
+    pub fn device_settings(&self, device_id: DeviceId, host: String) -> DeviceSettings {
+        DeviceSettings {
+            device_id,
+            host,
+            mqtt_port: self.ports.mqtt,
+            enroll_port: self.ports.enroll,
+            ca_sha256: hex::encode(self.ca.fingerprint()),
+        }
+    }
 }
 
 /// Refuses a pairing host that devices could not reach the hub at: an
@@ -77,13 +115,7 @@ fn check_pairing_host(
     listeners: &[ListenerInfo],
     machine: &crate::ca::ServerNames,
 ) -> Result<(), String> {
-    let bound = |name: &str| {
-        listeners
-            .iter()
-            .find(|l| l.name == name)
-            .and_then(|l| l.address.parse::<std::net::SocketAddr>().ok())
-    };
-    let (Some(enroll), Some(mqtt)) = (bound("enroll"), bound("mqtt")) else {
+    let (Some(enroll), Some(mqtt)) = (bound(listeners, "enroll"), bound(listeners, "mqtt")) else {
         return Ok(());
     };
     let bare = host.trim_start_matches('[').trim_end_matches(']');
@@ -143,13 +175,18 @@ fn check_pairing_host(
     ))
 }
 
+/// The address the listener called `name` is bound to.
+fn bound(listeners: &[ListenerInfo], name: &str) -> Option<std::net::SocketAddr> {
+    listeners
+        .iter()
+        .find(|l| l.name == name)
+        .and_then(|l| l.address.parse().ok())
+}
+
 /// The host a pairing URI names by default when enrollment is bound to one
 /// LAN address (else the caller falls back to [`lan_host`]).
 fn default_host(listeners: &[ListenerInfo]) -> Option<String> {
-    listeners
-        .iter()
-        .find(|l| l.name == "enroll")
-        .and_then(|l| l.address.parse::<std::net::SocketAddr>().ok())
+    bound(listeners, "enroll")
         .map(|a| a.ip())
         .filter(|ip| !ip.is_unspecified() && !ip.is_loopback())
         .map(|ip| ip.to_string())
