@@ -154,7 +154,11 @@ pub async fn run_telemetry(
                 Ok(_) => {}
                 Err(e) => {
                     connected = false;
-                    on(RunEvent::ConnectionLost { error: &e.into(), retry_in: backoff });
+                    let error = Error::from(e);
+                    if matches!(error, Error::NotAccepted(_)) {
+                        return Err(error);
+                    }
+                    on(RunEvent::ConnectionLost { error: &error, retry_in: backoff });
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
