@@ -760,7 +760,7 @@ where
     let mut inbound = BytesMut::new();
     let version = timeout_at(deadline, async {
         loop {
-            match mqtt::next_frame(&mut inbound, max_packet) {
+            match mqtt::next_frame(&inbound, max_packet) {
                 Ok(Some(frame)) if frame.kind() == kind::CONNECT => {
                     return mqtt::connect_version(&inbound, &frame).ok();
                 }
