@@ -211,6 +211,18 @@ fn refuses_certificate(alert: rustls::AlertDescription) -> bool {
     REFUSALS.contains(&alert)
 }
 
+/// A device operation's result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Fills a buffer from the operating system's random source.
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    // Without an OS random source no reference is safe to make: failing
+    // closed here is the only sound answer.
+    getrandom::getrandom(&mut buf).expect("the OS random source is unavailable");
+    buf
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,16 +258,4 @@ mod tests {
         );
         assert!(matches!(Error::from(busy), Error::Mqtt(_)));
     }
-}
-
-/// A device operation's result.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Fills a buffer from the operating system's random source.
-pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut buf = [0u8; N];
-    // Without an OS random source no reference is safe to make: failing
-    // closed here is the only sound answer.
-    getrandom::getrandom(&mut buf).expect("the OS random source is unavailable");
-    buf
 }
