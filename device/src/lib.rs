@@ -135,6 +135,10 @@ pub enum Error {
     /// mDNS could not be used.
     #[error("mDNS: {0}")]
     Discovery(String),
+    /// A message does not fit the limits the hub published; nothing was
+    /// sent.
+    #[error("not sent: {0} (the hub's limits, from hearth/v1/hub/info)")]
+    TooLarge(String),
     /// The hub refused a message sent through the mailbox.
     #[error("the hub refused the message: {0}")]
     Refused(String),
