@@ -32,6 +32,8 @@ import time
 from urllib.parse import parse_qsl
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -143,6 +145,7 @@ def read_settings(directory):
     path = os.path.join(directory, SETTINGS)
     try:
         text = open(path, encoding="utf-8").read()
+        finish_renewal(directory)
     except FileNotFoundError:
         raise ToyError("%s is not paired (no %s): run `pair` first" % (directory, SETTINGS))
     settings = {}
@@ -344,12 +347,26 @@ def renew(directory):
     issued = est(s["host"], s["enroll_port"], ctx, "simplereenroll", csr)
     if device_id_of(issued[0]) != s["device_id"]:
         raise ToyError("the renewed certificate names another device")
-    # Both written beside the old ones, then moved: a crash leaves a pair
-    # that matches (the old one, still accepted, or the new one).
+    # Both written beside the old ones (the certificate last: it marks the
+    # pair complete), then moved; `finish_renewal` completes a renewal a
+    # crash cut short, so key and certificate always match.
+    write_file(os.path.join(directory, KEY + ".new"), key_pem, 0o600)
     write_file(os.path.join(directory, CERT + ".new"), pem(issued[0]) + ca_pem, 0o644)
-    write_file(os.path.join(directory, KEY), key_pem, 0o600)
-    os.replace(os.path.join(directory, CERT + ".new"), os.path.join(directory, CERT))
+    finish_renewal(directory)
     return s["device_id"]
+
+
+def finish_renewal(directory):
+    """Moves a renewal's files into place: a new certificate means the hub
+    issued it for the new key; a new key alone means no certificate came.
+    The same files and rule as hearth-device, so either completes the other's."""
+    key_new, cert_new = os.path.join(directory, KEY + ".new"), os.path.join(directory, CERT + ".new")
+    if os.path.exists(cert_new):
+        if os.path.exists(key_new):
+            os.replace(key_new, os.path.join(directory, KEY))
+        os.replace(cert_new, os.path.join(directory, CERT))
+    elif os.path.exists(key_new):
+        os.unlink(key_new)
 
 
 # --- MQTT over mutual TLS ------------------------------------------------------------
@@ -375,6 +392,15 @@ def mqtt_client(directory, settings):
     client.max_inflight_messages_set(16)
     client.max_queued_messages_set(256)  # bounded while offline
     return client
+
+
+def connect_properties():
+    """Tells the hub the largest packet this toy takes (above the hub's own
+    limit, so no message is lost, but bounded); session expiry stays 0: a
+    clean session each time, see `Toy.on_connect`."""
+    properties = Properties(PacketTypes.CONNECT)
+    properties.MaximumPacketSize = MAX_INBOX_PAYLOAD
+    return properties
 
 
 # Refusals that no retry mends: this toy was revoked or removed.
@@ -509,7 +535,10 @@ class Toy:
         return self.client.publish(topic(self.id, "tele", sub), json.dumps(reading), qos=1)
 
     def run(self):
-        self.client.connect_async(self.settings["host"], self.settings["mqtt_port"], KEEPALIVE_S)
+        self.client.connect_async(
+            self.settings["host"], self.settings["mqtt_port"], KEEPALIVE_S,
+            properties=connect_properties(),
+        )
         self.client.loop_start()  # the network thread: reconnects with back-off
         sent = 0
         try:
@@ -569,7 +598,9 @@ def send(directory, to, text, reference=None):
 
     client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
     try:
-        client.connect(settings["host"], settings["mqtt_port"], KEEPALIVE_S)
+        client.connect(
+            settings["host"], settings["mqtt_port"], KEEPALIVE_S, properties=connect_properties()
+        )
     except (OSError, ssl.SSLError) as e:
         raise ToyError("cannot reach the hub: %s" % e)
     client.loop_start()
