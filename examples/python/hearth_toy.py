@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import ssl
 import sys
 import threading
@@ -405,6 +406,33 @@ def connect_properties():
 
 # Refusals that no retry mends: this toy was revoked or removed.
 FINAL_REFUSALS = {"Not authorized", "Bad user name or password", "Banned"}
+# Attempts in a row that end before CONNACK before the toy asks why.
+ATTEMPTS_BEFORE_DIAGNOSIS = 3
+
+
+def hub_refuses_certificate(directory, settings):
+    """Whether the hub refuses this toy's certificate in the TLS handshake
+    (the toy was revoked or removed). paho only sees the connection drop and
+    would retry forever, so one plain handshake looks at the alert: under
+    TLS 1.3 it comes with the first read, while an accepting hub would wait
+    for CONNECT."""
+    host, port = settings["host"], settings["mqtt_port"]
+    ctx = tls_context(
+        open(os.path.join(directory, CA)).read(),
+        os.path.join(directory, CERT),
+        os.path.join(directory, KEY),
+    )
+    try:
+        with socket.create_connection((host, port), timeout=ANSWER_TIMEOUT_S) as raw:
+            with ctx.wrap_socket(raw, server_hostname=host) as tls:
+                tls.settimeout(2)
+                tls.recv(1)
+    except ssl.SSLError as e:
+        reason = str(e.reason or "").upper()
+        return "ALERT" in reason and "CERTIFICATE" in reason
+    except OSError:
+        pass  # unreachable or silent: worth retrying
+    return False
 
 
 class Toy:
@@ -423,8 +451,10 @@ class Toy:
         self.stop = threading.Event()
         self.failure = None
         self.meta_mid = None
+        self.failed_attempts = 0
         self.client = mqtt_client(directory, self.settings)
         self.client.on_connect = self.on_connect
+        self.client.on_connect_fail = self.on_connect_fail
         self.client.on_disconnect = self.on_disconnect
         self.client.on_message = self.on_message
         self.client.on_publish = self.on_publish
@@ -436,6 +466,7 @@ class Toy:
                 self.failure = "this toy is not allowed on the hub (%s): revoked or removed?" % reason
                 self.stop.set()
             return
+        self.failed_attempts = 0
         say("connected to %s:%s as %s" % (self.settings["host"], self.settings["mqtt_port"], self.id))
         # A clean session each time: subscriptions are made again here, and
         # the hub redelivers every unacknowledged message on subscribe.
@@ -447,9 +478,22 @@ class Toy:
         self.connected.set()
 
     def on_disconnect(self, client, userdata, flags, reason, properties):
+        if not self.connected.is_set():
+            self.on_connect_fail(client, userdata)  # dropped before CONNACK
         self.connected.clear()
         if not self.stop.is_set():
             warn("connection lost: %s; retrying" % reason)
+
+    def on_connect_fail(self, client, userdata):
+        self.failed_attempts += 1
+        if self.failed_attempts % ATTEMPTS_BEFORE_DIAGNOSIS == 0 and hub_refuses_certificate(
+            self.directory, self.settings
+        ):
+            self.failure = (
+                "the hub refuses this toy's certificate: it was revoked or removed "
+                "(pair it again to use it)"
+            )
+            self.stop.set()
 
     def on_publish(self, client, userdata, mid, reason, properties):
         if mid == self.meta_mid:

@@ -474,4 +474,26 @@ async fn the_python_toy_pairs_reports_obeys_receives_once_sends_and_renews() {
         .publish_on(&status, Duration::from_secs(10), |v| v["seq"] == 2)
         .await
         .expect("telemetry over the renewed certificate");
+
+    // Revoked, the toy stops retrying and says why.
+    hub.hearth_ok(&["device", "revoke", &id]);
+    let mut revoked = Running::start(&dir, &["--interval", "0.2"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = revoked.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a revoked toy still retries: {}",
+            revoked.complained()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success());
+    assert!(
+        revoked.complained().contains("revoked or removed"),
+        "{}",
+        revoked.complained()
+    );
 }
