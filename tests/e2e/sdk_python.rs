@@ -453,6 +453,15 @@ async fn the_python_toy_pairs_reports_obeys_receives_once_sends_and_renews() {
         )
         .await;
 
+    // A send the hub refuses ends in its reason, not a hang.
+    let refused = toy(&["send", "--dir", dir_arg, "--to", "Nobody", "x"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("refused: "),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
     // Renewal: a new key and certificate for the same id, which connect.
     let cert_before = std::fs::read(dir.join("device.pem")).unwrap();
     let key_before = std::fs::read(dir.join("device.key")).unwrap();
