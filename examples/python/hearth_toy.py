@@ -478,7 +478,7 @@ class Toy:
         self.connected.set()
 
     def on_disconnect(self, client, userdata, flags, reason, properties):
-        if not self.connected.is_set():
+        if not self.connected.is_set() and not self.stop.is_set():
             self.on_connect_fail(client, userdata)  # dropped before CONNACK
         self.connected.clear()
         if not self.stop.is_set():
