@@ -49,9 +49,9 @@ META = {
     "model": "Python Bear",
     "firmware": "1.0.0",
     "telemetry": [
-        {"name": "seq", "type": "integer", "unit": ""},
+        {"name": "seq", "type": "integer"},
         {"name": "uptime_s", "type": "integer", "unit": "s"},
-        {"name": "led", "type": "boolean", "unit": ""},
+        {"name": "led", "type": "boolean"},
     ],
     "commands": [
         {"name": "led", "args": [{"name": "on", "type": "boolean"}]},
