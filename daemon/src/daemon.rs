@@ -240,6 +240,11 @@ pub async fn run(
             audit_days: config.audit.retention_days,
             message_secs: config.mailbox.expiry_secs,
         },
+        observations: Arc::default(),
+        check_limits: crate::hub::device_check::CheckLimits {
+            max_payload: config.limits.max_payload,
+            telemetry_per_sec: crate::hub::device_check::TELEMETRY_PER_SEC,
+        },
     });
 
     let edge = Arc::new(Edge {

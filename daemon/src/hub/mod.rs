@@ -60,6 +60,11 @@ pub struct Hub {
     pub data_dir: PathBuf,
     /// How long data is kept, for the privacy report.
     pub retention: Retention,
+    /// What the edge and the mailbox saw of each device's last sessions,
+    /// for `hearth device check`; in memory only.
+    pub observations: Arc<device_check::Observations>,
+    /// The limits `hearth device check` judges against.
+    pub check_limits: device_check::CheckLimits,
 }
 
 /// How long data is kept, as configured.
@@ -274,6 +279,11 @@ pub(crate) mod testing {
             retention: Retention {
                 audit_days: 1,
                 message_secs: 60,
+            },
+            observations: Arc::default(),
+            check_limits: device_check::CheckLimits {
+                max_payload: 1 << 20,
+                telemetry_per_sec: 50,
             },
         }
     }
