@@ -30,12 +30,13 @@ const LAYERS: &[(&str, &[&str])] = &[
             "pairing",
             "admission",
             "seal",
+            "metrics",
         ],
     ),
     ("hub", &["hub"]),
     (
         "adapters",
-        &["edge", "mailbox", "admin", "enroll", "discovery"],
+        &["edge", "mailbox", "admin", "enroll", "discovery", "scrape"],
     ),
     ("daemon", &["daemon"]),
 ];

@@ -303,6 +303,7 @@ impl Edge {
             Ok(Err(e)) => {
                 let (reason, device) = tls::refusal_reason(&e);
                 tracing::warn!(peer = %peer_addr, reason = %reason, "handshake refused");
+                self.hub.metrics.handshake(Some(&reason));
                 self.hub.audit.record(Event {
                     device,
                     event: "handshake-refused",
@@ -352,6 +353,7 @@ impl Edge {
         };
         // Authenticated: out of the handshake budget, into a slot.
         drop(ticket);
+        self.hub.metrics.handshake(None);
         let Ok(Ok(_permit)) = timeout_at(deadline, Arc::clone(&self.slots).acquire_owned()).await
         else {
             tracing::warn!(device = %identity.device, "no connection slot free before the deadline");
@@ -380,6 +382,7 @@ impl Edge {
             Some(_) => "unknown device",
             None => "no client certificate",
         };
+        self.hub.metrics.handshake(Some(reason));
         self.hub.audit.record(Event {
             device,
             event: "handshake-refused",

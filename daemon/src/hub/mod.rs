@@ -65,6 +65,8 @@ pub struct Hub {
     pub observations: Arc<device_check::Observations>,
     /// The limits `hearth device check` judges against.
     pub check_limits: device_check::CheckLimits,
+    /// Counters for the Prometheus endpoint.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// How long data is kept, as configured.
@@ -285,6 +287,7 @@ pub(crate) mod testing {
                 max_payload: 1 << 20,
                 telemetry_per_sec: 50,
             },
+            metrics: Arc::default(),
         }
     }
 
