@@ -4,6 +4,10 @@
 //! refused QoS 2 publishes. Broker packets pass through, except SUBACKs
 //! that need the refused filters' failure codes put back in place.
 
+mod ack_order;
+mod receive_window;
+mod suback;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
@@ -24,6 +28,11 @@ use tokio_util::sync::CancellationToken;
 use super::codec;
 use super::{Edge, Peer, SessionEnd};
 use crate::audit::Event;
+use ack_order::AckOrder;
+use receive_window::{ends_inbound_flow, send_window, InboundWindow, ReceiveWindow};
+use suback::{PendingSubAcks, Refusal};
+
+pub(super) use receive_window::holds_back;
 
 /// rumqttd accepts topic aliases 1..=4096 (and says so in its CONNACK).
 const TOPIC_ALIAS_MAX: u16 = 4096;
@@ -174,74 +183,6 @@ where
     }
 }
 
-/// QoS 1/2 PUBLISHes a v5 client sent and the hub has not yet answered
-/// with PUBACK, PUBCOMP or a failing PUBREC (5 §3.3.4, §4.9): at most the
-/// Receive Maximum the CONNACK gave it.
-#[derive(Debug)]
-struct InboundWindow {
-    max: usize,
-    open: HashSet<u16>,
-}
-
-impl InboundWindow {
-    fn new(max: u16) -> InboundWindow {
-        InboundWindow {
-            max: usize::from(max),
-            open: HashSet::new(),
-        }
-    }
-
-    /// A PUBLISH with `pkid` arrived: false if it is one too many (a resent
-    /// one, DUP or not, takes no second place).
-    fn received(&mut self, pkid: u16) -> bool {
-        if self.open.contains(&pkid) {
-            return true;
-        }
-        if self.open.len() >= self.max {
-            return false;
-        }
-        self.open.insert(pkid);
-        true
-    }
-
-    /// The flow of `pkid` ended.
-    fn answered(&mut self, pkid: u16) {
-        self.open.remove(&pkid);
-    }
-}
-
-/// The packet id whose inbound flow this broker packet ends: PUBACK,
-/// PUBCOMP, or a PUBREC with an error reason (>= 0x80).
-fn ends_inbound_flow(f: &Frame, packet: &[u8]) -> Option<u16> {
-    let ends = match f.kind() {
-        kind::PUBACK | kind::PUBCOMP => true,
-        kind::PUBREC => packet
-            .get(f.header_len + 2)
-            .is_some_and(|code| reason::is_failure(*code)),
-        _ => false,
-    };
-    if !ends {
-        return None;
-    }
-    inspect::packet_id(packet, f.header_len).ok()
-}
-
-/// rumqttd's own window of unacknowledged QoS 1/2 PUBLISHes per connection.
-const BROKER_WINDOW: u16 = 100;
-
-/// The window the edge applies to what it sends a client: its Receive
-/// Maximum or the hub's `max_inflight`, whichever is lower; none when
-/// rumqttd's own window is as small (nothing to hold back).
-fn send_window(client: Option<u16>, hub: u16) -> Option<ReceiveWindow> {
-    holds_back(client, hub).then(|| ReceiveWindow::new(client.unwrap_or(u16::MAX).min(hub)))
-}
-
-/// Whether the edge may hold back QoS 1/2 PUBLISHes for a client (while
-/// QoS 0 ones and other packets go on).
-pub(super) fn holds_back(client: Option<u16>, hub: u16) -> bool {
-    client.unwrap_or(u16::MAX).min(hub) < BROKER_WINDOW
-}
-
 /// A packet larger than this, from a client or to one, takes its size from
 /// the hub's budget (`limits.max_large_packet_bytes`) while the edge holds
 /// it, so that many devices sending or receiving their largest packets at
@@ -254,9 +195,6 @@ pub(super) const LARGE_PACKET: usize = 64 * 1024;
 fn budget_kib(len: usize) -> u32 {
     u32::try_from((2 * len).div_ceil(1024)).unwrap_or(u32::MAX)
 }
-/// Bytes a client's receive window holds before the edge stops reading
-/// from the broker until the client acknowledges.
-const WINDOW_HOLD_MAX: usize = 1024 * 1024;
 /// The longest a sender waits for room in that budget.
 const RECEIVE_WAIT: Duration = Duration::from_secs(30);
 /// The longest a large packet may take to arrive once it has its budget (an
@@ -299,10 +237,6 @@ fn release_if_idle(buf: &mut BytesMut) {
         *buf = BytesMut::new();
     }
 }
-
-/// For a SUBACK still to come from the broker: the refused filters'
-/// positions and codes, and how many filters the client asked for.
-type PendingSubAck = (Vec<(usize, u8)>, usize);
 
 /// A 64-bit digest of bytes the edge keeps or passes on in place of the
 /// bytes themselves (a filter in the subscription count, a member's name
@@ -758,7 +692,7 @@ impl Upstream<'_> {
                 Err(e) => Decision::Deny(DenyReason::Malformed(e)),
             };
             let refusal = match decision {
-                Decision::Deny(reason) => Some((reason.to_string(), self.not_authorized())),
+                Decision::Deny(reason) => Some((reason.to_string(), Refusal::Policy.code(self.v5))),
                 Decision::Allow => {
                     // The quota is the session's (`max_subscriptions_per_client`).
                     let max = self.edge.limits.max_subscriptions;
@@ -769,12 +703,10 @@ impl Upstream<'_> {
                     ) {
                         None
                     } else {
-                        let quota = if self.v5 {
-                            QUOTA_EXCEEDED
-                        } else {
-                            reason::UNSPECIFIED
-                        };
-                        Some(("subscription quota of the client exceeded".into(), quota))
+                        Some((
+                            "subscription quota of the client exceeded".into(),
+                            Refusal::Quota.code(self.v5),
+                        ))
                     }
                 }
             };
@@ -833,15 +765,6 @@ impl Upstream<'_> {
         let mut rewritten = Vec::new();
         inspect::encode_subscribe(sub.pkid, sub.properties, &allowed, &mut rewritten);
         Ok(Verdict::Replace(rewritten))
-    }
-
-    /// The 5 reason code (3.1.1: return code) of a policy refusal.
-    fn not_authorized(&self) -> u8 {
-        if self.v5 {
-            NOT_AUTHORIZED
-        } else {
-            reason::UNSPECIFIED
-        }
     }
 
     /// Whose shared-subscription groups this client joins: a member's
@@ -918,65 +841,6 @@ struct Downstream<'a> {
     acks: mpsc::UnboundedReceiver<u16>,
 }
 
-/// 5 §3.1.2.11.3 and §4.9 [MQTT-3.3.4-9]: at most `max` QoS 1/2 PUBLISHes
-/// unacknowledged at the client; later ones wait here, in order. The wait
-/// is bounded by the broker's own inflight window (it sends no more until
-/// the edge passes acknowledgements back).
-#[derive(Debug)]
-struct ReceiveWindow {
-    max: usize,
-    inflight: HashSet<u16>,
-    held: VecDeque<(u16, Vec<u8>)>,
-    /// Bytes of the packets held.
-    held_bytes: usize,
-}
-
-impl ReceiveWindow {
-    fn new(max: u16) -> ReceiveWindow {
-        ReceiveWindow {
-            max: usize::from(max.max(1)),
-            inflight: HashSet::new(),
-            held: VecDeque::new(),
-            held_bytes: 0,
-        }
-    }
-
-    /// Whether it holds so much that the broker should wait (the broker may
-    /// send up to its own window of large packets).
-    fn full(&self) -> bool {
-        self.held_bytes > WINDOW_HOLD_MAX
-    }
-
-    /// A QoS 1/2 PUBLISH for the client: the bytes to send now, or `None`
-    /// if it must wait.
-    fn offer(&mut self, pkid: u16, bytes: Vec<u8>) -> Option<Vec<u8>> {
-        // A resend of one already in flight does not take another slot.
-        if self.inflight.contains(&pkid) || (self.held.is_empty() && self.inflight.len() < self.max)
-        {
-            self.inflight.insert(pkid);
-            return Some(bytes);
-        }
-        self.held_bytes += bytes.len();
-        self.held.push_back((pkid, bytes));
-        None
-    }
-
-    /// The client acknowledged `pkid`: what may go now.
-    fn acked(&mut self, pkid: u16) -> Vec<Vec<u8>> {
-        self.inflight.remove(&pkid);
-        let mut ready = Vec::new();
-        while self.inflight.len() < self.max {
-            let Some((next, bytes)) = self.held.pop_front() else {
-                break;
-            };
-            self.held_bytes -= bytes.len();
-            self.inflight.insert(next);
-            ready.push(bytes);
-        }
-        ready
-    }
-}
-
 /// Writes `bytes` to the client, by `due` if given.
 async fn write_by<W>(client: &mut W, bytes: &[u8], due: Option<Instant>) -> Result<(), SessionEnd>
 where
@@ -1025,7 +889,7 @@ where
     // Allocated when the broker has something to say, released when all
     // of it was passed on: an idle connection holds no buffer here.
     let mut buf = BytesMut::new();
-    let mut merges: HashMap<u16, PendingSubAck> = HashMap::new();
+    let mut merges = PendingSubAcks::default();
     // QoS 2 messages discarded for the client, whose PUBREL the edge answers.
     let mut discarded_qos2: HashSet<u16> = HashSet::new();
     // Broker packets may be a little larger than client ones (properties).
@@ -1064,7 +928,7 @@ where
             message = from_upstream.recv() => match message {
                 Some(ToClient::Packet(bytes)) => client.write_all(&bytes).await?,
                 Some(ToClient::MergeSubAck { pkid, refused, total }) => {
-                    merges.insert(pkid, (refused, total));
+                    merges.expect(pkid, refused, total);
                 }
                 Some(ToClient::Close(end)) => {
                     let _ = client.flush().await;
@@ -1160,7 +1024,7 @@ where
                         None
                     } else {
                         (f.kind() == kind::SUBACK && !merges.is_empty())
-                            .then(|| merge_suback(&mut merges, v5, &f, packet))
+                            .then(|| merges.merge(v5, &f, packet))
                             .flatten()
                     };
                     match (merged, out.as_mut()) {
@@ -1255,66 +1119,6 @@ fn discard_for_client(
     Some(Vec::new())
 }
 
-/// rumqttd takes acknowledgements only in the order it sent what they
-/// answer: PUBACK/PUBREC in PUBLISH order, PUBCOMP in PUBREL order. When
-/// the edge answers for the client (a discarded packet), its answers and
-/// the client's are released to the broker in that order.
-#[derive(Debug, Default)]
-struct AckOrder {
-    acks: VecDeque<(u16, Option<Vec<u8>>)>,
-    completions: VecDeque<(u16, Option<Vec<u8>>)>,
-}
-
-impl AckOrder {
-    /// The broker sent a PUBLISH (or, `completion`, a PUBREL) for `pkid`;
-    /// `answer` is the edge's own, or `None` if the client will answer.
-    fn expect(&mut self, completion: bool, pkid: u16, answer: Option<Vec<u8>>) {
-        let queue = if completion {
-            &mut self.completions
-        } else {
-            &mut self.acks
-        };
-        // Bounded by the broker's inflight window; a runaway queue means the
-        // client stopped answering, and the session ends anyway.
-        if queue.len() < 4096 {
-            queue.push_back((pkid, answer));
-        }
-    }
-
-    /// The client answered `pkid`; false if nothing waits for it (the
-    /// packet then passes unchanged).
-    fn answered(&mut self, completion: bool, pkid: u16, packet: &[u8]) -> bool {
-        let queue = if completion {
-            &mut self.completions
-        } else {
-            &mut self.acks
-        };
-        match queue
-            .iter_mut()
-            .find(|(id, answer)| *id == pkid && answer.is_none())
-        {
-            Some(slot) => {
-                slot.1 = Some(packet.to_vec());
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Every answer now in order, ready for the broker.
-    fn drain(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        for queue in [&mut self.acks, &mut self.completions] {
-            while queue.front().is_some_and(|(_, answer)| answer.is_some()) {
-                if let Some((_, Some(bytes))) = queue.pop_front() {
-                    out.extend_from_slice(&bytes);
-                }
-            }
-        }
-        out
-    }
-}
-
 /// [`redelivery_marked`] for a whole PUBLISH held back earlier.
 fn mark_redelivery(
     sessions: &crate::hub::sessions::Sessions,
@@ -1346,67 +1150,4 @@ fn redelivery_marked(
         return Some(marked);
     }
     None
-}
-
-fn merge_suback(
-    merges: &mut HashMap<u16, PendingSubAck>,
-    v5: bool,
-    frame: &Frame,
-    packet: &[u8],
-) -> Option<Vec<u8>> {
-    let (pkid, properties, codes) = inspect::suback(packet, frame.header_len, v5).ok()?;
-    let (refused, total) = merges.remove(&pkid)?;
-    let mut broker_codes = codes.iter();
-    let merged: Vec<u8> = (0..total)
-        .map(|i| match refused.iter().find(|(at, _)| *at == i) {
-            Some((_, code)) => *code,
-            // 0x80: "failure" in 3.1.1, "unspecified error" in 5.
-            None => broker_codes.next().copied().unwrap_or(reason::UNSPECIFIED),
-        })
-        .collect();
-    let mut out = Vec::new();
-    inspect::encode_suback(pkid, v5, properties, &merged, &mut out);
-    Some(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_v5_client_may_have_as_many_publishes_in_flight_as_it_was_told() {
-        let mut window = InboundWindow::new(2);
-        assert!(window.received(1));
-        assert!(window.received(2));
-        assert!(window.received(2), "a resend takes no second place");
-        assert!(!window.received(3), "one too many");
-        window.answered(1);
-        assert!(window.received(3));
-    }
-
-    #[test]
-    fn puback_pubcomp_and_a_failing_pubrec_end_an_inbound_flow() {
-        let frame = |packet: &[u8]| mqtt::next_frame(packet, 1024).unwrap().unwrap();
-        let puback = [0x40, 0x02, 0x00, 0x07];
-        assert_eq!(ends_inbound_flow(&frame(&puback), &puback), Some(7));
-        let pubcomp = [0x70, 0x02, 0x00, 0x08];
-        assert_eq!(ends_inbound_flow(&frame(&pubcomp), &pubcomp), Some(8));
-        let pubrec_ok = [0x50, 0x02, 0x00, 0x09];
-        assert_eq!(ends_inbound_flow(&frame(&pubrec_ok), &pubrec_ok), None);
-        let pubrec_refused = [0x50, 0x03, 0x00, 0x09, 0x97];
-        assert_eq!(
-            ends_inbound_flow(&frame(&pubrec_refused), &pubrec_refused),
-            Some(9)
-        );
-        let suback = [0x90, 0x03, 0x00, 0x01, 0x00];
-        assert_eq!(ends_inbound_flow(&frame(&suback), &suback), None);
-    }
-
-    #[test]
-    fn the_send_window_is_the_lower_of_the_clients_and_the_hubs() {
-        assert!(send_window(None, 100).is_none(), "rumqttd's own window");
-        assert!(send_window(Some(500), 100).is_none());
-        assert_eq!(send_window(Some(10), 100).map(|w| w.max), Some(10));
-        assert_eq!(send_window(None, 20).map(|w| w.max), Some(20));
-    }
 }
