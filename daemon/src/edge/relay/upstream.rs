@@ -47,6 +47,9 @@ const PACE_BYTES: usize = 256 * 1024;
 const PACE_WAIT: Duration = Duration::from_millis(100);
 /// The longest a sender waits for room in the hub's large-packet budget.
 const RECEIVE_WAIT: Duration = Duration::from_secs(30);
+/// The fixed-header flags a PUBREL or an UNSUBSCRIBE must carry (3.1.1
+/// §2.2.2, 5 §2.1.3): anything else is a malformed packet.
+const REQUIRED_FLAGS: u8 = 0b0010;
 /// How much one read from a client takes (a TLS record's plaintext).
 const CLIENT_READ: usize = 16 * 1024;
 
@@ -428,7 +431,7 @@ impl<'a> Upstream<'a> {
 
     /// A PUBREL: the edge finishes the flow of a QoS 2 publish it refused.
     async fn pubrel(&mut self, frame: &Frame, packet: &[u8]) -> Result<Verdict, SessionEnd> {
-        if frame.flags() != 0b0010 {
+        if frame.flags() != REQUIRED_FLAGS {
             return Err(SessionEnd::Malformed("PUBREL flags"));
         }
         let pkid =
@@ -444,7 +447,7 @@ impl<'a> Upstream<'a> {
     /// An UNSUBSCRIBE: the subscription count goes down, and shared
     /// filters get the client's scope as they did when subscribed.
     fn unsubscribe(&mut self, frame: &Frame, packet: &[u8]) -> Result<Verdict, SessionEnd> {
-        if frame.flags() != 0b0010 {
+        if frame.flags() != REQUIRED_FLAGS {
             return Err(SessionEnd::Malformed("UNSUBSCRIBE flags"));
         }
         let unsub = inspect::unsubscribe(packet, frame.header_len, self.v5)
