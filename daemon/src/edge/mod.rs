@@ -600,17 +600,15 @@ impl Edge {
                 });
             }
             let expiry_at_disconnect = Arc::clone(&traits.expiry_at_disconnect);
-            let result = relay::run(
-                self,
-                &peer,
+            let result = relay::Connection {
+                edge: self,
+                peer: &peer,
                 version,
-                &client_id,
-                client,
-                &mut broker,
-                inbound,
+                client_id: &client_id,
                 traits,
                 stop,
-            )
+            }
+            .run(client, &mut broker, inbound)
             .await;
             // 5 §3.14.2.2.2: a DISCONNECT may change the session's expiry.
             let at_disconnect = *crate::sync::lock(&expiry_at_disconnect);
