@@ -73,6 +73,10 @@ pub struct Metrics {
     pub bytes: Family<DirectionLabels, Counter>,
     /// Actions the household policy refused.
     pub denials: Family<ActionLabels, Counter>,
+    /// The message and byte counters by [in, out] and QoS, taken from the
+    /// families once: counting a relayed message is one atomic add.
+    by_qos: [[Counter; 3]; 2],
+    payload_bytes: [Counter; 2],
     connected: Gauge,
     mailbox_messages: Gauge,
     mailbox_bytes: Gauge,
@@ -97,8 +101,30 @@ impl Default for Metrics {
             audit_rows: Gauge::default(),
             rss: Gauge::default(),
             open_fds: Gauge::default(),
+            by_qos: Default::default(),
+            payload_bytes: Default::default(),
             registry: Registry::default(),
         };
+        let direction = |inbound: usize| if inbound == 0 { "in" } else { "out" };
+        let by_qos = [0, 1].map(|d| {
+            [0u8, 1, 2].map(|qos| {
+                metrics
+                    .messages
+                    .get_or_create(&MessageLabels {
+                        direction: direction(d),
+                        qos,
+                    })
+                    .clone()
+            })
+        });
+        let payload_bytes = [0, 1].map(|d| {
+            metrics
+                .bytes
+                .get_or_create(&DirectionLabels {
+                    direction: direction(d),
+                })
+                .clone()
+        });
         registry.register(
             "handshakes",
             "Mutual-TLS handshakes, by result and refusal class",
@@ -156,6 +182,8 @@ impl Default for Metrics {
         );
         Metrics {
             registry,
+            by_qos,
+            payload_bytes,
             ..metrics
         }
     }
@@ -177,18 +205,12 @@ impl Metrics {
         self.handshakes.get_or_create(&labels).inc();
     }
 
-    /// Counts one relayed PUBLISH of `payload` bytes.
+    /// Counts one relayed PUBLISH of `payload` bytes: `inbound` from a
+    /// device, else to one.
     pub fn message(&self, inbound: bool, qos: u8, payload: usize) {
-        let direction = if inbound { "in" } else { "out" };
-        self.messages
-            .get_or_create(&MessageLabels {
-                direction,
-                qos: qos.min(2),
-            })
-            .inc();
-        self.bytes
-            .get_or_create(&DirectionLabels { direction })
-            .inc_by(payload as u64);
+        let d = usize::from(!inbound);
+        self.by_qos[d][usize::from(qos.min(2))].inc();
+        self.payload_bytes[d].inc_by(payload as u64);
     }
 
     /// Counts a policy denial of `action` ("publish", "subscribe", "will").

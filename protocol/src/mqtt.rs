@@ -72,6 +72,9 @@ pub mod reason {
     pub const PACKET_TOO_LARGE: u8 = 0x95;
     /// A bound of the hub's (a quota) refuses it.
     pub const QUOTA_EXCEEDED: u8 = 0x97;
+    /// The payload does not match its format (a device description that
+    /// breaks docs/schema/meta-v1.json).
+    pub const PAYLOAD_FORMAT_INVALID: u8 = 0x99;
 
     /// Whether a reason code (or a 3.1.1 SUBACK return code) reports a
     /// failure.

@@ -517,6 +517,12 @@ async fn a_resumed_tls_session_of_a_revoked_device_is_refused_and_audited() {
         "the second handshake did not resume; the test proves nothing"
     );
     send(&mut second, &connect_packet(false, &kid.id, None)).await;
+    // The protocol's answer, so the device knows to stop (CONNACK 5, not
+    // authorized), then the close; no session.
+    assert_eq!(
+        next(&mut second, Duration::from_secs(5)).await,
+        Next::Data(vec![0x20, 2, 0, 5])
+    );
     assert_eq!(
         next(&mut second, Duration::from_secs(5)).await,
         Next::Closed

@@ -20,3 +20,4 @@ mod revocation;
 mod sdk_python;
 mod support;
 mod tls_scan;
+mod toymakers;

@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::Event;
 use crate::ca::fingerprint;
+use crate::hub::device_check::SessionSeen;
 use crate::hub::retained;
 use crate::registry::DeviceIdentity;
 use hearth_protocol::mqtt::{self, inspect, kind, FrameError, MqttVersion};
@@ -233,7 +234,7 @@ pub async fn serve(
                 }
                 (ListenerKind::MutualTls, None) => {}
                 (ListenerKind::Development, _) => {
-                    edge.run_session(tcp, Peer::Developer, None, deadline, stop)
+                    edge.run_session(tcp, Peer::Developer, (None, "none"), deadline, stop)
                         .await
                 }
             }
@@ -362,8 +363,19 @@ impl Edge {
         if self.hub.registry.is_renewing(&identity.device) {
             self.retire_predecessors(&identity.device, &sha);
         }
-        self.run_session(stream, Peer::Device(identity), Some(sha), deadline, stop)
-            .await
+        let tls = match stream.get_ref().1.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1_3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1_2",
+            _ => "other",
+        };
+        self.run_session(
+            stream,
+            Peer::Device(identity),
+            (Some(sha), tls),
+            deadline,
+            stop,
+        )
+        .await
     }
 
     /// A certificate the verifier accepted was revoked before the session
@@ -413,7 +425,7 @@ impl Edge {
         &self,
         mut client: S,
         peer: Peer,
-        fingerprint: Option<[u8; 32]>,
+        (fingerprint, tls): (Option<[u8; 32]>, &str),
         deadline: Instant,
         stop: CancellationToken,
     ) where
@@ -552,6 +564,11 @@ impl Edge {
                 username: self.hub.broker.username.clone(),
                 password: self.hub.broker.password.clone(),
             };
+            // For `hearth device check`, before the CONNECT is rewritten.
+            let (keep_alive, named_itself) = match &connect {
+                Packet::Connect(c, ..) => (c.keep_alive, !c.client_id.is_empty()),
+                _ => (0, false),
+            };
             let mut connect_out = BytesMut::new();
             codec::encode(
                 version,
@@ -590,6 +607,19 @@ impl Edge {
                 .map_err(SessionEnd::Broker)?;
             let session = self.hub.sessions.register(device, &client_id, stop.clone());
             connected = true;
+            if let Some(device) = &device {
+                self.hub.observations.begin(
+                    *device,
+                    SessionSeen {
+                        started: crate::unix_now(),
+                        tls: tls.to_owned(),
+                        mqtt: if version == MqttVersion::V5 { 5 } else { 4 },
+                        keep_alive,
+                        named_itself,
+                        ..SessionSeen::default()
+                    },
+                );
+            }
             if let Some(device) = &device {
                 // The audit writer also records it as the device's last_seen.
                 tracing::info!(device = %device, "connected");
@@ -663,6 +693,9 @@ impl Edge {
             (None, Err(end)) => tracing::info!(reason = %end, "development session ended"),
         }
         if let (Some(device), true) = (device, connected) {
+            self.hub
+                .observations
+                .update(&device, |s| s.ended = crate::unix_now());
             self.hub.audit.record(Event {
                 device: Some(device),
                 event: "disconnect",

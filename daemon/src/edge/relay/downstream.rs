@@ -59,6 +59,8 @@ pub(super) struct Downstream<'a> {
     /// Told when one of them arrives.
     pong: Arc<Notify>,
     sessions: &'a Sessions,
+    /// Counts what is delivered.
+    metrics: &'a crate::metrics::Metrics,
     client_id: &'a str,
     /// Properties to add to the CONNACK (v5).
     connack: Option<inspect::ConnAckExtras>,
@@ -103,6 +105,7 @@ impl<'a> Downstream<'a> {
             edge_pings: shared.edge_pings,
             pong: shared.pong,
             sessions: &conn.edge.hub.sessions,
+            metrics: &conn.edge.hub.metrics,
             client_id: conn.client_id,
             connack,
             to_broker,
@@ -327,9 +330,11 @@ impl<'a> Downstream<'a> {
     /// order, and waits if the client's receive window is full.
     fn publish(&mut self, f: &Frame, packet: &[u8]) -> Option<Vec<u8>> {
         let (sessions, client_id, v5) = (self.sessions, self.client_id, self.v5);
-        let pkid = inspect::publish(packet, f.header_len, v5)
-            .ok()
-            .and_then(|h| h.pkid);
+        let header = inspect::publish(packet, f.header_len, v5).ok();
+        if let Some(h) = &header {
+            self.metrics.message(false, h.qos, h.payload_len);
+        }
+        let pkid = header.and_then(|h| h.pkid);
         if let (Some(order), Some(pkid)) = (&self.order, pkid) {
             lock(order).expect(false, pkid, None);
         }

@@ -22,6 +22,7 @@ use super::{budget_kib, printable, Connection, Shared, DENIAL_LIMIT, DENIAL_WIND
 use super::{LARGE_PACKET, LARGE_PACKET_TIME};
 use crate::audit::Event;
 use crate::edge::{codec, Edge, Peer, SessionEnd};
+use crate::hub::device_check::MetaSeen;
 use crate::sync::lock;
 
 /// rumqttd accepts topic aliases 1..=4096 (and says so in its CONNACK).
@@ -201,6 +202,48 @@ pub(super) struct Upstream<'a> {
     in_flight: Option<Arc<Mutex<InboundWindow>>>,
     denials: Denials,
     to_client: mpsc::Sender<ToClient>,
+    /// The device's own topics the hub watches for `hearth device check`
+    /// and checks (its description), by prefix.
+    own: Option<OwnTopics>,
+    /// Telemetry seen since the last report to the hub's observations.
+    telemetry: TelemetrySeen,
+    started: Instant,
+}
+
+/// A device's own `tele/` prefix and `meta` topic.
+struct OwnTopics {
+    device: hearth_protocol::DeviceId,
+    tele: Vec<u8>,
+    meta: Vec<u8>,
+}
+
+/// Telemetry counted on the connection and handed to the hub's
+/// observations once a second and at the end: no shared lock per message.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct TelemetrySeen {
+    /// The second (since the connection began) being counted.
+    second: u64,
+    in_second: u32,
+    peak: u32,
+    count: u64,
+    max_bytes: usize,
+}
+
+impl TelemetrySeen {
+    /// Counts one message of `bytes` in second `second`; true when a new
+    /// second began (time to report what was counted).
+    pub(super) fn seen(&mut self, second: u64, bytes: usize) -> bool {
+        let new_second = second != self.second;
+        if new_second {
+            self.second = second;
+            self.in_second = 0;
+        }
+        self.in_second += 1;
+        self.peak = self.peak.max(self.in_second);
+        self.count += 1;
+        self.max_bytes = self.max_bytes.max(bytes);
+        new_second
+    }
 }
 
 impl<'a> Upstream<'a> {
@@ -231,7 +274,65 @@ impl<'a> Upstream<'a> {
             in_flight: shared.in_flight.clone(),
             denials: Denials::default(),
             to_client,
+            own: conn.peer.device().map(|device| OwnTopics {
+                device,
+                tele: hearth_protocol::topic::tele(&device, "").into_bytes(),
+                meta: hearth_protocol::topic::meta(&device).into_bytes(),
+            }),
+            telemetry: TelemetrySeen::default(),
+            started: Instant::now(),
         }
+    }
+
+    /// Hands the telemetry counted so far to the hub's observations.
+    fn report_telemetry(&self) {
+        let (Some(own), seen) = (&self.own, self.telemetry) else {
+            return;
+        };
+        if seen.count == 0 {
+            return;
+        }
+        self.edge.hub.observations.update(&own.device, |s| {
+            s.telemetry = seen.count;
+            s.telemetry_max_bytes = s.telemetry_max_bytes.max(seen.max_bytes);
+            s.telemetry_peak_per_sec = s.telemetry_peak_per_sec.max(seen.peak);
+        });
+    }
+
+    /// What the hub makes of a PUBLISH the policy allowed on the device's
+    /// own topics: telemetry is counted; a description is checked against
+    /// docs/schema/meta-v1.json's rules, and a bad one refused.
+    fn watch_own(
+        &mut self,
+        header: &inspect::PublishHeader<'_>,
+        topic: &[u8],
+        packet: &[u8],
+    ) -> Option<(String, u8)> {
+        let own = self.own.as_ref()?;
+        if topic.starts_with(&own.tele) && topic.len() > own.tele.len() {
+            let second = self.started.elapsed().as_secs();
+            if self.telemetry.seen(second, header.payload_len) {
+                self.report_telemetry();
+            }
+            return None;
+        }
+        // An empty retained message clears the description: allowed.
+        if topic != own.meta.as_slice() || header.payload_len == 0 {
+            return None;
+        }
+        let payload = &packet[packet.len().saturating_sub(header.payload_len)..];
+        let (seen, refusal) = match hearth_protocol::meta::parse(payload) {
+            Ok(_) => (MetaSeen::Valid, None),
+            Err(e) => (
+                MetaSeen::Refused(e.to_string()),
+                Some((e.to_string(), reason::PAYLOAD_FORMAT_INVALID)),
+            ),
+        };
+        self.edge
+            .hub
+            .observations
+            .update(&own.device, |s| s.meta = seen);
+        refusal
     }
 
     /// Relays the client's packets until it closes; `from_downstream` says
@@ -549,7 +650,15 @@ impl<'a> Upstream<'a> {
         let action = Action::Publish {
             retain: header.retain,
         };
-        let Some((why, code)) = self.publish_refusal(action, &header, &topic_bytes, packet) else {
+        let refusal = match self.publish_refusal(action, &header, &topic_bytes, packet) {
+            None => self.watch_own(&header, &topic_bytes, packet),
+            refused => refused,
+        };
+        let Some((why, code)) = refusal else {
+            self.edge
+                .hub
+                .metrics
+                .message(true, header.qos, header.payload_len);
             return Ok(Verdict::Forward);
         };
         self.deny_audit(action, &printable(&topic_bytes), &why);
@@ -703,6 +812,15 @@ impl<'a> Upstream<'a> {
                 }
             }
         }
+        if let Some(own) = &self.own {
+            let (inbox, commands) = watched_subscriptions(&own.device, &allowed);
+            if inbox || commands {
+                self.edge.hub.observations.update(&own.device, |s| {
+                    s.inbox |= inbox;
+                    s.commands |= commands;
+                });
+            }
+        }
         if let (Some(watch), Peer::Device(identity)) = (&self.edge.inbox_watch, self.peer) {
             let filters = allowed
                 .iter()
@@ -794,6 +912,7 @@ impl<'a> Upstream<'a> {
     }
 
     fn deny_audit(&self, action: Action, topic: &str, reason: &str) {
+        self.edge.hub.metrics.denial(action.name());
         let device = self.peer.device();
         self.edge.hub.audit.record(Event {
             device,
@@ -806,9 +925,58 @@ impl<'a> Upstream<'a> {
     }
 }
 
+impl Drop for Upstream<'_> {
+    fn drop(&mut self) {
+        self.report_telemetry();
+    }
+}
+
+/// Whether the allowed filters of a SUBSCRIBE reach the device's own inbox
+/// and its own commands.
+fn watched_subscriptions(
+    device: &hearth_protocol::DeviceId,
+    allowed: &[(&[u8], u8)],
+) -> (bool, bool) {
+    let inbox = hearth_protocol::topic::inbox(device);
+    let command = hearth_protocol::topic::cmd(device, "x");
+    let matches = |topic: &str| {
+        allowed.iter().any(|(f, _)| {
+            std::str::from_utf8(f).is_ok_and(|f| filter::matches(filter::levels(f), topic))
+        })
+    };
+    (matches(&inbox), matches(&command))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn telemetry_is_counted_per_second_and_reported_when_a_second_ends() {
+        let mut seen = TelemetrySeen::default();
+        assert!(!seen.seen(0, 10));
+        assert!(!seen.seen(0, 300));
+        assert!(!seen.seen(0, 20));
+        assert!(seen.seen(1, 5));
+        assert_eq!((seen.count, seen.peak, seen.max_bytes), (4, 3, 300));
+        assert!(!seen.seen(1, 5));
+        assert_eq!(seen.peak, 3);
+    }
+
+    #[test]
+    fn a_subscription_is_seen_reaching_the_devices_inbox_or_commands() {
+        let me = hearth_protocol::DeviceId::from_entropy([3; 16]);
+        let own = |rest: &str| format!("hearth/v1/dev/{me}/{rest}");
+        let (cmd_all, inbox, tele) = (own("cmd/#"), own("inbox"), own("tele/x"));
+        assert_eq!(
+            watched_subscriptions(&me, &[(cmd_all.as_bytes(), 0)]),
+            (false, true)
+        );
+        assert_eq!(
+            watched_subscriptions(&me, &[(inbox.as_bytes(), 1), (tele.as_bytes(), 0)]),
+            (true, false)
+        );
+    }
 
     #[test]
     fn a_publisher_is_paced_after_so_many_publishes_or_bytes() {
