@@ -208,8 +208,8 @@ static void load_settings(const char *dir, struct settings *s)
     memset(s, 0, sizeof *s);
     for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
         char key[32], value[256];
-        if (sscanf(line, " %31[a-z_] = \"%255[^\"]\"", key, value) == 2 ||
-            sscanf(line, " %31[a-z_] = %255s", key, value) == 2) {
+        if (sscanf(line, " %31[a-z0-9_] = \"%255[^\"]\"", key, value) == 2 ||
+            sscanf(line, " %31[a-z0-9_] = %255s", key, value) == 2) {
             bool ok = true;
             if (!strcmp(key, "device_id"))
                 ok = copy_field(s->device_id, sizeof s->device_id, value);
@@ -901,6 +901,21 @@ static void init_toy(struct toy *t, const char *dir)
     snprintf(t->topic_outbox, sizeof t->topic_outbox, "hearth/v1/dev/%s/outbox", t->s.device_id);
 }
 
+/* The hub refuses a revoked or removed toy's certificate with a TLS alert
+ * (or, on a resumed session, CONNACK "not authorized"): no retry mends
+ * that. libmosquitto reports OpenSSL's reason only through its log. The
+ * alert comes after this toy verified the hub, so it is the hub's word. */
+static void on_log(struct mosquitto *m, void *userdata, int level, const char *text)
+{
+    (void)m, (void)level;
+    struct toy *t = userdata;
+    if (strstr(text, "alert certificate") || strstr(text, "alert bad certificate")) {
+        snprintf(t->failure, sizeof t->failure,
+                 "the hub refused this toy's certificate: revoked or removed?");
+        t->stop_now = true;
+    }
+}
+
 static struct mosquitto *connect_toy(struct toy *t)
 {
     struct mosquitto *m = mqtt_client(t);
@@ -908,6 +923,7 @@ static struct mosquitto *connect_toy(struct toy *t)
     mosquitto_message_callback_set(m, on_message);
     mosquitto_publish_callback_set(m, on_publish);
     mosquitto_subscribe_callback_set(m, on_subscribe);
+    mosquitto_log_callback_set(m, on_log);
     int rc = mosquitto_connect(m, t->s.host, t->s.mqtt_port, KEEPALIVE_S);
     if (rc != MOSQ_ERR_SUCCESS)
         fprintf(stderr, "cannot reach the hub at %s:%d: %s; retrying\n", t->s.host,
@@ -959,7 +975,10 @@ static int cmd_run(const char *dir, double interval, long count)
                 backoff = backoff * 2 > 60 ? 60 : backoff * 2;
             } else if (now_s() >= retry_at) {
                 retry_at = 0;
-                mosquitto_reconnect(m);
+                rc = mosquitto_reconnect(m);
+                if (rc != MOSQ_ERR_SUCCESS && !t.stop_now)
+                    fprintf(stderr, "cannot reach the hub: %s; retrying in %.0f s\n",
+                            mosquitto_strerror(rc), backoff);
             } else {
                 nanosleep(&(struct timespec){.tv_nsec = 100000000}, NULL);
             }
