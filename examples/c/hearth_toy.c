@@ -612,7 +612,9 @@ struct toy {
     int seen_next;
     /* for `send` */
     const char *reference, *to, *text;
-    bool subscribed, sent, done;
+    bool sent, done;
+    int inbox_mid;
+    long max_text_bytes; /* from the hub's retained hearth/v1/hub/info; 0: unknown */
     char receipt_status[32], receipt_id[65], receipt_reason[256];
 };
 
@@ -672,8 +674,11 @@ static void on_connect(struct mosquitto *m, void *userdata, int rc)
         return;
     }
     t->connected = true;
-    if (t->reference) { /* `send`: subscribed first, so the receipt cannot be missed */
-        mosquitto_subscribe(m, NULL, t->topic_inbox, 1);
+    if (t->reference) {
+        /* `send`: the hub's limits first (retained, they arrive right after
+         * their SUBACK), then the inbox, so the receipt cannot be missed. */
+        mosquitto_subscribe(m, NULL, "hearth/v1/hub/info", 0);
+        mosquitto_subscribe(m, &t->inbox_mid, t->topic_inbox, 1);
         return;
     }
     printf("connected to %s:%d as %s\n", t->s.host, t->s.mqtt_port, t->s.device_id);
@@ -698,12 +703,21 @@ static void on_publish(struct mosquitto *m, void *userdata, int mid)
 
 static void on_subscribe(struct mosquitto *m, void *userdata, int mid, int count, const int *qos)
 {
-    (void)mid;
     struct toy *t = userdata;
     for (int i = 0; i < count; i++)
         if (qos[i] == 0x80)
             fprintf(stderr, "the hub refused a subscription\n");
-    if (t->reference && !t->sent) {
+    if (t->reference && !t->sent && mid == t->inbox_mid) {
+        /* Refused here, with the hub's own figure, rather than by the hub
+         * closing the connection. */
+        size_t size = strlen(t->text);
+        if (t->max_text_bytes > 0 && size > (size_t)t->max_text_bytes) {
+            snprintf(t->failure, sizeof t->failure,
+                     "the text is %zu bytes; this hub takes at most %ld bytes", size,
+                     t->max_text_bytes);
+            t->stop_now = true;
+            return;
+        }
         cJSON *send = cJSON_CreateObject();
         cJSON_AddNumberToObject(send, "v", 1);
         cJSON_AddStringToObject(send, "type", "send");
@@ -872,6 +886,15 @@ static void on_message(struct mosquitto *m, void *userdata, const struct mosquit
     size_t cmd_len = strlen(t->topic_cmd) - 1; /* "…/cmd/#" without the '#' */
     bool inbox = !strcmp(msg->topic, t->topic_inbox);
     bool command = !strncmp(msg->topic, t->topic_cmd, cmd_len);
+    if (!strcmp(msg->topic, "hearth/v1/hub/info")) {
+        cJSON *info = cJSON_ParseWithLength(msg->payload, (size_t)msg->payloadlen);
+        const cJSON *limit = cJSON_GetObjectItemCaseSensitive(
+            cJSON_GetObjectItemCaseSensitive(info, "mailbox"), "max_text_bytes");
+        if (cJSON_IsNumber(limit) && limit->valuedouble >= 1)
+            t->max_text_bytes = (long)limit->valuedouble;
+        cJSON_Delete(info);
+        return;
+    }
     if (!inbox && !command)
         return;
     cJSON *json = msg->payloadlen == 0 && command

@@ -463,6 +463,16 @@ async fn the_c_toy_pairs_reports_obeys_receives_once_sends_and_renews() {
     // The toy sends: Mum's device gets it from the toy.
     let sent = toy_ok(bin, &["send", dir_arg, "Mum", "Hello from the bear"]);
     assert!(sent.starts_with("stored "), "{sent}");
+    // Too long for the hub's limit (8 KiB of text by default, published on
+    // hearth/v1/hub/info): refused by the toy itself, with the hub's figure.
+    let long = "x".repeat(9000);
+    let refused = toy(bin, &["send", dir_arg, "Mum", &long]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("the text is 9000 bytes; this hub takes at most 8192 bytes"),
+        "{said}"
+    );
     let (_, delivery) = parent
         .publish_on(&mum_inbox, Duration::from_secs(10), |v| {
             v["type"] == "delivery" && v["from"]["device"] == json!(id)
