@@ -346,37 +346,31 @@ async fn the_c_toy_pairs_reports_obeys_receives_once_sends_and_renews() {
         });
     assert!(reading["uptime_s"].is_u64() && reading["led"] == json!(false));
 
-    // Meta, retained: a parent subscribing after it was published gets it.
-    // The hub at this commit refuses devices' `meta` (policy.rs has no
-    // rule for it yet); then the toy must say so and keep working.
+    // Meta, retained: a parent subscribing after the hub acknowledged it
+    // gets it, with the retain flag, and with what a family page needs.
     assert!(
-        run.wait_for("meta", Duration::from_secs(10)).await,
+        run.wait_for("meta published", Duration::from_secs(10))
+            .await,
         "the toy said nothing of meta: {}{}",
         run.said(),
         run.complained()
     );
     let meta_topic = format!("hearth/v1/dev/{id}/meta");
-    if parent.subscribe(&meta_topic).await {
-        let (publish, meta) = parent
-            .publish_on(&meta_topic, Duration::from_secs(10), |_| true)
-            .await
-            .expect("retained meta");
-        assert!(publish.retain, "meta is retained");
-        assert_eq!(meta["model"], "C Bear");
-        assert!(meta["telemetry"].as_array().is_some_and(|t| t
-            .iter()
-            .any(|f| f["name"] == "uptime_s" && f["unit"] == "s")));
-        assert!(meta["commands"]
-            .as_array()
-            .is_some_and(|c| c.iter().any(|c| c["name"] == "led")));
-        assert!(run.said().contains("meta published"));
-    } else {
-        assert!(
-            run.complained().contains("the hub refused meta"),
-            "{}",
-            run.complained()
-        );
-    }
+    assert!(parent.subscribe(&meta_topic).await, "meta: {}", hub.log());
+    let (publish, meta) = parent
+        .publish_on(&meta_topic, Duration::from_secs(10), |_| true)
+        .await
+        .expect("retained meta");
+    assert!(publish.retain, "meta is retained");
+    assert_eq!(meta["maker"], "Example Toys");
+    assert_eq!(meta["model"], "C Bear");
+    assert_eq!(meta["firmware"], "1.0.0");
+    assert!(meta["telemetry"].as_array().is_some_and(|t| t
+        .iter()
+        .any(|f| f["name"] == "uptime_s" && f["type"] == "integer" && f["unit"] == "s")));
+    assert!(meta["commands"].as_array().is_some_and(|c| c
+        .iter()
+        .any(|c| c["name"] == "led" && c["args"][0]["name"] == "on")));
 
     // Garbage and unknown commands are ignored; the toy goes on and obeys
     // the next good one, visibly.
@@ -525,6 +519,7 @@ async fn the_c_toy_pairs_reports_obeys_receives_once_sends_and_renews() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    eprintln!("the revoked toy said:\n{}", revoked.complained());
     assert!(!status.success());
     assert!(
         revoked.complained().contains("revoked or removed"),
