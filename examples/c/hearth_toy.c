@@ -40,14 +40,15 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
-/* --- What this toy is (its meta document) ------------------------------- */
+/* --- What this toy is (its meta document, docs/schema/meta-v1.json: a unit,
+ *     when given, is 1 to 16 characters; a field without one has none) --- */
 
 static const char META[] =
     "{\"maker\":\"Example Toys\",\"model\":\"C Bear\",\"firmware\":\"1.0.0\","
     "\"telemetry\":["
-    "{\"name\":\"seq\",\"type\":\"integer\",\"unit\":\"\"},"
+    "{\"name\":\"seq\",\"type\":\"integer\"},"
     "{\"name\":\"uptime_s\",\"type\":\"integer\",\"unit\":\"s\"},"
-    "{\"name\":\"led\",\"type\":\"boolean\",\"unit\":\"\"}],"
+    "{\"name\":\"led\",\"type\":\"boolean\"}],"
     "\"commands\":["
     "{\"name\":\"led\",\"args\":[{\"name\":\"on\",\"type\":\"boolean\"}]},"
     "{\"name\":\"beep\",\"args\":[{\"name\":\"times\",\"type\":\"integer\"}]}]}";

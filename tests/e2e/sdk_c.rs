@@ -368,6 +368,10 @@ async fn the_c_toy_pairs_reports_obeys_receives_once_sends_and_renews() {
     assert!(meta["telemetry"].as_array().is_some_and(|t| t
         .iter()
         .any(|f| f["name"] == "uptime_s" && f["type"] == "integer" && f["unit"] == "s")));
+    // docs/schema/meta-v1.json: a unit, when given, is 1 to 16 characters.
+    assert!(meta["telemetry"].as_array().unwrap().iter().all(|f| f
+        .get("unit")
+        .is_none_or(|u| u.as_str().is_some_and(|u| (1..=16).contains(&u.len())))));
     assert!(meta["commands"].as_array().is_some_and(|c| c
         .iter()
         .any(|c| c["name"] == "led" && c["args"][0]["name"] == "on")));
