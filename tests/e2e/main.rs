@@ -17,6 +17,7 @@ mod metrics;
 mod pairing;
 mod refusals;
 mod revocation;
+mod sdk_c;
 mod sdk_python;
 mod support;
 mod tls_scan;
