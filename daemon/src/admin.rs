@@ -367,7 +367,7 @@ fn member_export(hub: &Hub, name: MemberName) -> Result<AdminResponse, String> {
             );
         }
         // The key is loaded only to open; it is never made here.
-        let key = crate::seal::MailboxKey::load(&hub.data_dir, 1).map_err(|e| err(&e))?;
+        let key = crate::mailbox::seal::MailboxKey::load(&hub.data_dir, 1).map_err(|e| err(&e))?;
         let mut attachments = Vec::new();
         let mut open = |id: &str, direction: &str| -> Result<Option<Value>, String> {
             let Some(m) = store.message(id).map_err(|e| err(&e))? else {

@@ -16,7 +16,7 @@ use crate::store::{Store, DB_FILE};
 const FILES: &[(&str, bool)] = &[
     ("ca.key", true),
     ("ca.pem", false),
-    (crate::seal::KEY_FILE, true),
+    (crate::mailbox::seal::KEY_FILE, true),
 ];
 /// The format name inside the encrypted file.
 const FORMAT: &str = "hearth-backup-v1";
@@ -190,9 +190,14 @@ pub fn restore(encrypted: &[u8], key: &BackupKey, dir: &Path) -> Result<(), Back
 
 /// Whether `dir` holds a database or any of the hub's keys.
 fn holds_a_hub(dir: &Path) -> bool {
-    [DB_FILE, "ca.key", "server.key", crate::seal::KEY_FILE]
-        .iter()
-        .any(|name| dir.join(name).exists())
+    [
+        DB_FILE,
+        "ca.key",
+        "server.key",
+        crate::mailbox::seal::KEY_FILE,
+    ]
+    .iter()
+    .any(|name| dir.join(name).exists())
 }
 
 /// Factory reset: destroys every key and the database in `dir` (keys are

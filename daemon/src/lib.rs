@@ -23,7 +23,6 @@ pub mod logging;
 pub mod mailbox;
 pub mod pairing;
 pub mod registry;
-pub mod seal;
 pub mod store;
 pub mod sync;
 

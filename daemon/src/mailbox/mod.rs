@@ -6,6 +6,7 @@
 //! recipient device has acknowledged it, or when it expires.
 
 mod quota;
+pub mod seal;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -26,11 +27,11 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{Audit, Event};
 use crate::config::MailboxSection;
 use crate::hub::sessions::Sessions;
-use crate::seal::MailboxKey;
 use crate::store::{NewMessage, Store, StoreError, StoreHandle};
+use seal::MailboxKey;
 
 /// The mailbox key file in the data dir.
-pub const KEY_FILE: &str = crate::seal::KEY_FILE;
+pub const KEY_FILE: &str = seal::KEY_FILE;
 /// The filter the mailbox's link subscribes to (the broker makes the link).
 pub use crate::broker::OUTBOX_FILTER;
 /// How long after a device subscribes to its inbox the mailbox delivers
@@ -920,7 +921,7 @@ mod tests {
                 .unwrap();
         }
         // As an older hearthd left it: sealed directly under the key.
-        let old = crate::seal::seal_without_data_key(&key, "m1", "Ada", b"old words");
+        let old = seal::seal_without_data_key(&key, "m1", "Ada", b"old words");
         let conn = rusqlite::Connection::open(dir.path().join(crate::store::DB_FILE)).unwrap();
         conn.execute(
             "UPDATE messages SET sealed = ?1, wrapped_key = NULL",
