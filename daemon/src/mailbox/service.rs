@@ -1,0 +1,802 @@
+//! The mailbox service, its I/O: the broker link it reads outboxes from
+//! and publishes inboxes to, one transaction per batch of sends, sealing
+//! and storing what the rules (rules.rs) accept, receipts, deliveries and
+//! their resends, and expiry.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hearth_protocol::mailbox::{
+    self, BadEnvelope, Delivery, Inbox, Message, Outbox, Receipt, ReceiptStatus, Sender,
+};
+use hearth_protocol::{topic, DeviceId};
+use rumqttd::local::{LinkError, LinkRx, LinkTx};
+use rumqttd::Notification;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::quota;
+use super::rules::{self, Content, Recipient, Refusal};
+use super::seal::MailboxKey;
+use super::{InboxWatch, MailboxError};
+use crate::audit::{Audit, Event};
+use crate::config::MailboxSection;
+use crate::hub::sessions::Sessions;
+use crate::store::{NewMessage, Store, StoreError, StoreHandle};
+
+/// How long after a device subscribes to its inbox the mailbox delivers
+/// (the broker applies the subscription first).
+const SUBSCRIBE_SETTLE: Duration = Duration::from_millis(150);
+/// How long an unacknowledged delivery waits before it is sent again to a
+/// connected device.
+const RESEND_AFTER: Duration = Duration::from_secs(3);
+/// How often expiry and resends run.
+const TICK: Duration = Duration::from_millis(500);
+/// Content bytes published to one device per round, so a backlog of
+/// pictures neither floods the broker's log nor holds the store.
+const ROUND_BYTES: usize = 16 * 1024 * 1024;
+/// How often deliveries to devices no longer active are swept.
+const ORPHAN_SWEEP: Duration = Duration::from_secs(60);
+/// At most this many outbox messages, or [`BATCH_BYTES`] of them, are
+/// handled in one transaction: one sync makes the whole batch durable.
+const BATCH_MAX: usize = 256;
+/// Outbox payload bytes per batch (the store is held while a batch runs).
+const BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// How old a device's pending count may be before it is counted again
+/// (deliveries removed by an administrator are seen after this).
+const PENDING_RECOUNT: Duration = Duration::from_secs(1);
+
+/// A running mailbox.
+pub struct Mailbox {
+    store: StoreHandle,
+    sessions: Arc<Sessions>,
+    audit: Audit,
+    seal: MailboxKey,
+    limits: MailboxSection,
+    link: LinkTx,
+    /// When each (message, device) delivery was last published.
+    sent: HashMap<(String, DeviceId), Instant>,
+    /// Devices whose inbox subscription is settling, and when to deliver.
+    due: HashMap<DeviceId, Instant>,
+    /// Connected devices that subscribed to their inbox: the only ones
+    /// resends and receipts go to.
+    listening: HashSet<DeviceId>,
+    /// When deliveries to inactive devices were last swept.
+    last_sweep: Instant,
+    /// While a batch runs: what it will publish once it is committed.
+    held: Option<Vec<(String, Vec<u8>)>>,
+    /// Pending deliveries per recipient device and when they were counted:
+    /// the per-device cap is checked against a count at most
+    /// [`PENDING_RECOUNT`] old plus what was stored since, not by counting
+    /// rows on every send.
+    pending: HashMap<DeviceId, (u64, Instant)>,
+    /// Byte quotas and the free-space floor.
+    quotas: quota::Quotas,
+}
+
+impl std::fmt::Debug for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailbox").finish_non_exhaustive()
+    }
+}
+
+impl Mailbox {
+    /// Loads (or makes) the mailbox key. `link` is a broker link already
+    /// subscribed to [`OUTBOX_FILTER`].
+    pub fn new(
+        data_dir: &Path,
+        store: StoreHandle,
+        sessions: Arc<Sessions>,
+        audit: Audit,
+        limits: MailboxSection,
+        link: LinkTx,
+    ) -> Result<(Mailbox, InboxWatch, mpsc::UnboundedReceiver<DeviceId>), MailboxError> {
+        let seal = store.with(|db| {
+            let pending = db
+                .message_count()
+                .map_err(|e| MailboxError(e.to_string()))?;
+            let seal =
+                MailboxKey::load(data_dir, pending).map_err(|e| MailboxError(e.to_string()))?;
+            reseal_old_rows(db, &seal).map_err(|e| MailboxError(e.to_string()))?;
+            // A shorter `expiry_secs` applies to what is already stored.
+            db.apply_retention(crate::unix_now(), limits.expiry_secs as i64)
+                .map_err(|e| MailboxError(e.to_string()))?;
+            Ok::<_, MailboxError>(seal)
+        })?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mailbox = Mailbox {
+            store,
+            sessions,
+            audit,
+            seal,
+            quotas: quota::Quotas::new(limits.clone(), data_dir.to_owned()),
+            limits,
+            link,
+            sent: HashMap::new(),
+            due: HashMap::new(),
+            listening: HashSet::new(),
+            last_sweep: Instant::now(),
+            held: None,
+            pending: HashMap::new(),
+        };
+        Ok((mailbox, InboxWatch(tx), rx))
+    }
+
+    /// Serves until `stop`.
+    pub async fn run(
+        mut self,
+        mut outbox: LinkRx,
+        mut subscribed: mpsc::UnboundedReceiver<DeviceId>,
+        stop: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                note = outbox.next() => {
+                    let Some(batch) = Batch::collect(note, &mut outbox) else {
+                        return;
+                    };
+                    let wake = batch.wake;
+                    self.on_batch(batch.outbox);
+                    if wake && outbox.wake().await.is_err() {
+                        tracing::error!("the mailbox lost its broker link");
+                        return;
+                    }
+                }
+                Some(device) = subscribed.recv() => {
+                    self.due.insert(device, Instant::now() + SUBSCRIBE_SETTLE);
+                }
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let ready: Vec<DeviceId> = self
+            .due
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(d, _)| *d)
+            .collect();
+        for device in ready {
+            self.due.remove(&device);
+            self.listening.insert(device);
+            self.deliver_pending(&device, Resend::All);
+        }
+        let connected: HashSet<DeviceId> = self.sessions.connected_devices().into_iter().collect();
+        self.listening.retain(|d| connected.contains(d));
+        self.expire();
+        // Resend what a listening device has not acknowledged (a delivery
+        // can race its subscription, or be dropped by a full queue).
+        let listening: Vec<DeviceId> = self.listening.iter().copied().collect();
+        for device in listening {
+            self.deliver_pending(&device, Resend::Stale);
+        }
+        self.sent
+            .retain(|_, at| now.duration_since(*at) < Duration::from_secs(3600));
+        self.pending
+            .retain(|_, (_, at)| now.duration_since(*at) < PENDING_RECOUNT);
+    }
+
+    /// Handles outbox messages in one transaction; receipts and deliveries
+    /// go out only once it is committed.
+    fn on_batch(&mut self, outbox: Vec<rumqttd::protocol::Publish>) {
+        if outbox.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        self.held = Some(Vec::new());
+        let committed = store.with(|db| {
+            db.batch(|db| {
+                for publish in &outbox {
+                    if db.batch_lost() {
+                        break;
+                    }
+                    let topic = String::from_utf8_lossy(&publish.topic);
+                    self.on_outbox(db, &topic, &publish.payload);
+                }
+            })
+        });
+        let held = self.held.take().unwrap_or_default();
+        match committed {
+            Ok(()) => {
+                for (topic, bytes) in held {
+                    self.publish_raw(topic, bytes);
+                }
+            }
+            Err(e) => {
+                // Nothing of the batch was kept: every sender is told to
+                // try again; unacknowledged deliveries are sent again.
+                tracing::error!(error = %e, "mailbox database error");
+                self.pending.clear();
+                self.quotas.forget_counts();
+                for publish in &outbox {
+                    let topic = String::from_utf8_lossy(&publish.topic);
+                    let Some(sender) = rules::outbox_sender(&topic) else {
+                        continue;
+                    };
+                    if let Ok(Outbox::Send(send)) = mailbox::parse_outbox(&publish.payload) {
+                        self.refuse(&sender, send.reference, Refusal::try_again());
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_outbox(&mut self, db: &mut Store, topic: &str, payload: &[u8]) {
+        let Some(sender) = rules::outbox_sender(topic) else {
+            return;
+        };
+        match mailbox::parse_outbox(payload) {
+            Ok(Outbox::Send(send)) => self.on_send(db, &sender, send),
+            Ok(Outbox::Ack(ack)) => self.on_ack(db, &sender, &ack.id),
+            Err(BadEnvelope { reference, reason }) => self.refuse(
+                &sender,
+                reference.unwrap_or_default(),
+                Refusal::from_words(reason),
+            ),
+        }
+    }
+
+    fn on_send(&mut self, db: &mut Store, sender: &DeviceId, send: Message) {
+        match self.accept(db, sender, &send) {
+            Ok(Accepted::Duplicate(id)) => {
+                // Already stored (and delivered or pending): the sender
+                // lost the receipt; tell it again.
+                self.receipt_now(sender, &send.reference, Some(id), ReceiptStatus::Stored);
+            }
+            Ok(Accepted::Stored { devices, delivery }) => {
+                let id = delivery.id.clone();
+                self.receipt_now(
+                    sender,
+                    &send.reference,
+                    Some(id.clone()),
+                    ReceiptStatus::Stored,
+                );
+                let envelope = Inbox::Delivery(*delivery);
+                let now = Instant::now();
+                for device in devices {
+                    self.publish_inbox(&device, &envelope);
+                    self.sent.insert((id.clone(), device), now);
+                }
+            }
+            Err(refusal) => self.refuse(sender, send.reference, refusal),
+        }
+    }
+
+    /// Takes one send through the rules and into the store (inside the
+    /// batch's transaction): who sent it, who it is for, whether they may,
+    /// whether there is room, then sealed and stored.
+    fn accept(
+        &mut self,
+        store: &mut Store,
+        sender: &DeviceId,
+        send: &Message,
+    ) -> Result<Accepted, Refusal> {
+        if let Some(id) = store
+            .sent_reference(sender, &send.reference)
+            .map_err(store_failed)?
+        {
+            return Ok(Accepted::Duplicate(id));
+        }
+        let from_member = sending_member(store, sender)?;
+        let content = rules::check_content(&self.limits, send)?;
+        let (to_member, devices) = recipient_devices(store, sender, &send.to)?;
+        let rule = store
+            .contact_rule(&from_member, &to_member)
+            .map_err(store_failed)?;
+        let from_role = store.member_role(&from_member).map_err(store_failed)?;
+        let to_role = store.member_role(&to_member).map_err(store_failed)?;
+        rules::contact(rule, &from_member, from_role, &to_member, to_role)?;
+        self.check_room(store, &send.to, &devices)?;
+        let (id, message_times) = self.store_sealed(store, sender, send, &content, &devices)?;
+        // What goes out now is built from what is in hand, not read back
+        // and unsealed once per device.
+        let from = Sender {
+            member: from_member,
+            device: *sender,
+        };
+        let (sent_at, expires_at) = message_times;
+        let delivery = content.into_delivery(id, from, sent_at, expires_at);
+        Ok(Accepted::Stored {
+            devices,
+            delivery: Box::new(delivery),
+        })
+    }
+
+    /// Whether every recipient device has room for one more message, by a
+    /// count at most [`PENDING_RECOUNT`] old.
+    fn check_room(
+        &mut self,
+        store: &mut Store,
+        to: &str,
+        devices: &[DeviceId],
+    ) -> Result<(), Refusal> {
+        for device in devices {
+            let pending = match self.pending.get(device) {
+                Some((n, at)) if at.elapsed() < PENDING_RECOUNT => *n,
+                _ => {
+                    let n = store.pending_count(device).map_err(store_failed)?;
+                    self.pending.insert(*device, (n, Instant::now()));
+                    n
+                }
+            };
+            rules::room_for_one(&self.limits, to, pending)?;
+        }
+        Ok(())
+    }
+
+    /// Seals the content under a new message id and stores it with one
+    /// delivery row per device, within the quotas; returns the id and
+    /// when it was sent and expires.
+    fn store_sealed(
+        &mut self,
+        store: &mut Store,
+        sender: &DeviceId,
+        send: &Message,
+        content: &Content,
+        devices: &[DeviceId],
+    ) -> Result<(String, (i64, i64)), Refusal> {
+        let id = hex::encode(crate::random_bytes::<16>());
+        let plain = serde_json::to_vec(content).map_err(|e| Refusal::from_words(e.to_string()))?;
+        // Sized as sealed: the content, the nonce and the tag.
+        let size = plain.len() as u64 + 40;
+        if let Err(quota::OverQuota(reason)) = self
+            .quotas
+            .check(store, sender, devices, size)
+            .map_err(store_failed)?
+        {
+            return Err(Refusal::from_words(reason));
+        }
+        let sealed = self.seal.seal(&id, &send.to, &plain);
+        drop(plain);
+        let now = crate::unix_now();
+        let message = NewMessage {
+            id: &id,
+            sender,
+            reference: &send.reference,
+            recipient: &send.to,
+            sealed: &sealed.sealed,
+            wrapped_key: &sealed.wrapped_key,
+            sent_at: now,
+            expires_at: now + self.limits.expiry_secs as i64,
+            devices,
+        };
+        store.store_message(&message).map_err(store_failed)?;
+        let times = (message.sent_at, message.expires_at);
+        self.quotas.stored(sender, devices, size);
+        for device in devices {
+            if let Some((n, _)) = self.pending.get_mut(device) {
+                *n += 1;
+            }
+        }
+        Ok((id, times))
+    }
+
+    fn on_ack(&mut self, db: &mut Store, device: &DeviceId, id: &str) {
+        match db.acknowledge(device, id) {
+            Ok(Some((sender, reference, _gone))) => {
+                self.sent.remove(&(id.to_owned(), *device));
+                if let Some((n, _)) = self.pending.get_mut(device) {
+                    *n = n.saturating_sub(1);
+                }
+                let receipt = Receipt {
+                    v: mailbox::VERSION,
+                    reference,
+                    id: Some(id.to_owned()),
+                    status: ReceiptStatus::Delivered,
+                    device: Some(*device),
+                    reason: None,
+                };
+                self.queue_receipt(db, &sender, receipt);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "cannot record an acknowledgement"),
+        }
+    }
+
+    fn refuse(&mut self, sender: &DeviceId, reference: String, refusal: Refusal) {
+        self.audit.record(Event {
+            device: Some(*sender),
+            event: "message-refused",
+            action: Some("send".into()),
+            reason: Some(refusal.class.as_str().to_owned()),
+            ..Event::default()
+        });
+        let receipt = Receipt {
+            v: mailbox::VERSION,
+            reference,
+            id: None,
+            status: ReceiptStatus::Refused,
+            device: None,
+            reason: Some(refusal.reason),
+        };
+        self.publish_inbox(sender, &Inbox::Receipt(receipt));
+    }
+
+    fn receipt_now(
+        &mut self,
+        sender: &DeviceId,
+        reference: &str,
+        id: Option<String>,
+        status: ReceiptStatus,
+    ) {
+        let receipt = Receipt {
+            v: mailbox::VERSION,
+            reference: reference.to_owned(),
+            id,
+            status,
+            device: None,
+            reason: None,
+        };
+        self.publish_inbox(sender, &Inbox::Receipt(receipt));
+    }
+
+    /// Receipts that may find their sender offline wait in the database.
+    fn queue_receipt(&mut self, db: &mut Store, sender: &DeviceId, receipt: Receipt) {
+        let Ok(text) = serde_json::to_string(&Inbox::Receipt(receipt)) else {
+            return;
+        };
+        // A receipt nobody collects goes when a message would have.
+        let expires_at = crate::unix_now() + self.limits.expiry_secs as i64;
+        if let Err(e) = db.queue_receipt(sender, &text, expires_at) {
+            tracing::error!(error = %e, "cannot queue a receipt");
+            return;
+        }
+        if self.listening.contains(sender) {
+            self.flush_receipts(db, sender);
+        }
+    }
+
+    fn flush_receipts(&mut self, db: &mut Store, device: &DeviceId) {
+        match db.take_receipts(device) {
+            Ok(receipts) => {
+                for text in receipts {
+                    self.publish_raw(topic::inbox(device), text.into_bytes());
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read queued receipts"),
+        }
+    }
+
+    /// Publishes a device's pending deliveries, oldest first, as `which`
+    /// says; with [`Resend::All`] its queued receipts too.
+    fn deliver_pending(&mut self, device: &DeviceId, which: Resend) {
+        let now = Instant::now();
+        let pending = match self.store.with(|db| db.pending_ids(device)) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read pending deliveries");
+                return;
+            }
+        };
+        let mut sent_bytes = 0usize;
+        for id in pending {
+            let recent = self
+                .sent
+                .get(&(id.clone(), *device))
+                .is_some_and(|at| now.duration_since(*at) < RESEND_AFTER);
+            if matches!(which, Resend::Stale) && recent {
+                continue;
+            }
+            // Oldest first and at least one per round, so order per sender
+            // holds and a large message is never stuck.
+            if sent_bytes >= ROUND_BYTES {
+                break;
+            }
+            match self.send_one(device, &id, now) {
+                Some(bytes) => sent_bytes += bytes,
+                None => continue,
+            }
+        }
+        if matches!(which, Resend::All) {
+            let store = self.store.clone();
+            store.with(|db| self.flush_receipts(db, device));
+        }
+    }
+
+    /// Publishes one stored message to a device's inbox; returns its
+    /// sealed size, or `None` if it is gone or cannot be opened.
+    fn send_one(&mut self, device: &DeviceId, id: &str, now: Instant) -> Option<usize> {
+        let message = match self.store.with(|db| db.message(id)) {
+            Ok(Some(m)) => m,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read a stored message");
+                return None;
+            }
+        };
+        let Some(plain) = self.seal.open(
+            &message.id,
+            &message.recipient,
+            message.wrapped_key.as_deref(),
+            &message.sealed,
+        ) else {
+            tracing::error!(message = %message.id, "a stored message does not open; skipping it");
+            return None;
+        };
+        let content = serde_json::from_slice::<Content>(&plain).ok()?;
+        let from_member = self
+            .store
+            .with(|db| db.device_member(&message.sender))
+            .ok()
+            .flatten();
+        let member = from_member.or_else(|| "former-member".parse().ok())?;
+        let size = message.sealed.len();
+        let from = Sender {
+            member,
+            device: message.sender,
+        };
+        let delivery = content.into_delivery(
+            message.id.clone(),
+            from,
+            message.sent_at,
+            message.expires_at,
+        );
+        self.publish_inbox(device, &Inbox::Delivery(delivery));
+        self.sent.insert((message.id, *device), now);
+        Some(size)
+    }
+
+    fn expire(&mut self) {
+        // Deliveries to devices revoked or removed are swept once a minute
+        // (a scan); expiry itself is an index lookup every tick.
+        let sweep = self.last_sweep.elapsed() >= ORPHAN_SWEEP;
+        if sweep {
+            self.last_sweep = Instant::now();
+        }
+        let store = self.store.clone();
+        store.with(|db| self.expire_with(db, sweep));
+    }
+
+    fn expire_with(&mut self, db: &mut Store, sweep: bool) {
+        match db.expire_messages(crate::unix_now(), sweep) {
+            Ok(expired) => {
+                if !expired.is_empty() {
+                    self.pending.clear();
+                }
+                for message in expired {
+                    self.sent.retain(|(id, _), _| id != &message.id);
+                    let receipt = Receipt {
+                        v: mailbox::VERSION,
+                        reference: message.reference,
+                        id: Some(message.id),
+                        status: ReceiptStatus::Expired,
+                        device: None,
+                        reason: None,
+                    };
+                    self.queue_receipt(db, &message.sender, receipt);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot expire messages"),
+        }
+        if let Err(e) = db.expire_receipts(crate::unix_now()) {
+            tracing::error!(error = %e, "cannot expire receipts");
+        }
+    }
+
+    fn publish_inbox(&mut self, device: &DeviceId, envelope: &Inbox) {
+        let Ok(text) = serde_json::to_vec(envelope) else {
+            return;
+        };
+        self.publish_raw(topic::inbox(device), text);
+    }
+
+    /// Publishes now, or once the running batch is committed.
+    fn publish_raw(&mut self, topic: String, bytes: Vec<u8>) {
+        if let Some(held) = &mut self.held {
+            held.push((topic, bytes));
+        } else if let Err(e) = self.link.publish(topic, bytes) {
+            tracing::warn!(error = %e, "cannot publish to an inbox");
+        }
+    }
+}
+
+/// A store failure while taking a send: logged, and the sender told to
+/// try again (the batch's transaction keeps nothing).
+fn store_failed(e: StoreError) -> Refusal {
+    tracing::error!(error = %e, "mailbox database error");
+    Refusal::try_again()
+}
+
+/// The member whose device sent a message; a device of no member is
+/// refused (revoked in flight, or a service's).
+fn sending_member(
+    store: &mut Store,
+    sender: &DeviceId,
+) -> Result<hearth_protocol::MemberName, Refusal> {
+    match store.device_member(sender).map_err(store_failed)? {
+        Some(member) => Ok(member),
+        None => {
+            let revoked = store.device_revoked(sender).map_err(store_failed)?;
+            Err(Refusal::not_a_members_device(revoked))
+        }
+    }
+}
+
+/// The member `to` names and the devices a message to them goes to: the
+/// one device, or every device of the member, never the sender's own.
+fn recipient_devices(
+    store: &mut Store,
+    sender: &DeviceId,
+    to: &str,
+) -> Result<(hearth_protocol::MemberName, Vec<DeviceId>), Refusal> {
+    let (member, devices) = match Recipient::parse(to)? {
+        Recipient::Device(device) => match store.device_member(&device).map_err(store_failed)? {
+            Some(member) => (member, vec![device]),
+            None => return Err(Refusal::unknown_recipient(to)),
+        },
+        Recipient::Member(member) => {
+            if store.member_role(&member).map_err(store_failed)?.is_none() {
+                return Err(Refusal::unknown_recipient(to));
+            }
+            let devices = store.member_devices(&member).map_err(store_failed)?;
+            (member, devices)
+        }
+    };
+    let devices: Vec<DeviceId> = devices.into_iter().filter(|d| d != sender).collect();
+    if devices.is_empty() {
+        return Err(Refusal::no_device(to));
+    }
+    Ok((member, devices))
+}
+
+/// Re-seals messages stored before crypto-erase (sealed directly under the
+/// mailbox key) under a data key of their own, in one transaction, so
+/// every message from now on is erased by deleting its row.
+fn reseal_old_rows(db: &mut Store, key: &MailboxKey) -> Result<(), StoreError> {
+    let old = db.messages_without_data_key()?;
+    if old.is_empty() {
+        return Ok(());
+    }
+    let count = old.len();
+    db.batch(|db| {
+        for id in old {
+            let Some(message) = db.message(&id)? else {
+                continue;
+            };
+            let Some(plain) = key.open(&message.id, &message.recipient, None, &message.sealed)
+            else {
+                // Left as it is: it expires like any other.
+                tracing::warn!(message = %message.id, "an old message does not open; not re-sealed");
+                continue;
+            };
+            let sealed = key.seal(&message.id, &message.recipient, &plain);
+            db.reseal_message(&message.id, &sealed.sealed, &sealed.wrapped_key)?;
+        }
+        Ok::<_, StoreError>(())
+    })??;
+    tracing::info!(count, "re-sealed stored messages under their own data keys");
+    Ok(())
+}
+
+/// Outbox messages taken from the link for one transaction.
+#[derive(Default)]
+struct Batch {
+    outbox: Vec<rumqttd::protocol::Publish>,
+    bytes: usize,
+    /// The router paused the link; it must be woken once this is handled.
+    wake: bool,
+}
+
+impl Batch {
+    /// The batch that starts with `first`: it takes what else the router
+    /// has already handed over, without waiting, so all of it is handled
+    /// in one transaction. `None` once the link is lost (what was taken
+    /// then is dropped, as the link is).
+    fn collect(
+        first: Result<Option<Notification>, LinkError>,
+        outbox: &mut LinkRx,
+    ) -> Option<Batch> {
+        let mut batch = Batch::default();
+        let mut note = Some(first);
+        while let Some(next) = note.take().or_else(|| ready_now(outbox.next())) {
+            match next {
+                Ok(Some(Notification::Forward(forward))) => {
+                    if batch.add(forward.publish) {
+                        break;
+                    }
+                }
+                // The router paused the link (its buffer was full) until
+                // it is woken.
+                Ok(Some(Notification::Unschedule)) => batch.wake = true,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "the mailbox lost its broker link");
+                    return None;
+                }
+            }
+        }
+        Some(batch)
+    }
+
+    /// Adds one; true once the batch is full.
+    fn add(&mut self, publish: rumqttd::protocol::Publish) -> bool {
+        self.bytes += publish.payload.len();
+        self.outbox.push(publish);
+        self.outbox.len() >= BATCH_MAX || self.bytes >= BATCH_BYTES
+    }
+}
+
+/// The output of a future that is ready without waiting, else `None` (the
+/// future is dropped; the link's `next` loses nothing when dropped).
+fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// Which pending deliveries to publish.
+#[derive(Clone, Copy)]
+enum Resend {
+    /// Every one: the device just subscribed to its inbox.
+    All,
+    /// Those not published in the last [`RESEND_AFTER`].
+    Stale,
+}
+
+enum Accepted {
+    /// Stored for these devices; the delivery to send them now.
+    Stored {
+        devices: Vec<DeviceId>,
+        delivery: Box<Delivery>,
+    },
+    /// The sender's retry of a message stored before, by its id.
+    Duplicate(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_sealed_before_crypto_erase_are_resealed_under_their_own_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = MailboxKey::load(dir.path(), 0).unwrap();
+        let sender: DeviceId = "0jqs8adyj6jyjnsqmar523qbbd".parse().unwrap();
+        {
+            let mut store = Store::open(dir.path()).unwrap();
+            let sealed = key.seal("m1", "Ada", b"x");
+            store
+                .store_message(&NewMessage {
+                    id: "m1",
+                    sender: &sender,
+                    reference: "r1",
+                    recipient: "Ada",
+                    sealed: &sealed.sealed,
+                    wrapped_key: &sealed.wrapped_key,
+                    sent_at: 1,
+                    expires_at: i64::MAX,
+                    devices: &[sender],
+                })
+                .unwrap();
+        }
+        // As an older hearthd left it: sealed directly under the key.
+        let old = crate::mailbox::seal::seal_without_data_key(&key, "m1", "Ada", b"old words");
+        let conn = rusqlite::Connection::open(dir.path().join(crate::store::DB_FILE)).unwrap();
+        conn.execute(
+            "UPDATE messages SET sealed = ?1, wrapped_key = NULL",
+            rusqlite::params![old],
+        )
+        .unwrap();
+        drop(conn);
+        let mut store = Store::open(dir.path()).unwrap();
+        reseal_old_rows(&mut store, &key).unwrap();
+        assert!(store.messages_without_data_key().unwrap().is_empty());
+        let row = store.message("m1").unwrap().unwrap();
+        let wrapped = row.wrapped_key.as_deref().expect("a data key now");
+        assert_ne!(row.sealed, old);
+        assert_eq!(
+            key.open("m1", "Ada", Some(wrapped), &row.sealed).unwrap(),
+            b"old words"
+        );
+        assert!(key.open("m1", "Ada", None, &row.sealed).is_none());
+    }
+}
