@@ -84,7 +84,7 @@ impl std::fmt::Debug for Mailbox {
 
 impl Mailbox {
     /// Loads (or makes) the mailbox key. `link` is a broker link already
-    /// subscribed to [`OUTBOX_FILTER`].
+    /// subscribed to [`OUTBOX_FILTER`](super::OUTBOX_FILTER).
     pub fn new(
         data_dir: &Path,
         store: StoreHandle,
@@ -293,15 +293,14 @@ impl Mailbox {
         let to_role = store.member_role(&to_member).map_err(store_failed)?;
         rules::contact(rule, &from_member, from_role, &to_member, to_role)?;
         self.check_room(store, &send.to, &devices)?;
-        let (id, message_times) = self.store_sealed(store, sender, send, &content, &devices)?;
+        let stored = self.store_sealed(store, sender, send, &content, &devices)?;
         // What goes out now is built from what is in hand, not read back
         // and unsealed once per device.
         let from = Sender {
             member: from_member,
             device: *sender,
         };
-        let (sent_at, expires_at) = message_times;
-        let delivery = content.into_delivery(id, from, sent_at, expires_at);
+        let delivery = content.into_delivery(stored.id, from, stored.sent_at, stored.expires_at);
         Ok(Accepted::Stored {
             devices,
             delivery: Box::new(delivery),
@@ -331,8 +330,7 @@ impl Mailbox {
     }
 
     /// Seals the content under a new message id and stores it with one
-    /// delivery row per device, within the quotas; returns the id and
-    /// when it was sent and expires.
+    /// delivery row per device, within the quotas.
     fn store_sealed(
         &mut self,
         store: &mut Store,
@@ -340,7 +338,7 @@ impl Mailbox {
         send: &Message,
         content: &Content,
         devices: &[DeviceId],
-    ) -> Result<(String, (i64, i64)), Refusal> {
+    ) -> Result<StoredMessage, Refusal> {
         let id = hex::encode(crate::random_bytes::<16>());
         let plain = serde_json::to_vec(content).map_err(|e| Refusal::from_words(e.to_string()))?;
         // Sized as sealed: the content, the nonce and the tag.
@@ -367,14 +365,18 @@ impl Mailbox {
             devices,
         };
         store.store_message(&message).map_err(store_failed)?;
-        let times = (message.sent_at, message.expires_at);
+        let stored = StoredMessage {
+            id: id.clone(),
+            sent_at: message.sent_at,
+            expires_at: message.expires_at,
+        };
         self.quotas.stored(sender, devices, size);
         for device in devices {
             if let Some((n, _)) = self.pending.get_mut(device) {
                 *n += 1;
             }
         }
-        Ok((id, times))
+        Ok(stored)
     }
 
     fn on_ack(&mut self, db: &mut Store, device: &DeviceId, id: &str) {
@@ -731,6 +733,13 @@ fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
         std::task::Poll::Ready(out) => Some(out),
         std::task::Poll::Pending => None,
     }
+}
+
+/// A message just stored: its id, when it was sent and when it expires.
+struct StoredMessage {
+    id: String,
+    sent_at: i64,
+    expires_at: i64,
 }
 
 /// Which pending deliveries to publish.
