@@ -335,12 +335,29 @@ pub async fn clear_retained(
     // PUBLISH, QoS 0, retain, empty payload: the MQTT way to clear.
     let mut publishes = Vec::new();
     for topic in topics {
-        publishes.push(0x31);
-        hearth_protocol::mqtt::write_varint(2 + topic.len(), &mut publishes);
-        publishes.extend_from_slice(&(topic.len() as u16).to_be_bytes());
-        publishes.extend_from_slice(topic.as_bytes());
+        retained_publish(topic, &[], &mut publishes);
     }
     internal_session(endpoint, endpoint.v4, "hearth-janitor", &publishes).await
+}
+
+/// Publishes one of the hub's own retained messages (`hearth/v1/hub/info`).
+pub async fn publish_retained(
+    endpoint: &BrokerEndpoint,
+    topic: &str,
+    payload: &[u8],
+) -> Result<(), BrokerError> {
+    let mut publish = Vec::new();
+    retained_publish(topic, payload, &mut publish);
+    internal_session(endpoint, endpoint.v4, "hearth-hub-info", &publish).await
+}
+
+/// A v3.1.1 PUBLISH, QoS 0, retain.
+fn retained_publish(topic: &str, payload: &[u8], out: &mut Vec<u8>) {
+    out.push(0x31);
+    hearth_protocol::mqtt::write_varint(2 + topic.len() + payload.len(), out);
+    out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(payload);
 }
 
 /// CONNECT (clean session, the per-boot credential), CONNACK, the given

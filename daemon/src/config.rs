@@ -316,6 +316,22 @@ pub struct DevSection {
 }
 
 impl Config {
+    /// What the hub publishes on `hearth/v1/hub/info`: the limits as they
+    /// apply (the mailbox's within what one packet carries).
+    pub fn hub_info(&self) -> hearth_protocol::hub_info::HubInfo {
+        let mailbox = self.mailbox.within(self.limits.max_payload);
+        hearth_protocol::hub_info::HubInfo {
+            v: hearth_protocol::mailbox::VERSION,
+            hub_version: env!("CARGO_PKG_VERSION").to_owned(),
+            max_packet_bytes: self.limits.max_payload,
+            mailbox: hearth_protocol::hub_info::MailboxLimits {
+                max_text_bytes: mailbox.max_text_bytes,
+                max_image_bytes: mailbox.max_image_bytes,
+                max_audio_bytes: mailbox.max_audio_bytes,
+            },
+        }
+    }
+
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -130,6 +130,15 @@ pub async fn run(
     })
     .await
     .map_err(|e| DaemonError::Startup(e.to_string()))?;
+    // What every device may read before it sends: the limits it must keep.
+    let hub_info = serde_json::to_vec(&config.hub_info()).unwrap_or_default();
+    broker::publish_retained(
+        &broker.endpoint,
+        hearth_protocol::topic::HUB_INFO,
+        &hub_info,
+    )
+    .await
+    .map_err(|e| DaemonError::Startup(e.to_string()))?;
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certificate = Arc::new(

@@ -152,6 +152,22 @@ impl Content {
     }
 }
 
+impl Content {
+    /// Its kind and size, as the hub's limits count them.
+    pub fn outgoing(&self) -> hearth_protocol::hub_info::Outgoing {
+        use hearth_protocol::hub_info::Outgoing;
+        match self {
+            Content::Text(text) => Outgoing::Text(text.len()),
+            Content::File {
+                kind: Kind::Audio,
+                bytes,
+                ..
+            } => Outgoing::Audio(bytes.len()),
+            Content::File { bytes, .. } => Outgoing::Image(bytes.len()),
+        }
+    }
+}
+
 /// The outbox envelope that sends `content` to `to` (a member nickname or a
 /// device id) under the client `reference`: sending again with the same
 /// reference is stored once by the hub.

@@ -120,12 +120,25 @@ pub enum Error {
     /// The MQTT session failed.
     #[error("MQTT: {0}")]
     Mqtt(String),
+    /// The hub refused this device's certificate: it was revoked or
+    /// removed, or this is not the hub that issued it. Trying again cannot
+    /// mend that, so the device stops.
+    #[error(
+        "the hub no longer accepts this device ({0}): it was revoked or removed by a parent, \
+         or the hub was reset. It will not be accepted again; pair it again with \
+         `hearth-device pair URI --force`"
+    )]
+    NotAccepted(String),
     /// The hub did not answer in time.
     #[error("{0}")]
     Timeout(&'static str),
     /// mDNS could not be used.
     #[error("mDNS: {0}")]
     Discovery(String),
+    /// A message does not fit the limits the hub published; nothing was
+    /// sent.
+    #[error("not sent: {0} (the hub's limits, from hearth/v1/hub/info)")]
+    TooLarge(String),
     /// The hub refused a message sent through the mailbox.
     #[error("the hub refused the message: {0}")]
     Refused(String),
@@ -136,7 +149,18 @@ pub enum Error {
 
 impl From<rumqttc::ConnectionError> for Error {
     fn from(e: rumqttc::ConnectionError) -> Self {
-        Error::Mqtt(e.to_string())
+        use rumqttc::ConnectReturnCode as Code;
+        match &e {
+            // The hub's answer to a certificate it no longer accepts on a
+            // resumed TLS session.
+            rumqttc::ConnectionError::ConnectionRefused(
+                code @ (Code::NotAuthorized | Code::BadUserNamePassword),
+            ) => Error::NotAccepted(format!("CONNACK {code:?}")),
+            _ => match refusal_alert(&e) {
+                Some(alert) => Error::NotAccepted(format!("TLS alert {alert:?}")),
+                None => Error::Mqtt(e.to_string()),
+            },
+        }
     }
 }
 
@@ -144,6 +168,51 @@ impl From<rumqttc::ClientError> for Error {
     fn from(e: rumqttc::ClientError) -> Self {
         Error::Mqtt(e.to_string())
     }
+}
+
+/// The TLS alert by which the hub refused this device's certificate, if
+/// that is why the connection failed. The hub answers a certificate it
+/// does not accept (revoked, removed, unknown) with one of these; a
+/// network failure, a timeout or a reset is none of them and is worth
+/// retrying.
+pub fn refusal_alert(
+    error: &(dyn std::error::Error + 'static),
+) -> Option<rustls::AlertDescription> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(rustls::Error::AlertReceived(alert)) = e.downcast_ref::<rustls::Error>() {
+            return refuses_certificate(*alert).then_some(*alert);
+        }
+        // io::Error's source() skips the error it wraps: look inside.
+        next = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    // rumqttc keeps some TLS errors only as text.
+    let text = error.to_string();
+    REFUSALS
+        .iter()
+        .copied()
+        .find(|alert| text.contains(&format!("AlertReceived({alert:?})")))
+}
+
+/// The alerts that say "this certificate is not accepted here".
+const REFUSALS: [rustls::AlertDescription; 7] = [
+    rustls::AlertDescription::CertificateUnknown,
+    rustls::AlertDescription::CertificateRevoked,
+    rustls::AlertDescription::CertificateExpired,
+    rustls::AlertDescription::BadCertificate,
+    rustls::AlertDescription::UnsupportedCertificate,
+    rustls::AlertDescription::UnknownCA,
+    rustls::AlertDescription::AccessDenied,
+];
+
+fn refuses_certificate(alert: rustls::AlertDescription) -> bool {
+    REFUSALS.contains(&alert)
 }
 
 /// A device operation's result.
@@ -156,4 +225,41 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     // closed here is the only sound answer.
     getrandom::getrandom(&mut buf).expect("the OS random source is unavailable");
     buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::AlertDescription as A;
+
+    fn over_io(e: rustls::Error) -> rumqttc::ConnectionError {
+        rumqttc::ConnectionError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+
+    #[test]
+    fn a_refused_certificate_stops_the_device_and_a_network_failure_does_not() {
+        for alert in [A::CertificateUnknown, A::CertificateRevoked, A::UnknownCA] {
+            let e = Error::from(over_io(rustls::Error::AlertReceived(alert)));
+            assert!(
+                matches!(&e, Error::NotAccepted(why) if why.contains(&format!("{alert:?}"))),
+                "{e}"
+            );
+            assert!(e.to_string().contains("pair it again"), "{e}");
+        }
+        // A hub restarting, a Wi-Fi drop, an alert about the connection.
+        let reset = rumqttc::ConnectionError::Io(std::io::ErrorKind::ConnectionReset.into());
+        assert!(matches!(Error::from(reset), Error::Mqtt(_)));
+        let closed = over_io(rustls::Error::AlertReceived(A::CloseNotify));
+        assert!(matches!(Error::from(closed), Error::Mqtt(_)));
+        let internal = over_io(rustls::Error::AlertReceived(A::InternalError));
+        assert!(matches!(Error::from(internal), Error::Mqtt(_)));
+        // On a resumed TLS session the hub says it in MQTT.
+        let refused =
+            rumqttc::ConnectionError::ConnectionRefused(rumqttc::ConnectReturnCode::NotAuthorized);
+        assert!(matches!(Error::from(refused), Error::NotAccepted(_)));
+        let busy = rumqttc::ConnectionError::ConnectionRefused(
+            rumqttc::ConnectReturnCode::ServiceUnavailable,
+        );
+        assert!(matches!(Error::from(busy), Error::Mqtt(_)));
+    }
 }

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use hearth_protocol::hub_info::HubInfo;
 use hearth_protocol::mailbox::{Delivery, Inbox, Receipt, ReceiptStatus};
 use hearth_protocol::{terminal, topic, DeviceId};
 use rumqttc::{
@@ -154,7 +155,11 @@ pub async fn run_telemetry(
                 Ok(_) => {}
                 Err(e) => {
                     connected = false;
-                    on(RunEvent::ConnectionLost { error: &e.into(), retry_in: backoff });
+                    let error = Error::from(e);
+                    if matches!(error, Error::NotAccepted(_)) {
+                        return Err(error);
+                    }
+                    on(RunEvent::ConnectionLost { error: &error, retry_in: backoff });
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -272,6 +277,24 @@ impl std::fmt::Display for InboxEvent<'_> {
     }
 }
 
+/// The retained hub info that follows the SUBACK; none if nothing came
+/// within a second (a hub that publishes none) or it does not parse.
+async fn read_hub_info(events: &mut EventLoop) -> Result<Option<HubInfo>> {
+    let wait = Duration::from_secs(1);
+    loop {
+        match tokio::time::timeout(wait, events.poll()).await {
+            Err(_) => return Ok(None),
+            Ok(event) => {
+                if let Event::Incoming(Packet::Publish(p)) = event? {
+                    if p.topic == topic::HUB_INFO {
+                        return Ok(serde_json::from_slice(&p.payload).ok());
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A message the hub has stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
@@ -288,6 +311,7 @@ pub struct Session {
     client: AsyncClient,
     events: EventLoop,
     seen: Seen,
+    hub_info: Option<HubInfo>,
 }
 
 impl std::fmt::Debug for Session {
@@ -307,20 +331,37 @@ impl Session {
         let id = paired.pairing.device_id;
         options.set_max_packet_size(MAX_PACKET, MAX_PACKET);
         let (client, mut events) = AsyncClient::new(options, 16);
+        // The hub's info first, alone: its retained message follows the
+        // SUBACK, and no delivery can arrive before the inbox subscription.
         let subscribed = async {
+            let mut hub_info = None;
             loop {
                 match events.poll().await? {
                     Event::Incoming(Packet::ConnAck(_)) => {
+                        client.subscribe(topic::HUB_INFO, QoS::AtMostOnce).await?;
+                    }
+                    Event::Incoming(Packet::SubAck(ack)) if hub_info.is_none() => {
+                        let granted = ack
+                            .return_codes
+                            .iter()
+                            .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_)));
+                        hub_info = Some(if granted {
+                            read_hub_info(&mut events).await?
+                        } else {
+                            None
+                        });
                         client
                             .subscribe(topic::inbox(&id), QoS::AtLeastOnce)
                             .await?;
                     }
-                    Event::Incoming(Packet::SubAck(_)) => return Ok::<_, Error>(()),
+                    Event::Incoming(Packet::SubAck(_)) => {
+                        return Ok::<_, Error>(hub_info.flatten());
+                    }
                     _ => {}
                 }
             }
         };
-        tokio::time::timeout(ANSWER_TIMEOUT, subscribed)
+        let hub_info = tokio::time::timeout(ANSWER_TIMEOUT, subscribed)
             .await
             .map_err(|_| Error::Timeout("the hub did not answer within 15 s"))??;
         Ok(Session {
@@ -329,7 +370,39 @@ impl Session {
             client,
             events,
             seen: Seen::default(),
+            hub_info,
         })
+    }
+
+    /// What the hub published about itself and its limits (absent from a
+    /// hub that publishes none).
+    pub fn hub_info(&self) -> Option<&HubInfo> {
+        self.hub_info.as_ref()
+    }
+
+    /// Whether `content` and its envelope fit the hub's limits; checked
+    /// before anything is sent, so the user gets the reason rather than a
+    /// closed connection.
+    fn check_fits_outgoing(
+        &self,
+        outgoing: hearth_protocol::hub_info::Outgoing,
+        envelope_bytes: usize,
+    ) -> Result<()> {
+        let Some(info) = &self.hub_info else {
+            return Ok(());
+        };
+        info.mailbox
+            .check(outgoing)
+            .map_err(|e| Error::TooLarge(e.to_string()))?;
+        // The PUBLISH: fixed header, topic, packet id, payload.
+        let packet = envelope_bytes + topic::outbox(&self.id).len() + 16;
+        if packet > info.max_packet_bytes {
+            return Err(Error::TooLarge(format!(
+                "the message is {packet} bytes encoded; this hub takes packets of at most {} bytes",
+                info.max_packet_bytes
+            )));
+        }
+        Ok(())
     }
 
     /// The device's id.
@@ -347,8 +420,10 @@ impl Session {
         reference: Option<String>,
     ) -> Result<Stored> {
         let reference = reference.unwrap_or_else(|| hex::encode(crate::random_bytes::<8>()));
+        let outgoing = content.outgoing();
         let envelope = inbox::send_envelope(&reference, to, content);
         let payload = serde_json::to_vec(&envelope).map_err(|e| Error::Usage(e.to_string()))?;
+        self.check_fits_outgoing(outgoing, payload.len())?;
         self.client
             .publish(topic::outbox(&self.id), QoS::AtLeastOnce, false, payload)
             .await?;

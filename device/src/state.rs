@@ -9,9 +9,6 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use hearth_protocol::DeviceId;
-use serde::{Deserialize, Serialize};
-
 use crate::{Error, Result};
 
 /// What the device remembers about its pairing.
@@ -27,21 +24,9 @@ pub const INBOX: &str = "inbox";
 
 const NEW: &str = ".new";
 
-/// What the device remembers about its hub, in `device.toml`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Pairing {
-    /// The id the hub's certificate gives this device (also its MQTT client id).
-    pub device_id: DeviceId,
-    /// Where the hub was when the device paired.
-    pub host: String,
-    /// The hub's mutual-TLS MQTT port.
-    pub mqtt_port: u16,
-    /// The hub's EST (enrollment) port, for renewals.
-    pub enroll_port: u16,
-    /// SHA-256 of the hub CA certificate, lower-case hex.
-    pub ca_sha256: String,
-}
+/// What the device remembers about its hub, in `device.toml` (the format
+/// `hearth device issue --out` writes too).
+pub use hearth_protocol::pairing::DeviceSettings as Pairing;
 
 /// A paired device's files, read.
 pub struct Paired {
@@ -246,6 +231,7 @@ fn rename(from: &Path, to: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hearth_protocol::DeviceId;
 
     fn mode(path: &Path) -> u32 {
         fs::metadata(path).unwrap().permissions().mode() & 0o777

@@ -31,6 +31,10 @@ pub enum AdminRequest {
         label: Label,
         /// The PKCS#10 request, PEM. The key stays where it was made.
         csr_pem: String,
+        /// The host the device will reach the hub at (its `device.toml`);
+        /// by default the one a pairing URI would name.
+        #[serde(default)]
+        host: Option<String>,
     },
     /// Lists the devices.
     DeviceList,
@@ -303,6 +307,10 @@ pub struct IssuedDevice {
     pub certificate_pem: String,
     /// The hub CA certificate, PEM (the trust anchor for the hub).
     pub ca_pem: String,
+    /// Where and how the device reaches the hub, for its `device.toml`
+    /// (absent from older hubs' answers).
+    #[serde(default)]
+    pub settings: Option<crate::pairing::DeviceSettings>,
 }
 
 /// What `hearth pair` prints: the only time the token is ever shown.

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod filter;
 pub mod household;
+pub mod hub_info;
 pub mod id;
 pub mod mailbox;
 pub mod mqtt;

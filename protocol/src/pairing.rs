@@ -12,6 +12,24 @@ use std::str::FromStr;
 /// browse for it, so both read this one constant.
 pub const HEARTH_SERVICE: &str = "_hearth._tcp.local.";
 
+/// What a paired device remembers about its hub: the reference device's
+/// `device.toml`. The device writes it when it pairs; `hearth device issue
+/// --out` writes it for a device set up by hand, so both read one format.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSettings {
+    /// The id the hub's certificate gives this device (also its MQTT client id).
+    pub device_id: crate::DeviceId,
+    /// Where the hub was when the device paired.
+    pub host: String,
+    /// The hub's mutual-TLS MQTT port.
+    pub mqtt_port: u16,
+    /// The hub's EST (enrollment) port, for renewals.
+    pub enroll_port: u16,
+    /// SHA-256 of the hub CA certificate, lower-case hex.
+    pub ca_sha256: String,
+}
+
 /// The parts of a pairing URI.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PairingUri {

@@ -11,6 +11,8 @@
 //! | `hearth/v1/dev/{d}/cmd/...` | parents | `d` |
 //! | `hearth/v1/dev/{d}/inbox` | the hub | `d` |
 //! | `hearth/v1/dev/{d}/outbox` | `d` | the hub |
+//! | `hearth/v1/dev/{d}/meta` | `d` (may retain; not a will) | `d`; parents |
+//! | `hearth/v1/hub/info` | the hub (retained) | every member's device |
 //!
 //! Service devices get nothing but the filters an administrator granted,
 //! taken literally: no pattern substitution, so no identity can smuggle a
@@ -193,6 +195,14 @@ const CMD: &[Level<'static>] = &[Level::Literal("cmd"), Level::Rest];
 const STATE: &[Level<'static>] = &[Level::Literal("state")];
 const INBOX: &[Level<'static>] = &[Level::Literal("inbox")];
 const OUTBOX: &[Level<'static>] = &[Level::Literal("outbox")];
+const META: &[Level<'static>] = &[Level::Literal("meta")];
+/// The hub's own description and limits (`topic::HUB_INFO`).
+const HUB_INFO: [Level<'static>; 4] = [
+    Level::Literal("hearth"),
+    Level::Literal("v1"),
+    Level::Literal("hub"),
+    Level::Literal("info"),
+];
 
 /// Decides one action of a development-listener client: everything is
 /// allowed except the hub's own topics (`$…`, MQTT's convention for a
@@ -239,21 +249,30 @@ pub fn decide(who: &Subject<'_>, action: Action, topic: &str) -> Decision {
     let parent = who.role == DeviceRole::Parent;
     let allowed = match action {
         Action::Publish { retain } | Action::Will { retain } => {
-            let publish = matches(pattern(own, TELE), topic)
+            // A description is the device's own statement, retained for
+            // whoever looks; as a will it would be a claim made on its
+            // behalf once it is gone.
+            let meta =
+                matches!(action, Action::Publish { .. }) && matches(pattern(own, META), topic);
+            let publish = meta
+                || matches(pattern(own, TELE), topic)
                 || matches(pattern(own, OUTBOX), topic)
                 || (parent && matches(pattern(Level::One, CMD), topic));
-            if publish && retain && !matches(pattern(own, TELE), topic) {
+            if publish && retain && !meta && !matches(pattern(own, TELE), topic) {
                 return Decision::Deny(DenyReason::RetainNotAllowed);
             }
             publish
         }
         Action::Subscribe => {
             let f = levels(topic);
-            covers(pattern(own, STATE), f.clone())
+            covers(HUB_INFO, f.clone())
+                || covers(pattern(own, STATE), f.clone())
                 || covers(pattern(own, CMD), f.clone())
                 || covers(pattern(own, INBOX), f.clone())
+                || covers(pattern(own, META), f.clone())
                 || (parent
                     && (covers(pattern(Level::One, STATE), f.clone())
+                        || covers(pattern(Level::One, META), f.clone())
                         || covers(pattern(Level::One, TELE), f)))
         }
     };
@@ -358,6 +377,57 @@ mod tests {
         assert_eq!(
             decide(&service, Action::Publish { retain: true }, &tele),
             Decision::Allow
+        );
+    }
+
+    #[test]
+    fn a_device_describes_itself_and_parents_read_descriptions_and_the_hubs_info() {
+        let (me, kid) = (id(1), id(2));
+        let child = subject(&kid, DeviceRole::Child);
+        let parent = subject(&me, DeviceRole::Parent);
+        let meta = |d: &DeviceId| format!("hearth/v1/dev/{d}/meta");
+        assert_eq!(decide(&child, RETAIN, &meta(&kid)), Decision::Allow);
+        assert_eq!(decide(&child, PUB, &meta(&kid)), Decision::Allow);
+        assert!(matches!(
+            decide(&child, Action::Will { retain: true }, &meta(&kid)),
+            Decision::Deny(_)
+        ));
+        // Nobody describes another device, a parent included.
+        assert_eq!(
+            decide(&parent, RETAIN, &meta(&kid)),
+            Decision::Deny(DenyReason::OtherDevice)
+        );
+        assert_eq!(
+            decide(&parent, Action::Subscribe, "hearth/v1/dev/+/meta"),
+            Decision::Allow
+        );
+        assert_eq!(
+            decide(&child, Action::Subscribe, &meta(&kid)),
+            Decision::Allow
+        );
+        assert_eq!(
+            decide(&child, Action::Subscribe, "hearth/v1/dev/+/meta"),
+            Decision::Deny(DenyReason::WildcardDevice)
+        );
+        // Every member's device reads the hub's info; nobody writes it.
+        for who in [&child, &parent] {
+            assert_eq!(
+                decide(who, Action::Subscribe, "hearth/v1/hub/info"),
+                Decision::Allow
+            );
+            assert!(matches!(
+                decide(who, RETAIN, "hearth/v1/hub/info"),
+                Decision::Deny(_)
+            ));
+        }
+        assert!(matches!(
+            decide(&parent, Action::Subscribe, "hearth/v1/hub/#"),
+            Decision::Deny(_)
+        ));
+        let service = subject(&me, DeviceRole::Service);
+        assert_eq!(
+            decide(&service, Action::Subscribe, "hearth/v1/hub/info"),
+            Decision::Deny(DenyReason::NotGranted)
         );
     }
 
@@ -734,11 +804,14 @@ mod tests {
                     let inner = filter::split_shared(&topic).and_then(Result::ok).map(|(_, f)| f).unwrap_or(&topic);
                     let lv: Vec<&str> = inner.split('/').collect();
                     prop_assert!(role != DeviceRole::Service, "service allowed {topic} without grants");
+                    if action == Action::Subscribe && inner == "hearth/v1/hub/info" {
+                        continue;
+                    }
                     prop_assert!(lv.len() >= 5 && lv[..3] == ["hearth", "v1", "dev"], "{topic} allowed outside namespace");
                     if lv[3] != me.as_str() {
                         prop_assert_eq!(role, DeviceRole::Parent, "{} reached {} as {:?}", me, topic, role);
                         let ok = match action {
-                            Action::Subscribe => lv[4] == "state" || lv[4] == "tele",
+                            Action::Subscribe => ["state", "tele", "meta"].contains(&lv[4]),
                             _ => lv[4] == "cmd",
                         };
                         prop_assert!(ok, "parent {:?} allowed on {}", action, topic);

@@ -1,10 +1,15 @@
-//! Topic names of the version-1 namespace, `hearth/v1/dev/{device}/...`.
+//! Topic names of the version-1 namespace, `hearth/v1/dev/{device}/...`
+//! and the hub's own `hearth/v1/hub/info`.
 //! Built here, in one place, so the edge, the services and the tests agree.
 
 use crate::id::DeviceId;
 
 /// The root every device topic lives under.
 pub const DEVICE_ROOT: &str = "hearth/v1/dev";
+
+/// The hub's description and the limits devices must respect, retained
+/// (a [`crate::hub_info::HubInfo`]).
+pub const HUB_INFO: &str = "hearth/v1/hub/info";
 
 /// The per-device prefix, with a trailing `/`.
 pub fn device_prefix(device: &DeviceId) -> String {
@@ -29,6 +34,11 @@ pub fn cmd(device: &DeviceId, sub: &str) -> String {
 /// Where the hub delivers messages to the device.
 pub fn inbox(device: &DeviceId) -> String {
     format!("{DEVICE_ROOT}/{device}/inbox")
+}
+
+/// The device's own description, retained.
+pub fn meta(device: &DeviceId) -> String {
+    format!("{DEVICE_ROOT}/{device}/meta")
 }
 
 /// Where the device hands messages to the hub.

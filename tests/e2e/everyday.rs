@@ -668,3 +668,67 @@ fn lists_show_a_label_that_reorders_text_without_obeying_it() {
         .hearth_ok(&["device", "revoke", label])
         .contains(id.trim()));
 }
+
+#[test]
+fn a_device_issued_by_hand_runs_from_its_folder_and_is_never_overwritten() {
+    // Issue 18: `hearth device issue --out DIR` wrote no device.toml, so
+    // the reference device could not use the folder, and issuing again
+    // into it replaced a key silently.
+    let hub = TestHub::start();
+    hub.hearth_ok(&["member", "add", "Mum", "--role", "parent"]);
+    hub.hearth_ok(&["member", "add", "Ada", "--role", "child"]);
+    hub.hearth_ok(&["contacts", "allow", "Ada", "Mum"]);
+    let issue = |member: &str, dir: &Path, extra: &[&str]| -> Output {
+        let mut args = vec![
+            "device",
+            "issue",
+            "--member",
+            member,
+            "--label",
+            "by hand",
+            "--out",
+            dir.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        hub.hearth(&args)
+    };
+    let (mum, ada) = (hub.dir.path().join("mum"), hub.dir.path().join("ada"));
+    for (member, dir) in [("Mum", &mum), ("Ada", &ada)] {
+        let out = issue(member, dir, &[]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let settings = std::fs::read_to_string(dir.join("device.toml")).unwrap();
+        assert!(
+            settings.contains(&format!("device_id = \"{}\"", text(&out.stdout).trim())),
+            "{settings}"
+        );
+    }
+    // The folder is all the reference device needs: it sends and reads.
+    let sent = hearth_device(&mum, &["send", "--to", "Ada", "--text", "tea's ready"]);
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    let inbox = hearth_device(&ada, &["inbox", "--wait", "3"]);
+    assert!(
+        text(&inbox.stdout).contains("tea's ready"),
+        "{}",
+        text(&inbox.stdout)
+    );
+
+    // Issuing into it again is refused before anything is issued.
+    let key = std::fs::read(ada.join("device.key")).unwrap();
+    let devices_before = hub.hearth_ok(&["device", "list"]).lines().count();
+    let err = failed(&issue("Ada", &ada, &[]));
+    assert!(
+        err.contains("already holds a device") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(ada.join("device.key")).unwrap(), key);
+    assert_eq!(
+        hub.hearth_ok(&["device", "list"]).lines().count(),
+        devices_before
+    );
+    // --force replaces it, and the new device works.
+    let out = issue("Ada", &ada, &["--force"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_ne!(std::fs::read(ada.join("device.key")).unwrap(), key);
+    let sent = hearth_device(&ada, &["send", "--to", "Mum", "--text", "thanks"]);
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+}

@@ -616,3 +616,73 @@ async fn a_burst_of_sends_from_several_devices_is_stored_in_full() {
     }
     assert_eq!(db_count(&hub.data, "messages"), (3 * PER_DEVICE) as i64);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_device_reads_the_hubs_limits_and_the_reference_device_keeps_them() {
+    // Issue 18: an oversize send ended in "Connection reset by peer" (or a
+    // 16 MiB figure that was not the hub's limit).
+    let hub = TestHub::start_with("[mailbox]\nmax_image_bytes = 1000\n", &[]);
+    let mum = hub.device("Mum", "parent");
+    let ada = hub.device("Ada", "child");
+    let (client, mut events) = rumqttc::AsyncClient::new(mqtt_v4(&hub, &ada, &ada.id), 10);
+    v4_connected(&mut events).await.unwrap();
+    client
+        .subscribe("hearth/v1/hub/info", QoS::AtMostOnce)
+        .await
+        .unwrap();
+    let info = v4_next_publish(&mut events, Duration::from_secs(5))
+        .await
+        .expect("the hub's info is retained");
+    assert!(info.retain);
+    let info: hearth_protocol::hub_info::HubInfo = serde_json::from_slice(&info.payload).unwrap();
+    assert_eq!(info.mailbox.max_image_bytes, 1000);
+    assert_eq!(info.max_packet_bytes, 8 * 1024 * 1024);
+    // Nobody may write it: a device's attempt is refused (the check at the
+    // end reads the hub's own document still).
+    client
+        .publish("hearth/v1/hub/info", QoS::AtLeastOnce, true, "{}")
+        .await
+        .unwrap();
+    let driver = v4_drive(events);
+    assert!(wait_audit(&hub, |e| e.event == "denied").is_some());
+    driver.abort();
+    drop(client);
+
+    let picture = hub.dir.path().join("big.png");
+    std::fs::write(&picture, vec![7u8; 2000]).unwrap();
+    let out = hearth_device(
+        &mum.dir,
+        &["send", "--to", "Ada", "--image", picture.to_str().unwrap()],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("not sent: the picture is 2000 bytes; this hub takes at most 1000 bytes"),
+        "{stderr}"
+    );
+    assert!(hub.hearth_ok(&["mailbox"]).contains("empty"));
+    std::fs::write(&picture, vec![7u8; 1000]).unwrap();
+    let out = hearth_device(
+        &mum.dir,
+        &["send", "--to", "Ada", "--image", picture.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The retained info is still the hub's own.
+    let (client, mut events) = rumqttc::AsyncClient::new(mqtt_v4(&hub, &mum, &mum.id), 10);
+    v4_connected(&mut events).await.unwrap();
+    client
+        .subscribe("hearth/v1/hub/info", QoS::AtMostOnce)
+        .await
+        .unwrap();
+    let again = v4_next_publish(&mut events, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<hearth_protocol::hub_info::HubInfo>(&again.payload).unwrap(),
+        info
+    );
+}

@@ -294,3 +294,57 @@ fn the_audit_is_readable_with_the_cli() {
     let none = hub.hearth_ok(&["audit", "--since", "0"]);
     assert!(!none.is_empty());
 }
+
+#[test]
+fn a_revoked_reference_device_stops_retrying_and_says_why() {
+    // Issue 18: a revoked device retried forever with `CertificateUnknown`.
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let hub = TestHub::start();
+    let toy = hub.device("Ada", "child");
+    let mut run = Command::new(hearth_device_bin())
+        .arg("--dir")
+        .arg(&toy.dir)
+        .args(["run", "--interval", "0.2"])
+        .env_remove("HEARTH_DEVICE_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run hearth-device");
+    let stdout = BufReader::new(run.stdout.take().unwrap());
+    let connected = stdout
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.starts_with("connected"));
+    assert!(connected, "the device never connected");
+    hub.hearth_ok(&["device", "revoke", &toy.id]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = run.kill();
+            let mut stderr = String::new();
+            let _ = std::io::Read::read_to_string(&mut run.stderr.take().unwrap(), &mut stderr);
+            panic!("the revoked device was still retrying after 20 s: {stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut run.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("no longer accepts this device") && stderr.contains("pair it again"),
+        "{stderr}"
+    );
+    // Started again (a full TLS handshake, no session to resume), it says
+    // so at once rather than retrying.
+    let started = Instant::now();
+    let again = hearth_device(&toy.dir, &["run", "--interval", "0.2"]);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success());
+    assert!(stderr.contains("no longer accepts this device"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{stderr}");
+}

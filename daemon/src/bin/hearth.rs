@@ -566,6 +566,11 @@ fn issue(
         Some(name) => Owner::Member(name),
         None => Owner::Service,
     };
+    // Checked before the hub issues anything: a refused directory leaves
+    // no certificate behind.
+    if let Some(dir) = &args.out {
+        refuse_existing_device(dir, args.force)?;
+    }
     let (csr_pem, key) = match &args.csr {
         Some(path) => (
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
@@ -585,6 +590,7 @@ fn issue(
         owner,
         label: args.label,
         csr_pem,
+        host: args.host,
     })?
     else {
         bail!("unexpected answer from hearthd");
@@ -594,7 +600,7 @@ fn issue(
             create_private_dir(dir)?;
             let key = key.expect("a key is made when --out is given");
             write_with_mode(
-                &dir.join("device.key"),
+                &dir.join(DEVICE_FILES[0]),
                 key.serialize_pem().as_bytes(),
                 0o600,
             )?;
@@ -613,12 +619,42 @@ fn issue(
     let chain = format!("{}{}", issued.certificate_pem, issued.ca_pem);
     write_with_mode(&cert_path, chain.as_bytes(), 0o644)?;
     write_with_mode(&ca_path, issued.ca_pem.as_bytes(), 0o644)?;
+    if let (Some(dir), Some(settings)) = (&args.out, &issued.settings) {
+        // Last, as the device does: a half-written directory never looks
+        // like a complete device.
+        let text = toml::to_string(settings).context("writing device.toml")?;
+        write_with_mode(&dir.join(DEVICE_FILES[1]), text.as_bytes(), 0o644)?;
+    }
     if !json {
         writeln!(out, "{}", issued.device_id)?;
         eprintln!(
             "certificate: {}\nhub CA:      {}",
             cert_path.display(),
             ca_path.display()
+        );
+    }
+    Ok(())
+}
+
+/// The files that make a directory a device's: its key and its settings
+/// (the names the reference device uses).
+const DEVICE_FILES: [&str; 2] = ["device.key", "device.toml"];
+
+/// Refuses to write a device into a directory that holds one already,
+/// unless `force`: its key would be lost.
+fn refuse_existing_device(dir: &Path, force: bool) -> Result<()> {
+    let existing: Vec<&str> = DEVICE_FILES
+        .iter()
+        .copied()
+        .filter(|f| dir.join(f).exists())
+        .collect();
+    if !existing.is_empty() && !force {
+        bail!(
+            "{} already holds a device ({}); nothing was issued. Choose another directory, \
+             or pass --force to replace it (the old certificate stays valid until \
+             `hearth device remove ID`)",
+            dir.display(),
+            existing.join(", ")
         );
     }
     Ok(())

@@ -338,7 +338,17 @@ pub struct IssueArgs {
     /// path with the extension .pem); the CA goes to ca.pem beside it.
     #[arg(long, value_name = "FILE", requires = "csr")]
     pub cert_out: Option<PathBuf>,
-    /// Make a key here and write device.key (0600), device.pem and ca.pem.
+    /// Make a key here and write what the reference device needs: device.key
+    /// (0600), device.pem, ca.pem and device.toml (the hub's address, ports
+    /// and CA fingerprint). Refuses a directory that already holds a device.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// With --out: replace the device already in DIR (its old certificate
+    /// stays valid until `hearth device remove` or `revoke`).
+    #[arg(long, requires = "out")]
+    pub force: bool,
+    /// The address the device reaches the hub at, written to device.toml
+    /// (default: the one `hearth pair` would put in a pairing URI).
+    #[arg(long)]
+    pub host: Option<String>,
 }

@@ -298,7 +298,7 @@ impl Edge {
             _ = ticket.evicted() => return,
             handshake = timeout_at(deadline, self.tls.accept(tcp)) => handshake,
         };
-        let stream = match handshake {
+        let mut stream = match handshake {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
                 let (reason, device) = tls::refusal_reason(&e);
@@ -333,6 +333,7 @@ impl Edge {
             sha.and_then(|sha| Some((sha, self.hub.registry.lookup(&sha)?)))
         else {
             self.refuse_revoked(named, sha, peer_addr);
+            answer_not_authorized(&mut stream, self.limits.max_packet, deadline).await;
             return;
         };
         // Reachable by a revocation from here on; the lookup after it is
@@ -346,6 +347,7 @@ impl Edge {
             .filter(|now| now.device == identity.device)
         else {
             self.refuse_revoked(Some(identity.device), Some(sha), peer_addr);
+            answer_not_authorized(&mut stream, self.limits.max_packet, deadline).await;
             return;
         };
         // Authenticated: out of the handshake budget, into a slot.
@@ -744,6 +746,40 @@ impl Edge {
             .map_err(FrameError::MalformedConnect)?;
         Ok((version, packet, frame.len))
     }
+}
+
+/// The protocol's answer to a client whose TLS session began (a resumed
+/// session skips the certificate check) but whose certificate is no
+/// longer accepted: its CONNECT gets CONNACK "not authorized", so a device
+/// learns it was revoked instead of seeing the connection drop, and stops
+/// retrying. Waits for the CONNECT no longer than the handshake deadline.
+async fn answer_not_authorized<S>(client: &mut S, max_packet: usize, deadline: Instant)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut inbound = BytesMut::new();
+    let version = timeout_at(deadline, async {
+        loop {
+            match mqtt::next_frame(&inbound, max_packet) {
+                Ok(Some(frame)) if frame.kind() == kind::CONNECT => {
+                    return mqtt::connect_version(&inbound, &frame).ok();
+                }
+                Ok(None) => {}
+                Ok(Some(_)) | Err(_) => return None,
+            }
+            match relay::read_client(client, &mut inbound).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    if let Ok(Some(version)) = version {
+        let _ = client
+            .write_all(inspect::connack_not_authorized(version))
+            .await;
+    }
+    let _ = client.shutdown().await;
 }
 
 /// How long a new connection waits for the previous connection of the same

@@ -74,6 +74,7 @@ impl Hub {
             device_id: device,
             certificate_pem: issued.pem,
             ca_pem: self.ca.cert_pem().to_owned(),
+            settings: None,
         })
     }
 

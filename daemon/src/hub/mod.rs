@@ -6,6 +6,8 @@
 
 pub mod devices;
 pub mod household;
+pub mod pairing;
+pub mod reports;
 pub mod retained;
 pub mod sessions;
 
@@ -122,13 +124,33 @@ pub enum HubError {
     /// Taking back a grant the device does not have.
     #[error("{0} has no such grant; nothing changed")]
     NoSuchGrant(DeviceId),
+    /// A pairing window's time is out of range.
+    #[error(
+        "the window must stay open between 1 second and {} hours",
+        crate::pairing::MAX_TTL.as_secs() / 3600
+    )]
+    PairingTime,
+    /// Devices could not reach the hub at the pairing URI's host; the text
+    /// says what to change.
+    #[error("{0}")]
+    PairingHost(String),
+    /// A backup's passphrase or recipient key is not usable.
+    #[error("backup key: {0}")]
+    BadBackupKey(String),
+    /// Something the hub stored does not read back (a damaged file, a key
+    /// that does not open a message): the hub's fault.
+    #[error("{0}")]
+    Unreadable(String),
 }
 
 impl HubError {
     /// Whether the hub itself failed (as opposed to the request): a
     /// database or CA failure, which the caller may retry later.
     pub fn is_internal(&self) -> bool {
-        matches!(self, HubError::Store(_) | HubError::Ca(_))
+        matches!(
+            self,
+            HubError::Store(_) | HubError::Ca(_) | HubError::Unreadable(_)
+        )
     }
 }
 
