@@ -339,6 +339,7 @@ impl Env {
                                 owner: Owner::Member(serde_name(member)?),
                                 label: serde_name(&format!("bench-{i}"))?,
                                 csr_pem: csr,
+                                host: None,
                             },
                         )?;
                         let AdminResponse::DeviceIssued(issued) = answer else {
