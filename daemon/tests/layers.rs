@@ -30,7 +30,8 @@ const LAYERS: &[(&str, &[&str])] = &[
             "pairing",
             "admission",
             // The mailbox key: the mailbox's own file, but backup (a hub
-            // part) copies the key file, so it sits in this layer.
+            // part) copies the key file and hub/reports.rs opens messages
+            // for a member's export, so it sits in this layer.
             "mailbox::seal",
         ],
     ),
