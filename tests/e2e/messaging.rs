@@ -364,6 +364,12 @@ async fn a_refusal_is_audited_for_the_rule_that_refused_whatever_the_recipient_i
         .await;
     let r = ada_mail.receipt("c2", ReceiptStatus::Refused).await;
     assert!(r.reason.unwrap().contains("no member"));
+    // The envelope parser quotes an unknown kind back in its reason.
+    ada_mail
+        .send(json!({"v": 1, "type": "send", "ref": "c3", "to": "Mum", "kind": "is revoked"}))
+        .await;
+    let r = ada_mail.receipt("c3", ReceiptStatus::Refused).await;
+    assert!(r.reason.unwrap().contains("is revoked"));
 
     let refused = |class: &'static str| {
         let ada = ada.id.clone();
@@ -373,7 +379,11 @@ async fn a_refusal_is_audited_for_the_rule_that_refused_whatever_the_recipient_i
                 && e.reason.as_deref() == Some(class)
         }
     };
-    for class in ["contact not allowed", "unknown recipient"] {
+    for class in [
+        "contact not allowed",
+        "unknown recipient",
+        "invalid message",
+    ] {
         assert!(
             wait_audit(&hub, refused(class)).is_some(),
             "no {class:?} refusal: {:#?}",
@@ -385,7 +395,7 @@ async fn a_refusal_is_audited_for_the_rule_that_refused_whatever_the_recipient_i
         .filter(|e| e.event == "message-refused")
         .map(|e| e.reason)
         .collect();
-    assert_eq!(classes.len(), 2, "{classes:?}");
+    assert_eq!(classes.len(), 3, "{classes:?}");
 }
 
 #[tokio::test]

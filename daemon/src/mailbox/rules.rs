@@ -92,28 +92,6 @@ impl Class {
             Class::Invalid => "invalid message",
         }
     }
-
-    /// The class of a reason given as words only: an envelope that did not
-    /// parse (protocol::mailbox) or a quota (quota.rs). Every refusal the
-    /// rules here make carries its class instead, so a recipient named like
-    /// another reason cannot change what the audit says.
-    pub(super) fn of_words(reason: &str) -> Class {
-        const NEEDLES: &[(&str, Class)] = &[
-            ("max_sender_bytes_per_day", Class::SenderQuota),
-            ("max_pending_bytes_per_device", Class::PendingBytesQuota),
-            ("max_total_bytes", Class::TotalQuota),
-            ("min_free_bytes", Class::FreeSpace),
-            ("base64", Class::NotBase64),
-            ("content_type", Class::BadContentType),
-            ("bytes", Class::TooLarge),
-            ("JSON", Class::NotJson),
-            ("version", Class::UnsupportedVersion),
-        ];
-        NEEDLES
-            .iter()
-            .find(|(needle, _)| reason.contains(needle))
-            .map_or(Class::Invalid, |(_, class)| *class)
-    }
 }
 
 /// A send not taken: the words the sender is told, and the audit's class.
@@ -124,17 +102,34 @@ pub(super) struct Refusal {
 }
 
 impl Refusal {
-    fn new(class: Class, reason: impl Into<String>) -> Refusal {
+    pub(super) fn new(class: Class, reason: impl Into<String>) -> Refusal {
         Refusal {
             class,
             reason: reason.into(),
         }
     }
 
-    /// A refusal given as words only (see [`Class::of_words`]).
-    pub(super) fn from_words(reason: impl Into<String>) -> Refusal {
-        let reason = reason.into();
-        Refusal::new(Class::of_words(&reason), reason)
+    /// An outbox payload that is not an envelope
+    /// (`hearth_protocol::mailbox::parse_outbox`'s reason). Classed by how
+    /// the reason begins, never by what follows: a parser's words may
+    /// quote the payload (an unknown `kind` is echoed back).
+    pub(super) fn bad_envelope(reason: String) -> Refusal {
+        let class = if reason.starts_with("not JSON") {
+            Class::NotJson
+        } else if reason.starts_with("envelope version")
+            || reason.starts_with("the envelope has no version")
+        {
+            Class::UnsupportedVersion
+        } else {
+            Class::Invalid
+        };
+        Refusal::new(class, reason)
+    }
+
+    /// The checked content would not encode for sealing (it always does:
+    /// it was decoded from JSON).
+    pub(super) fn unencodable(e: &serde_json::Error) -> Refusal {
+        Refusal::new(Class::Invalid, e.to_string())
     }
 
     /// The store failed: nothing was kept, and the sender may try again.
@@ -498,30 +493,31 @@ mod tests {
     }
 
     #[test]
-    fn reasons_given_as_words_keep_their_audit_class() {
-        for (reason, class) in [
-            (
-                "quota mailbox.max_sender_bytes_per_day reached (5 bytes a day)",
-                "quota mailbox.max_sender_bytes_per_day",
-            ),
-            (
-                "quota mailbox.min_free_bytes reached (less than 5 bytes free on the hub)",
-                "quota mailbox.min_free_bytes",
-            ),
-            ("not JSON: expected value", "not JSON"),
-            ("envelope version 2 is not supported", "unsupported version"),
-            ("something else", "invalid message"),
-        ] {
-            assert_eq!(
-                Refusal::from_words(reason).class.as_str(),
-                class,
-                "{reason}"
-            );
+    fn an_envelope_that_does_not_parse_is_classed_by_what_failed_not_by_what_it_quotes() {
+        let class = |payload: &[u8]| {
+            let reason = mailbox::parse_outbox(payload).unwrap_err().reason;
+            Refusal::bad_envelope(reason).class.as_str()
+        };
+        assert_eq!(class(b"{not json"), "not JSON");
+        assert_eq!(
+            class(br#"{"v":9,"type":"ack","id":"x"}"#),
+            "unsupported version"
+        );
+        assert_eq!(class(br#"{"type":"ack","id":"x"}"#), "unsupported version");
+        // The parser echoes an unknown kind; the audit must not follow it.
+        for kind in ["max_total_bytes", "base64", "is revoked"] {
+            let payload =
+                format!(r#"{{"v":1,"type":"send","ref":"r","to":"Mum","kind":"{kind}"}}"#);
+            assert_eq!(class(payload.as_bytes()), "invalid message", "{kind}");
         }
         assert_eq!(Refusal::try_again().class.as_str(), "store failed");
         assert_eq!(
             Refusal::not_a_members_device(true).class.as_str(),
             "the sending device is revoked"
+        );
+        assert_eq!(
+            Refusal::not_a_members_device(false).class.as_str(),
+            "invalid message"
         );
     }
 

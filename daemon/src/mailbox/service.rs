@@ -237,7 +237,7 @@ impl Mailbox {
             Err(BadEnvelope { reference, reason }) => self.refuse(
                 &sender,
                 reference.unwrap_or_default(),
-                Refusal::from_words(reason),
+                Refusal::bad_envelope(reason),
             ),
         }
     }
@@ -340,16 +340,12 @@ impl Mailbox {
         devices: &[DeviceId],
     ) -> Result<StoredMessage, Refusal> {
         let id = hex::encode(crate::random_bytes::<16>());
-        let plain = serde_json::to_vec(content).map_err(|e| Refusal::from_words(e.to_string()))?;
+        let plain = serde_json::to_vec(content).map_err(|e| Refusal::unencodable(&e))?;
         // Sized as sealed: the content, the nonce and the tag.
         let size = plain.len() as u64 + 40;
-        if let Err(quota::OverQuota(reason)) = self
-            .quotas
+        self.quotas
             .check(store, sender, devices, size)
-            .map_err(store_failed)?
-        {
-            return Err(Refusal::from_words(reason));
-        }
+            .map_err(store_failed)??;
         let sealed = self.seal.seal(&id, &send.to, &plain);
         drop(plain);
         let now = crate::unix_now();
