@@ -31,7 +31,7 @@ struct Args {
     /// Measured window, seconds.
     #[arg(long, default_value_t = 5.0)]
     window: f64,
-    /// Scenarios to run, comma-separated (qos0,qos1,fanout,fanin,paced,idle,startup,mailbox).
+    /// Scenarios to run, comma-separated (qos0,qos1,fanout,fanin,paced,idle,startup,mailbox,home).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
     /// Payload bytes.
@@ -193,6 +193,8 @@ async fn run(args: Args) -> Result<()> {
             idle: args.idle,
             idle_concurrency: 32,
             mailbox_window: args.mailbox_window,
+            home_slow: 200,
+            home_fast: 20,
         }
     };
     let runs = if smoke { 1 } else { args.runs.max(1) };
@@ -247,8 +249,11 @@ async fn run(args: Args) -> Result<()> {
     });
     eprintln!("machine: {machine}");
 
-    let parents = 2 + params.fanout_subs;
-    let children = params.idle.max(params.fanin_devices).max(1);
+    let parents = 3 + params.fanout_subs;
+    let children = params
+        .idle
+        .max(params.fanin_devices)
+        .max(1 + params.home_slow + params.home_fast);
     eprintln!(
         "preparing the hub data dir and {} devices...",
         parents + children

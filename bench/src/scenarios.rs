@@ -39,6 +39,10 @@ pub struct Params {
     pub idle_concurrency: usize,
     /// Outstanding mailbox sends.
     pub mailbox_window: usize,
+    /// Home scenario: devices sending telemetry once a second.
+    pub home_slow: usize,
+    /// Home scenario: devices sending telemetry 20 times a second.
+    pub home_fast: usize,
 }
 
 impl Params {
@@ -57,6 +61,8 @@ impl Params {
             idle: 20,
             idle_concurrency: 8,
             mailbox_window: 8,
+            home_slow: 10,
+            home_fast: 2,
         }
     }
 }
@@ -109,11 +115,14 @@ pub enum Scenario {
     Startup,
     /// Hearth's durable mailbox (no Mosquitto equivalent).
     Mailbox,
+    /// A home: many devices, a little telemetry each, a parent's phone
+    /// watching all of it, a command and a family message every second.
+    Home,
 }
 
 impl Scenario {
     /// All, in order.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::Qos0,
         Scenario::Qos1,
         Scenario::FanOut,
@@ -122,6 +131,7 @@ impl Scenario {
         Scenario::Idle,
         Scenario::Startup,
         Scenario::Mailbox,
+        Scenario::Home,
     ];
     /// Its name on the command line and in reports.
     pub fn name(self) -> &'static str {
@@ -134,6 +144,7 @@ impl Scenario {
             Scenario::Idle => "idle",
             Scenario::Startup => "startup",
             Scenario::Mailbox => "mailbox",
+            Scenario::Home => "home",
         }
     }
     /// Whether Mosquitto can run it.
@@ -427,6 +438,7 @@ pub async fn run(
         Scenario::Idle => idle(b, pool, p).await,
         Scenario::Startup => startup(b, p, ready).await,
         Scenario::Mailbox => mailbox(b, pool, p).await,
+        Scenario::Home => home(b, pool, p).await,
     }
 }
 
@@ -798,5 +810,216 @@ async fn mailbox(b: &Broker, pool: &Pool, p: &Params) -> Result<Outcome> {
         ],
         gen_cpu: gen,
         count: n,
+    })
+}
+
+/// The home workload (issue 20): `home_slow` devices at 1 msg/s and
+/// `home_fast` at 20 msg/s publish telemetry (QoS 0) to a parent's phone
+/// subscribed to `hearth/v1/dev/+/tele/#`; another parent device sends one
+/// command (QoS 0) and one family message (QoS 1) a second to a child's
+/// device. On Hearth the message is a mailbox `send`, stored with a full
+/// sync and delivered to the child's inbox, which acknowledges it; on
+/// Mosquitto, which has no mailbox, the same envelope is published to the
+/// inbox directly. Latency covers every delivery: telemetry, commands and
+/// messages.
+async fn home(b: &Broker, pool: &Pool, p: &Params) -> Result<Outcome> {
+    let needed = 1 + p.home_slow + p.home_fast;
+    if pool.children.len() < needed || pool.parents.len() < 3 {
+        bail!("the home scenario needs {needed} child devices and 3 parent devices");
+    }
+    let (stop_tx, stop) = watch::channel(false);
+    let (rec_tx, rec) = watch::channel(false);
+    let got = Arc::new(AtomicU64::new(0));
+    let lat = Arc::new(Mutex::new(Vec::new()));
+    let mut phone = conn(b, &pool.parents[1]).await?;
+    phone.subscribe("hearth/v1/dev/+/tele/#", 0).await?;
+    let mut tasks = vec![spawn_subscriber(
+        phone,
+        got.clone(),
+        stop.clone(),
+        Some((lat.clone(), rec.clone())),
+    )];
+    // The child's device that gets the commands and the messages.
+    let toy = &pool.children[0];
+    let mut toy_conn = conn(b, toy).await?;
+    toy_conn
+        .subscribe(&format!("hearth/v1/dev/{}/cmd/#", toy.id()), 0)
+        .await?;
+    toy_conn
+        .subscribe(&format!("hearth/v1/dev/{}/inbox", toy.id()), 1)
+        .await?;
+    tasks.push(spawn_home_toy(
+        toy_conn,
+        toy.id().to_owned(),
+        got.clone(),
+        stop.clone(),
+        (lat.clone(), rec),
+    ));
+    let publishers = pool.children[1..needed].iter();
+    for (i, d) in publishers.enumerate() {
+        let rate = if i < p.home_slow { 1 } else { 20 };
+        let period = Duration::from_secs_f64(1.0 / f64::from(rate));
+        let phase = period.mul_f64(i as f64 / needed as f64);
+        let c = conn(b, d).await?;
+        tasks.push(spawn_paced(
+            c,
+            d.tele(),
+            p.payload,
+            rate,
+            phase,
+            stop.clone(),
+        ));
+    }
+    let commander = conn(b, &pool.parents[0]).await?;
+    tasks.push(spawn_paced(
+        commander,
+        format!("hearth/v1/dev/{}/cmd/led", toy.id()),
+        p.payload,
+        1,
+        Duration::from_millis(500),
+        stop.clone(),
+    ));
+    let sender = conn(b, &pool.parents[2]).await?;
+    tasks.push(spawn_home_messages(
+        sender,
+        pool.parents[2].id().to_owned(),
+        toy.id().to_owned(),
+        b.kind,
+        stop.clone(),
+    ));
+    let (m0, m1) = measure(b, p, &got, Some(&rec_tx)).await?;
+    let rss = b.stat()?.rss_kib;
+    finish(stop_tx, tasks).await?;
+    let (secs, n, cpu, gen) = delta(&m0, &m1);
+    let mut figures = latency_figures(&lat);
+    figures.push(fig("delivered", "msg/s", n as f64 / secs, true, true));
+    figures.push(fig(
+        "broker CPU",
+        "µs/msg",
+        cpu / n.max(1) as f64,
+        false,
+        false,
+    ));
+    figures.push(fig("broker RSS", "MiB", mib(rss), false, false));
+    Ok(Outcome {
+        figures,
+        gen_cpu: gen,
+        count: n,
+    })
+}
+
+/// The message body carries its send time, as the telemetry payload does.
+fn stamped_body() -> String {
+    format!("t={}", now_ns())
+}
+
+fn body_latency_us(body: &str) -> Option<u32> {
+    let sent: u64 = body.strip_prefix("t=")?.parse().ok()?;
+    Some((now_ns().saturating_sub(sent) / 1000) as u32)
+}
+
+/// The child's device: counts commands and messages, records their
+/// latency, acknowledges QoS 1 and every mailbox delivery.
+fn spawn_home_toy(
+    mut c: Client,
+    id: String,
+    counter: Arc<AtomicU64>,
+    mut stop: watch::Receiver<bool>,
+    (sink, record): Recorder,
+) -> JoinHandle<Result<()>> {
+    tokio::spawn(async move {
+        let outbox = format!("hearth/v1/dev/{id}/outbox");
+        let mut pid: u16 = 0;
+        let mut lat = Vec::new();
+        loop {
+            let mut n = 0;
+            let mut acks = Vec::new();
+            let recording = *record.borrow();
+            tokio::select! {
+                _ = stop.changed() => break,
+                r = c.rx.read(|pk| {
+                    let Packet::Publish { qos, pid: id, payload, topic } = pk else {
+                        return;
+                    };
+                    n += 1;
+                    if qos > 0 {
+                        encode_puback(&mut c.tx.buf, id);
+                    }
+                    let latency = if topic.ends_with(b"/inbox") {
+                        let v: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+                        if let Some(message) = v["id"].as_str() {
+                            acks.push(message.to_owned());
+                        }
+                        v["body"].as_str().and_then(body_latency_us)
+                    } else {
+                        latency_us(payload)
+                    };
+                    if let (true, Some(l)) = (recording, latency) {
+                        lat.push(l);
+                    }
+                }) => r?,
+            }
+            for message in acks {
+                pid = pid.checked_add(1).unwrap_or(1);
+                let ack = serde_json::json!({"v": 1, "type": "ack", "id": message});
+                encode_publish(&mut c.tx.buf, &outbox, 1, pid, ack.to_string().as_bytes());
+            }
+            counter.fetch_add(n, Ordering::Relaxed);
+            if !c.tx.buf.is_empty() {
+                c.tx.flush().await?;
+            }
+            if !lat.is_empty() {
+                sink.lock().expect("latency sink").append(&mut lat);
+            }
+        }
+        Ok(())
+    })
+}
+
+/// A parent's device sending one family message a second to `to`: a
+/// mailbox `send` on Hearth, the delivery envelope straight to the inbox
+/// on Mosquitto.
+fn spawn_home_messages(
+    mut c: Client,
+    me: String,
+    to: String,
+    kind: Kind,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<Result<()>> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut n: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = tick.tick() => {}
+                // Drain PUBACKs and receipts.
+                r = c.rx.read(|_| {}) => { r?; continue; }
+            }
+            n += 1;
+            let pid = u16::try_from(n % 60_000 + 1).unwrap_or(1);
+            let (topic, envelope) = match kind {
+                Kind::Hearth => (
+                    format!("hearth/v1/dev/{me}/outbox"),
+                    serde_json::json!({"v": 1, "type": "send", "ref": format!("home-{n}"),
+                        "to": to, "kind": "text", "body": stamped_body()}),
+                ),
+                _ => (
+                    format!("hearth/v1/dev/{to}/inbox"),
+                    serde_json::json!({"v": 1, "type": "delivery", "id": format!("m{n}"),
+                        "kind": "text", "body": stamped_body()}),
+                ),
+            };
+            encode_publish(
+                &mut c.tx.buf,
+                &topic,
+                1,
+                pid,
+                envelope.to_string().as_bytes(),
+            );
+            c.tx.flush().await?;
+        }
+        Ok(())
     })
 }

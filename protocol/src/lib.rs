@@ -9,6 +9,7 @@ pub mod household;
 pub mod hub_info;
 pub mod id;
 pub mod mailbox;
+pub mod meta;
 pub mod mqtt;
 pub mod pairing;
 pub mod pki;

@@ -16,5 +16,6 @@ mod messaging;
 mod pairing;
 mod refusals;
 mod revocation;
+mod sdk_python;
 mod support;
 mod tls_scan;

@@ -4,6 +4,7 @@
 //! the mailbox) calls its operations in [`devices`] and [`household`] and
 //! maps [`HubError`] to its own protocol.
 
+pub mod device_check;
 pub mod devices;
 pub mod household;
 pub mod pairing;
