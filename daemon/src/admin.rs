@@ -165,6 +165,10 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
                 ))
             })
             .map_err(reply),
+        AdminRequest::DeviceCheck { id } => hub
+            .device_check(&id)
+            .map(|lines| AdminResponse::DeviceChecked { id, lines })
+            .map_err(reply),
         AdminRequest::MemberRemove { name } => {
             let name = hub.member_named(name);
             hub.remove_member(&name)

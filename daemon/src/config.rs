@@ -67,6 +67,29 @@ pub struct Config {
     pub mailbox: MailboxSection,
     /// The hub itself.
     pub hub: HubSection,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsSection,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Serve `/metrics` (off by default).
+    pub enabled: bool,
+    /// Where; loopback unless you choose otherwise (the figures carry
+    /// no names, but they say when the household is active).
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            enabled: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
 }
 
 /// `[hub]`

@@ -82,6 +82,10 @@ pub async fn run(
         Some(addr) => Some(bind("dev.listen", addr).await?),
         None => None,
     };
+    let metrics = match config.metrics.enabled {
+        true => Some(bind("metrics.listen", config.metrics.listen).await?),
+        false => None,
+    };
     let store = StoreHandle::open(&data_dir)
         .map_err(|e| DaemonError::Config(format!("data dir {}: {e}", data_dir.display())))?;
     let new_hub = !data_dir.join("ca.pem").exists() && !data_dir.join("ca.key").exists();
@@ -204,6 +208,12 @@ pub async fn run(
             address: local_addr(dev),
         });
     }
+    if let Some(metrics) = &metrics {
+        listeners.push(ListenerInfo {
+            name: "metrics".into(),
+            address: local_addr(metrics),
+        });
+    }
     listeners.push(ListenerInfo {
         name: "admin".into(),
         address: admin_path.display().to_string(),
@@ -240,6 +250,12 @@ pub async fn run(
             audit_days: config.audit.retention_days,
             message_secs: config.mailbox.expiry_secs,
         },
+        observations: Arc::default(),
+        check_limits: crate::hub::device_check::CheckLimits {
+            max_payload: config.limits.max_payload,
+            telemetry_per_sec: crate::hub::device_check::TELEMETRY_PER_SEC,
+        },
+        metrics: Arc::default(),
     });
 
     let edge = Arc::new(Edge {
@@ -300,6 +316,14 @@ pub async fn run(
     ));
     tracker.spawn(mailbox.run(outbox, subscribed, stop.child_token()));
     tracker.spawn(retire_renewed(Arc::clone(&hub), stop.child_token()));
+    if let Some(metrics) = metrics {
+        tracker.spawn(crate::scrape::serve(
+            metrics,
+            Arc::clone(&hub),
+            stop.child_token(),
+            tracker.clone(),
+        ));
+    }
     tracker.spawn(admin::serve(
         admin_listener,
         hub,

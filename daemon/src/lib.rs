@@ -21,8 +21,10 @@ pub mod exit;
 pub mod hub;
 pub mod logging;
 pub mod mailbox;
+pub mod metrics;
 pub mod pairing;
 pub mod registry;
+pub mod scrape;
 pub mod store;
 pub mod sync;
 

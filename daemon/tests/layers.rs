@@ -33,12 +33,13 @@ const LAYERS: &[(&str, &[&str])] = &[
             // part) copies the key file and hub/reports.rs opens messages
             // for a member's export, so it sits in this layer.
             "mailbox::seal",
+            "metrics",
         ],
     ),
     ("hub", &["hub"]),
     (
         "adapters",
-        &["edge", "mailbox", "admin", "enroll", "discovery"],
+        &["edge", "mailbox", "admin", "enroll", "discovery", "scrape"],
     ),
     ("daemon", &["daemon"]),
 ];

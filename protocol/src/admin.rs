@@ -48,6 +48,11 @@ pub enum AdminRequest {
         /// The device.
         id: DeviceId,
     },
+    /// What the hub observed of a device, judged line by line.
+    DeviceCheck {
+        /// The device.
+        id: DeviceId,
+    },
     /// Removes a member and revokes and deletes their devices.
     MemberRemove {
         /// The nickname.
@@ -159,6 +164,13 @@ pub enum AdminResponse {
     Devices {
         /// Every device, oldest first.
         devices: Vec<DeviceInfo>,
+    },
+    /// Answer to [`AdminRequest::DeviceCheck`].
+    DeviceChecked {
+        /// The device.
+        id: DeviceId,
+        /// One line per thing checked.
+        lines: Vec<CheckLine>,
     },
     /// The request was carried out; the text says what happened.
     Done {
@@ -418,4 +430,27 @@ pub struct ContactRule {
     pub to: MemberName,
     /// Allowed or denied.
     pub allowed: bool,
+}
+
+/// One line of `hearth device check`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckLine {
+    /// What is checked ("TLS", "acknowledgements"...).
+    pub item: String,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Why, in words for a toy maker.
+    pub reason: String,
+}
+
+/// How a line of `hearth device check` went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// As the hub expects.
+    Pass,
+    /// Works, but should change.
+    Warn,
+    /// Does not work as a Hearth device must.
+    Fail,
 }

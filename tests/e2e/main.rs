@@ -13,6 +13,7 @@ mod everyday;
 mod foreign;
 mod hub_core;
 mod messaging;
+mod metrics;
 mod pairing;
 mod refusals;
 mod revocation;

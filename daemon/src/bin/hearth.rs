@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use hearth_daemon::datadir::{create_private_dir, write_with_mode};
 use hearth_protocol::admin::{
-    AdminRequest, AdminResponse, AuditEntry, DeviceInfo, DeviceStatus, MemberInfo,
+    AdminRequest, AdminResponse, AuditEntry, DeviceInfo, DeviceStatus, MemberInfo, Verdict,
 };
 use hearth_protocol::policy::Direction;
 use hearth_protocol::{terminal, DeviceId, MemberName, Owner, Role};
@@ -113,6 +113,28 @@ fn run(cli: Cli) -> Result<()> {
             json,
             &mut out,
         )?,
+        Command::Device(DeviceCommand::Check { id }) => {
+            let AdminResponse::DeviceChecked { id, lines } =
+                ask(AdminRequest::DeviceCheck { id: device(&id)? })?
+            else {
+                bail!("unexpected answer from hearthd");
+            };
+            if !json {
+                writeln!(out, "device {id}")?;
+                for line in &lines {
+                    let verdict = match line.verdict {
+                        Verdict::Pass => "pass",
+                        Verdict::Warn => "WARN",
+                        Verdict::Fail => "FAIL",
+                    };
+                    writeln!(out, "{verdict}  {:<20} {}", line.item, line.reason)?;
+                }
+            }
+            if lines.iter().any(|l| l.verdict == Verdict::Fail) {
+                out.flush()?;
+                std::process::exit(1);
+            }
+        }
         Command::Device(DeviceCommand::Remove { id }) => print_done(
             ask(AdminRequest::DeviceRemove { id: device(&id)? })?,
             json,

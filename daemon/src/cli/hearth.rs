@@ -313,6 +313,13 @@ pub enum DeviceCommand {
         /// The device: id, id prefix (4+ characters) or label.
         id: DeviceRef,
     },
+    /// What the hub observed of a device in its last sessions, judged line
+    /// by line (pass, warn, fail): a toy maker's checklist. Exits 1 when a
+    /// line fails.
+    Check {
+        /// The device: id, id prefix (4+ characters) or label.
+        id: DeviceRef,
+    },
 }
 
 #[derive(Debug, ClapArgs)]

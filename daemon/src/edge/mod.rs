@@ -303,6 +303,7 @@ impl Edge {
             Ok(Err(e)) => {
                 let (reason, device) = tls::refusal_reason(&e);
                 tracing::warn!(peer = %peer_addr, reason = %reason, "handshake refused");
+                self.hub.metrics.handshake(Some(&reason));
                 self.hub.audit.record(Event {
                     device,
                     event: "handshake-refused",
@@ -352,6 +353,7 @@ impl Edge {
         };
         // Authenticated: out of the handshake budget, into a slot.
         drop(ticket);
+        self.hub.metrics.handshake(None);
         let Ok(Ok(_permit)) = timeout_at(deadline, Arc::clone(&self.slots).acquire_owned()).await
         else {
             tracing::warn!(device = %identity.device, "no connection slot free before the deadline");
@@ -380,6 +382,7 @@ impl Edge {
             Some(_) => "unknown device",
             None => "no client certificate",
         };
+        self.hub.metrics.handshake(Some(reason));
         self.hub.audit.record(Event {
             device,
             event: "handshake-refused",
@@ -597,17 +600,15 @@ impl Edge {
                 });
             }
             let expiry_at_disconnect = Arc::clone(&traits.expiry_at_disconnect);
-            let result = relay::run(
-                self,
-                &peer,
+            let result = relay::Connection {
+                edge: self,
+                peer: &peer,
                 version,
-                &client_id,
-                client,
-                &mut broker,
-                inbound,
+                client_id: &client_id,
                 traits,
                 stop,
-            )
+            }
+            .run(client, &mut broker, inbound)
             .await;
             // 5 §3.14.2.2.2: a DISCONNECT may change the session's expiry.
             let at_disconnect = *crate::sync::lock(&expiry_at_disconnect);

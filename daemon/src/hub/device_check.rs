@@ -7,6 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
+use hearth_protocol::admin::{CheckLine, Verdict};
 use hearth_protocol::DeviceId;
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +18,9 @@ pub const SESSIONS_KEPT: usize = 8;
 pub const QUICK_RECONNECT_SECS: i64 = 1;
 /// This many quick reconnections in a row fail the back-off check.
 pub const QUICK_RECONNECTS_FAIL: usize = 3;
+/// Telemetry messages a second above which the check warns: a home hub
+/// is shared by every device of the household.
+pub const TELEMETRY_PER_SEC: u32 = 50;
 /// Warn when the certificate expires within this many days.
 pub const RENEW_WARN_DAYS: i64 = 30;
 
@@ -65,31 +69,8 @@ pub enum MetaSeen {
     Refused(String),
 }
 
-/// One line of the report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CheckLine {
-    /// What is checked.
-    pub item: String,
-    /// The verdict.
-    pub verdict: Verdict,
-    /// Why, in words for a toy maker.
-    pub reason: String,
-}
-
-/// How a line went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    /// As the hub expects.
-    Pass,
-    /// Works, but should change.
-    Warn,
-    /// Does not work as a Hearth device must.
-    Fail,
-}
-
 /// The limits the report judges against.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CheckLimits {
     /// `limits.max_payload`.
     pub max_payload: usize,
@@ -315,6 +296,27 @@ pub fn judge(
         ),
     }
     lines
+}
+
+impl super::Hub {
+    /// The report on `device`: what the hub saw of its last sessions and
+    /// its certificate, judged now.
+    pub fn device_check(&self, device: &DeviceId) -> Result<Vec<CheckLine>, super::HubError> {
+        let known = self
+            .store
+            .with(|s| s.devices())?
+            .into_iter()
+            .find(|d| d.id == *device)
+            .ok_or(super::HubError::Refused(
+                crate::store::StoreError::NoSuchDevice(device.to_string()),
+            ))?;
+        Ok(judge(
+            &self.observations.sessions(device),
+            known.cert_not_after,
+            self.check_limits,
+            crate::unix_now(),
+        ))
+    }
 }
 
 /// The longest run of sessions, at the end, each begun within

@@ -146,6 +146,7 @@ impl Hub {
         self.revoke_quietly(id).await?;
         self.audit.flush().await;
         self.store.with(|s| s.remove_device(id))?;
+        self.observations.forget(id);
         // The entry says a device was erased, not which: its id is gone.
         self.admin_audit("device-remove", None, "device erased".into());
         Ok(())

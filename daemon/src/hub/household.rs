@@ -49,6 +49,9 @@ impl Hub {
         }
         self.audit.flush().await;
         let devices = self.store.with(|s| s.remove_member(name))?;
+        for id in &devices {
+            self.observations.forget(id);
+        }
         self.admin_audit(
             "member-remove",
             None,

@@ -60,6 +60,13 @@ pub struct Hub {
     pub data_dir: PathBuf,
     /// How long data is kept, for the privacy report.
     pub retention: Retention,
+    /// What the edge and the mailbox saw of each device's last sessions,
+    /// for `hearth device check`; in memory only.
+    pub observations: Arc<device_check::Observations>,
+    /// The limits `hearth device check` judges against.
+    pub check_limits: device_check::CheckLimits,
+    /// Counters for the Prometheus endpoint.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// How long data is kept, as configured.
@@ -275,6 +282,12 @@ pub(crate) mod testing {
                 audit_days: 1,
                 message_secs: 60,
             },
+            observations: Arc::default(),
+            check_limits: device_check::CheckLimits {
+                max_payload: 1 << 20,
+                telemetry_per_sec: 50,
+            },
+            metrics: Arc::default(),
         }
     }
 

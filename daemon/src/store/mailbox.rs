@@ -530,4 +530,29 @@ impl Store {
         })
         .collect()
     }
+
+    /// Everything the mailbox holds, for the metrics: messages stored,
+    /// their sealed bytes, and when the oldest was sent (None if empty).
+    pub fn mailbox_totals(&self) -> Result<(u64, u64, Option<i64>), StoreError> {
+        let (count, bytes, oldest) = self.conn().query_row(
+            "SELECT count(*), coalesce(sum(length(sealed)), 0), min(sent_at) FROM messages",
+            [],
+            |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, Option<i64>>(2)?,
+                ))
+            },
+        )?;
+        Ok((count.max(0) as u64, bytes.max(0) as u64, oldest))
+    }
+
+    /// Rows in the audit, for the metrics.
+    pub fn audit_rows(&self) -> Result<u64, StoreError> {
+        let rows: i64 = self
+            .conn()
+            .query_row("SELECT count(*) FROM audit", [], |row| row.get(0))?;
+        Ok(rows.max(0) as u64)
+    }
 }
