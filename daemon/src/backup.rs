@@ -10,13 +10,14 @@ use age::secrecy::SecretString;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+use crate::mailbox::seal::KEY_FILE as MAILBOX_KEY_FILE;
 use crate::store::{Store, DB_FILE};
 
 /// What a backup holds, besides the database: (file, is a key).
 const FILES: &[(&str, bool)] = &[
     ("ca.key", true),
     ("ca.pem", false),
-    (crate::seal::KEY_FILE, true),
+    (MAILBOX_KEY_FILE, true),
 ];
 /// The format name inside the encrypted file.
 const FORMAT: &str = "hearth-backup-v1";
@@ -190,7 +191,7 @@ pub fn restore(encrypted: &[u8], key: &BackupKey, dir: &Path) -> Result<(), Back
 
 /// Whether `dir` holds a database or any of the hub's keys.
 fn holds_a_hub(dir: &Path) -> bool {
-    [DB_FILE, "ca.key", "server.key", crate::seal::KEY_FILE]
+    [DB_FILE, "ca.key", "server.key", MAILBOX_KEY_FILE]
         .iter()
         .any(|name| dir.join(name).exists())
 }

@@ -25,7 +25,6 @@ pub mod metrics;
 pub mod pairing;
 pub mod registry;
 pub mod scrape;
-pub mod seal;
 pub mod store;
 pub mod sync;
 

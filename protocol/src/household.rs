@@ -68,3 +68,52 @@ impl fmt::Display for Owner {
         }
     }
 }
+
+/// Whether `from` may send a family message to `to`: a parent's explicit
+/// rule (`hearth contacts allow|deny`, `rule`) wins; without one, parents
+/// may message anyone, anyone may message a parent, and a member may
+/// message their own other devices — so by default two children need a
+/// parent's say-so. A role is `None` for a member the hub does not know.
+/// Pure, so the mailbox and a page showing who may message whom agree.
+pub fn may_message(
+    rule: Option<bool>,
+    from: &MemberName,
+    from_role: Option<Role>,
+    to: &MemberName,
+    to_role: Option<Role>,
+) -> bool {
+    match rule {
+        Some(allowed) => allowed,
+        None => from == to || from_role == Some(Role::Parent) || to_role == Some(Role::Parent),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> MemberName {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn by_default_children_reach_parents_and_parents_reach_everyone() {
+        let (mum, ada, bob) = (name("Mum"), name("Ada"), name("Bob"));
+        let (parent, child) = (Some(Role::Parent), Some(Role::Child));
+        assert!(may_message(None, &ada, child, &mum, parent));
+        assert!(may_message(None, &mum, parent, &ada, child));
+        assert!(may_message(None, &ada, child, &ada, child), "own devices");
+        assert!(!may_message(None, &ada, child, &bob, child));
+        // Someone the hub does not know is nobody's parent.
+        assert!(!may_message(None, &ada, child, &bob, None));
+    }
+
+    #[test]
+    fn a_parents_explicit_rule_wins_both_ways() {
+        let (mum, ada, bob) = (name("Mum"), name("Ada"), name("Bob"));
+        let (parent, child) = (Some(Role::Parent), Some(Role::Child));
+        assert!(may_message(Some(true), &ada, child, &bob, child));
+        assert!(!may_message(Some(false), &ada, child, &mum, parent));
+        assert!(!may_message(Some(false), &mum, parent, &ada, child));
+    }
+}

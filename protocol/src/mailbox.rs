@@ -38,7 +38,7 @@ impl Kind {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Outbox {
     /// A message to send.
-    Send(Send),
+    Send(Message),
     /// The device has stored a delivered message.
     Ack(Ack),
 }
@@ -46,7 +46,7 @@ pub enum Outbox {
 /// A message to send. The sender is the device whose outbox it came from;
 /// a `from` field, if any, is ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Send {
+pub struct Message {
     /// Envelope version.
     pub v: u32,
     /// The client's reference, unique per sender: a retried send with the
@@ -89,12 +89,21 @@ pub enum Inbox {
 
 /// Who sent a message, as the hub authenticated it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct From {
+pub struct Sender {
     /// The sender's member nickname.
     pub member: MemberName,
     /// The sending device.
     pub device: DeviceId,
 }
+
+/// The names [`Message`] and [`Sender`] had, which shadowed std's `Send`
+/// and `From` wherever they were imported. Kept only until `device/` moves
+/// to the new names; new code uses those.
+#[doc(hidden)]
+pub type Send = Message;
+/// See [`Send`].
+#[doc(hidden)]
+pub type From = Sender;
 
 /// A message delivered to a device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,7 +113,7 @@ pub struct Delivery {
     /// The message id, to acknowledge.
     pub id: String,
     /// The sender.
-    pub from: From,
+    pub from: Sender,
     /// What it carries.
     pub kind: Kind,
     /// Text, for `text`.

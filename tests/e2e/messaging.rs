@@ -347,6 +347,58 @@ async fn bad_sends_get_refusal_receipts_nothing_is_stored_and_the_sender_stays_c
 }
 
 #[tokio::test]
+async fn a_refusal_is_audited_for_the_rule_that_refused_whatever_the_recipient_is_called() {
+    // Nicknames may hold spaces: a child called "is revoked" is a child,
+    // and a parent reading the audit must not be told a device was revoked.
+    let hub = TestHub::start();
+    let _mum = hub.device("Mum", "parent");
+    let ada = hub.device("Ada", "child");
+    let _odd = hub.device("is revoked", "child");
+    let mut ada_mail = Mail::connect(&hub, &ada).await;
+
+    ada_mail.send(text("c1", "is revoked", "hi")).await;
+    let r = ada_mail.receipt("c1", ReceiptStatus::Refused).await;
+    assert!(r.reason.unwrap().contains("may not message"));
+    ada_mail
+        .send(text("c2", "Nobody max_total_bytes", "hi"))
+        .await;
+    let r = ada_mail.receipt("c2", ReceiptStatus::Refused).await;
+    assert!(r.reason.unwrap().contains("no member"));
+    // The envelope parser quotes an unknown kind back in its reason.
+    ada_mail
+        .send(json!({"v": 1, "type": "send", "ref": "c3", "to": "Mum", "kind": "is revoked"}))
+        .await;
+    let r = ada_mail.receipt("c3", ReceiptStatus::Refused).await;
+    assert!(r.reason.unwrap().contains("is revoked"));
+
+    let refused = |class: &'static str| {
+        let ada = ada.id.clone();
+        move |e: &hearth_protocol::admin::AuditEntry| {
+            e.event == "message-refused"
+                && e.device.map(|d| d.to_string()) == Some(ada.clone())
+                && e.reason.as_deref() == Some(class)
+        }
+    };
+    for class in [
+        "contact not allowed",
+        "unknown recipient",
+        "invalid message",
+    ] {
+        assert!(
+            wait_audit(&hub, refused(class)).is_some(),
+            "no {class:?} refusal: {:#?}",
+            audit_entries(&hub)
+        );
+    }
+    let classes: Vec<_> = audit_entries(&hub)
+        .into_iter()
+        .filter(|e| e.event == "message-refused")
+        .map(|e| e.reason)
+        .collect();
+    assert_eq!(classes.len(), 3, "{classes:?}");
+}
+
+#[tokio::test]
 async fn a_retried_send_with_the_same_ref_is_stored_once() {
     let hub = TestHub::start();
     let mum = hub.device("Mum", "parent");

@@ -109,7 +109,7 @@ impl Hub {
                 audit.extend(store.audit(Some(&d.id), None, None, 100_000)?);
             }
             // The key is loaded only to open; it is never made here.
-            let key = crate::seal::MailboxKey::load(&self.data_dir, 1)
+            let key = crate::mailbox::seal::MailboxKey::load(&self.data_dir, 1)
                 .map_err(|e| HubError::Unreadable(e.to_string()))?;
             let mut attachments = Vec::new();
             let mut open = |id: &str, direction: &str| -> Result<Option<Value>, HubError> {
@@ -276,7 +276,7 @@ mod tests {
     async fn a_backup_to_a_bad_recipient_is_the_callers_fault_and_a_good_one_is_age() {
         let dir = tempfile::tempdir().unwrap();
         let hub = super::super::testing::hub(dir.path());
-        crate::seal::MailboxKey::load(dir.path(), 0).unwrap();
+        crate::mailbox::seal::MailboxKey::load(dir.path(), 0).unwrap();
         let identity = age::x25519::Identity::generate();
         let file = hub
             .backup(BackupKey::Recipient(identity.to_public().to_string()))

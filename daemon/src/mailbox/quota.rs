@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use hearth_protocol::DeviceId;
 
+use super::rules::{Class, Refusal};
 use crate::config::MailboxSection;
 use crate::store::{Store, StoreError};
 
@@ -19,10 +20,6 @@ const RECOUNT: Duration = Duration::from_secs(1);
 const DAY: Duration = Duration::from_secs(86_400);
 /// Senders whose day is remembered; beyond, the oldest days are forgotten.
 const SENDERS_MAX: usize = 4096;
-
-/// Why a message is refused: the quota's key, for the receipt and audit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OverQuota(pub String);
 
 /// The byte quotas and what counts against them.
 #[derive(Debug)]
@@ -50,15 +47,16 @@ impl Quotas {
         }
     }
 
-    /// Whether `size` more bytes from `sender` to `devices` fit; the error
-    /// names the quota that does not.
+    /// Whether `size` more bytes from `sender` to `devices` fit; the
+    /// refusal names the quota that does not (its key, for the receipt,
+    /// and its class, for the audit).
     pub fn check(
         &mut self,
         store: &Store,
         sender: &DeviceId,
         devices: &[DeviceId],
         size: u64,
-    ) -> Result<Result<(), OverQuota>, StoreError> {
+    ) -> Result<Result<(), Refusal>, StoreError> {
         let now = Instant::now();
         let limits = &self.limits;
         let sent = match self.sent_today.get(sender) {
@@ -66,10 +64,13 @@ impl Quotas {
             _ => 0,
         };
         if sent.saturating_add(size) > limits.max_sender_bytes_per_day {
-            return Ok(Err(OverQuota(format!(
-                "quota mailbox.max_sender_bytes_per_day reached ({} bytes a day)",
-                limits.max_sender_bytes_per_day
-            ))));
+            return Ok(Err(Refusal::new(
+                Class::SenderQuota,
+                format!(
+                    "quota mailbox.max_sender_bytes_per_day reached ({} bytes a day)",
+                    limits.max_sender_bytes_per_day
+                ),
+            )));
         }
         for device in devices {
             let pending = match self.pending.get(device) {
@@ -81,10 +82,13 @@ impl Quotas {
                 }
             };
             if pending.saturating_add(size) > limits.max_pending_bytes_per_device {
-                return Ok(Err(OverQuota(format!(
-                    "quota mailbox.max_pending_bytes_per_device reached ({} bytes)",
-                    limits.max_pending_bytes_per_device
-                ))));
+                return Ok(Err(Refusal::new(
+                    Class::PendingBytesQuota,
+                    format!(
+                        "quota mailbox.max_pending_bytes_per_device reached ({} bytes)",
+                        limits.max_pending_bytes_per_device
+                    ),
+                )));
             }
         }
         let total = match self.total {
@@ -96,19 +100,25 @@ impl Quotas {
             }
         };
         if total.saturating_add(size) > limits.max_total_bytes {
-            return Ok(Err(OverQuota(format!(
-                "quota mailbox.max_total_bytes reached ({} bytes)",
-                limits.max_total_bytes
-            ))));
+            return Ok(Err(Refusal::new(
+                Class::TotalQuota,
+                format!(
+                    "quota mailbox.max_total_bytes reached ({} bytes)",
+                    limits.max_total_bytes
+                ),
+            )));
         }
         // Unknown free space (the call failed) counts as too little: fail
         // closed rather than risk the disk.
         let free = free_bytes(&self.data_dir).unwrap_or(0);
         if free.saturating_sub(size) < limits.min_free_bytes {
-            return Ok(Err(OverQuota(format!(
-                "quota mailbox.min_free_bytes reached (less than {} bytes free on the hub)",
-                limits.min_free_bytes
-            ))));
+            return Ok(Err(Refusal::new(
+                Class::FreeSpace,
+                format!(
+                    "quota mailbox.min_free_bytes reached (less than {} bytes free on the hub)",
+                    limits.min_free_bytes
+                ),
+            )));
         }
         Ok(Ok(()))
     }
@@ -155,6 +165,61 @@ fn free_bytes(dir: &std::path::Path) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_quota_refuses_with_its_own_key_and_audit_class() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let sender: DeviceId = "0jqs8adyj6jyjnsqmar523qbbd".parse().unwrap();
+        let to: DeviceId = "1jqs8adyj6jyjnsqmar523qbbd".parse().unwrap();
+        let roomy = MailboxSection {
+            min_free_bytes: 0,
+            ..MailboxSection::default()
+        };
+        let cases = [
+            (
+                MailboxSection {
+                    max_sender_bytes_per_day: 10,
+                    ..roomy.clone()
+                },
+                "quota mailbox.max_sender_bytes_per_day",
+            ),
+            (
+                MailboxSection {
+                    max_pending_bytes_per_device: 10,
+                    ..roomy.clone()
+                },
+                "quota mailbox.max_pending_bytes_per_device",
+            ),
+            (
+                MailboxSection {
+                    max_total_bytes: 10,
+                    ..roomy.clone()
+                },
+                "quota mailbox.max_total_bytes",
+            ),
+            (
+                MailboxSection {
+                    min_free_bytes: u64::MAX,
+                    ..roomy.clone()
+                },
+                "quota mailbox.min_free_bytes",
+            ),
+        ];
+        for (limits, class) in cases {
+            let mut quotas = Quotas::new(limits, dir.path().to_owned());
+            // Up to a byte limit is within it (no disk has u64::MAX free).
+            if !class.ends_with("min_free_bytes") {
+                assert_eq!(quotas.check(&store, &sender, &[to], 10).unwrap(), Ok(()));
+            }
+            let refusal = quotas
+                .check(&store, &sender, &[to], 11)
+                .unwrap()
+                .expect_err(class);
+            assert_eq!(refusal.class.as_str(), class);
+            assert!(refusal.reason.starts_with(class), "{}", refusal.reason);
+        }
+    }
 
     #[test]
     fn the_data_dir_has_measurable_free_space() {

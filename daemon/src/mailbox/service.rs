@@ -1,38 +1,31 @@
-//! Family messaging: takes sends from every device's outbox on a trusted
-//! in-process broker link, checks contact rules and limits, stores the
-//! content sealed under the mailbox key (committed with full sync before
-//! the "stored" receipt), delivers to each recipient device's inbox — at
-//! once and again when it subscribes — and deletes a message once every
-//! recipient device has acknowledged it, or when it expires.
+//! The mailbox service, its I/O: the broker link it reads outboxes from
+//! and publishes inboxes to, one transaction per batch of sends, sealing
+//! and storing what the rules (rules.rs) accept, receipts, deliveries and
+//! their resends, and expiry.
 
-mod quota;
-
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use hearth_protocol::mailbox::{
-    self, BadEnvelope, Delivery, Inbox, Kind, Outbox, Receipt, ReceiptStatus, Send,
+    self, BadEnvelope, Delivery, Inbox, Message, Outbox, Receipt, ReceiptStatus, Sender,
 };
-use hearth_protocol::{filter, topic, DeviceId, MemberName, Role};
-use rumqttd::local::{LinkRx, LinkTx};
+use hearth_protocol::{topic, DeviceId};
+use rumqttd::local::{LinkError, LinkRx, LinkTx};
 use rumqttd::Notification;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::quota;
+use super::rules::{self, Content, Recipient, Refusal};
+use super::seal::MailboxKey;
+use super::{InboxWatch, MailboxError};
 use crate::audit::{Audit, Event};
 use crate::config::MailboxSection;
 use crate::hub::sessions::Sessions;
-use crate::seal::MailboxKey;
 use crate::store::{NewMessage, Store, StoreError, StoreHandle};
 
-/// The mailbox key file in the data dir.
-pub const KEY_FILE: &str = crate::seal::KEY_FILE;
-/// The filter the mailbox's link subscribes to (the broker makes the link).
-pub use crate::broker::OUTBOX_FILTER;
 /// How long after a device subscribes to its inbox the mailbox delivers
 /// (the broker applies the subscription first).
 const SUBSCRIBE_SETTLE: Duration = Duration::from_millis(150);
@@ -55,69 +48,6 @@ const BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// (deliveries removed by an administrator are seen after this).
 const PENDING_RECOUNT: Duration = Duration::from_secs(1);
 
-/// The mailbox could not start.
-#[derive(Debug, thiserror::Error)]
-#[error("mailbox: {0}")]
-pub struct MailboxError(String);
-
-/// Tells the mailbox that a device subscribed to its inbox.
-#[derive(Debug, Clone)]
-pub struct InboxWatch(mpsc::UnboundedSender<DeviceId>);
-
-impl InboxWatch {
-    /// A device's allowed subscription filters were just forwarded; if one
-    /// covers its inbox, pending mail goes out.
-    pub fn subscribed<'a>(&self, device: &DeviceId, filters: impl IntoIterator<Item = &'a str>) {
-        let inbox = topic::inbox(device);
-        let covers = filters.into_iter().any(|f| {
-            let plain = match filter::split_shared(f) {
-                Some(Ok((_, inner))) => inner,
-                Some(Err(_)) => return false,
-                None => f,
-            };
-            filter::matches(filter::levels(plain), &inbox)
-        });
-        if covers {
-            let _ = self.0.send(*device);
-        }
-    }
-}
-
-/// What is sealed: the content of a message.
-#[derive(Debug, Serialize, Deserialize)]
-struct Content {
-    kind: Kind,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    body: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    data: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    content_type: Option<String>,
-}
-
-impl Content {
-    /// The inbox envelope that carries this content.
-    fn into_delivery(
-        self,
-        id: String,
-        from: mailbox::From,
-        sent_at: i64,
-        expires_at: i64,
-    ) -> Delivery {
-        Delivery {
-            v: mailbox::VERSION,
-            id,
-            from,
-            kind: self.kind,
-            body: self.body,
-            data: self.data,
-            content_type: self.content_type,
-            sent_at,
-            expires_at,
-        }
-    }
-}
-
 /// A running mailbox.
 pub struct Mailbox {
     store: StoreHandle,
@@ -132,7 +62,7 @@ pub struct Mailbox {
     due: HashMap<DeviceId, Instant>,
     /// Connected devices that subscribed to their inbox: the only ones
     /// resends and receipts go to.
-    listening: std::collections::HashSet<DeviceId>,
+    listening: HashSet<DeviceId>,
     /// When deliveries to inactive devices were last swept.
     last_sweep: Instant,
     /// While a batch runs: what it will publish once it is committed.
@@ -154,7 +84,7 @@ impl std::fmt::Debug for Mailbox {
 
 impl Mailbox {
     /// Loads (or makes) the mailbox key. `link` is a broker link already
-    /// subscribed to [`OUTBOX_FILTER`].
+    /// subscribed to [`OUTBOX_FILTER`](super::OUTBOX_FILTER).
     pub fn new(
         data_dir: &Path,
         store: StoreHandle,
@@ -186,7 +116,7 @@ impl Mailbox {
             link,
             sent: HashMap::new(),
             due: HashMap::new(),
-            listening: std::collections::HashSet::new(),
+            listening: HashSet::new(),
             last_sweep: Instant::now(),
             held: None,
             pending: HashMap::new(),
@@ -206,27 +136,9 @@ impl Mailbox {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 note = outbox.next() => {
-                    // Take what else the router has already handed over,
-                    // and handle it all in one transaction.
-                    let mut batch = Batch::default();
-                    let mut note = Some(note);
-                    while let Some(next) = note.take().or_else(|| ready_now(outbox.next())) {
-                        match next {
-                            Ok(Some(Notification::Forward(forward))) => {
-                                if batch.add(forward.publish) {
-                                    break;
-                                }
-                            }
-                            // The router paused the link (its buffer was
-                            // full) until it is woken.
-                            Ok(Some(Notification::Unschedule)) => batch.wake = true,
-                            Ok(_) => {}
-                            Err(e) => {
-                                tracing::error!(error = %e, "the mailbox lost its broker link");
-                                return;
-                            }
-                        }
-                    }
+                    let Some(batch) = Batch::collect(note, &mut outbox) else {
+                        return;
+                    };
                     let wake = batch.wake;
                     self.on_batch(batch.outbox);
                     if wake && outbox.wake().await.is_err() {
@@ -255,8 +167,7 @@ impl Mailbox {
             self.listening.insert(device);
             self.deliver_pending(&device, Resend::All);
         }
-        let connected: std::collections::HashSet<DeviceId> =
-            self.sessions.connected_devices().into_iter().collect();
+        let connected: HashSet<DeviceId> = self.sessions.connected_devices().into_iter().collect();
         self.listening.retain(|d| connected.contains(d));
         self.expire();
         // Resend what a listening device has not acknowledged (a delivery
@@ -305,11 +216,11 @@ impl Mailbox {
                 self.quotas.forget_counts();
                 for publish in &outbox {
                     let topic = String::from_utf8_lossy(&publish.topic);
-                    let Some(sender) = outbox_sender(&topic) else {
+                    let Some(sender) = rules::outbox_sender(&topic) else {
                         continue;
                     };
                     if let Ok(Outbox::Send(send)) = mailbox::parse_outbox(&publish.payload) {
-                        self.refuse(&sender, send.reference, TRY_AGAIN);
+                        self.refuse(&sender, send.reference, Refusal::try_again());
                     }
                 }
             }
@@ -317,19 +228,21 @@ impl Mailbox {
     }
 
     fn on_outbox(&mut self, db: &mut Store, topic: &str, payload: &[u8]) {
-        let Some(sender) = outbox_sender(topic) else {
+        let Some(sender) = rules::outbox_sender(topic) else {
             return;
         };
         match mailbox::parse_outbox(payload) {
             Ok(Outbox::Send(send)) => self.on_send(db, &sender, send),
             Ok(Outbox::Ack(ack)) => self.on_ack(db, &sender, &ack.id),
-            Err(BadEnvelope { reference, reason }) => {
-                self.refuse(&sender, reference.unwrap_or_default(), &reason)
-            }
+            Err(BadEnvelope { reference, reason }) => self.refuse(
+                &sender,
+                reference.unwrap_or_default(),
+                Refusal::bad_envelope(reason),
+            ),
         }
     }
 
-    fn on_send(&mut self, db: &mut Store, sender: &DeviceId, send: Send) {
+    fn on_send(&mut self, db: &mut Store, sender: &DeviceId, send: Message) {
         match self.accept(db, sender, &send) {
             Ok(Accepted::Duplicate(id)) => {
                 // Already stored (and delivered or pending): the sender
@@ -351,102 +264,88 @@ impl Mailbox {
                     self.sent.insert((id.clone(), device), now);
                 }
             }
-            Err(Refusal(reason)) => self.refuse(sender, send.reference, &reason),
+            Err(refusal) => self.refuse(sender, send.reference, refusal),
         }
     }
 
+    /// Takes one send through the rules and into the store (inside the
+    /// batch's transaction): who sent it, who it is for, whether they may,
+    /// whether there is room, then sealed and stored.
     fn accept(
         &mut self,
         store: &mut Store,
         sender: &DeviceId,
-        send: &Send,
+        send: &Message,
     ) -> Result<Accepted, Refusal> {
-        let db = |e: StoreError| {
-            tracing::error!(error = %e, "mailbox database error");
-            Refusal(TRY_AGAIN.into())
-        };
-        if let Some(id) = store.sent_reference(sender, &send.reference).map_err(db)? {
+        if let Some(id) = store
+            .sent_reference(sender, &send.reference)
+            .map_err(store_failed)?
+        {
             return Ok(Accepted::Duplicate(id));
         }
-        let Some(from_member) = store.device_member(sender).map_err(db)? else {
-            // A message in flight when its sender was revoked (or removed)
-            // is refused for that, not mistaken for a service's.
-            let revoked = store.device_revoked(sender).map_err(db)?;
-            return Err(Refusal(
-                if revoked {
-                    "the sending device is revoked"
-                } else {
-                    "service devices do not send messages"
-                }
-                .into(),
-            ));
+        let from_member = sending_member(store, sender)?;
+        let content = rules::check_content(&self.limits, send)?;
+        let (to_member, devices) = recipient_devices(store, sender, &send.to)?;
+        let rule = store
+            .contact_rule(&from_member, &to_member)
+            .map_err(store_failed)?;
+        let from_role = store.member_role(&from_member).map_err(store_failed)?;
+        let to_role = store.member_role(&to_member).map_err(store_failed)?;
+        rules::contact(rule, &from_member, from_role, &to_member, to_role)?;
+        self.check_room(store, &send.to, &devices)?;
+        let stored = self.store_sealed(store, sender, send, &content, &devices)?;
+        // What goes out now is built from what is in hand, not read back
+        // and unsealed once per device.
+        let from = Sender {
+            member: from_member,
+            device: *sender,
         };
-        let content = check_content(&self.limits, send)?;
-        // `to`: a device id, else a member nickname.
-        let (to_member, devices) = match send.to.parse::<DeviceId>() {
-            Ok(device) => match store.device_member(&device).map_err(db)? {
-                Some(member) => (member, vec![device]),
-                None => return Err(Refusal(format!("no member or device named {:?}", send.to))),
-            },
-            Err(_) => {
-                let Ok(member) = send.to.parse::<MemberName>() else {
-                    return Err(Refusal(format!("no member or device named {:?}", send.to)));
-                };
-                if store.member_role(&member).map_err(db)?.is_none() {
-                    return Err(Refusal(format!("no member or device named {:?}", send.to)));
-                }
-                let devices = store.member_devices(&member).map_err(db)?;
-                (member, devices)
-            }
-        };
-        let devices: Vec<DeviceId> = devices.into_iter().filter(|d| d != sender).collect();
-        if devices.is_empty() {
-            return Err(Refusal(format!("{} has no device to deliver to", send.to)));
-        }
-        // Contact rules: an administrator's rule wins; by default parents
-        // may message anyone, children their parents (and themselves).
-        let allowed = match store.contact_rule(&from_member, &to_member).map_err(db)? {
-            Some(rule) => rule,
-            None => {
-                let from_role = store.member_role(&from_member).map_err(db)?;
-                let to_role = store.member_role(&to_member).map_err(db)?;
-                from_member == to_member
-                    || from_role == Some(Role::Parent)
-                    || to_role == Some(Role::Parent)
-            }
-        };
-        if !allowed {
-            return Err(Refusal(format!(
-                "{from_member} may not message {to_member} (hearth contacts allow)"
-            )));
-        }
-        for device in &devices {
+        let delivery = content.into_delivery(stored.id, from, stored.sent_at, stored.expires_at);
+        Ok(Accepted::Stored {
+            devices,
+            delivery: Box::new(delivery),
+        })
+    }
+
+    /// Whether every recipient device has room for one more message, by a
+    /// count at most [`PENDING_RECOUNT`] old.
+    fn check_room(
+        &mut self,
+        store: &mut Store,
+        to: &str,
+        devices: &[DeviceId],
+    ) -> Result<(), Refusal> {
+        for device in devices {
             let pending = match self.pending.get(device) {
                 Some((n, at)) if at.elapsed() < PENDING_RECOUNT => *n,
                 _ => {
-                    let n = store.pending_count(device).map_err(db)?;
+                    let n = store.pending_count(device).map_err(store_failed)?;
                     self.pending.insert(*device, (n, Instant::now()));
                     n
                 }
             };
-            if pending >= self.limits.max_pending_per_device {
-                return Err(Refusal(format!(
-                    "the mailbox of {} is full ({} messages waiting)",
-                    send.to, self.limits.max_pending_per_device
-                )));
-            }
+            rules::room_for_one(&self.limits, to, pending)?;
         }
+        Ok(())
+    }
+
+    /// Seals the content under a new message id and stores it with one
+    /// delivery row per device, within the quotas.
+    fn store_sealed(
+        &mut self,
+        store: &mut Store,
+        sender: &DeviceId,
+        send: &Message,
+        content: &Content,
+        devices: &[DeviceId],
+    ) -> Result<StoredMessage, Refusal> {
         let id = hex::encode(crate::random_bytes::<16>());
-        let plain = serde_json::to_vec(&content).map_err(|e| Refusal(e.to_string()))?;
+        let plain = serde_json::to_vec(content).map_err(|e| Refusal::unencodable(&e))?;
         // Sized as sealed: the content, the nonce and the tag.
         let size = plain.len() as u64 + 40;
-        if let Err(quota::OverQuota(reason)) = self
-            .quotas
-            .check(store, sender, &devices, size)
-            .map_err(db)?
-        {
-            return Err(Refusal(reason));
-        }
+        self.quotas
+            .check(store, sender, devices, size)
+            .map_err(store_failed)??;
         let sealed = self.seal.seal(&id, &send.to, &plain);
         drop(plain);
         let now = crate::unix_now();
@@ -459,26 +358,21 @@ impl Mailbox {
             wrapped_key: &sealed.wrapped_key,
             sent_at: now,
             expires_at: now + self.limits.expiry_secs as i64,
-            devices: &devices,
+            devices,
         };
-        store.store_message(&message).map_err(db)?;
-        self.quotas.stored(sender, &devices, size);
-        for device in &devices {
+        store.store_message(&message).map_err(store_failed)?;
+        let stored = StoredMessage {
+            id: id.clone(),
+            sent_at: message.sent_at,
+            expires_at: message.expires_at,
+        };
+        self.quotas.stored(sender, devices, size);
+        for device in devices {
             if let Some((n, _)) = self.pending.get_mut(device) {
                 *n += 1;
             }
         }
-        // What goes out now is built from what is in hand, not read back
-        // and unsealed once per device.
-        let from = mailbox::From {
-            member: from_member,
-            device: *sender,
-        };
-        let delivery = content.into_delivery(id.clone(), from, message.sent_at, message.expires_at);
-        Ok(Accepted::Stored {
-            devices,
-            delivery: Box::new(delivery),
-        })
+        Ok(stored)
     }
 
     fn on_ack(&mut self, db: &mut Store, device: &DeviceId, id: &str) {
@@ -503,12 +397,12 @@ impl Mailbox {
         }
     }
 
-    fn refuse(&mut self, sender: &DeviceId, reference: String, reason: &str) {
+    fn refuse(&mut self, sender: &DeviceId, reference: String, refusal: Refusal) {
         self.audit.record(Event {
             device: Some(*sender),
             event: "message-refused",
             action: Some("send".into()),
-            reason: Some(refusal_class(reason).to_owned()),
+            reason: Some(refusal.class.as_str().to_owned()),
             ..Event::default()
         });
         let receipt = Receipt {
@@ -517,7 +411,7 @@ impl Mailbox {
             id: None,
             status: ReceiptStatus::Refused,
             device: None,
-            reason: Some(reason.to_owned()),
+            reason: Some(refusal.reason),
         };
         self.publish_inbox(sender, &Inbox::Receipt(receipt));
     }
@@ -631,7 +525,7 @@ impl Mailbox {
             .flatten();
         let member = from_member.or_else(|| "former-member".parse().ok())?;
         let size = message.sealed.len();
-        let from = mailbox::From {
+        let from = Sender {
             member,
             device: message.sender,
         };
@@ -700,6 +594,55 @@ impl Mailbox {
     }
 }
 
+/// A store failure while taking a send: logged, and the sender told to
+/// try again (the batch's transaction keeps nothing).
+fn store_failed(e: StoreError) -> Refusal {
+    tracing::error!(error = %e, "mailbox database error");
+    Refusal::try_again()
+}
+
+/// The member whose device sent a message; a device of no member is
+/// refused (revoked in flight, or a service's).
+fn sending_member(
+    store: &mut Store,
+    sender: &DeviceId,
+) -> Result<hearth_protocol::MemberName, Refusal> {
+    match store.device_member(sender).map_err(store_failed)? {
+        Some(member) => Ok(member),
+        None => {
+            let revoked = store.device_revoked(sender).map_err(store_failed)?;
+            Err(Refusal::not_a_members_device(revoked))
+        }
+    }
+}
+
+/// The member `to` names and the devices a message to them goes to: the
+/// one device, or every device of the member, never the sender's own.
+fn recipient_devices(
+    store: &mut Store,
+    sender: &DeviceId,
+    to: &str,
+) -> Result<(hearth_protocol::MemberName, Vec<DeviceId>), Refusal> {
+    let (member, devices) = match Recipient::parse(to)? {
+        Recipient::Device(device) => match store.device_member(&device).map_err(store_failed)? {
+            Some(member) => (member, vec![device]),
+            None => return Err(Refusal::unknown_recipient(to)),
+        },
+        Recipient::Member(member) => {
+            if store.member_role(&member).map_err(store_failed)?.is_none() {
+                return Err(Refusal::unknown_recipient(to));
+            }
+            let devices = store.member_devices(&member).map_err(store_failed)?;
+            (member, devices)
+        }
+    };
+    let devices: Vec<DeviceId> = devices.into_iter().filter(|d| d != sender).collect();
+    if devices.is_empty() {
+        return Err(Refusal::no_device(to));
+    }
+    Ok((member, devices))
+}
+
 /// Re-seals messages stored before crypto-erase (sealed directly under the
 /// mailbox key) under a data key of their own, in one transaction, so
 /// every message from now on is erased by deleting its row.
@@ -729,120 +672,6 @@ fn reseal_old_rows(db: &mut Store, key: &MailboxKey) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// A refusal's reason for the audit, from a fixed list: the words the
-/// sender is told may echo what it typed (a recipient's name, an address),
-/// and the audit keeps none of that.
-fn refusal_class(reason: &str) -> &'static str {
-    const CLASSES: &[(&str, &str)] = &[
-        ("is revoked", "the sending device is revoked"),
-        (
-            "max_sender_bytes_per_day",
-            "quota mailbox.max_sender_bytes_per_day",
-        ),
-        (
-            "max_pending_bytes_per_device",
-            "quota mailbox.max_pending_bytes_per_device",
-        ),
-        ("max_total_bytes", "quota mailbox.max_total_bytes"),
-        ("min_free_bytes", "quota mailbox.min_free_bytes"),
-        ("may not message", "contact not allowed"),
-        ("no member", "unknown recipient"),
-        ("no device to deliver", "recipient has no device"),
-        ("no device", "unknown recipient"),
-        ("is full", "recipient mailbox full"),
-        ("try again", "store failed"),
-        ("base64", "data not base64"),
-        ("content_type", "bad content_type"),
-        ("bytes", "too large"),
-        ("JSON", "not JSON"),
-        ("version", "unsupported version"),
-    ];
-    CLASSES
-        .iter()
-        .find(|(needle, _)| reason.contains(needle))
-        .map_or("invalid message", |(_, class)| class)
-}
-
-/// What a refused send is told when the store failed.
-const TRY_AGAIN: &str = "the hub could not store the message; try again";
-
-/// Whether a send's content passes the mailbox's checks (kind, body or
-/// data, content type, base64, size), and why not. Pure: the messaging
-/// fuzz target (fuzz/fuzz_targets/envelope.rs) drives the same checks an
-/// outbox payload meets before anything is stored.
-pub fn check_send(limits: &MailboxSection, send: &Send) -> Result<(), String> {
-    check_content(limits, send)
-        .map(|_| ())
-        .map_err(|Refusal(reason)| reason)
-}
-
-/// The checks of [`check_send`], keeping the content to seal.
-fn check_content(limits: &MailboxSection, send: &Send) -> Result<Content, Refusal> {
-    let refuse = |reason: String| Err(Refusal(reason));
-    match send.kind {
-        Kind::Text => {
-            let Some(body) = send.body.as_ref().filter(|b| !b.is_empty()) else {
-                return refuse("a text message needs a body".into());
-            };
-            if send.data.is_some() {
-                return refuse("a text message has a body, not data".into());
-            }
-            if body.len() > limits.max_text_bytes {
-                return refuse(format!(
-                    "text is {} bytes; at most {} are allowed",
-                    body.len(),
-                    limits.max_text_bytes
-                ));
-            }
-            Ok(Content {
-                kind: Kind::Text,
-                body: Some(body.clone()),
-                data: None,
-                content_type: None,
-            })
-        }
-        Kind::Image | Kind::Audio => {
-            let (limit, prefix) = if send.kind == Kind::Image {
-                (limits.max_image_bytes, "image/")
-            } else {
-                (limits.max_audio_bytes, "audio/")
-            };
-            let Some(data) = &send.data else {
-                return refuse(format!("an {} message needs data", send.kind.as_str()));
-            };
-            let content_type = match &send.content_type {
-                Some(t) if t.starts_with(prefix) && t.len() <= 100 => t.clone(),
-                _ => return refuse(format!("content_type must be {prefix}...")),
-            };
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(data)
-                .map_err(|_| Refusal("data is not valid base64".into()))?;
-            if decoded.is_empty() || decoded.len() > limit {
-                return refuse(format!(
-                    "{} is {} bytes; 1 to {limit} are allowed",
-                    send.kind.as_str(),
-                    decoded.len()
-                ));
-            }
-            Ok(Content {
-                kind: send.kind,
-                body: None,
-                data: Some(data.clone()),
-                content_type: Some(content_type),
-            })
-        }
-    }
-}
-
-/// The device an outbox topic belongs to.
-pub fn outbox_sender(topic: &str) -> Option<DeviceId> {
-    topic
-        .strip_prefix("hearth/v1/dev/")?
-        .strip_suffix("/outbox")?
-        .parse()
-        .ok()
-}
-
 /// Outbox messages taken from the link for one transaction.
 #[derive(Default)]
 struct Batch {
@@ -853,6 +682,36 @@ struct Batch {
 }
 
 impl Batch {
+    /// The batch that starts with `first`: it takes what else the router
+    /// has already handed over, without waiting, so all of it is handled
+    /// in one transaction. `None` once the link is lost (what was taken
+    /// then is dropped, as the link is).
+    fn collect(
+        first: Result<Option<Notification>, LinkError>,
+        outbox: &mut LinkRx,
+    ) -> Option<Batch> {
+        let mut batch = Batch::default();
+        let mut note = Some(first);
+        while let Some(next) = note.take().or_else(|| ready_now(outbox.next())) {
+            match next {
+                Ok(Some(Notification::Forward(forward))) => {
+                    if batch.add(forward.publish) {
+                        break;
+                    }
+                }
+                // The router paused the link (its buffer was full) until
+                // it is woken.
+                Ok(Some(Notification::Unschedule)) => batch.wake = true,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "the mailbox lost its broker link");
+                    return None;
+                }
+            }
+        }
+        Some(batch)
+    }
+
     /// Adds one; true once the batch is full.
     fn add(&mut self, publish: rumqttd::protocol::Publish) -> bool {
         self.bytes += publish.payload.len();
@@ -870,6 +729,13 @@ fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
         std::task::Poll::Ready(out) => Some(out),
         std::task::Poll::Pending => None,
     }
+}
+
+/// A message just stored: its id, when it was sent and when it expires.
+struct StoredMessage {
+    id: String,
+    sent_at: i64,
+    expires_at: i64,
 }
 
 /// Which pending deliveries to publish.
@@ -890,8 +756,6 @@ enum Accepted {
     /// The sender's retry of a message stored before, by its id.
     Duplicate(String),
 }
-
-struct Refusal(String);
 
 #[cfg(test)]
 mod tests {
@@ -920,7 +784,7 @@ mod tests {
                 .unwrap();
         }
         // As an older hearthd left it: sealed directly under the key.
-        let old = crate::seal::seal_without_data_key(&key, "m1", "Ada", b"old words");
+        let old = crate::mailbox::seal::seal_without_data_key(&key, "m1", "Ada", b"old words");
         let conn = rusqlite::Connection::open(dir.path().join(crate::store::DB_FILE)).unwrap();
         conn.execute(
             "UPDATE messages SET sealed = ?1, wrapped_key = NULL",
@@ -939,22 +803,5 @@ mod tests {
             b"old words"
         );
         assert!(key.open("m1", "Ada", None, &row.sealed).is_none());
-    }
-
-    #[test]
-    fn inbox_watch_notices_filters_that_cover_the_inbox() {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let watch = InboxWatch(tx);
-        let d: DeviceId = "0jqs8adyj6jyjnsqmar523qbbd".parse().unwrap();
-        watch.subscribed(&d, ["hearth/v1/dev/0jqs8adyj6jyjnsqmar523qbbd/cmd/#"]);
-        assert!(rx.try_recv().is_err());
-        for f in [
-            "hearth/v1/dev/0jqs8adyj6jyjnsqmar523qbbd/inbox",
-            "hearth/v1/dev/0jqs8adyj6jyjnsqmar523qbbd/#",
-            "$share/g/hearth/v1/dev/0jqs8adyj6jyjnsqmar523qbbd/+",
-        ] {
-            watch.subscribed(&d, [f]);
-            assert_eq!(rx.try_recv().unwrap(), d, "{f}");
-        }
     }
 }
