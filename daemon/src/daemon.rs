@@ -185,10 +185,11 @@ pub async fn run(
         .mailbox
         .take()
         .ok_or_else(|| DaemonError::Startup("the broker gave no mailbox link".into()))?;
+    let observations = Arc::new(crate::hub::device_check::Observations::default());
     let (mailbox, inbox_watch, subscribed) = Mailbox::new(
         &data_dir,
         store.clone(),
-        Arc::clone(&sessions),
+        (Arc::clone(&sessions), Arc::clone(&observations)),
         audit.clone(),
         config.mailbox.within(config.limits.max_payload),
         mailbox_link,
@@ -250,7 +251,7 @@ pub async fn run(
             audit_days: config.audit.retention_days,
             message_secs: config.mailbox.expiry_secs,
         },
-        observations: Arc::default(),
+        observations,
         check_limits: crate::hub::device_check::CheckLimits {
             max_payload: config.limits.max_payload,
             telemetry_per_sec: crate::hub::device_check::TELEMETRY_PER_SEC,

@@ -143,3 +143,47 @@ async fn device_check_passes_a_well_behaved_toy_and_fails_a_reconnection_storm()
     assert!(!out.status.success(), "{report}");
     assert!(report.contains("FAIL  reconnect back-off"), "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn device_check_fails_a_toy_that_never_acknowledges_a_message() {
+    let hub = TestHub::start();
+    let mum = hub.device("Mum", "parent");
+    let toy = hub.device("Ada", "child");
+    let (client, mut events) = v5_connected(&hub, &toy).await;
+    client
+        .subscribe(format!("hearth/v1/dev/{}/inbox", toy.id), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let sent = hearth_device(&mum.dir, &["send", "--to", "Ada", "--text", "bath time"]);
+    assert!(sent.status.success());
+    // It takes the delivery (rumqttc PUBACKs the MQTT packet) but never
+    // sends the mailbox's ack.
+    let delivered = loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.poll()).await {
+            Ok(Ok(Event::Incoming(P5::Publish(p)))) => break p,
+            Ok(Ok(_)) => {}
+            other => panic!("no delivery: {other:?}"),
+        }
+    };
+    assert!(String::from_utf8_lossy(&delivered.payload).contains("bath time"));
+    let out = hub.hearth(&["device", "check", &toy.id]);
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!out.status.success(), "{report}");
+    assert!(report.contains("FAIL  acknowledgements"), "{report}");
+    // The reference device acknowledges, and passes.
+    let ada = hub.device("Ada", "child");
+    let sent = hearth_device(&mum.dir, &["send", "--to", &ada.id, "--text", "story"]);
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let inbox = hearth_device(&ada.dir, &["inbox", "--wait", "2"]);
+    assert!(String::from_utf8_lossy(&inbox.stdout).contains("story"));
+    let out = hub.hearth(&["device", "check", &ada.id]);
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        report.contains("pass  acknowledgements     1 acks for 1 deliveries"),
+        "{report}"
+    );
+}

@@ -23,6 +23,7 @@ use super::seal::MailboxKey;
 use super::{InboxWatch, MailboxError};
 use crate::audit::{Audit, Event};
 use crate::config::MailboxSection;
+use crate::hub::device_check::Observations;
 use crate::hub::sessions::Sessions;
 use crate::store::{NewMessage, Store, StoreError, StoreHandle};
 
@@ -52,6 +53,8 @@ const PENDING_RECOUNT: Duration = Duration::from_secs(1);
 pub struct Mailbox {
     store: StoreHandle,
     sessions: Arc<Sessions>,
+    /// Deliveries and acknowledgements, for `hearth device check`.
+    observations: Arc<Observations>,
     audit: Audit,
     seal: MailboxKey,
     limits: MailboxSection,
@@ -88,7 +91,7 @@ impl Mailbox {
     pub fn new(
         data_dir: &Path,
         store: StoreHandle,
-        sessions: Arc<Sessions>,
+        (sessions, observations): (Arc<Sessions>, Arc<Observations>),
         audit: Audit,
         limits: MailboxSection,
         link: LinkTx,
@@ -109,6 +112,7 @@ impl Mailbox {
         let mailbox = Mailbox {
             store,
             sessions,
+            observations,
             audit,
             seal,
             quotas: quota::Quotas::new(limits.clone(), data_dir.to_owned()),
@@ -378,6 +382,7 @@ impl Mailbox {
     fn on_ack(&mut self, db: &mut Store, device: &DeviceId, id: &str) {
         match db.acknowledge(device, id) {
             Ok(Some((sender, reference, _gone))) => {
+                self.observations.update(device, |s| s.acks += 1);
                 self.sent.remove(&(id.to_owned(), *device));
                 if let Some((n, _)) = self.pending.get_mut(device) {
                     *n = n.saturating_sub(1);
@@ -536,6 +541,7 @@ impl Mailbox {
             message.expires_at,
         );
         self.publish_inbox(device, &Inbox::Delivery(delivery));
+        self.observations.update(device, |s| s.deliveries += 1);
         self.sent.insert((message.id, *device), now);
         Some(size)
     }
