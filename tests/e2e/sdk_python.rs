@@ -484,6 +484,16 @@ async fn the_python_toy_pairs_reports_obeys_receives_once_sends_and_renews() {
         .await
         .expect("telemetry over the renewed certificate");
 
+    // What the hub saw of the toy: no failing line (docs/TOYMAKERS.md).
+    let check = hub.hearth(&["device", "check", &id]);
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success() && !report.contains("FAIL"),
+        "{report}"
+    );
+    assert!(report.contains("pass  description"), "{report}");
+    assert!(report.contains("pass  acknowledgements"), "{report}");
+
     // Revoked, the toy stops retrying and says why.
     hub.hearth_ok(&["device", "revoke", &id]);
     let mut revoked = Running::start(&dir, &["--interval", "0.2"]);

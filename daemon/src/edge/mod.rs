@@ -437,6 +437,8 @@ impl Edge {
         };
         let mut inbound = BytesMut::new();
         let mut connected = false;
+        // The session's number in the hub's observations.
+        let mut observed = 0;
         let result = async {
             let (version, connect, connect_len) = tokio::select! {
                 // Revoked (or the hub stopping) while waiting for CONNECT.
@@ -608,7 +610,7 @@ impl Edge {
             let session = self.hub.sessions.register(device, &client_id, stop.clone());
             connected = true;
             if let Some(device) = &device {
-                self.hub.observations.begin(
+                observed = self.hub.observations.begin(
                     *device,
                     SessionSeen {
                         started: crate::unix_now(),
@@ -695,7 +697,7 @@ impl Edge {
         if let (Some(device), true) = (device, connected) {
             self.hub
                 .observations
-                .update(&device, |s| s.ended = crate::unix_now());
+                .ended(&device, observed, crate::unix_now());
             self.hub.audit.record(Event {
                 device: Some(device),
                 event: "disconnect",

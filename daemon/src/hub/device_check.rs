@@ -55,6 +55,12 @@ pub struct SessionSeen {
     pub deliveries: u64,
     /// Acknowledgements it sent.
     pub acks: u64,
+    /// The device ended it with DISCONNECT (rather than losing it).
+    pub said_goodbye: bool,
+    /// Which session this is, hub-wide: a connection's end is recorded on
+    /// its own session even when a newer one took over first.
+    #[serde(skip)]
+    pub number: u64,
 }
 
 /// A description, as the hub saw it.
@@ -320,12 +326,16 @@ impl super::Hub {
 }
 
 /// The longest run of sessions, at the end, each begun within
-/// [`QUICK_RECONNECT_SECS`] of the previous one's end.
+/// [`QUICK_RECONNECT_SECS`] of the loss of the previous one. A session
+/// the device ended itself (DISCONNECT) is no loss: a toy run again at
+/// once is not a reconnection storm.
 fn quick_reconnects(sessions: &[SessionSeen]) -> usize {
     sessions
         .windows(2)
         .rev()
-        .take_while(|w| w[0].ended > 0 && w[1].started - w[0].ended < QUICK_RECONNECT_SECS)
+        .take_while(|w| {
+            w[0].ended > 0 && !w[0].said_goodbye && w[1].started - w[0].ended < QUICK_RECONNECT_SECS
+        })
         .count()
 }
 
@@ -333,18 +343,22 @@ fn quick_reconnects(sessions: &[SessionSeen]) -> usize {
 #[derive(Debug, Default)]
 pub struct Observations {
     by_device: Mutex<HashMap<DeviceId, VecDeque<SessionSeen>>>,
+    next: std::sync::atomic::AtomicU64,
 }
 
 impl Observations {
     /// Records a new session of `device`, forgetting its oldest beyond
-    /// [`SESSIONS_KEPT`].
-    pub fn begin(&self, device: DeviceId, session: SessionSeen) {
+    /// [`SESSIONS_KEPT`]; returns its number, for [`Observations::ended`].
+    pub fn begin(&self, device: DeviceId, mut session: SessionSeen) -> u64 {
+        let number = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        session.number = number;
         let mut map = crate::sync::lock(&self.by_device);
         let seen = map.entry(device).or_default();
         if seen.len() == SESSIONS_KEPT {
             seen.pop_front();
         }
         seen.push_back(session);
+        number
     }
 
     /// Updates the device's latest session.
@@ -354,6 +368,16 @@ impl Observations {
             .and_then(VecDeque::back_mut)
         {
             f(last);
+        }
+    }
+
+    /// Records when session `number` of `device` ended.
+    pub fn ended(&self, device: &DeviceId, number: u64, at: i64) {
+        if let Some(session) = crate::sync::lock(&self.by_device)
+            .get_mut(device)
+            .and_then(|s| s.iter_mut().find(|s| s.number == number))
+        {
+            session.ended = at;
         }
     }
 
@@ -398,6 +422,8 @@ mod tests {
             telemetry_peak_per_sec: 1,
             deliveries: 2,
             acks: 2,
+            said_goodbye: false,
+            number: 0,
         }
     }
 
@@ -449,6 +475,16 @@ mod tests {
         let lines = judge(&storm, Some(NOW + YEAR), LIMITS, NOW);
         assert_eq!(verdict(&lines, "reconnect back-off"), Verdict::Fail);
         let lines = judge(&storm[1..], Some(NOW + YEAR), LIMITS, NOW);
+        assert_eq!(verdict(&lines, "reconnect back-off"), Verdict::Pass);
+        // Sessions the device ended itself, run again at once, are no storm.
+        let polite: Vec<SessionSeen> = storm
+            .iter()
+            .map(|s| SessionSeen {
+                said_goodbye: true,
+                ..s.clone()
+            })
+            .collect();
+        let lines = judge(&polite, Some(NOW + YEAR), LIMITS, NOW);
         assert_eq!(verdict(&lines, "reconnect back-off"), Verdict::Pass);
         // Waiting between attempts passes however often it reconnects.
         let patient = [
@@ -511,9 +547,17 @@ mod tests {
             );
         }
         seen.update(&device, |s| s.telemetry += 1);
+        // A connection taken over ends after its successor began: its end
+        // is recorded on its own session.
+        let older = seen.begin(device, SessionSeen::default());
+        let newer = seen.begin(device, SessionSeen::default());
+        seen.ended(&device, older, 99);
         let sessions = seen.sessions(&device);
-        assert_eq!(sessions.len(), SESSIONS_KEPT);
-        assert_eq!(sessions[0].started, 20 - SESSIONS_KEPT as i64);
+        assert_eq!(sessions[SESSIONS_KEPT - 2].ended, 99);
+        assert_eq!(sessions[SESSIONS_KEPT - 1].ended, 0);
+        assert_eq!(sessions[SESSIONS_KEPT - 1].number, newer);
+        let sessions: Vec<SessionSeen> = sessions[..SESSIONS_KEPT - 2].to_vec();
+        assert_eq!(sessions[0].started, 22 - SESSIONS_KEPT as i64);
         assert_eq!(sessions.last().unwrap().telemetry, 1);
         seen.forget(&device);
         assert!(seen.sessions(&device).is_empty());

@@ -518,6 +518,14 @@ impl<'a> Upstream<'a> {
     }
 
     async fn inspect(&mut self, frame: &Frame, packet: &[u8]) -> Result<Verdict, SessionEnd> {
+        if let (kind::DISCONNECT, Some(own)) = (frame.kind(), &self.own) {
+            // A session the device ended itself: the next one is no
+            // reconnection after a loss.
+            self.edge
+                .hub
+                .observations
+                .update(&own.device, |s| s.said_goodbye = true);
+        }
         match frame.kind() {
             kind::PUBLISH => self.publish(frame, packet).await,
             kind::SUBSCRIBE => self.subscribe(frame, packet).await,
