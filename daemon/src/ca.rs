@@ -443,7 +443,7 @@ fn san_strings(cert: &X509Certificate<'_>) -> BTreeSet<String> {
 /// The hub's name on the LAN: `hearth-` and the first 8 hex digits of the
 /// CA fingerprint — stable, unique per hub, and naming nobody.
 pub fn instance_name(ca_fingerprint: &[u8; 32]) -> String {
-    format!("hearth-{}", hex::encode(&ca_fingerprint[..4]))
+    hearth_protocol::pairing::hub_instance_name(ca_fingerprint)
 }
 
 /// The mDNS host name the hub answers to (also in its server certificate).

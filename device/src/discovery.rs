@@ -45,6 +45,15 @@ impl std::fmt::Display for FoundHub {
 /// Browses `_hearth._tcp` for `secs` seconds and returns every distinct
 /// advertisement seen.
 pub async fn discover(secs: u64) -> Result<Vec<FoundHub>> {
+    discover_until(secs, |_| false).await
+}
+
+/// Browses like [`discover`], but stops as soon as `enough` says what was
+/// seen so far will do (a device looking for its own hub needs no more).
+pub async fn discover_until(
+    secs: u64,
+    enough: impl Fn(&[FoundHub]) -> bool,
+) -> Result<Vec<FoundHub>> {
     use mdns_sd::{ServiceDaemon, ServiceEvent};
     let mdns = ServiceDaemon::new().map_err(|e| Error::Discovery(e.to_string()))?;
     let events = mdns
@@ -83,6 +92,9 @@ pub async fn discover(secs: u64) -> Result<Vec<FoundHub>> {
                 pairing_open: txt("pair").as_deref() == Some("1"),
             },
         );
+        if enough(&hubs) {
+            break;
+        }
     }
     if let Ok(done) = mdns.shutdown() {
         let _ = tokio::time::timeout(Duration::from_secs(1), done.recv_async()).await;
@@ -132,6 +144,41 @@ pub fn choose<'a>(hubs: &'a [FoundHub], ca: &str) -> Result<&'a FoundHub> {
             "several hubs claim that CA; use the pairing URI".into(),
         )),
     }
+}
+
+/// Whether `hub` advertises the CA whose full fingerprint `ca_sha256` the
+/// device pinned. Only a filter on where to look: anyone can advertise any
+/// prefix, so the TLS check (CA and name) is what proves it is the hub.
+pub fn claims_ca(hub: &FoundHub, ca_sha256: &str) -> bool {
+    !hub.ca_prefix.is_empty() && ca_sha256.starts_with(&hub.ca_prefix.to_ascii_lowercase())
+}
+
+/// Where the device's own hub (pinned CA `ca_sha256`) may have moved to,
+/// among `hubs` seen on the LAN: one claiming that CA at a place (address
+/// and MQTT port) other than `host:mqtt_port` and not in `tried` (places
+/// already tried since the hub was last reached). None while the hub is
+/// still advertised where the device knows it: it is there, only busy or
+/// restarting.
+pub fn moved_to<'a>(
+    hubs: &'a [FoundHub],
+    ca_sha256: &str,
+    (host, mqtt_port): (&str, u16),
+    tried: &[String],
+) -> Option<&'a FoundHub> {
+    let ours: Vec<&FoundHub> = hubs.iter().filter(|h| claims_ca(h, ca_sha256)).collect();
+    if ours
+        .iter()
+        .any(|h| h.address == host && h.mqtt_port == mqtt_port)
+    {
+        return None;
+    }
+    ours.into_iter()
+        .find(|h| !tried.contains(&place(&h.address, h.mqtt_port)))
+}
+
+/// `address:port` as [`moved_to`]'s `tried` lists places.
+pub fn place(address: &str, port: u16) -> String {
+    crate::est::authority(address, port)
 }
 
 #[cfg(test)]
@@ -193,5 +240,39 @@ mod tests {
             .to_string()
             .contains("several"));
         assert!(choose(&[hub("x", "192.0.2.8", "", true)], &ca).is_err());
+    }
+
+    #[test]
+    fn the_hub_is_followed_only_to_an_advertisement_of_its_own_ca() {
+        let ca = format!("aaaa{}", "0".repeat(60));
+        let ours = |address: &str| hub("home", address, "aaaa", false);
+        let here = ("192.0.2.1", 8883);
+        // Advertised where the device knows it: not moved.
+        assert_eq!(moved_to(&[ours("192.0.2.1")], &ca, here, &[]), None);
+        assert_eq!(
+            moved_to(&[ours("192.0.2.9"), ours("192.0.2.1")], &ca, here, &[]),
+            None
+        );
+        // Elsewhere under its CA: moved there.
+        let found = [hub("home", "192.0.2.66", "bbbb", false), ours("192.0.2.9")];
+        assert_eq!(
+            moved_to(&found, &ca, here, &[]).map(|h| h.address.as_str()),
+            Some("192.0.2.9")
+        );
+        // The same name with another CA is never followed.
+        let impostor = [hub("home", "192.0.2.66", "bbbb", false)];
+        assert_eq!(moved_to(&impostor, &ca, here, &[]), None);
+        assert_eq!(
+            moved_to(&[hub("home", "192.0.2.66", "", false)], &ca, here, &[]),
+            None
+        );
+        // A place already tried in vain is not tried again until the hub
+        // is reached.
+        let tried = [place("192.0.2.9", 8883)];
+        assert_eq!(moved_to(&found, &ca, here, &tried), None);
+        // The same address with another port is another place.
+        let mut moved_port = ours("192.0.2.1");
+        moved_port.mqtt_port = 18883;
+        assert!(moved_to(&[moved_port], &ca, here, &[]).is_some());
     }
 }

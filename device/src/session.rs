@@ -16,6 +16,7 @@ use rumqttc::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
+use crate::discovery::{self, FoundHub};
 use crate::inbox::{self, Content, Seen};
 use crate::state::{DeviceDir, Paired, Pairing};
 use crate::{tls, Error, Result};
@@ -28,11 +29,34 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
 /// hub's own limit is below this.
 pub const MAX_PACKET: usize = 16 * 1024 * 1024;
 
-/// MQTT over mutual TLS as this device.
+/// How many failures to reach the hub in a row before the device looks
+/// for it on the LAN: one can be a hub restarting, two in a row with the
+/// connect timeout between them rarely is.
+pub const BROWSE_AFTER: u32 = 2;
+/// How long the device browses mDNS for its hub (less once it is seen).
+pub const BROWSE_SECS: u64 = 3;
+/// How long telemetry may go unacknowledged before the connection is
+/// taken for dead. A hub that changed address leaves the old connection
+/// silent, not closed, and MQTT keep-alive would take two periods (60 s)
+/// to notice.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many places advertised for the hub's CA that failed to prove it
+/// are remembered (not tried again until the hub is reached).
+const MAX_TRIED: usize = 16;
+
+/// MQTT over mutual TLS as this device, to the hub where `device.toml`
+/// says it is.
 pub fn mqtt_options(paired: &Paired) -> Result<MqttOptions> {
+    mqtt_options_to(paired, &paired.pairing)
+}
+
+/// MQTT over mutual TLS as this device, to the hub at `to`'s host and MQTT
+/// port. Whatever the address, the hub must prove its CA and its name.
+fn mqtt_options_to(paired: &Paired, to: &Pairing) -> Result<MqttOptions> {
     let ca = CertificateDer::from_pem_slice(&paired.ca_pem)?;
     let tls = tls::client_config(&ca, Some((&paired.chain_pem, &paired.key_pem)))?;
-    let pairing = &paired.pairing;
+    let pairing = to;
     let mut options = MqttOptions::new(
         pairing.device_id.as_str(),
         pairing.host.as_str(),
@@ -63,6 +87,12 @@ pub enum RunEvent<'a> {
         /// The backoff before the next attempt.
         retry_in: Duration,
     },
+    /// mDNS showed a hub claiming this device's CA at another place; the
+    /// device tries it now. Nothing is stored until it proves itself.
+    Trying(&'a FoundHub),
+    /// The hub proved itself (CA and name) at a new address, which is now
+    /// stored in `device.toml`.
+    Moved(&'a Pairing),
 }
 
 impl RunEvent<'_> {
@@ -96,15 +126,30 @@ impl std::fmt::Display for RunEvent<'_> {
                 terminal::text(&error.to_string()),
                 retry_in.as_secs()
             ),
+            // The address came from mDNS: printed as a field.
+            RunEvent::Trying(hub) => write!(
+                f,
+                "a hub claiming this CA is advertised at {}; trying it",
+                terminal::field(&discovery::place(&hub.address, hub.mqtt_port))
+            ),
+            RunEvent::Moved(p) => write!(
+                f,
+                "hub moved to {}; stored in {}",
+                terminal::field(&discovery::place(&p.host, p.mqtt_port)),
+                crate::state::SETTINGS
+            ),
         }
     }
 }
 
 /// Connects, publishes telemetry to `tele/status` every `interval`,
 /// reports commands on `cmd/#`, and reconnects with exponential backoff.
-/// With `count`, returns once that many telemetry messages were
-/// acknowledged (and the DISCONNECT sent); otherwise runs until an error
-/// that reconnecting cannot mend.
+/// When the hub cannot be reached [`BROWSE_AFTER`] times in a row, looks
+/// for it on the LAN (mDNS, filtered by the pinned CA) and, if it is
+/// advertised elsewhere, dials it there; the new address is stored once
+/// the hub proved its CA and name over TLS. With `count`, returns once
+/// that many telemetry messages were acknowledged (and the DISCONNECT
+/// sent); otherwise runs until an error that reconnecting cannot mend.
 pub async fn run_telemetry(
     dir: &DeviceDir,
     interval: Duration,
@@ -112,10 +157,11 @@ pub async fn run_telemetry(
     mut on: impl FnMut(RunEvent<'_>),
 ) -> Result<u64> {
     let paired = dir.load()?;
-    let options = mqtt_options(&paired)?;
-    let pairing = paired.pairing;
+    // Where device.toml says the hub is, and where the device dials now.
+    let mut pairing = paired.pairing.clone();
+    let mut dialled = pairing.clone();
     let id = pairing.device_id;
-    let (client, mut events) = AsyncClient::new(options, 16);
+    let (mut client, mut events) = AsyncClient::new(mqtt_options_to(&paired, &dialled)?, 16);
     let tele = topic::tele(&id, "status");
     let commands = topic::cmd(&id, "#");
     let interval = interval.max(Duration::from_millis(10));
@@ -123,48 +169,183 @@ pub async fn run_telemetry(
     let mut ticker = tokio::time::interval(interval);
     let mut connected = false;
     let mut backoff = Duration::from_secs(1);
+    let mut failures = Failures::default();
+    let mut acks = AckWatch::default();
+    // Places mDNS pointed at that did not prove to be the hub.
+    let mut tried: Vec<String> = Vec::new();
     let (mut sent, mut acked) = (0u64, 0u64);
     loop {
-        tokio::select! {
+        let failure = tokio::select! {
             _ = ticker.tick(), if connected && count.is_none_or(|n| sent < n) => {
-                sent += 1;
-                let reading = serde_json::json!({
-                    "seq": sent,
-                    "uptime_s": started.elapsed().as_secs(),
-                });
-                client.try_publish(&tele, QoS::AtLeastOnce, false, reading.to_string())?;
+                if acks.silent(Instant::now()) {
+                    Some(Error::Timeout("the hub did not acknowledge telemetry within 10 s"))
+                } else {
+                    let reading = serde_json::json!({
+                        "seq": sent + 1,
+                        "uptime_s": started.elapsed().as_secs(),
+                    });
+                    // A full queue means the hub is slow or gone: this
+                    // reading is skipped, and the watch above decides.
+                    if client.try_publish(&tele, QoS::AtLeastOnce, false, reading.to_string()).is_ok() {
+                        sent += 1;
+                        acks.published(Instant::now());
+                    }
+                    None
+                }
             }
             event = events.poll() => match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     connected = true;
                     backoff = Duration::from_secs(1);
+                    failures.reached();
+                    acks = AckWatch::default();
+                    tried.clear();
+                    if dialled != pairing {
+                        // The hub proved its CA and name at the new place.
+                        dir.store_settings(&dialled)?;
+                        pairing = dialled.clone();
+                        on(RunEvent::Moved(&pairing));
+                    }
                     on(RunEvent::Connected(&pairing));
                     client.try_subscribe(&commands, QoS::AtLeastOnce)?;
+                    None
                 }
                 Ok(Event::Incoming(Packet::Publish(command))) => {
                     on(RunEvent::Command { topic: &command.topic, payload: &command.payload });
+                    None
                 }
                 Ok(Event::Incoming(Packet::PubAck(_))) => {
                     acked += 1;
+                    acks.acknowledged(Instant::now());
                     if count.is_some_and(|n| acked >= n) {
                         client.try_disconnect()?;
                         flush_disconnect(&mut events).await;
                         return Ok(acked);
                     }
+                    None
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    connected = false;
-                    let error = Error::from(e);
-                    if matches!(error, Error::NotAccepted(_)) {
-                        return Err(error);
-                    }
-                    on(RunEvent::ConnectionLost { error: &error, retry_in: backoff });
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                Ok(_) => None,
+                Err(e) => Some(Error::from(e)),
+            }
+        };
+        let Some(error) = failure else {
+            continue;
+        };
+        if matches!(error, Error::NotAccepted(_)) {
+            return Err(error);
+        }
+        connected = false;
+        // Readings not acknowledged went with the connection.
+        sent = acked;
+        acks = AckWatch::default();
+        on(RunEvent::ConnectionLost {
+            error: &error,
+            retry_in: backoff,
+        });
+        let mut next = dialled.clone();
+        if failures.failed() {
+            if dialled != pairing {
+                // The place mDNS pointed at did not prove to be the hub.
+                // Bounded: anyone on the LAN can advertise many places.
+                if tried.len() >= MAX_TRIED {
+                    tried.clear();
                 }
+                tried.push(discovery::place(&dialled.host, dialled.mqtt_port));
+            }
+            next = pairing.clone();
+            if let Some(hub) = look_for_hub(&pairing, &tried).await {
+                on(RunEvent::Trying(&hub));
+                next = Pairing {
+                    host: hub.address.clone(),
+                    mqtt_port: hub.mqtt_port,
+                    enroll_port: hub.enroll_port,
+                    ..pairing.clone()
+                };
+            } else if !tried.is_empty() {
+                // Every place seen was tried; they may be tried again.
+                tried.clear();
             }
         }
+        // A new place is tried soon; the same one after the backoff.
+        if next != dialled || next != pairing {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        } else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        // A fresh client: a silent connection is dropped, not waited on.
+        dialled = next;
+        (client, events) = AsyncClient::new(mqtt_options_to(&paired, &dialled)?, 16);
+    }
+}
+
+/// Browses mDNS for the hub of the pinned CA; the place it moved to, if it
+/// is advertised somewhere other than where `pairing` says and not in
+/// `tried`. mDNS failing is no reason to stop: the device keeps retrying
+/// where it knows the hub.
+async fn look_for_hub(pairing: &Pairing, tried: &[String]) -> Option<FoundHub> {
+    let here = (pairing.host.as_str(), pairing.mqtt_port);
+    let ca = pairing.ca_sha256.as_str();
+    // Enough once the hub is seen where the device knows it, or elsewhere.
+    let hubs = discovery::discover_until(BROWSE_SECS, |hubs| {
+        let there = |h: &FoundHub| h.address == here.0 && h.mqtt_port == here.1;
+        discovery::moved_to(hubs, ca, here, tried).is_some()
+            || hubs.iter().any(|h| discovery::claims_ca(h, ca) && there(h))
+    })
+    .await
+    .ok()?;
+    discovery::moved_to(&hubs, ca, here, tried).cloned()
+}
+
+/// Failures to reach the hub in a row, and when to look for it on the LAN.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Failures {
+    in_a_row: u32,
+}
+
+impl Failures {
+    /// One more failure (lost, refused by the network, timed out);
+    /// whether to look for the hub on the LAN now.
+    pub fn failed(&mut self) -> bool {
+        self.in_a_row = self.in_a_row.saturating_add(1);
+        self.in_a_row >= BROWSE_AFTER
+    }
+
+    /// The hub accepted a session: the count starts again.
+    pub fn reached(&mut self) {
+        self.in_a_row = 0;
+    }
+}
+
+/// Whether the hub still acknowledges telemetry: since when the oldest
+/// outstanding publish has waited without any acknowledgement coming.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AckWatch {
+    outstanding: u64,
+    waiting_since: Option<Instant>,
+}
+
+impl AckWatch {
+    /// A publish went out at `now`.
+    pub fn published(&mut self, now: Instant) {
+        if self.outstanding == 0 {
+            self.waiting_since = Some(now);
+        }
+        self.outstanding += 1;
+    }
+
+    /// An acknowledgement came at `now`: the hub is alive, and what is
+    /// still outstanding waits from now.
+    pub fn acknowledged(&mut self, now: Instant) {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        self.waiting_since = (self.outstanding > 0).then_some(now);
+    }
+
+    /// Whether nothing was acknowledged for [`ACK_TIMEOUT`] while
+    /// something was outstanding.
+    pub fn silent(&self, now: Instant) -> bool {
+        self.waiting_since
+            .is_some_and(|since| now.saturating_duration_since(since) >= ACK_TIMEOUT)
     }
 }
 
@@ -530,6 +711,37 @@ impl Session {
 mod tests {
     use super::*;
     use hearth_protocol::mailbox::{From, Kind};
+
+    #[test]
+    fn the_lan_is_searched_after_failures_in_a_row_only() {
+        let mut failures = Failures::default();
+        assert!(!failures.failed(), "one failure can be a hub restarting");
+        assert!(failures.failed());
+        assert!(failures.failed(), "and at every failure after that");
+        failures.reached();
+        assert!(!failures.failed());
+    }
+
+    #[test]
+    fn a_connection_is_dead_when_telemetry_goes_unacknowledged() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut acks = AckWatch::default();
+        assert!(
+            !acks.silent(at(100)),
+            "nothing outstanding, nothing to miss"
+        );
+        acks.published(at(0));
+        acks.published(at(5));
+        assert!(!acks.silent(at(9)));
+        acks.acknowledged(at(9));
+        assert!(!acks.silent(at(18)), "the hub answered at 9 s");
+        assert!(acks.silent(at(19)));
+        acks.acknowledged(at(19));
+        assert!(!acks.silent(at(60)), "all acknowledged");
+        acks.acknowledged(at(61));
+        assert_eq!(acks, AckWatch::default());
+    }
 
     #[test]
     fn what_other_devices_sent_cannot_drive_the_terminal() {

@@ -99,6 +99,12 @@ impl DeviceDir {
             0o644,
         )?;
         write_with_mode(&self.path.join(CA), credentials.ca_pem.as_bytes(), 0o644)?;
+        self.store_settings(pairing)
+    }
+
+    /// Rewrites `device.toml` alone, atomically: after the hub was found
+    /// at a new address (and proved itself there over TLS).
+    pub fn store_settings(&self, pairing: &Pairing) -> Result<()> {
         let settings = toml::to_string(pairing).map_err(|e| Error::Damaged {
             path: self.path.join(SETTINGS),
             message: e.to_string(),
@@ -272,6 +278,23 @@ mod tests {
             !format!("{paired:?}").contains("KEY\""),
             "the key stays out of Debug"
         );
+    }
+
+    #[test]
+    fn a_new_hub_address_replaces_only_the_settings() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DeviceDir::new(tmp.path());
+        dir.store(&pairing(), &CREDENTIALS).unwrap();
+        let moved = Pairing {
+            host: "192.0.2.9".into(),
+            ..pairing()
+        };
+        dir.store_settings(&moved).unwrap();
+        let paired = dir.load().unwrap();
+        assert_eq!(paired.pairing, moved);
+        assert_eq!(paired.key_pem, b"KEY");
+        assert_eq!(mode(&tmp.path().join(KEY)), 0o600);
+        assert!(!tmp.path().join(format!("{SETTINGS}.tmp")).exists());
     }
 
     #[test]

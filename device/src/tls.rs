@@ -1,10 +1,13 @@
 //! TLS client configurations for the device: the hub CA as the only root
-//! (with the device's certificate for MQTT and renewal), and the one
-//! pin-later configuration used to fetch the CA while pairing.
+//! and the hub's stable name (with the device's certificate for MQTT and
+//! renewal), and the one pin-later configuration used to fetch the CA
+//! while pairing.
 
 use std::sync::Arc;
 
+use hearth_protocol::{pairing, pki};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -17,17 +20,17 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A client configuration trusting only the hub CA `ca`, presenting
+/// A client configuration trusting only the hub CA `ca`, and only for the
+/// hub's stable name derived from it (see [`HubVerifier`]), presenting
 /// `client` (chain PEM, key PEM) if given.
 pub fn client_config(
     ca: &CertificateDer<'static>,
     client: Option<(&[u8], &[u8])>,
 ) -> Result<Arc<ClientConfig>> {
-    let mut roots = RootCertStore::empty();
-    roots.add(ca.clone())?;
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots);
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(HubVerifier::new(ca)?));
     let config = match client {
         Some((chain_pem, key_pem)) => {
             let chain = CertificateDer::pem_slice_iter(chain_pem).collect::<Result<Vec<_>, _>>()?;
@@ -37,6 +40,77 @@ pub fn client_config(
         None => builder.with_no_client_auth(),
     };
     Ok(Arc::new(config))
+}
+
+/// Verifies the hub by its CA and its stable name
+/// `hearth-<8 hex of the CA fingerprint>.local`, whatever address was
+/// dialled: the hub's address changes with DHCP, its CA and name do not.
+/// Chain, validity and handshake signatures are checked by rustls's WebPKI
+/// verifier with the hub CA as the only root; only the name it checks
+/// against is ours rather than the dialled one. A certificate from another
+/// CA fails whatever names it carries, and a certificate of this CA fails
+/// unless it names this hub.
+#[derive(Debug)]
+pub struct HubVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    name: ServerName<'static>,
+}
+
+impl HubVerifier {
+    /// A verifier trusting only `ca`, for the name derived from its
+    /// fingerprint.
+    pub fn new(ca: &CertificateDer<'static>) -> Result<HubVerifier> {
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone())?;
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| crate::Error::Usage(format!("the hub CA cannot verify: {e}")))?;
+        let host = pairing::hub_host_name(&pki::fingerprint(ca));
+        let name = ServerName::try_from(host)
+            .map_err(|e| crate::Error::Usage(format!("the hub's name: {e}")))?;
+        Ok(HubVerifier { inner, name })
+    }
+
+    /// The name the hub's certificate must carry.
+    pub fn name(&self) -> &ServerName<'static> {
+        &self.name
+    }
+}
+
+impl ServerCertVerifier for HubVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _dialled: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// The configuration for the one `cacerts` request made before the device
@@ -100,5 +174,83 @@ impl ServerCertVerifier for PinLater {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+
+    /// A CA and its issuer, as a hub makes them.
+    fn ca(cn: &str) -> (CertificateDer<'static>, Issuer<'static, KeyPair>) {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        (cert.der().clone(), Issuer::new(params, key))
+    }
+
+    /// A server certificate issued by `issuer` for `names` (DNS or IP).
+    fn server(issuer: &Issuer<'static, KeyPair>, names: &[&str]) -> CertificateDer<'static> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let params = CertificateParams::new(names).unwrap();
+        params.signed_by(&key, issuer).unwrap().der().clone()
+    }
+
+    fn verify(
+        verifier: &HubVerifier,
+        cert: &CertificateDer<'_>,
+        dialled: &str,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let dialled = ServerName::try_from(dialled.to_owned()).unwrap();
+        verifier.verify_server_cert(cert, &[], &dialled, &[], UnixTime::now())
+    }
+
+    #[test]
+    fn the_hub_is_verified_by_its_ca_and_name_whatever_address_was_dialled() {
+        let (ca_der, issuer) = ca("Hearth hub CA");
+        let verifier = HubVerifier::new(&ca_der).unwrap();
+        let name = pairing::hub_host_name(&pki::fingerprint(&ca_der));
+        assert_eq!(verifier.name().to_str(), name);
+        // Issued while the hub was at 192.0.2.1, dialled at its new address.
+        let hub = server(&issuer, &[&name, "192.0.2.1"]);
+        verify(&verifier, &hub, "192.0.2.77").expect("the hub at another address");
+        verify(&verifier, &hub, "192.0.2.1").expect("the hub where it was");
+        verify(&verifier, &hub, "hearth-other.local").expect("whatever name was dialled");
+    }
+
+    #[test]
+    fn another_ca_fails_even_with_the_hubs_name_and_address() {
+        let (ca_der, _) = ca("Hearth hub CA");
+        // Even under the same CA name: only the key it was signed with counts.
+        for rogue_name in ["Rogue hub CA", "Hearth hub CA"] {
+            let (_, rogue) = ca(rogue_name);
+            let verifier = HubVerifier::new(&ca_der).unwrap();
+            let name = pairing::hub_host_name(&pki::fingerprint(&ca_der));
+            let impostor = server(&rogue, &[&name, "192.0.2.1"]);
+            let err = verify(&verifier, &impostor, "192.0.2.1").unwrap_err();
+            assert!(
+                matches!(err, rustls::Error::InvalidCertificate(_)),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_right_ca_without_the_hubs_name_fails() {
+        let (ca_der, issuer) = ca("Hearth hub CA");
+        let verifier = HubVerifier::new(&ca_der).unwrap();
+        // Matching the dialled address is not enough.
+        let unnamed = server(&issuer, &["192.0.2.1", "hearth-00000000.local"]);
+        let err = verify(&verifier, &unnamed, "192.0.2.1").unwrap_err();
+        assert!(
+            matches!(err, rustls::Error::InvalidCertificate(_)),
+            "{err:?}"
+        );
     }
 }

@@ -12,6 +12,24 @@ use std::str::FromStr;
 /// browse for it, so both read this one constant.
 pub const HEARTH_SERVICE: &str = "_hearth._tcp.local.";
 
+/// The hub's instance name, `hearth-<first 8 hex of its CA fingerprint>`:
+/// what it advertises over mDNS.
+pub fn hub_instance_name(ca_fingerprint: &[u8; 32]) -> String {
+    let mut name = String::from("hearth-");
+    for byte in &ca_fingerprint[..4] {
+        name.push_str(&format!("{byte:02x}"));
+    }
+    name
+}
+
+/// The hub's stable host name, `hearth-<first 8 hex of its CA
+/// fingerprint>.local`. The hub's server certificate always carries it,
+/// whatever its addresses, so a device verifies the hub by its CA and this
+/// name rather than by the address it dialled (which DHCP may change).
+pub fn hub_host_name(ca_fingerprint: &[u8; 32]) -> String {
+    format!("{}.local", hub_instance_name(ca_fingerprint))
+}
+
 /// What a paired device remembers about its hub: the reference device's
 /// `device.toml`. The device writes it when it pairs; `hearth device issue
 /// --out` writes it for a device set up by hand, so both read one format.
@@ -144,6 +162,14 @@ mod tests {
             ca_sha256: "ab".repeat(32),
             token: "0123456789abcdef0123456789abcdef01234567".into(),
         }
+    }
+
+    #[test]
+    fn the_hub_name_comes_from_the_first_four_bytes_of_the_ca_fingerprint() {
+        let mut fp = [0u8; 32];
+        fp[..5].copy_from_slice(&[0xab, 0x01, 0xcd, 0xef, 0x99]);
+        assert_eq!(hub_instance_name(&fp), "hearth-ab01cdef");
+        assert_eq!(hub_host_name(&fp), "hearth-ab01cdef.local");
     }
 
     #[test]

@@ -445,3 +445,208 @@ fn nothing_leaves_the_hub_but_mdns_and_replies_to_its_clients() {
         "the hub sent traffic of its own: {stray:#?}"
     );
 }
+
+/// A hub listening on every address of its namespace, as a home hub does,
+/// so that it still serves after DHCP gives it another one; `extra` is
+/// more configuration.
+fn hub_on_any_address(ns: &TwoNamespaces, mqtt_port: u16, extra: &str) -> TestHub {
+    let config = format!(
+        "[mqtt]\nlisten = \"0.0.0.0:{mqtt_port}\"\n[enroll]\nlisten = \"0.0.0.0:0\"\n\
+         [discovery]\nenabled = true\ninterfaces = [\"{}\"]\n{extra}",
+        ns.hub_if
+    );
+    TestHub::start_wrapped(&config, &[], &["ip", "netns", "exec", &ns.hub])
+}
+
+/// The lines a running `hearth-device` prints, stdout and stderr alike.
+fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx2.send(line);
+        }
+    });
+    rx
+}
+
+/// Waits up to `limit` for a line matching `wanted`; every line read is
+/// kept in `seen`.
+fn wait_line(
+    lines: &mpsc::Receiver<String>,
+    seen: &mut Vec<String>,
+    limit: Duration,
+    wanted: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                seen.push(line.clone());
+                if wanted(&line) {
+                    return Some(line);
+                }
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root and iproute2; run with -- --ignored"]
+fn the_device_follows_its_hub_to_a_new_address_and_refuses_a_rogue_hub() {
+    require_netns();
+    let ns = TwoNamespaces::new("m");
+    let mut hub = hub_on_any_address(&ns, 0, "");
+    let mqtt = hub.mqtt.port();
+    hub.hearth_ok(&["member", "add", "Ada", "--role", "child"]);
+    // Paired by the hub's IP address, as a pairing URI names it.
+    let out = hub.hearth_ok(&[
+        "--json",
+        "pair",
+        "--member",
+        "Ada",
+        "--label",
+        "robot",
+        "--ttl",
+        "10m",
+        "--host",
+        "10.231.7.1",
+    ]);
+    let answer: hearth_protocol::admin::AdminResponse =
+        serde_json::from_str(&out).expect("pair answer");
+    let hearth_protocol::admin::AdminResponse::PairOpened(ticket) = answer else {
+        panic!("unexpected answer {out}");
+    };
+    let uri = ticket.uri;
+    assert!(uri.contains("host=10.231.7.1&"), "{uri}");
+    let ca = ca_prefix_of(&hub, 32);
+    let dir = hub.dir.path().join("robot");
+    let out = ns
+        .exec(&ns.lan)
+        .arg(hearth_device_bin())
+        .arg("--dir")
+        .arg(&dir)
+        .args(["pair", &uri])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stored = || std::fs::read_to_string(dir.join("device.toml")).unwrap();
+    assert!(stored().contains("host = \"10.231.7.1\""), "{}", stored());
+    let mut device = ns
+        .exec(&ns.lan)
+        .arg(hearth_device_bin())
+        .arg("--dir")
+        .arg(&dir)
+        .args(["run", "--interval", "0.5"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(&mut device);
+    let mut seen = Vec::new();
+    let first = format!("connected to 10.231.7.1:{mqtt}");
+    assert!(
+        wait_line(&lines, &mut seen, Duration::from_secs(20), |l| l
+            .contains(&first))
+        .is_some(),
+        "{seen:#?}"
+    );
+
+    // The hub is advertised where it is.
+    discover_until(&ns, |s| s.contains("address=10.231.7.1 "));
+
+    // DHCP gives the hub another address; the old one is gone.
+    let ip = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().unwrap();
+        assert!(out.status.success(), "ip {args:?}");
+    };
+    // The new address is added first and becomes the primary one when the
+    // old goes (by default Linux would drop it with the old primary).
+    let promote = format!("net.ipv4.conf.{}.promote_secondaries=1", ns.hub_if);
+    let out = ns
+        .exec(&ns.hub)
+        .args(["sysctl", "-qw", &promote])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ip(&[
+        "-n",
+        &ns.hub,
+        "addr",
+        "add",
+        "10.231.7.3/24",
+        "dev",
+        &ns.hub_if,
+    ]);
+    ip(&[
+        "-n",
+        &ns.hub,
+        "addr",
+        "del",
+        "10.231.7.1/24",
+        "dev",
+        &ns.hub_if,
+    ]);
+    let moved = Instant::now();
+    let again = format!("connected to 10.231.7.3:{mqtt}");
+    let reconnected = wait_line(&lines, &mut seen, Duration::from_secs(30), |l| {
+        l.contains(&again)
+    });
+    assert!(
+        reconnected.is_some(),
+        "not reconnected within 30 s: {seen:#?}\nthe LAN sees: {}\n{}",
+        discover(&ns),
+        hub.log()
+    );
+    eprintln!(
+        "reconnected {:?} after the address changed",
+        moved.elapsed()
+    );
+    assert!(
+        seen.iter().any(|l| l.contains("hub moved to 10.231.7.3")),
+        "{seen:#?}"
+    );
+    assert!(stored().contains("host = \"10.231.7.3\""), "{}", stored());
+
+    // A rogue hub (another CA, whose certificate carries this hub's name)
+    // takes the hub's place and port while the hub is away.
+    assert!(hub.terminate().success());
+    let name = format!("hearth-{}", &ca[..8]);
+    let rogue = hub_on_any_address(&ns, mqtt, &format!("[hub]\nname = \"{name}\"\n"));
+    assert_ne!(ca_prefix_of(&rogue, 32), ca, "the rogue has its own CA");
+    let refused = wait_line(&lines, &mut seen, Duration::from_secs(40), |l| {
+        l.contains("connection lost") && l.contains("certificate")
+    });
+    assert!(refused.is_some(), "{seen:#?}\n{}", rogue.log());
+    // It is never taken for the hub: no session, nothing stored, and the
+    // device keeps looking for its own hub rather than stopping.
+    let _ = wait_line(&lines, &mut seen, Duration::from_secs(5), |_| false);
+    let after = seen
+        .iter()
+        .skip_while(|l| !l.contains(&again))
+        .skip(1)
+        .filter(|l| l.contains("connected to") || l.contains("moved to"))
+        .count();
+    assert_eq!(after, 0, "{seen:#?}");
+    assert!(stored().contains("host = \"10.231.7.3\""), "{}", stored());
+    assert!(device.try_wait().unwrap().is_none(), "{seen:#?}");
+    let _ = device.kill();
+    let _ = device.wait();
+}
