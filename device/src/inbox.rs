@@ -186,7 +186,7 @@ pub fn send_envelope(reference: &str, to: &str, content: Content) -> Outbox {
             Some(content_type),
         ),
     };
-    Outbox::Send(mailbox::Send {
+    Outbox::Send(mailbox::Message {
         v: mailbox::VERSION,
         reference: reference.to_owned(),
         to: to.to_owned(),

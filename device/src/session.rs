@@ -710,7 +710,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hearth_protocol::mailbox::{From, Kind};
+    use hearth_protocol::mailbox::{Kind, Sender};
 
     #[test]
     fn the_lan_is_searched_after_failures_in_a_row_only() {
@@ -748,7 +748,7 @@ mod tests {
         let delivery = Delivery {
             v: 1,
             id: "ab\x1b[2J".into(),
-            from: From {
+            from: Sender {
                 member: "Mum".parse().unwrap(),
                 device: DeviceId::from_entropy([1; 16]),
             },

@@ -96,15 +96,6 @@ pub struct Sender {
     pub device: DeviceId,
 }
 
-/// The names [`Message`] and [`Sender`] had, which shadowed std's `Send`
-/// and `From` wherever they were imported. Kept only until `device/` moves
-/// to the new names; new code uses those.
-#[doc(hidden)]
-pub type Send = Message;
-/// See [`Send`].
-#[doc(hidden)]
-pub type From = Sender;
-
 /// A message delivered to a device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {

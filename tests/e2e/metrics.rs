@@ -81,9 +81,20 @@ async fn a_scrape_parses_and_counts_handshakes_connections_and_the_mailbox() {
     let _raw = Raw::connect(&hub, &ada, false).await;
     let sent = hearth_device(&mum.dir, &["send", "--to", "Ada", "--text", "hello"]);
     assert!(sent.status.success());
-    let (status, body) = tokio::task::spawn_blocking(move || get(&address, "/metrics"))
-        .await
-        .unwrap();
+    // Mum's device has just sent and gone: once its session has ended,
+    // Ada's raw connection is the one left.
+    let scrape = move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, body) = get(&address, "/metrics");
+            let connected = samples(&body).get("hearth_connected_devices").copied();
+            if connected == Some(1.0) || std::time::Instant::now() > deadline {
+                return (status, body);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let (status, body) = tokio::task::spawn_blocking(scrape).await.unwrap();
     assert_eq!(status, 200, "{body}");
     let s = samples(&body);
     assert_eq!(s["hearth_connected_devices"], 1.0, "{body}");
