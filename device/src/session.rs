@@ -5,6 +5,8 @@
 //! events, to show or store; it is never obeyed.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hearth_protocol::hub_info::HubInfo;
@@ -48,14 +50,15 @@ const MAX_TRIED: usize = 16;
 /// MQTT over mutual TLS as this device, to the hub where `device.toml`
 /// says it is.
 pub fn mqtt_options(paired: &Paired) -> Result<MqttOptions> {
-    mqtt_options_to(paired, &paired.pairing)
+    mqtt_options_to(paired, &paired.pairing, Arc::default())
 }
 
 /// MQTT over mutual TLS as this device, to the hub at `to`'s host and MQTT
-/// port. Whatever the address, the hub must prove its CA and its name.
-fn mqtt_options_to(paired: &Paired, to: &Pairing) -> Result<MqttOptions> {
+/// port. Whatever the address, the hub must prove its CA and its name;
+/// `proven` is set when it did.
+fn mqtt_options_to(paired: &Paired, to: &Pairing, proven: Arc<AtomicBool>) -> Result<MqttOptions> {
     let ca = CertificateDer::from_pem_slice(&paired.ca_pem)?;
-    let tls = tls::client_config(&ca, Some((&paired.chain_pem, &paired.key_pem)))?;
+    let tls = tls::client_config_proving(&ca, Some((&paired.chain_pem, &paired.key_pem)), proven)?;
     let pairing = to;
     let mut options = MqttOptions::new(
         pairing.device_id.as_str(),
@@ -161,7 +164,10 @@ pub async fn run_telemetry(
     let mut pairing = paired.pairing.clone();
     let mut dialled = pairing.clone();
     let id = pairing.device_id;
-    let (mut client, mut events) = AsyncClient::new(mqtt_options_to(&paired, &dialled)?, 16);
+    // Whether the server of the current attempt proved to be the hub.
+    let mut proven = Arc::new(AtomicBool::new(false));
+    let (mut client, mut events) =
+        AsyncClient::new(mqtt_options_to(&paired, &dialled, Arc::clone(&proven))?, 16);
     let tele = topic::tele(&id, "status");
     let commands = topic::cmd(&id, "#");
     let interval = interval.max(Duration::from_millis(10));
@@ -231,7 +237,7 @@ pub async fn run_telemetry(
         let Some(error) = failure else {
             continue;
         };
-        if matches!(error, Error::NotAccepted(_)) {
+        if is_final(&error, proven.load(Ordering::Relaxed)) {
             return Err(error);
         }
         connected = false;
@@ -266,16 +272,33 @@ pub async fn run_telemetry(
                 tried.clear();
             }
         }
-        // A new place is tried soon; the same one after the backoff.
-        if next != dialled || next != pairing {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        // Another place is tried soon, the same one after the backoff; the
+        // backoff grows either way, so a hub that is down (or a stale
+        // advertisement) is not dialled ever faster.
+        let wait = if next != dialled {
+            Duration::from_secs(1)
         } else {
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        }
+            backoff
+        };
+        tokio::time::sleep(wait).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
         // A fresh client: a silent connection is dropped, not waited on.
         dialled = next;
-        (client, events) = AsyncClient::new(mqtt_options_to(&paired, &dialled)?, 16);
+        proven = Arc::new(AtomicBool::new(false));
+        (client, events) =
+            AsyncClient::new(mqtt_options_to(&paired, &dialled, Arc::clone(&proven))?, 16);
+    }
+}
+
+/// Whether `error` ends `run_telemetry`: a refusal of this device by the
+/// hub. CONNACK "not authorized" comes over a session the hub's keys
+/// began, so it is the hub's; a TLS alert counts only once the server
+/// proved to be the hub, since anyone on the network (or at an address
+/// mDNS named) can send one before its certificate.
+fn is_final(error: &Error, proven: bool) -> bool {
+    match error {
+        Error::NotAccepted(why) => proven || why.starts_with("CONNACK"),
+        _ => false,
     }
 }
 
@@ -710,6 +733,17 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_hub_itself_can_make_the_device_stop() {
+        let alert = Error::NotAccepted("TLS alert CertificateUnknown".into());
+        // Before any certificate proved to be the hub's: anyone's alert.
+        assert!(!is_final(&alert, false));
+        assert!(is_final(&alert, true));
+        let connack = Error::NotAccepted("CONNACK NotAuthorized".into());
+        assert!(is_final(&connack, false));
+        assert!(!is_final(&Error::Timeout("x"), true));
+    }
     use hearth_protocol::mailbox::{Kind, Sender};
 
     #[test]

@@ -3,6 +3,7 @@
 //! renewal), and the one pin-later configuration used to fetch the CA
 //! while pairing.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use hearth_protocol::{pairing, pki};
@@ -27,10 +28,23 @@ pub fn client_config(
     ca: &CertificateDer<'static>,
     client: Option<(&[u8], &[u8])>,
 ) -> Result<Arc<ClientConfig>> {
+    client_config_proving(ca, client, Arc::default())
+}
+
+/// [`client_config`], setting `proven` once a server proved to be the hub
+/// (its certificate passed [`HubVerifier`]): a refusal heard after that is
+/// the hub's, one heard before it may be anyone's on the network.
+pub fn client_config_proving(
+    ca: &CertificateDer<'static>,
+    client: Option<(&[u8], &[u8])>,
+    proven: Arc<AtomicBool>,
+) -> Result<Arc<ClientConfig>> {
+    let mut verifier = HubVerifier::new(ca)?;
+    verifier.proven = proven;
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(HubVerifier::new(ca)?));
+        .with_custom_certificate_verifier(Arc::new(verifier));
     let config = match client {
         Some((chain_pem, key_pem)) => {
             let chain = CertificateDer::pem_slice_iter(chain_pem).collect::<Result<Vec<_>, _>>()?;
@@ -54,6 +68,8 @@ pub fn client_config(
 pub struct HubVerifier {
     inner: Arc<WebPkiServerVerifier>,
     name: ServerName<'static>,
+    /// Set when a server's certificate passed.
+    proven: Arc<AtomicBool>,
 }
 
 impl HubVerifier {
@@ -68,7 +84,11 @@ impl HubVerifier {
         let host = pairing::hub_host_name(&pki::fingerprint(ca));
         let name = ServerName::try_from(host)
             .map_err(|e| crate::Error::Usage(format!("the hub's name: {e}")))?;
-        Ok(HubVerifier { inner, name })
+        Ok(HubVerifier {
+            inner,
+            name,
+            proven: Arc::default(),
+        })
     }
 
     /// The name the hub's certificate must carry.
@@ -86,8 +106,11 @@ impl ServerCertVerifier for HubVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.inner
-            .verify_server_cert(end_entity, intermediates, &self.name, ocsp, now)
+        let verified =
+            self.inner
+                .verify_server_cert(end_entity, intermediates, &self.name, ocsp, now)?;
+        self.proven.store(true, Ordering::Relaxed);
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
