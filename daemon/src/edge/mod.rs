@@ -613,7 +613,7 @@ impl Edge {
                 observed = self.hub.observations.begin(
                     *device,
                     SessionSeen {
-                        started: crate::unix_now(),
+                        started_ms: crate::unix_now_ms(),
                         tls: tls.to_owned(),
                         mqtt: if version == MqttVersion::V5 { 5 } else { 4 },
                         keep_alive,
@@ -697,7 +697,7 @@ impl Edge {
         if let (Some(device), true) = (device, connected) {
             self.hub
                 .observations
-                .ended(&device, observed, crate::unix_now());
+                .ended(&device, observed, crate::unix_now_ms());
             self.hub.audit.record(Event {
                 device: Some(device),
                 event: "disconnect",
@@ -784,6 +784,9 @@ impl Edge {
     }
 }
 
+/// The largest CONNECT read from a client about to be refused.
+const REFUSED_CONNECT_MAX: usize = 16 * 1024;
+
 /// The protocol's answer to a client whose TLS session began (a resumed
 /// session skips the certificate check) but whose certificate is no
 /// longer accepted: its CONNECT gets CONNACK "not authorized", so a device
@@ -793,10 +796,13 @@ async fn answer_not_authorized<S>(client: &mut S, max_packet: usize, deadline: I
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // Only the CONNECT's version is needed: a larger one is closed on, so a
+    // refused client holds little memory while it waits.
+    let limit = max_packet.min(REFUSED_CONNECT_MAX);
     let mut inbound = BytesMut::new();
     let version = timeout_at(deadline, async {
         loop {
-            match mqtt::next_frame(&inbound, max_packet) {
+            match mqtt::next_frame(&inbound, limit) {
                 Ok(Some(frame)) if frame.kind() == kind::CONNECT => {
                     return mqtt::connect_version(&inbound, &frame).ok();
                 }

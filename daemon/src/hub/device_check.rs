@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 
 /// Sessions remembered per device.
 pub const SESSIONS_KEPT: usize = 8;
-/// A reconnection sooner than this after the previous session ended is
-/// "at once".
-pub const QUICK_RECONNECT_SECS: i64 = 1;
+/// A reconnection sooner than this (milliseconds) after the previous
+/// session was lost is "at once".
+pub const QUICK_RECONNECT_MS: i64 = 1000;
 /// This many quick reconnections in a row fail the back-off check.
 pub const QUICK_RECONNECTS_FAIL: usize = 3;
 /// Telemetry messages a second above which the check warns: a home hub
@@ -27,10 +27,10 @@ pub const RENEW_WARN_DAYS: i64 = 30;
 /// What the hub saw of one session.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionSeen {
-    /// When it began and ended (Unix seconds; `ended` 0 while open).
-    pub started: i64,
-    /// When it ended.
-    pub ended: i64,
+    /// When it began, Unix milliseconds.
+    pub started_ms: i64,
+    /// When it ended, Unix milliseconds; 0 while open.
+    pub ended_ms: i64,
     /// "TLSv1_3", "TLSv1_2".
     pub tls: String,
     /// 4 (3.1.1) or 5.
@@ -326,7 +326,7 @@ impl super::Hub {
 }
 
 /// The longest run of sessions, at the end, each begun within
-/// [`QUICK_RECONNECT_SECS`] of the loss of the previous one. A session
+/// [`QUICK_RECONNECT_MS`] of the loss of the previous one. A session
 /// the device ended itself (DISCONNECT) is no loss: a toy run again at
 /// once is not a reconnection storm.
 fn quick_reconnects(sessions: &[SessionSeen]) -> usize {
@@ -334,7 +334,9 @@ fn quick_reconnects(sessions: &[SessionSeen]) -> usize {
         .windows(2)
         .rev()
         .take_while(|w| {
-            w[0].ended > 0 && !w[0].said_goodbye && w[1].started - w[0].ended < QUICK_RECONNECT_SECS
+            w[0].ended_ms > 0
+                && !w[0].said_goodbye
+                && w[1].started_ms - w[0].ended_ms < QUICK_RECONNECT_MS
         })
         .count()
 }
@@ -371,13 +373,13 @@ impl Observations {
         }
     }
 
-    /// Records when session `number` of `device` ended.
-    pub fn ended(&self, device: &DeviceId, number: u64, at: i64) {
+    /// Records when session `number` of `device` ended (Unix ms).
+    pub fn ended(&self, device: &DeviceId, number: u64, at_ms: i64) {
         if let Some(session) = crate::sync::lock(&self.by_device)
             .get_mut(device)
             .and_then(|s| s.iter_mut().find(|s| s.number == number))
         {
-            session.ended = at;
+            session.ended_ms = at_ms;
         }
     }
 
@@ -408,8 +410,8 @@ mod tests {
 
     fn good() -> SessionSeen {
         SessionSeen {
-            started: NOW - 100,
-            ended: 0,
+            started_ms: (NOW - 100) * 1000,
+            ended_ms: 0,
             tls: "TLSv1_3".into(),
             mqtt: 5,
             keep_alive: 30,
@@ -461,9 +463,10 @@ mod tests {
 
     #[test]
     fn reconnecting_at_once_three_times_fails_the_back_off_check_and_twice_does_not() {
+        // Times in seconds, kept in milliseconds.
         let session = |started: i64, ended: i64| SessionSeen {
-            started,
-            ended,
+            started_ms: started * 1000,
+            ended_ms: ended * 1000,
             ..good()
         };
         let storm = [
@@ -541,7 +544,7 @@ mod tests {
             seen.begin(
                 device,
                 SessionSeen {
-                    started: i,
+                    started_ms: i,
                     ..SessionSeen::default()
                 },
             );
@@ -553,11 +556,11 @@ mod tests {
         let newer = seen.begin(device, SessionSeen::default());
         seen.ended(&device, older, 99);
         let sessions = seen.sessions(&device);
-        assert_eq!(sessions[SESSIONS_KEPT - 2].ended, 99);
-        assert_eq!(sessions[SESSIONS_KEPT - 1].ended, 0);
+        assert_eq!(sessions[SESSIONS_KEPT - 2].ended_ms, 99);
+        assert_eq!(sessions[SESSIONS_KEPT - 1].ended_ms, 0);
         assert_eq!(sessions[SESSIONS_KEPT - 1].number, newer);
         let sessions: Vec<SessionSeen> = sessions[..SESSIONS_KEPT - 2].to_vec();
-        assert_eq!(sessions[0].started, 22 - SESSIONS_KEPT as i64);
+        assert_eq!(sessions[0].started_ms, 22 - SESSIONS_KEPT as i64);
         assert_eq!(sessions.last().unwrap().telemetry, 1);
         seen.forget(&device);
         assert!(seen.sessions(&device).is_empty());

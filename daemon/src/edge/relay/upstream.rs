@@ -299,9 +299,10 @@ impl<'a> Upstream<'a> {
         });
     }
 
-    /// What the hub makes of a PUBLISH the policy allowed on the device's
-    /// own topics: telemetry is counted; a description is checked against
-    /// docs/schema/meta-v1.json's rules, and a bad one refused.
+    /// What the hub makes of a PUBLISH on the device's own topics (which
+    /// the policy allows it): telemetry is counted; a description is
+    /// checked against docs/schema/meta-v1.json's rules, and a bad one
+    /// refused.
     fn watch_own(
         &mut self,
         header: &inspect::PublishHeader<'_>,
@@ -658,8 +659,10 @@ impl<'a> Upstream<'a> {
         let action = Action::Publish {
             retain: header.retain,
         };
-        let refusal = match self.publish_refusal(action, &header, &topic_bytes, packet) {
-            None => self.watch_own(&header, &topic_bytes, packet),
+        // The description is checked before the retained quota counts it:
+        // a refused one must not take the place of the stored one there.
+        let refusal = match self.watch_own(&header, &topic_bytes, packet) {
+            None => self.publish_refusal(action, &header, &topic_bytes, packet),
             refused => refused,
         };
         let Some((why, code)) = refusal else {
