@@ -448,7 +448,7 @@ pub fn instance_name(ca_fingerprint: &[u8; 32]) -> String {
 
 /// The mDNS host name the hub answers to (also in its server certificate).
 pub fn host_name(ca_fingerprint: &[u8; 32]) -> String {
-    format!("{}.local", instance_name(ca_fingerprint))
+    hearth_protocol::pairing::hub_host_name(ca_fingerprint)
 }
 
 /// The first certificate in a PEM text, as DER.

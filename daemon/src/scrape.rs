@@ -60,9 +60,11 @@ pub async fn serve(
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             tokio::select! {
-                _ = connection.as_mut() => {}
+                _ = connection.as_mut() => return,
                 _ = stop.cancelled() => connection.as_mut().graceful_shutdown(),
             }
+            // A scrape in flight is answered before the connection closes.
+            let _ = tokio::time::timeout(HEADER_TIMEOUT, connection).await;
         });
     }
 }

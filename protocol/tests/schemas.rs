@@ -78,6 +78,11 @@ fn every_json_example_in_the_docs_is_valid_against_its_schema() {
                 .map(|e| e.to_string())
                 .collect();
             assert!(errors.is_empty(), "{at} against {kind}: {errors:?}");
+            // A documented description is one the hub accepts.
+            if kind == "meta-v1.json" {
+                let parsed = hearth_protocol::meta::parse(block.as_bytes());
+                assert!(parsed.is_ok(), "{at}: the hub refuses it: {parsed:?}");
+            }
             checked += 1;
         }
     }

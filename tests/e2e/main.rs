@@ -19,6 +19,7 @@ mod refusals;
 mod revocation;
 mod sdk_c;
 mod sdk_python;
+mod sdk_support;
 mod support;
 mod tls_scan;
 mod toymakers;

@@ -312,12 +312,21 @@ fn a_revoked_reference_device_stops_retrying_and_says_why() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run hearth-device");
+    // Its stdout is read to the end on a thread, so a later line never
+    // meets a closed pipe.
     let stdout = BufReader::new(run.stdout.take().unwrap());
-    let connected = stdout
-        .lines()
-        .map_while(Result::ok)
-        .any(|line| line.starts_with("connected"));
-    assert!(connected, "the device never connected");
+    let (connected_tx, connected) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if line.starts_with("connected") {
+                let _ = connected_tx.send(());
+            }
+        }
+    });
+    assert!(
+        connected.recv_timeout(Duration::from_secs(20)).is_ok(),
+        "the device never connected"
+    );
     hub.hearth_ok(&["device", "revoke", &toy.id]);
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {

@@ -6,15 +6,14 @@
 //! libssl-dev, libcurl4-openssl-dev and libcjson-dev, which `.ci/run`
 //! installs); run with `-- --ignored`.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use rumqttc::{Packet, QoS, SubscribeReasonCode};
-use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use rumqttc::QoS;
+use serde_json::json;
 
+use crate::sdk_support::{kill, mode, Parent, Running};
 use crate::support::*;
 
 const SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/c");
@@ -94,191 +93,11 @@ fn toy_ok(bin: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
-}
-
-fn kill(child: &Child, signal: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(child.id().to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success());
-}
-
-/// `hearth_toy run` in the background, its output in files; killed if
-/// the test ends early.
-struct Running {
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Running {
-    fn start(bin: &Path, dir: &Path, args: &[&str]) -> Running {
-        let stdout = dir.with_extension("out");
-        let stderr = dir.with_extension("err");
-        let child = Command::new(bin)
-            .args(["run", dir.to_str().unwrap()])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&stdout).unwrap())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("run hearth_toy");
-        Running {
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    fn said(&self) -> String {
-        std::fs::read_to_string(&self.stdout).unwrap_or_default()
-    }
-
-    fn complained(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// Waits until its output (stdout and stderr) contains `needle`.
-    async fn wait_for(&self, needle: &str, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if self.said().contains(needle) || self.complained().contains(needle) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        false
-    }
-
-    /// SIGTERM, then the exit status (a clean DISCONNECT first).
-    async fn stop(&mut self) -> std::process::ExitStatus {
-        kill(&self.child, "TERM");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the toy did not stop on SIGTERM");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A parent's device watching: every incoming packet, in order.
-struct Parent {
-    id: String,
-    client: rumqttc::AsyncClient,
-    packets: mpsc::UnboundedReceiver<Packet>,
-    driver: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Parent {
-    fn drop(&mut self) {
-        self.driver.abort();
-    }
-}
-
-impl Parent {
-    async fn connect(hub: &TestHub, device: &Device) -> Parent {
-        let mut options = mqtt_v4(hub, device, &device.id);
-        options.set_max_packet_size(16 << 20, 16 << 20);
-        let (client, mut events) = rumqttc::AsyncClient::new(options, 64);
-        v4_connected(&mut events)
-            .await
-            .expect("the parent connects");
-        let (tx, packets) = mpsc::unbounded_channel();
-        let driver = tokio::spawn(async move {
-            while let Ok(event) = events.poll().await {
-                if let rumqttc::Event::Incoming(packet) = event {
-                    if tx.send(packet).is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        Parent {
-            id: device.id.clone(),
-            client,
-            packets,
-            driver,
-        }
-    }
-
-    /// Subscribes and returns whether the hub granted it.
-    async fn subscribe(&mut self, filter: &str) -> bool {
-        self.client
-            .subscribe(filter, QoS::AtLeastOnce)
-            .await
-            .unwrap();
-        let ack = self
-            .next(Duration::from_secs(10), |p| matches!(p, Packet::SubAck(_)))
-            .await
-            .expect("a SUBACK");
-        let Packet::SubAck(ack) = ack else {
-            unreachable!()
-        };
-        matches!(ack.return_codes[..], [SubscribeReasonCode::Success(_)])
-    }
-
-    async fn next(&mut self, limit: Duration, want: impl Fn(&Packet) -> bool) -> Option<Packet> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            match tokio::time::timeout_at(deadline, self.packets.recv()).await {
-                Ok(Some(p)) if want(&p) => return Some(p),
-                Ok(Some(_)) => continue,
-                _ => return None,
-            }
-        }
-    }
-
-    /// The next PUBLISH on `topic` whose JSON payload satisfies `want`.
-    async fn publish_on(
-        &mut self,
-        topic: &str,
-        limit: Duration,
-        want: impl Fn(&Value) -> bool,
-    ) -> Option<(rumqttc::Publish, Value)> {
-        let got = self
-            .next(limit, |p| match p {
-                Packet::Publish(p) if p.topic == topic => {
-                    serde_json::from_slice(&p.payload).is_ok_and(|v: Value| want(&v))
-                }
-                _ => false,
-            })
-            .await?;
-        let Packet::Publish(p) = got else {
-            unreachable!()
-        };
-        let value = serde_json::from_slice(&p.payload).unwrap();
-        Some((p, value))
-    }
-
-    /// Forgets what arrived so far.
-    fn drain(&mut self) {
-        while self.packets.try_recv().is_ok() {}
-    }
-
-    async fn publish(&self, topic: String, payload: Value) {
-        self.client
-            .publish(topic, QoS::AtLeastOnce, false, payload.to_string())
-            .await
-            .unwrap();
-    }
-
-    fn inbox(&self) -> String {
-        format!("hearth/v1/dev/{}/inbox", self.id)
-    }
+/// `hearth_toy run DIR ARGS` in the background.
+fn run_toy(bin: &Path, dir: &Path, args: &[&str]) -> Running {
+    let mut toy = Command::new(bin);
+    toy.args(["run", dir.to_str().unwrap()]).args(args);
+    Running::start(toy, dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,7 +150,7 @@ async fn the_c_toy_pairs_reports_obeys_receives_once_sends_and_renews() {
     assert!(parent.subscribe(&mum_inbox).await);
 
     // Running: telemetry arrives with the fields meta describes.
-    let mut run = Running::start(bin, &dir, &["--interval", "0.3"]);
+    let mut run = run_toy(bin, &dir, &["--interval", "0.3"]);
     let status = format!("hearth/v1/dev/{id}/tele/status");
     let (_, reading) = parent
         .publish_on(&status, Duration::from_secs(20), |v| v["seq"].is_u64())
@@ -520,7 +339,7 @@ async fn the_c_toy_pairs_reports_obeys_receives_once_sends_and_renews() {
 
     // Revoked, the toy stops retrying and says why.
     hub.hearth_ok(&["device", "revoke", &id]);
-    let mut revoked = Running::start(bin, &dir, &["--interval", "0.2"]);
+    let mut revoked = run_toy(bin, &dir, &["--interval", "0.2"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = revoked.child.try_wait().unwrap() {

@@ -621,6 +621,16 @@ fn issue(
         (Some(dir), _) => {
             create_private_dir(dir)?;
             let key = key.expect("a key is made when --out is given");
+            // Replacing a device: its settings go first, so a folder left
+            // half-written by a crash never looks complete with a key that
+            // does not match its certificate.
+            match std::fs::remove_file(dir.join(DEVICE_FILES[1])) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e)
+                        .with_context(|| format!("replacing the device in {}", dir.display()))
+                }
+                _ => {}
+            }
             write_with_mode(
                 &dir.join(DEVICE_FILES[0]),
                 key.serialize_pem().as_bytes(),
