@@ -51,7 +51,7 @@ pub async fn serve(
             let _permit = permit;
             let service = hyper::service::service_fn(move |request| {
                 let hub = Arc::clone(&hub);
-                async move { Ok::<_, std::convert::Infallible>(answer(&hub, &request)) }
+                async move { Ok::<_, std::convert::Infallible>(answer(&hub, &request).await) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -69,7 +69,7 @@ pub async fn serve(
     }
 }
 
-fn answer<B>(hub: &Hub, request: &Request<B>) -> Response<Full<Bytes>> {
+async fn answer<B>(hub: &Hub, request: &Request<B>) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, body: String| {
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = status;
@@ -81,6 +81,8 @@ fn answer<B>(hub: &Hub, request: &Request<B>) -> Response<Full<Bytes>> {
     if request.method() != Method::GET {
         return reply(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
     }
+    // What was recorded before the scrape is in its audit count.
+    hub.audit.flush().await;
     let mut response = reply(StatusCode::OK, hub.metrics.encode(snapshot(hub)));
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
