@@ -81,6 +81,13 @@ async fn a_scrape_parses_and_counts_handshakes_connections_and_the_mailbox() {
     let _raw = Raw::connect(&hub, &ada, false).await;
     let sent = hearth_device(&mum.dir, &["send", "--to", "Ada", "--text", "hello"]);
     assert!(sent.status.success());
+    // A revoked device tries to come back: a refusal of class "revoked".
+    let gone = hub.device("Bo", "child");
+    hub.hearth_ok(&["device", "revoke", &gone.id]);
+    if let Ok(mut tls) = raw_tls(hub.mqtt, gone.tls()).await {
+        send(&mut tls, &connect_packet(false, &gone.id, None)).await;
+        let _ = next(&mut tls, Duration::from_secs(5)).await;
+    }
     // Mum's device has just sent and gone: once its session has ended,
     // Ada's raw connection is the one left.
     let scrape = move || {
@@ -102,6 +109,11 @@ async fn a_scrape_parses_and_counts_handshakes_connections_and_the_mailbox() {
         s[r#"hearth_handshakes_total{result="accepted",reason=""}"#] >= 2.0,
         "{body}"
     );
+    assert_eq!(
+        s.get(r#"hearth_handshakes_total{result="refused",reason="revoked"}"#),
+        Some(&1.0),
+        "{body}"
+    );
     // Mum's message waits for Ada's device, which has not read it.
     assert_eq!(s["hearth_mailbox_messages"], 1.0, "{body}");
     assert!(s["hearth_mailbox_bytes"] > 0.0);
@@ -109,7 +121,16 @@ async fn a_scrape_parses_and_counts_handshakes_connections_and_the_mailbox() {
     assert!(s["hearth_process_resident_bytes"] > 1e6);
     assert!(s["hearth_process_open_fds"] > 3.0);
     // Nothing that names anyone.
-    for secret in ["Mum", "Ada", &ada.id, &mum.id, "hello", "test device"] {
+    for secret in [
+        "Mum",
+        "Ada",
+        "Bo",
+        &ada.id,
+        &mum.id,
+        &gone.id,
+        "hello",
+        "test device",
+    ] {
         assert!(!body.contains(secret), "{secret} in\n{body}");
     }
     let address = metrics_address(&hub).unwrap();

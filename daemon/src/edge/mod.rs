@@ -26,6 +26,7 @@ use crate::audit::Event;
 use crate::ca::fingerprint;
 use crate::hub::device_check::SessionSeen;
 use crate::hub::retained;
+use crate::metrics::RefusalClass;
 use crate::registry::DeviceIdentity;
 use hearth_protocol::mqtt::{self, inspect, kind, FrameError, MqttVersion};
 use hearth_protocol::policy::{self, Action, Decision, DenyReason};
@@ -302,9 +303,9 @@ impl Edge {
         let mut stream = match handshake {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {
-                let (reason, device) = tls::refusal_reason(&e);
+                let (reason, device, class) = tls::refusal_reason(&e);
                 tracing::warn!(peer = %peer_addr, reason = %reason, "handshake refused");
-                self.hub.metrics.handshake(Some(&reason));
+                self.hub.metrics.handshake(Some(class));
                 self.hub.audit.record(Event {
                     device,
                     event: "handshake-refused",
@@ -389,12 +390,14 @@ impl Edge {
     ) {
         tracing::warn!(peer = %peer_addr, "certificate no longer accepted");
         // The same words as the verifier's refusals.
-        let reason = match sha {
-            Some(sha) if self.hub.registry.is_revoked(&sha) => "certificate revoked",
-            Some(_) => "unknown device",
-            None => "no client certificate",
+        let (reason, class) = match sha {
+            Some(sha) if self.hub.registry.is_revoked(&sha) => {
+                ("certificate revoked", RefusalClass::Revoked)
+            }
+            Some(_) => ("unknown device", RefusalClass::UnknownDevice),
+            None => ("no client certificate", RefusalClass::NoCertificate),
         };
-        self.hub.metrics.handshake(Some(reason));
+        self.hub.metrics.handshake(Some(class));
         self.hub.audit.record(Event {
             device,
             event: "handshake-refused",

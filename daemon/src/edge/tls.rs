@@ -17,6 +17,7 @@ use rustls::{
 };
 
 use crate::ca::{device_id_of, fingerprint, ServerIdentity};
+use crate::metrics::RefusalClass;
 use crate::registry::Registry;
 
 /// The TLS setup could not be built.
@@ -144,24 +145,28 @@ impl ClientCertVerifier for RegisteredDeviceVerifier {
         // certificate names can be trusted for the audit.
         let sha = fingerprint(end_entity);
         let named = device_id_of(end_entity);
-        let refuse = |reason: &'static str| {
+        let refuse = |reason: &'static str, class: RefusalClass| {
             Err(Error::InvalidCertificate(CertificateError::Other(
                 rustls::OtherError(Arc::new(Refusal {
                     reason,
                     device: named,
+                    class,
                 })),
             )))
         };
         let Some(known) = self.registry.lookup(&sha) else {
             // The registry holds only the certificates it accepts.
-            return refuse(if self.registry.is_revoked(&sha) {
-                "certificate revoked"
+            return if self.registry.is_revoked(&sha) {
+                refuse("certificate revoked", RefusalClass::Revoked)
             } else {
-                "unknown device"
-            });
+                refuse("unknown device", RefusalClass::UnknownDevice)
+            };
         };
         if named != Some(known.device) {
-            return refuse("certificate does not name its registered device");
+            return refuse(
+                "certificate does not name its registered device",
+                RefusalClass::WrongDevice,
+            );
         }
         Ok(ClientCertVerified::assertion())
     }
@@ -197,34 +202,49 @@ pub struct Refusal {
     pub reason: &'static str,
     /// The device the (hub-signed) certificate names.
     pub device: Option<hearth_protocol::DeviceId>,
+    /// Its class, for the metrics.
+    pub class: RefusalClass,
 }
 
-/// Why a handshake was refused, in words for the log and the audit, and
-/// the device when the certificate was the hub's own.
-pub fn refusal_reason(error: &std::io::Error) -> (String, Option<hearth_protocol::DeviceId>) {
+/// Why a handshake was refused: in words for the log and the audit, the
+/// device when the certificate was the hub's own, and its class for the
+/// metrics.
+pub fn refusal_reason(
+    error: &std::io::Error,
+) -> (String, Option<hearth_protocol::DeviceId>, RefusalClass) {
     let Some(tls) = error
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<Error>())
     else {
-        return (format!("connection error: {error}"), None);
+        return (
+            format!("connection error: {error}"),
+            None,
+            RefusalClass::Other,
+        );
     };
     if let Error::InvalidCertificate(CertificateError::Other(other)) = tls {
         if let Some(refusal) = other.0.downcast_ref::<Refusal>() {
-            return (refusal.reason.to_owned(), refusal.device);
+            return (refusal.reason.to_owned(), refusal.device, refusal.class);
         }
     }
-    let reason = match tls {
-        Error::NoCertificatesPresented => "no client certificate".into(),
-        Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
-            "certificate from an unknown CA".into()
+    let (reason, class) = match tls {
+        Error::NoCertificatesPresented => {
+            ("no client certificate".into(), RefusalClass::NoCertificate)
         }
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => (
+            "certificate from an unknown CA".into(),
+            RefusalClass::UnknownCa,
+        ),
         Error::InvalidCertificate(
             CertificateError::Expired | CertificateError::ExpiredContext { .. },
-        ) => "certificate expired".into(),
+        ) => ("certificate expired".into(), RefusalClass::Expired),
         Error::InvalidCertificate(
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
-        ) => "certificate not yet valid".into(),
-        other => format!("TLS: {other}"),
+        ) => (
+            "certificate not yet valid".into(),
+            RefusalClass::NotYetValid,
+        ),
+        other => (format!("TLS: {other}"), RefusalClass::Other),
     };
-    (reason, None)
+    (reason, None, class)
 }

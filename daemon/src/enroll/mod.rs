@@ -79,7 +79,7 @@ pub async fn serve(
             let stream = match handshake {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
-                    let (reason, device) = crate::edge::tls::refusal_reason(&e);
+                    let (reason, device, _) = crate::edge::tls::refusal_reason(&e);
                     tracing::info!(peer = %peer, reason = %reason, "enrollment handshake refused");
                     hub.audit.record(Event {
                         device,
