@@ -540,8 +540,9 @@ impl Mailbox {
             message.sent_at,
             message.expires_at,
         );
-        self.publish_inbox(device, &Inbox::Delivery(delivery));
+        // Counted before it leaves, so whoever receives it finds it counted.
         self.observations.update(device, |s| s.deliveries += 1);
+        self.publish_inbox(device, &Inbox::Delivery(delivery));
         self.sent.insert((message.id, *device), now);
         Some(size)
     }
