@@ -253,7 +253,6 @@ pub async fn run(
         },
         observations,
         check_limits: crate::hub::device_check::CheckLimits {
-            max_payload: config.limits.max_payload,
             telemetry_per_sec: crate::hub::device_check::TELEMETRY_PER_SEC,
         },
         metrics: Arc::default(),

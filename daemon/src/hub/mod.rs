@@ -284,7 +284,6 @@ pub(crate) mod testing {
             },
             observations: Arc::default(),
             check_limits: device_check::CheckLimits {
-                max_payload: 1 << 20,
                 telemetry_per_sec: 50,
             },
             metrics: Arc::default(),
