@@ -25,6 +25,7 @@ PKG=hearth-daemon
 UNIT_NAME=hearthd.service
 MQTT_PORT=8883
 ENROLL_PORT=8443
+WEB_PORT=8444
 TEST_USER=hearthpkgtest
 STATE=/var/lib/hearth
 RUNTIME=/run/hearth
@@ -117,6 +118,9 @@ listen = "127.0.0.1:$MQTT_PORT"
 
 [enroll]
 listen = "127.0.0.1:$ENROLL_PORT"
+
+[web]
+listen = "127.0.0.1:$WEB_PORT"
 
 [discovery]
 enabled = false

@@ -179,6 +179,8 @@ const HEARTH_CONF: &str = r#"# hearthd configuration for the benchmark (written 
 listen = "127.0.0.1:PORT"
 [enroll]
 listen = "127.0.0.1:0"
+[web]
+listen = "127.0.0.1:0"
 [discovery]
 enabled = false
 [limits]

@@ -204,6 +204,14 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
             .open_pairing(hub.member_named(member), label, ttl_secs, host)
             .map(AdminResponse::PairOpened)
             .map_err(reply),
+        AdminRequest::WebLink {
+            member,
+            label,
+            host,
+        } => hub
+            .web_link(member, label, host)
+            .map(AdminResponse::WebLink)
+            .map_err(reply),
         AdminRequest::PairUnlock { address } => {
             if hub.windows.unlock(address) {
                 hub.audit.record(Event {

@@ -69,6 +69,32 @@ pub struct Config {
     pub hub: HubSection,
     /// The Prometheus endpoint.
     pub metrics: MetricsSection,
+    /// The family web app.
+    pub web: WebSection,
+}
+
+/// `[web]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSection {
+    /// Serve the family web app (on by default: it is how families use
+    /// the hub).
+    pub enabled: bool,
+    /// Where, over HTTPS with the hub's server certificate.
+    pub listen: SocketAddr,
+    /// A browser not used for this many days is signed out.
+    pub idle_days: u32,
+}
+
+impl Default for WebSection {
+    fn default() -> Self {
+        WebSection {
+            enabled: true,
+            listen: SocketAddr::from(([0, 0, 0, 0], 8444)),
+            idle_days: 30,
+        }
+    }
 }
 
 /// `[metrics]`
@@ -415,6 +441,12 @@ impl Config {
                     ),
                 });
             }
+        }
+        if self.web.idle_days == 0 || self.web.idle_days > 366 {
+            return Err(ConfigError::Invalid {
+                key: "web.idle_days",
+                message: "must be between 1 and 366 days".into(),
+            });
         }
         if self.limits.max_connections == 0 || self.limits.max_connections > 100_000 {
             return Err(ConfigError::Invalid {

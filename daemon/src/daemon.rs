@@ -82,6 +82,10 @@ pub async fn run(
         Some(addr) => Some(bind("dev.listen", addr).await?),
         None => None,
     };
+    let web_listener = match config.web.enabled {
+        true => Some(bind("web.listen", config.web.listen).await?),
+        false => None,
+    };
     let metrics = match config.metrics.enabled {
         true => Some(bind("metrics.listen", config.metrics.listen).await?),
         false => None,
@@ -161,6 +165,7 @@ pub async fn run(
     };
     let tls = tls_setup(ClientAuth::Required)?;
     let enroll_tls = tls_setup(ClientAuth::Optional)?;
+    let web_tls = tls_setup(ClientAuth::None)?;
 
     let tracker = TaskTracker::new();
     // The audit writer stops last, after the sessions it records have
@@ -207,6 +212,12 @@ pub async fn run(
         listeners.push(ListenerInfo {
             name: "dev".into(),
             address: local_addr(dev),
+        });
+    }
+    if let Some(web) = &web_listener {
+        listeners.push(ListenerInfo {
+            name: "web".into(),
+            address: local_addr(web),
         });
     }
     if let Some(metrics) = &metrics {
@@ -256,6 +267,7 @@ pub async fn run(
             telemetry_per_sec: crate::hub::device_check::TELEMETRY_PER_SEC,
         },
         metrics: Arc::default(),
+        join_codes: Arc::default(),
     });
 
     let edge = Arc::new(Edge {
@@ -275,7 +287,7 @@ pub async fn run(
             config.limits.max_unauthenticated_per_source,
             config.limits.max_unauthenticated,
         ),
-        inbox_watch: Some(inbox_watch),
+        inbox_watch: Some(inbox_watch.clone()),
     });
 
     tracker.spawn(edge::serve(
@@ -315,6 +327,29 @@ pub async fn run(
         tracker.clone(),
     ));
     tracker.spawn(mailbox.run(outbox, subscribed, stop.child_token()));
+    if let (Some(listener), Some((link, link_rx))) = (web_listener, broker.web.take()) {
+        let live = crate::web::live::Live::new(link, Some(inbox_watch));
+        tracker.spawn(Arc::clone(&live).run(link_rx, stop.child_token()));
+        let limits = config.mailbox.within(config.limits.max_payload);
+        let state = Arc::new(crate::web::WebState {
+            hub: Arc::clone(&hub),
+            live,
+            idle: Duration::from_secs(u64::from(config.web.idle_days) * 86_400),
+            max_body: config.limits.max_payload,
+            message_limits: crate::web::MessageLimits {
+                max_text_bytes: limits.max_text_bytes,
+                max_image_bytes: limits.max_image_bytes,
+                max_audio_bytes: limits.max_audio_bytes,
+            },
+        });
+        tracker.spawn(crate::web::serve(
+            listener,
+            TlsAcceptor::from(web_tls),
+            state,
+            stop.child_token(),
+            tracker.clone(),
+        ));
+    }
     tracker.spawn(retire_renewed(Arc::clone(&hub), stop.child_token()));
     if let Some(metrics) = metrics {
         tracker.spawn(crate::scrape::serve(

@@ -27,6 +27,7 @@ pub mod registry;
 pub mod scrape;
 pub mod store;
 pub mod sync;
+pub mod web;
 
 /// Seconds since the Unix epoch, as stored in the database.
 pub fn unix_now() -> i64 {

@@ -4,13 +4,15 @@
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use hearth_protocol::admin::{AuditEntry, DeviceInfo, DeviceStatus, MemberInfo};
+use hearth_protocol::admin::{AuditEntry, DeviceInfo, DeviceKind, DeviceStatus, MemberInfo};
 use hearth_protocol::policy::{DeviceRole, Direction, Grant};
 use hearth_protocol::{DeviceId, Label, MemberName, Owner, Role};
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub use handle::StoreHandle;
 
+mod browsers;
+pub use browsers::BrowserSession;
 mod erase;
 mod handle;
 mod mailbox;
@@ -167,6 +169,16 @@ const MIGRATIONS: &[&str] = &[
     // 9: metadata retention: `last_seen` keeps the day only (receipts
     // expire with their message since 7).
     "UPDATE devices SET last_seen = last_seen - (last_seen % 86400) WHERE last_seen IS NOT NULL;",
+    // 10: browsers signed in to the family web app are registry entries
+    // too; each holds a session secret of which only the hash is kept.
+    // `last_used` (the hour) is for idle expiry.
+    "ALTER TABLE devices ADD COLUMN kind TEXT NOT NULL DEFAULT 'device'
+        CHECK (kind IN ('device', 'browser'));
+     CREATE TABLE browser_sessions (
+        device_id TEXT PRIMARY KEY NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+        secret_sha256 BLOB NOT NULL UNIQUE,
+        last_used INTEGER NOT NULL
+     ) STRICT;",
 ];
 
 /// A certificate the registry accepts, with the device it names.
@@ -652,6 +664,11 @@ impl Store {
             "UPDATE certificates SET status = 'revoked' WHERE device_id = ?1",
             params![device.as_str()],
         )?;
+        // A revoked browser's session secret stops working with its hash.
+        tx.execute(
+            "DELETE FROM browser_sessions WHERE device_id = ?1",
+            params![device.as_str()],
+        )?;
         tx.commit()?;
         Ok(())
     }
@@ -825,7 +842,8 @@ impl Store {
                     (SELECT c.sha256 FROM certificates c WHERE c.device_id = d.id
                      ORDER BY c.status = 'active' DESC, c.issued_at DESC LIMIT 1),
                     (SELECT c.not_after FROM certificates c WHERE c.device_id = d.id
-                     ORDER BY c.status = 'active' DESC, c.issued_at DESC LIMIT 1)
+                     ORDER BY c.status = 'active' DESC, c.issued_at DESC LIMIT 1),
+                    d.kind
              FROM devices d ORDER BY d.created_at, d.id",
         )?;
         let rows = stmt.query_map([], |row| {
@@ -838,10 +856,11 @@ impl Store {
                 row.get::<_, Option<i64>>(5)?,
                 row.get::<_, Option<String>>(6)?,
                 row.get::<_, Option<i64>>(7)?,
+                row.get::<_, String>(8)?,
             ))
         })?;
         rows.map(|row| {
-            let (id, member, label, status, created_at, last_seen, sha, not_after) = row?;
+            let (id, member, label, status, created_at, last_seen, sha, not_after, kind) = row?;
             Ok(DeviceInfo {
                 id: parse(&id)?,
                 owner: owner(member)?,
@@ -854,6 +873,10 @@ impl Store {
                 created_at,
                 last_seen,
                 cert_not_after: not_after,
+                kind: match kind.as_str() {
+                    "browser" => DeviceKind::Browser,
+                    _ => DeviceKind::Device,
+                },
             })
         })
         .collect()

@@ -134,6 +134,18 @@ pub enum AdminRequest {
         /// The nickname.
         name: MemberName,
     },
+    /// A one-time link that joins a browser to the household as `member`'s
+    /// (the family web app, docs/WEB.md).
+    WebLink {
+        /// Whose browser it will be.
+        member: MemberName,
+        /// The browser's label, e.g. "Ada's phone".
+        label: Label,
+        /// The host name or address to put in the link (default: the
+        /// hub's first LAN address).
+        #[serde(default)]
+        host: Option<String>,
+    },
     /// One `age`-encrypted backup: database snapshot, CA and mailbox key.
     /// Exactly one of the two is given.
     Backup {
@@ -179,6 +191,8 @@ pub enum AdminResponse {
     },
     /// A pairing window was opened.
     PairOpened(PairingTicket),
+    /// Answer to [`AdminRequest::WebLink`].
+    WebLink(WebLinkTicket),
     /// Answer to [`AdminRequest::MailboxStatus`].
     Mailbox {
         /// One entry per device with messages waiting.
@@ -287,6 +301,18 @@ pub enum DeviceStatus {
     Revoked,
 }
 
+/// What a registry entry is: a device with a certificate, or a browser
+/// with a session secret (the family web app).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// A toy, phone app or service that connects over mutual-TLS MQTT.
+    #[default]
+    Device,
+    /// A web browser signed in to the family web app.
+    Browser,
+}
+
 /// A device as the admin CLI shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceInfo {
@@ -308,6 +334,9 @@ pub struct DeviceInfo {
     /// older hubs' answers).
     #[serde(default)]
     pub cert_not_after: Option<i64>,
+    /// A device or a browser (absent from older hubs' answers: a device).
+    #[serde(default)]
+    pub kind: DeviceKind,
 }
 
 /// What `device issue` returns.
@@ -323,6 +352,19 @@ pub struct IssuedDevice {
     /// (absent from older hubs' answers).
     #[serde(default)]
     pub settings: Option<crate::pairing::DeviceSettings>,
+}
+
+/// What `hearth web-link` prints: the only time the join code is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebLinkTicket {
+    /// The link to open on the phone; the one-time code is in its
+    /// fragment, which browsers never send to a server.
+    pub url: String,
+    /// SHA-256 of the hub CA certificate, hex: what the phone's owner
+    /// compares before trusting the hub.
+    pub ca_sha256: String,
+    /// When the code stops working, Unix seconds.
+    pub expires_at: i64,
 }
 
 /// What `hearth pair` prints: the only time the token is ever shown.

@@ -85,7 +85,7 @@ fn require_netns() {
 fn hub_in(ns: &TwoNamespaces) -> TestHub {
     let config = format!(
         "[mqtt]\nlisten = \"10.231.7.1:0\"\n[enroll]\nlisten = \"10.231.7.1:0\"\n\
-         [discovery]\nenabled = true\ninterfaces = [\"{}\"]\n",
+         [web]\nlisten = \"10.231.7.1:0\"\n[discovery]\nenabled = true\ninterfaces = [\"{}\"]\n",
         ns.hub_if
     );
     TestHub::start_wrapped(&config, &[], &["ip", "netns", "exec", &ns.hub])
@@ -452,7 +452,7 @@ fn nothing_leaves_the_hub_but_mdns_and_replies_to_its_clients() {
 fn hub_on_any_address(ns: &TwoNamespaces, mqtt_port: u16, extra: &str) -> TestHub {
     let config = format!(
         "[mqtt]\nlisten = \"0.0.0.0:{mqtt_port}\"\n[enroll]\nlisten = \"0.0.0.0:0\"\n\
-         [discovery]\nenabled = true\ninterfaces = [\"{}\"]\n{extra}",
+         [web]\nlisten = \"0.0.0.0:0\"\n[discovery]\nenabled = true\ninterfaces = [\"{}\"]\n{extra}",
         ns.hub_if
     );
     TestHub::start_wrapped(&config, &[], &["ip", "netns", "exec", &ns.hub])

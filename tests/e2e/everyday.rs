@@ -131,7 +131,7 @@ fn the_state_dir_and_socket_do_not_depend_on_the_working_directory() {
     std::fs::write(
         root.join("hearth.toml"),
         "[mqtt]\nlisten = \"127.0.0.1:0\"\n[enroll]\nlisten = \"127.0.0.1:0\"\n\
-         [discovery]\nenabled = false\n",
+         [web]\nlisten = \"127.0.0.1:0\"\n[discovery]\nenabled = false\n",
     )
     .unwrap();
     hand_over(root);

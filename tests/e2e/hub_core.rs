@@ -435,7 +435,11 @@ fn an_unusable_data_dir_exits_78() {
     std::fs::write(&file, b"x").unwrap();
     for data in [file.clone(), file.join("below")] {
         let config = dir.path().join("ok.toml");
-        std::fs::write(&config, "[mqtt]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+        std::fs::write(
+            &config,
+            "[mqtt]\nlisten = \"127.0.0.1:0\"\n[web]\nenabled = false\n",
+        )
+        .unwrap();
         let out = std::process::Command::new(HEARTHD)
             .arg("--config")
             .arg(&config)

@@ -23,3 +23,4 @@ mod sdk_support;
 mod support;
 mod tls_scan;
 mod toymakers;
+mod web;

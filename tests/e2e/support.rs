@@ -63,6 +63,9 @@ impl TestHub {
         if !extra_config.contains("[enroll]") {
             text.push_str("[enroll]\nlisten = \"127.0.0.1:0\"\n");
         }
+        if !extra_config.contains("[web]") {
+            text.push_str("[web]\nlisten = \"127.0.0.1:0\"\n");
+        }
         // Tests never speak mDNS on the machine's interfaces; discovery is
         // tested inside network namespaces only.
         if !extra_config.contains("[discovery]") {
@@ -131,7 +134,7 @@ impl TestHub {
         };
         let text = format!(
             "[mqtt]\nlisten = \"127.0.0.1:0\"\n[enroll]\nlisten = \"127.0.0.1:0\"\n\
-             [discovery]\nenabled = false\n{config}"
+             [web]\nlisten = \"127.0.0.1:0\"\n[discovery]\nenabled = false\n{config}"
         );
         std::fs::write(&hub.config, text).unwrap();
         hub.launch();

@@ -179,6 +179,7 @@ fn run(cli: Cli) -> Result<()> {
             )?
         }
         Command::Pair(args) => pair(args, &ask, json, &mut out)?,
+        Command::WebLink(args) => web_link(args, &ask, json, &mut out)?,
         Command::Mailbox => {
             if let AdminResponse::Mailbox { pending } = ask(AdminRequest::MailboxStatus)? {
                 if !json {
@@ -775,6 +776,49 @@ fn pair(
         "or, on the same network: hearth-device pair --token {} --ca {}",
         ticket.token, ca
     )?;
+    Ok(())
+}
+
+/// `hearth web-link`: the link and its QR code, and what to compare.
+fn web_link(
+    args: WebLinkArgs,
+    ask: &dyn Fn(AdminRequest) -> anyhow::Result<AdminResponse>,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let AdminResponse::WebLink(ticket) = ask(AdminRequest::WebLink {
+        member: args.member,
+        label: args.label,
+        host: args.host,
+    })?
+    else {
+        bail!("unexpected answer from hearthd");
+    };
+    if json {
+        return Ok(());
+    }
+    if !args.no_qr {
+        let code = qrcode::QrCode::new(ticket.url.as_bytes()).context("drawing the QR code")?;
+        let drawing = code
+            .render::<qrcode::render::unicode::Dense1x2>()
+            .dark_color(qrcode::render::unicode::Dense1x2::Light)
+            .light_color(qrcode::render::unicode::Dense1x2::Dark)
+            .quiet_zone(true)
+            .build();
+        writeln!(out, "{drawing}")?;
+    }
+    writeln!(
+        out,
+        "join link (one use, works for {}):",
+        human_span(ticket.expires_at - unix_now())
+    )?;
+    writeln!(out, "{}", ticket.url)?;
+    writeln!(
+        out,
+        "The phone will warn that the hub's certificate is not trusted: first open          the link's /ca.pem and check its SHA-256 is"
+    )?;
+    writeln!(out, "  {}", ticket.ca_sha256)?;
+    writeln!(out, "then trust it (docs/WEB.md says how on each phone).")?;
     Ok(())
 }
 

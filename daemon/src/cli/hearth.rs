@@ -44,6 +44,9 @@ pub enum Command {
     /// Opens a pairing window for one device and prints its token, URI and
     /// QR code; or lists or closes windows.
     Pair(PairArgs),
+    /// A one-time link (and QR code) that signs a phone or tablet in to
+    /// the family web app as a member's browser (docs/WEB.md).
+    WebLink(WebLinkArgs),
     /// What waits in the mailbox: counts and ages per device, no content.
     Mailbox,
     /// Who may message whom, beyond the defaults (parents: anyone;
@@ -69,6 +72,23 @@ pub enum PrivacyCommand {
         #[arg(long)]
         member: Option<MemberName>,
     },
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct WebLinkArgs {
+    /// Whose browser it will be.
+    #[arg(long)]
+    pub member: MemberName,
+    /// What the browser is called in lists, e.g. "Ada's phone".
+    #[arg(long, default_value = "browser")]
+    pub label: Label,
+    /// The host name or address the phone reaches the hub at (default:
+    /// the web app's address, or the hub's LAN address).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Don't draw the QR code.
+    #[arg(long)]
+    pub no_qr: bool,
 }
 
 /// Where the passphrase of a backup comes from.

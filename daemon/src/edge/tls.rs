@@ -78,6 +78,10 @@ pub enum ClientAuth {
     /// Enrollment: a first enrollment has no certificate yet, a renewal
     /// presents one; one that is presented is checked just as strictly.
     Optional,
+    /// The web app: browsers are not asked for a certificate at all (a
+    /// phone with certificates installed would prompt its owner to pick
+    /// one); they sign in with a session secret instead.
+    None,
 }
 
 /// The TLS configuration of a listener: TLS 1.3 and 1.2 with rustls's
@@ -103,11 +107,17 @@ pub fn server_config(
         .build()
         .map_err(|e| TlsSetupError(format!("client verifier: {e}")))?;
     let verifier = Arc::new(RegisteredDeviceVerifier { chain, registry });
-    let config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsSetupError(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(certificate);
+        .map_err(|e| TlsSetupError(e.to_string()))?;
+    let config = match client_auth {
+        ClientAuth::None => builder
+            .with_no_client_auth()
+            .with_cert_resolver(certificate),
+        _ => builder
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(certificate),
+    };
     Ok(Arc::new(config))
 }
 

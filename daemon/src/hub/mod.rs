@@ -4,6 +4,7 @@
 //! the mailbox) calls its operations in [`devices`] and [`household`] and
 //! maps [`HubError`] to its own protocol.
 
+pub mod browsers;
 pub mod device_check;
 pub mod devices;
 pub mod household;
@@ -67,6 +68,9 @@ pub struct Hub {
     pub check_limits: device_check::CheckLimits,
     /// Counters for the Prometheus endpoint.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Open join codes for browsers (`hearth web-link`), with their own
+    /// wrong-code lockouts.
+    pub join_codes: Arc<PairingWindows>,
 }
 
 /// How long data is kept, as configured.
@@ -142,6 +146,17 @@ pub enum HubError {
     /// says what to change.
     #[error("{0}")]
     PairingHost(String),
+    /// The join code is wrong, used or expired.
+    #[error(
+        "this join link is not valid (wrong, already used or expired); ask a parent for a new one"
+    )]
+    BadJoinCode,
+    /// Too many wrong join codes from this address.
+    #[error("too many wrong join codes from this address: try again in 10 minutes")]
+    JoinLocked,
+    /// The web app is off (`[web] enabled = false`).
+    #[error("the web app is off; set `enabled = true` under [web] and restart hearthd")]
+    WebOff,
     /// A backup's passphrase or recipient key is not usable.
     #[error("backup key: {0}")]
     BadBackupKey(String),
@@ -275,6 +290,7 @@ pub(crate) mod testing {
                 username: "test".into(),
                 password: "test".into(),
             },
+            join_codes: Arc::default(),
             windows: Arc::new(PairingWindows::default()),
             ports: HubPorts { mqtt: 0, enroll: 0 },
             data_dir: dir.to_owned(),

@@ -176,7 +176,7 @@ fn check_pairing_host(
 }
 
 /// The address the listener called `name` is bound to.
-fn bound(listeners: &[ListenerInfo], name: &str) -> Option<std::net::SocketAddr> {
+pub(super) fn bound(listeners: &[ListenerInfo], name: &str) -> Option<std::net::SocketAddr> {
     listeners
         .iter()
         .find(|l| l.name == name)
@@ -194,7 +194,7 @@ fn default_host(listeners: &[ListenerInfo]) -> Option<String> {
 
 /// The address a device on the LAN most likely reaches the hub by: the
 /// first IPv4 address of a non-loopback interface, else the hub's mDNS name.
-fn lan_host(ca: &HubCa) -> String {
+pub(super) fn lan_host(ca: &HubCa) -> String {
     let names = crate::ca::ServerNames::discover(&crate::ca::instance_name(&ca.fingerprint()));
     names
         .ips

@@ -1,0 +1,664 @@
+//! The web app's JSON API: who the browser is (its session cookie), and
+//! the hub operations a member of its role may call. Children reach only
+//! their messages and contacts; everything else answers 403, as the policy
+//! refuses a child's device a parent's topics.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Extension, Json, Router};
+use hearth_protocol::admin::DeviceStatus;
+use hearth_protocol::mailbox::{self, Kind, Outbox};
+use hearth_protocol::{DeviceId, Label, MemberName, Owner, Role};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{assets, Peer, WebState};
+use crate::hub::HubError;
+use crate::store::BrowserSession;
+
+/// The session cookie's name.
+pub const COOKIE: &str = "hearth_session";
+/// How often a parent's live household view is re-checked (devices coming
+/// and going; telemetry wakes it sooner).
+const HOUSEHOLD_TICK: Duration = Duration::from_millis(500);
+
+type Shared = Arc<WebState>;
+
+pub(super) fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/", get(assets::index))
+        .route("/app.js", get(assets::script))
+        .route("/app.css", get(assets::style))
+        .route("/manifest.webmanifest", get(assets::manifest))
+        .route("/icon.svg", get(assets::icon))
+        .route("/ca.pem", get(ca_pem))
+        .route("/ca.crt", get(ca_der))
+        .route("/api/join", post(join))
+        .route("/api/me", get(me))
+        .route("/api/signout", post(sign_out))
+        .route("/api/contacts", get(contacts))
+        .route("/api/messages", post(send_message))
+        .route("/api/messages/ack", post(ack_message))
+        .route("/api/events", get(events))
+        .route("/api/household", get(household))
+        .route("/api/members", post(add_member))
+        .route("/api/members/:name", delete(remove_member))
+        .route("/api/pairing", post(open_pairing))
+        .route("/api/pairing/:id", delete(cancel_pairing))
+        .route("/api/join-codes", post(join_code))
+        .route("/api/devices/:id/revoke", post(revoke_device))
+        .route("/api/devices/:id/remove", post(remove_device))
+        .route("/api/devices/:id/label", post(relabel_device))
+        .route("/api/privacy", get(privacy))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// An error answer: a status and one sentence for the page.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    /// An answer with `status` saying `message`.
+    pub fn new(status: StatusCode, message: &str) -> ApiError {
+        ApiError(status, message.to_owned())
+    }
+
+    fn parents_only() -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "only a parent may do this")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<HubError> for ApiError {
+    fn from(e: HubError) -> ApiError {
+        if e.is_internal() {
+            tracing::error!(error = %e, "web request failed");
+            return ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the hub could not do this just now; try again",
+            );
+        }
+        let status = match e {
+            HubError::BadJoinCode => StatusCode::FORBIDDEN,
+            HubError::JoinLocked => StatusCode::TOO_MANY_REQUESTS,
+            HubError::NoSuchMember(_) => StatusCode::NOT_FOUND,
+            HubError::LastParent(_) | HubError::MemberExists(_) => StatusCode::CONFLICT,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The browser a request comes from, by its session cookie.
+#[derive(Debug, Clone)]
+pub struct Browser(pub BrowserSession);
+
+impl Browser {
+    fn parent(&self) -> ApiResult<()> {
+        if self.0.role == Role::Parent {
+            Ok(())
+        } else {
+            Err(ApiError::parents_only())
+        }
+    }
+}
+
+#[axum::async_trait]
+impl FromRequestParts<Shared> for Browser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> ApiResult<Browser> {
+        let secret = session_secret(&parts.headers).ok_or_else(signed_out)?;
+        match state.hub.browser(secret, state.idle).await? {
+            Some(session) => Ok(Browser(session)),
+            None => Err(signed_out()),
+        }
+    }
+}
+
+fn signed_out() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "this browser is not signed in; ask a parent for a join link",
+    )
+}
+
+/// The session secret in the request's cookies, if any.
+fn session_secret(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value)
+        .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such page")
+}
+
+async fn ca_pem(State(state): State<Shared>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/x-pem-file")],
+        state.hub.ca.cert_pem().to_owned(),
+    )
+        .into_response()
+}
+
+async fn ca_der(State(state): State<Shared>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/x-x509-ca-cert")],
+        state.hub.ca.cert_der().to_vec(),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct JoinRequest {
+    code: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Me {
+    device: DeviceId,
+    member: MemberName,
+    role: Role,
+    limits: super::MessageLimits,
+}
+
+impl Me {
+    fn new(s: &BrowserSession, state: &WebState) -> Me {
+        Me {
+            device: s.device,
+            member: s.member.clone(),
+            role: s.role,
+            limits: state.message_limits,
+        }
+    }
+}
+
+async fn join(
+    State(state): State<Shared>,
+    Extension(Peer(peer)): Extension<Peer>,
+    Json(request): Json<JoinRequest>,
+) -> ApiResult<Response> {
+    let code = request.code.trim();
+    let joined = state.hub.join_browser(code, peer.ip())?;
+    let cookie = format!(
+        "{COOKIE}={}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={}",
+        joined.secret,
+        state.idle.as_secs()
+    );
+    let mut response = Json(Me::new(&joined.session, &state)).into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).map_err(|_| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot set the cookie")
+        })?,
+    );
+    Ok(response)
+}
+
+async fn me(State(state): State<Shared>, browser: Browser) -> Json<Me> {
+    Json(Me::new(&browser.0, &state))
+}
+
+/// Signing out revokes this browser: its secret stops working for good.
+async fn sign_out(State(state): State<Shared>, browser: Browser) -> ApiResult<Response> {
+    state.hub.revoke_device(&browser.0.device).await?;
+    state.live.forget_browser(&browser.0.device);
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static(
+            "hearth_session=; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age=0",
+        ),
+    );
+    Ok(response)
+}
+
+#[derive(Debug, Serialize)]
+struct Contact {
+    name: MemberName,
+    role: Role,
+}
+
+/// The members this browser's member may message, by the mailbox's rule.
+async fn contacts(State(state): State<Shared>, browser: Browser) -> ApiResult<Json<Vec<Contact>>> {
+    let hub = &state.hub;
+    let members = hub.members()?;
+    let rules = hub.contact_rules()?;
+    let me = &browser.0.member;
+    let list = members
+        .into_iter()
+        .filter(|m| m.name != *me)
+        .filter(|m| {
+            let rule = rules
+                .iter()
+                .find(|r| r.from == *me && r.to == m.name)
+                .map(|r| r.allowed);
+            hearth_protocol::household::may_message(
+                rule,
+                me,
+                Some(browser.0.role),
+                &m.name,
+                Some(m.role),
+            )
+        })
+        .map(|m| Contact {
+            name: m.name,
+            role: m.role,
+        })
+        .collect();
+    Ok(Json(list))
+}
+
+#[derive(Debug, Deserialize)]
+struct SendRequest {
+    #[serde(rename = "ref")]
+    reference: String,
+    to: String,
+    kind: Kind,
+    body: Option<String>,
+    data: Option<String>,
+    content_type: Option<String>,
+}
+
+/// Sends through the browser's own outbox: the mailbox takes it exactly as
+/// from a device (contacts, sizes, quotas) and answers on its inbox.
+async fn send_message(
+    State(state): State<Shared>,
+    browser: Browser,
+    Json(request): Json<SendRequest>,
+) -> ApiResult<StatusCode> {
+    let envelope = Outbox::Send(mailbox::Message {
+        v: mailbox::VERSION,
+        reference: request.reference,
+        to: request.to,
+        kind: request.kind,
+        body: request.body,
+        data: request.data,
+        content_type: request.content_type,
+    });
+    publish(&state, &browser, &envelope)?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+#[derive(Debug, Deserialize)]
+struct AckRequest {
+    id: String,
+}
+
+async fn ack_message(
+    State(state): State<Shared>,
+    browser: Browser,
+    Json(request): Json<AckRequest>,
+) -> ApiResult<StatusCode> {
+    let envelope = Outbox::Ack(mailbox::Ack {
+        v: mailbox::VERSION,
+        id: request.id,
+    });
+    publish(&state, &browser, &envelope)?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+fn publish(state: &WebState, browser: &Browser, envelope: &Outbox) -> ApiResult<()> {
+    let bytes = serde_json::to_vec(envelope)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "cannot encode the message"))?;
+    state
+        .live
+        .publish_outbox(&browser.0.device, bytes)
+        .map_err(|e| {
+            tracing::error!(error = %e, "web: cannot reach the broker");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the hub is busy; try again",
+            )
+        })
+}
+
+/// Live updates: this browser's inbox (deliveries and receipts) and, for
+/// a parent, the household whenever it changes. The stream is a session
+/// of the browser's: revoking the browser ends it at once.
+async fn events(State(state): State<Shared>, browser: Browser) -> Response {
+    let device = browser.0.device;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let session = state
+        .hub
+        .sessions
+        .register(Some(device), &format!("web-{device}"), stop.clone());
+    let parent_page = (browser.0.role == Role::Parent).then(|| state.live.open_parent_page());
+    let mut inbox = state.live.open_page(&device);
+    let mut changes = state.live.changes();
+    let state = Arc::clone(&state);
+    let stream = async_stream(move |tx| async move {
+        let _session = session;
+        let _parent_page = parent_page;
+        let mut shown = String::new();
+        let mut tick = tokio::time::interval(HOUSEHOLD_TICK);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    let _ = tx.send(Event::default().event("signed-out").data("{}")).await;
+                    return;
+                }
+                envelope = inbox.recv() => match envelope {
+                    Ok(text) => {
+                        if tx.send(Event::default().event("inbox").data(text)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return,
+                },
+                _ = tick.tick(), if _parent_page.is_some() => {}
+                _ = changes.changed(), if _parent_page.is_some() => {}
+            }
+            if _parent_page.is_some() {
+                let now = household_view(&state).map(|v| v.to_string());
+                if let Ok(now) = now {
+                    if now != shown {
+                        if tx
+                            .send(Event::default().event("household").data(now.clone()))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        shown = now;
+                    }
+                }
+            }
+        }
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+/// A stream fed by a task through a small channel.
+fn async_stream<F, Fut>(
+    body: F,
+) -> impl futures_util::Stream<Item = Result<Event, Infallible>> + Send + 'static
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Event>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(body(tx));
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|event| (Ok(event), rx))
+    })
+}
+
+async fn household(
+    State(state): State<Shared>,
+    browser: Browser,
+) -> ApiResult<Json<serde_json::Value>> {
+    browser.parent()?;
+    Ok(Json(household_view(&state)?))
+}
+
+/// What a parent's home screen shows: members, devices with their owner,
+/// label, online state, last seen and latest values, and open pairing
+/// windows.
+fn household_view(state: &WebState) -> ApiResult<serde_json::Value> {
+    let hub = &state.hub;
+    let members = hub.members()?;
+    let online: HashSet<DeviceId> = hub.sessions.connected_devices().into_iter().collect();
+    let latest = state.live.latest();
+    let devices: Vec<serde_json::Value> = hub
+        .devices()?
+        .into_iter()
+        .filter(|d| d.status == DeviceStatus::Active)
+        .map(|d| {
+            json!({
+                "id": d.id,
+                "owner": match &d.owner { Owner::Member(m) => Some(m.as_str()), Owner::Service => None },
+                "label": d.label,
+                "kind": d.kind,
+                "online": online.contains(&d.id),
+                "last_seen": d.last_seen,
+                "latest": latest.get(&d.id),
+            })
+        })
+        .collect();
+    let pairing = hub.windows.list();
+    Ok(json!({ "members": members, "devices": devices, "pairing": pairing }))
+}
+
+#[derive(Debug, Deserialize)]
+struct NewMember {
+    name: MemberName,
+    role: Role,
+}
+
+async fn add_member(
+    State(state): State<Shared>,
+    browser: Browser,
+    Json(request): Json<NewMember>,
+) -> ApiResult<StatusCode> {
+    browser.parent()?;
+    state.hub.add_member(request.name, request.role)?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn remove_member(
+    State(state): State<Shared>,
+    browser: Browser,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    browser.parent()?;
+    let name: MemberName = name
+        .parse()
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "not a nickname"))?;
+    let removed = state.hub.remove_member(&name).await?;
+    for device in removed {
+        state.live.forget_browser(&device);
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+struct NewWindow {
+    member: MemberName,
+    label: Label,
+    #[serde(default = "ten_minutes")]
+    ttl_secs: u64,
+}
+
+fn ten_minutes() -> u64 {
+    600
+}
+
+async fn open_pairing(
+    State(state): State<Shared>,
+    browser: Browser,
+    headers: HeaderMap,
+    Json(request): Json<NewWindow>,
+) -> ApiResult<Json<serde_json::Value>> {
+    browser.parent()?;
+    let hub = &state.hub;
+    // The page was reached at this host: so can the toy, most likely.
+    let host = request_host(&headers);
+    let member = hub.member_named(request.member);
+    let ttl = request.ttl_secs;
+    let ticket = match hub.open_pairing(member.clone(), request.label.clone(), ttl, host) {
+        // The page's host is not one toys can pair at (a name the hub does
+        // not listen on): the hub's own default then.
+        Err(HubError::PairingHost(_)) => hub.open_pairing(member, request.label, ttl, None),
+        other => other,
+    }?;
+    Ok(Json(json!({
+        "id": ticket.id,
+        "uri": ticket.uri,
+        "expires_at": ticket.expires_at,
+        "qr_svg": qr_svg(&ticket.uri),
+    })))
+}
+
+/// The host (without port) the page was reached at.
+fn request_host(headers: &HeaderMap) -> Option<String> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let bare = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    Some(bare.to_owned())
+}
+
+fn qr_svg(text: &str) -> String {
+    qrcode::QrCode::new(text.as_bytes())
+        .map(|code| {
+            code.render::<qrcode::render::svg::Color<'_>>()
+                .min_dimensions(220, 220)
+                .quiet_zone(true)
+                .build()
+        })
+        .unwrap_or_default()
+}
+
+async fn cancel_pairing(
+    State(state): State<Shared>,
+    browser: Browser,
+    Path(id): Path<u32>,
+) -> ApiResult<StatusCode> {
+    browser.parent()?;
+    state.hub.windows.cancel(Some(id));
+    state
+        .hub
+        .admin_audit("pair-cancel", None, format!("window {id}"));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+struct NewJoinCode {
+    member: MemberName,
+    label: Label,
+}
+
+async fn join_code(
+    State(state): State<Shared>,
+    browser: Browser,
+    headers: HeaderMap,
+    Json(request): Json<NewJoinCode>,
+) -> ApiResult<Json<serde_json::Value>> {
+    browser.parent()?;
+    let ticket = state
+        .hub
+        .web_link(request.member, request.label, request_host(&headers))?;
+    Ok(Json(json!({
+        "url": ticket.url,
+        "ca_sha256": ticket.ca_sha256,
+        "expires_at": ticket.expires_at,
+        "qr_svg": qr_svg(&ticket.url),
+    })))
+}
+
+fn device_id(text: &str) -> ApiResult<DeviceId> {
+    text.parse()
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "not a device id"))
+}
+
+async fn revoke_device(
+    State(state): State<Shared>,
+    browser: Browser,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    browser.parent()?;
+    let id = device_id(&id)?;
+    state.hub.revoke_device(&id).await?;
+    state.live.forget_browser(&id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn remove_device(
+    State(state): State<Shared>,
+    browser: Browser,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    browser.parent()?;
+    let id = device_id(&id)?;
+    state.hub.remove_device(&id).await?;
+    state.live.forget_browser(&id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+struct NewLabel {
+    label: Label,
+}
+
+async fn relabel_device(
+    State(state): State<Shared>,
+    browser: Browser,
+    Path(id): Path<String>,
+    Json(request): Json<NewLabel>,
+) -> ApiResult<StatusCode> {
+    browser.parent()?;
+    state.hub.relabel(&device_id(&id)?, &request.label)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn privacy(
+    State(state): State<Shared>,
+    browser: Browser,
+) -> ApiResult<Json<serde_json::Value>> {
+    browser.parent()?;
+    let report = state.hub.privacy_report(None)?;
+    Ok(Json(serde_json::to_value(report).unwrap_or_default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_cookie_is_found_among_others_and_must_look_like_one() {
+        let secret = "ab".repeat(32);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("a=1; {COOKIE}={secret}; b=2")).unwrap(),
+        );
+        assert_eq!(session_secret(&headers), Some(secret.as_str()));
+        let mut bad = HeaderMap::new();
+        bad.insert(
+            header::COOKIE,
+            HeaderValue::from_static("hearth_session=short"),
+        );
+        assert_eq!(session_secret(&bad), None);
+        assert_eq!(session_secret(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn the_request_host_loses_its_port() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("192.168.1.5:8444"));
+        assert_eq!(request_host(&headers).as_deref(), Some("192.168.1.5"));
+        headers.insert(header::HOST, HeaderValue::from_static("[fd00::5]:8444"));
+        assert_eq!(request_host(&headers).as_deref(), Some("[fd00::5]"));
+        headers.insert(header::HOST, HeaderValue::from_static("hub.local"));
+        assert_eq!(request_host(&headers).as_deref(), Some("hub.local"));
+    }
+}

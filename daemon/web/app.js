@@ -1,0 +1,446 @@
+// Hearth's family page: signs the browser in with a join code, shows the household live (parents), and carries messages through the hub's mailbox.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let me = null;
+let household = { members: [], devices: [], pairing: [] };
+let contacts = [];
+let peer = null;          // the member whose conversation is open
+let pairing = null;       // the window this page opened
+let events = null;
+const STORE_KEY = "hearth.messages";
+const KEEP = 200;         // messages kept on this browser
+
+// ---- the hub's API -------------------------------------------------------
+async function api(method, path, body) {
+  const init = { method, headers: {}, credentials: "same-origin" };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  if (response.status === 401) {
+    signedOut();
+    throw new Error("signed out");
+  }
+  const text = await response.text();
+  const data = text ? JSON.parse(text) : null;
+  if (!response.ok) {
+    throw new Error((data && data.error) || response.statusText);
+  }
+  return data;
+}
+
+function say(text) { $("status").textContent = text; }
+
+// ---- screens -------------------------------------------------------------
+function show(name) {
+  for (const s of document.querySelectorAll(".screen")) s.hidden = s.id !== "screen-" + name;
+  for (const b of document.querySelectorAll("nav button")) {
+    if (b.dataset.screen === name) b.setAttribute("aria-current", "page");
+    else b.removeAttribute("aria-current");
+  }
+  if (name === "messages") loadContacts();
+  if (name === "privacy") loadPrivacy();
+}
+
+function signedOut() {
+  me = null;
+  if (events) { events.close(); events = null; }
+  $("nav").hidden = true;
+  $("sign-out").hidden = true;
+  show("signed-out");
+}
+
+async function start() {
+  const join = new URLSearchParams(location.hash.slice(1)).get("join");
+  if (join) {
+    show("join");
+    $("join-button").addEventListener("click", async () => {
+      try {
+        await api("POST", "/api/join", { code: join });
+        history.replaceState(null, "", "/");
+        await signedIn();
+      } catch (e) { say(e.message); }
+    });
+    return;
+  }
+  try { await signedIn(); } catch (e) { if (me === null) signedOut(); }
+}
+
+async function signedIn() {
+  me = await api("GET", "/api/me");
+  say("");
+  document.body.classList.toggle("child", me.role !== "parent");
+  $("nav").hidden = false;
+  $("sign-out").hidden = false;
+  listen();
+  show(me.role === "parent" ? "home" : "messages");
+}
+
+// ---- live updates --------------------------------------------------------
+function listen() {
+  if (events) events.close();
+  events = new EventSource("/api/events");
+  events.addEventListener("household", (e) => { household = JSON.parse(e.data); renderHousehold(); });
+  events.addEventListener("inbox", (e) => onInbox(JSON.parse(e.data)));
+  events.addEventListener("signed-out", () => signedOut());
+  events.onerror = async () => {
+    // The stream ended: find out whether this browser is still signed in.
+    try { await api("GET", "/api/me"); } catch (e) { /* signedOut() ran */ }
+  };
+}
+
+// ---- home ----------------------------------------------------------------
+function ago(seconds) {
+  if (seconds === null || seconds === undefined) return "never";
+  const d = Math.floor(Date.now() / 1000) - seconds;
+  if (d < 86400) return "today";
+  if (d < 2 * 86400) return "yesterday";
+  return Math.floor(d / 86400) + " days ago";
+}
+
+function renderHousehold() {
+  const list = $("devices");
+  list.replaceChildren();
+  for (const d of household.devices) {
+    const li = document.createElement("li");
+    li.dataset.device = d.id;
+    const title = document.createElement("div");
+    title.className = "title";
+    title.textContent = d.label;
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    const state = document.createElement("span");
+    state.className = d.online ? "online" : "offline";
+    state.textContent = d.online ? "online" : "offline";
+    const owner = d.owner ? d.owner + "'s " + (d.kind === "browser" ? "browser" : "device") : "service";
+    meta.append(state, " · " + owner + " · last seen " + (d.online ? "now" : ago(d.last_seen)));
+    li.append(title, meta);
+    if (d.latest) {
+      const values = document.createElement("ul");
+      values.className = "values";
+      for (const [topic, value] of Object.entries(d.latest)) {
+        if (topic === "meta") continue;
+        const v = document.createElement("li");
+        const code = document.createElement("code");
+        code.textContent = value;
+        v.append(topic.replace(/^tele\//, "") + ": ", code);
+        values.append(v);
+      }
+      li.append(values);
+    }
+    if (d.id !== me.device) li.append(deviceActions(d));
+    list.append(li);
+  }
+  fillMembers();
+  if (pairing) {
+    const arrived = household.devices.find((d) => d.label === pairing.label && d.owner === pairing.member && !pairing.before.has(d.id));
+    if (arrived) {
+      $("pair-wait").textContent = arrived.label + " is paired" + (arrived.online ? " and online." : ".");
+      pairing = null;
+    }
+  }
+}
+
+function deviceActions(d) {
+  const box = document.createElement("div");
+  box.className = "actions";
+  const act = (text, cls, fn) => {
+    const b = document.createElement("button");
+    b.type = "button"; b.className = cls; b.textContent = text;
+    b.addEventListener("click", fn);
+    return b;
+  };
+  const confirmThen = (what, path) => () => {
+    box.replaceChildren(
+      document.createTextNode(what + " " + d.label + "? "),
+      act("Yes, " + what.toLowerCase(), "danger", async () => {
+        try { await api("POST", path); say(d.label + ": done."); } catch (e) { say(e.message); }
+      }),
+      act("No", "quiet", () => box.replaceWith(deviceActions(d))),
+    );
+  };
+  box.append(
+    act("Rename", "quiet", async () => {
+      const label = prompt("New name for " + d.label, d.label);
+      if (!label) return;
+      try { await api("POST", "/api/devices/" + d.id + "/label", { label }); } catch (e) { say(e.message); }
+    }),
+    act("Revoke", "quiet", confirmThen("Revoke", "/api/devices/" + d.id + "/revoke")),
+    act("Remove", "danger", confirmThen("Remove", "/api/devices/" + d.id + "/remove")),
+  );
+  return box;
+}
+
+// ---- members, pairing, join links ----------------------------------------
+function fillMembers() {
+  for (const id of ["pair-member", "join-member"]) {
+    const select = $(id);
+    const chosen = select.value;
+    select.replaceChildren(...household.members.map((m) => new Option(m.name, m.name)));
+    if (chosen) select.value = chosen;
+  }
+  const list = $("members");
+  list.replaceChildren();
+  for (const m of household.members) {
+    const li = document.createElement("li");
+    const title = document.createElement("span");
+    title.className = "title";
+    title.textContent = m.name;
+    li.append(title, " · " + m.role);
+    if (m.name !== me.member) {
+      const b = document.createElement("button");
+      b.type = "button"; b.className = "quiet"; b.textContent = "Remove";
+      b.addEventListener("click", () => {
+        const yes = document.createElement("button");
+        yes.type = "button"; yes.className = "danger";
+        yes.textContent = "Yes, remove " + m.name + " and all their devices";
+        yes.addEventListener("click", async () => {
+          try { await api("DELETE", "/api/members/" + encodeURIComponent(m.name)); } catch (e) { say(e.message); }
+        });
+        b.replaceWith(yes);
+      });
+      li.append(" ", b);
+    }
+    list.append(li);
+  }
+}
+
+function svgImage(svg) {
+  return "data:image/svg+xml;base64," + btoa(unescape(encodeURIComponent(svg)));
+}
+
+$("pair-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const member = $("pair-member").value;
+  const label = $("pair-label").value.trim();
+  try {
+    const t = await api("POST", "/api/pairing", { member, label });
+    pairing = { id: t.id, member, label, before: new Set(household.devices.map((d) => d.id)) };
+    $("pair-qr").src = svgImage(t.qr_svg);
+    $("pair-uri").textContent = t.uri;
+    $("pair-wait").textContent = "Waiting for the device…";
+    $("pair-ticket").hidden = false;
+  } catch (err) { say(err.message); }
+});
+
+$("pair-cancel").addEventListener("click", async () => {
+  if (!pairing) { $("pair-ticket").hidden = true; return; }
+  try { await api("DELETE", "/api/pairing/" + pairing.id); } catch (e) { say(e.message); }
+  pairing = null;
+  $("pair-ticket").hidden = true;
+});
+
+$("member-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  try {
+    await api("POST", "/api/members", { name: $("member-name").value.trim(), role: $("member-role").value });
+    $("member-name").value = "";
+    say("Added.");
+  } catch (err) { say(err.message); }
+});
+
+$("join-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  try {
+    const t = await api("POST", "/api/join-codes", { member: $("join-member").value, label: $("join-label").value.trim() });
+    $("join-qr").src = svgImage(t.qr_svg);
+    $("join-url").textContent = t.url;
+    $("join-ticket").hidden = false;
+  } catch (err) { say(err.message); }
+});
+
+// ---- messages ------------------------------------------------------------
+function stored() {
+  try { return JSON.parse(localStorage.getItem(STORE_KEY)) || []; } catch (e) { return []; }
+}
+
+function keep(list) {
+  list = list.slice(-KEEP);
+  for (;;) {
+    try { localStorage.setItem(STORE_KEY, JSON.stringify(list)); return; } catch (e) {
+      if (list.length === 0) return;
+      list = list.slice(Math.ceil(list.length / 4)); // full: forget the oldest
+    }
+  }
+}
+
+async function loadContacts() {
+  try { contacts = await api("GET", "/api/contacts"); } catch (e) { say(e.message); return; }
+  const list = $("contacts");
+  list.replaceChildren();
+  for (const c of contacts) {
+    const li = document.createElement("li");
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = c.name;
+    b.addEventListener("click", () => openConversation(c.name));
+    li.append(b);
+    list.append(li);
+  }
+  if (contacts.length === 0) list.textContent = "Nobody to message yet.";
+}
+
+function openConversation(name) {
+  peer = name;
+  $("conversation-title").textContent = name;
+  $("conversation").hidden = false;
+  renderThread();
+  $("send-text").focus();
+}
+
+function renderThread() {
+  const thread = $("thread");
+  thread.replaceChildren();
+  for (const m of stored().filter((m) => m.peer === peer)) {
+    const li = document.createElement("li");
+    li.className = m.dir;
+    li.dataset.ref = m.ref || "";
+    if (m.kind === "text") li.append(document.createTextNode(m.body));
+    if (m.kind === "image") {
+      const img = document.createElement("img");
+      img.src = m.data; img.alt = "photo from " + (m.dir === "in" ? m.peer : "you");
+      li.append(img);
+    }
+    if (m.kind === "audio") {
+      const a = document.createElement("audio");
+      a.controls = true; a.src = m.data;
+      li.append(a);
+    }
+    if (m.dir === "out") {
+      const tick = document.createElement("span");
+      tick.className = "tick";
+      tick.textContent = m.status === "delivered" ? "✓✓" : m.status === "stored" ? "✓" : m.status === "refused" ? "✗" : "…";
+      tick.setAttribute("aria-label", m.status || "sending");
+      tick.title = m.status || "sending";
+      li.append(tick);
+      if (m.reason) {
+        const r = document.createElement("span");
+        r.className = "refused"; r.textContent = m.reason;
+        li.append(r);
+      }
+    }
+    thread.append(li);
+  }
+  thread.lastElementChild && thread.lastElementChild.scrollIntoView({ block: "end" });
+}
+
+function newRef() {
+  const bytes = new Uint8Array(12);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+async function send(message) {
+  const ref = newRef();
+  const list = stored();
+  list.push({ ref, dir: "out", peer, kind: message.kind, body: message.body,
+              data: message.data ? "data:" + message.content_type + ";base64," + message.data : undefined,
+              at: Date.now(), status: null });
+  keep(list);
+  renderThread();
+  try { await api("POST", "/api/messages", { ref, to: peer, ...message }); } catch (e) { say(e.message); }
+}
+
+$("send-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const body = $("send-text").value;
+  if (!body.trim() || !peer) return;
+  $("send-text").value = "";
+  send({ kind: "text", body });
+});
+
+// A photo is scaled in the page to fit the hub's limit before it is sent.
+$("send-photo").addEventListener("change", async (e) => {
+  const file = e.target.files[0];
+  e.target.value = "";
+  if (!file || !peer) return;
+  try {
+    const bitmap = await createImageBitmap(file);
+    const limit = (me.limits && me.limits.max_image_bytes) || 1048576;
+    let side = 1600;
+    let jpeg = null;
+    for (let quality = 0.85; ; quality -= 0.15) {
+      const scale = Math.min(1, side / Math.max(bitmap.width, bitmap.height));
+      const canvas = document.createElement("canvas");
+      canvas.width = Math.max(1, Math.round(bitmap.width * scale));
+      canvas.height = Math.max(1, Math.round(bitmap.height * scale));
+      canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+      jpeg = canvas.toDataURL("image/jpeg", Math.max(quality, 0.4)).split(",")[1];
+      if (jpeg.length * 3 / 4 <= limit || side < 200) break;
+      side = Math.round(side * 0.75);
+    }
+    send({ kind: "image", data: jpeg, content_type: "image/jpeg" });
+  } catch (err) { say("That picture could not be read."); }
+});
+
+// A voice note is recorded in the page (press to start, press to stop).
+let recorder = null;
+$("record").addEventListener("click", async () => {
+  if (recorder) { recorder.stop(); return; }
+  try {
+    const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+    const chunks = [];
+    recorder = new MediaRecorder(stream);
+    recorder.ondataavailable = (e) => chunks.push(e.data);
+    recorder.onstop = async () => {
+      stream.getTracks().forEach((t) => t.stop());
+      $("record").textContent = "Voice note";
+      const blob = new Blob(chunks, { type: recorder.mimeType.split(";")[0] || "audio/webm" });
+      recorder = null;
+      const data = await new Promise((ok) => { const r = new FileReader(); r.onload = () => ok(r.result.split(",")[1]); r.readAsDataURL(blob); });
+      send({ kind: "audio", data, content_type: blob.type });
+    };
+    recorder.start();
+    $("record").textContent = "Stop and send";
+  } catch (err) { say("The microphone is not available."); recorder = null; }
+});
+
+async function onInbox(envelope) {
+  const list = stored();
+  if (envelope.type === "delivery") {
+    if (!list.some((m) => m.id === envelope.id)) {
+      list.push({ id: envelope.id, dir: "in", peer: envelope.from.member, kind: envelope.kind, body: envelope.body,
+                  data: envelope.data ? "data:" + envelope.content_type + ";base64," + envelope.data : undefined,
+                  at: envelope.sent_at * 1000 });
+      keep(list);
+    }
+    // Stored here now: the hub may forget it.
+    api("POST", "/api/messages/ack", { id: envelope.id }).catch(() => {});
+    if (!peer || peer !== envelope.from.member) say("New message from " + envelope.from.member);
+  } else if (envelope.type === "receipt") {
+    const m = list.find((m) => m.ref === envelope.ref && m.dir === "out");
+    if (m && m.status !== "delivered") {
+      m.status = envelope.status;
+      if (envelope.reason) m.reason = envelope.reason;
+      keep(list);
+    }
+  }
+  if (peer) renderThread();
+}
+
+// ---- privacy -------------------------------------------------------------
+async function loadPrivacy() {
+  try {
+    const report = await api("GET", "/api/privacy");
+    const body = $("privacy-table").tBodies[0];
+    body.replaceChildren();
+    for (const item of report.items) {
+      const tr = body.insertRow();
+      tr.insertCell().textContent = item.kind;
+      tr.insertCell().textContent = item.count;
+      tr.insertCell().textContent = item.kept;
+    }
+    $("never-stored").replaceChildren(...report.never_stored.map((t) => { const li = document.createElement("li"); li.textContent = t; return li; }));
+  } catch (e) { say(e.message); }
+}
+
+// ---- wiring ---------------------------------------------------------------
+for (const b of document.querySelectorAll("nav button")) b.addEventListener("click", () => show(b.dataset.screen));
+$("sign-out").addEventListener("click", async () => {
+  try { await api("POST", "/api/signout"); } catch (e) { /* signed out either way */ }
+  localStorage.removeItem(STORE_KEY);
+  signedOut();
+});
+start();
