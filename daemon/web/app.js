@@ -35,6 +35,7 @@ function say(text) { $("status").textContent = text; }
 
 // ---- screens -------------------------------------------------------------
 function show(name) {
+  say("");
   for (const s of document.querySelectorAll(".screen")) s.hidden = s.id !== "screen-" + name;
   for (const b of document.querySelectorAll("nav button")) {
     if (b.dataset.screen === name) b.setAttribute("aria-current", "page");
@@ -100,6 +101,17 @@ function ago(seconds) {
   return Math.floor(d / 86400) + " days ago";
 }
 
+// A telemetry value as people read it: a flat JSON object as "key value" pairs.
+function readable(value) {
+  try {
+    const v = JSON.parse(value);
+    if (v && typeof v === "object" && !Array.isArray(v)) {
+      return Object.entries(v).map(([k, x]) => k.replace(/_/g, " ") + " " + (typeof x === "object" ? JSON.stringify(x) : x)).join(" · ");
+    }
+    return String(v);
+  } catch (e) { return value; }
+}
+
 function renderHousehold() {
   const list = $("devices");
   list.replaceChildren();
@@ -123,9 +135,7 @@ function renderHousehold() {
       for (const [topic, value] of Object.entries(d.latest)) {
         if (topic === "meta") continue;
         const v = document.createElement("li");
-        const code = document.createElement("code");
-        code.textContent = value;
-        v.append(topic.replace(/^tele\//, "") + ": ", code);
+        v.append(topic.replace(/^tele\//, "") + ": ", readable(value));
         values.append(v);
       }
       li.append(values);

@@ -24,3 +24,4 @@ mod support;
 mod tls_scan;
 mod toymakers;
 mod web;
+mod web_browser;
