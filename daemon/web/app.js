@@ -43,6 +43,8 @@ function show(name) {
   }
   if (name === "messages") loadContacts();
   if (name === "privacy") loadPrivacy();
+  if (name === "activity") loadActivity();
+  if (name === "family") loadContactRules();
 }
 
 function signedOut() {
@@ -116,6 +118,7 @@ function renderHousehold() {
   const list = $("devices");
   list.replaceChildren();
   for (const d of household.devices) {
+    if (!d.active) continue;
     const li = document.createElement("li");
     li.dataset.device = d.id;
     const title = document.createElement("div");
@@ -140,6 +143,7 @@ function renderHousehold() {
       }
       li.append(values);
     }
+    if (d.kind === "device" && d.owner !== null) li.append(commandBox(d));
     if (d.id !== me.device) li.append(deviceActions(d));
     list.append(li);
   }
@@ -151,6 +155,51 @@ function renderHousehold() {
       pairing = null;
     }
   }
+}
+
+// Commands a device declares in its description (meta), or a raw form.
+const commandDrafts = {};
+function commandBox(d) {
+  const box = document.createElement("div");
+  box.className = "commands";
+  let declared = null;
+  try { declared = JSON.parse((d.latest || {}).meta || "null"); } catch (e) { declared = null; }
+  const send = async (name, payload) => {
+    try { await api("POST", "/api/devices/" + d.id + "/command", { name, payload }); say(name + " sent to " + d.label + "."); } catch (e) { say(e.message); }
+  };
+  if (declared && Array.isArray(declared.commands) && declared.commands.length > 0) {
+    for (const c of declared.commands) {
+      const args = c.args || [];
+      const inputs = args.map((a) => {
+        const input = document.createElement("input");
+        input.placeholder = a.name + (a.unit ? " (" + a.unit + ")" : "");
+        input.setAttribute("aria-label", c.name + " " + a.name);
+        return [a, input];
+      });
+      const b = document.createElement("button");
+      b.type = "button"; b.className = "quiet"; b.textContent = c.name;
+      b.addEventListener("click", () => {
+        const payload = {};
+        for (const [a, input] of inputs) {
+          const raw = input.value.trim();
+          payload[a.name] = a.type === "number" || a.type === "integer" ? Number(raw) : a.type === "boolean" ? raw === "true" : raw;
+        }
+        send(c.name, payload);
+      });
+      box.append(...inputs.map(([, i]) => i), b);
+    }
+    return box;
+  }
+  const name = document.createElement("input");
+  name.placeholder = "command";
+  name.setAttribute("aria-label", "Command for " + d.label);
+  name.value = commandDrafts[d.id] || "";
+  name.addEventListener("input", () => { commandDrafts[d.id] = name.value; });
+  const b = document.createElement("button");
+  b.type = "button"; b.className = "quiet"; b.textContent = "Send command";
+  b.addEventListener("click", () => { if (name.value.trim()) send(name.value.trim(), null); });
+  box.append(name, b);
+  return box;
 }
 
 function deviceActions(d) {
@@ -430,6 +479,111 @@ async function onInbox(envelope) {
   if (peer) renderThread();
 }
 
+// ---- activity: the audit in plain words -------------------------------------
+function deviceName(id) {
+  if (!id) return null;
+  const d = household.devices.find((x) => x.id === id);
+  if (!d) return "a removed device";
+  return d.owner ? d.owner + "'s " + d.label : d.label;
+}
+
+function worded(e) {
+  const who = deviceName(e.device);
+  const reason = e.reason ? " (" + e.reason + ")" : "";
+  switch (e.event) {
+    case "connect": return who + " connected";
+    case "disconnect": return who + " disconnected";
+    case "disconnected": return who + " was disconnected" + reason;
+    case "handshake-refused": return who ? who + " was refused" + reason : "a device that is not ours tried to connect" + reason;
+    case "connect-refused": return (who || "a device") + " was refused" + reason;
+    case "denied": return (who || "a device") + " was refused a topic" + (e.action ? " to " + e.action.replace("-", " ") : "");
+    case "join-refused": return "a wrong join code was tried";
+    case "suppressed": return "more of the same were not written down";
+    case "admin": {
+      const a = e.action || "";
+      const what = {
+        "device-revoke": (who || "a device") + " was revoked",
+        "device-remove": "a device was removed and erased",
+        "device-relabel": (who || "a device") + " was renamed",
+        "browser-join": (who || "a browser") + " joined",
+        "browser-expired": (who || "a browser") + " was signed out after a long time unused",
+        "web-link": "a join link was made",
+        "pair-open": "a pairing window was opened",
+        "pair-cancel": "a pairing window was closed",
+        "contacts": "who may message whom was changed",
+        "member-add": "a member was added",
+        "member-remove": "a member was removed and erased",
+      }[a];
+      return what || "a parent: " + a.replace(/-/g, " ");
+    }
+    default: return (who ? who + ": " : "") + e.event.replace(/-/g, " ");
+  }
+}
+
+const KINDS = {
+  connections: ["connect", "disconnect", "disconnected"],
+  refusals: ["handshake-refused", "connect-refused", "denied", "join-refused", "suppressed"],
+  changes: ["admin"],
+};
+
+async function loadActivity() {
+  const select = $("activity-device");
+  const chosen = select.value;
+  select.replaceChildren(new Option("every device", ""), ...household.devices.map((d) => new Option(deviceName(d.id) + (d.active ? "" : " (revoked)"), d.id)));
+  select.value = chosen;
+  const path = "/api/activity" + (chosen ? "?device=" + encodeURIComponent(chosen) : "");
+  let entries;
+  try { entries = await api("GET", path); } catch (e) { say(e.message); return; }
+  const kind = $("activity-kind").value;
+  const list = $("activity");
+  list.replaceChildren();
+  for (const e of entries.reverse()) {
+    if (kind && !KINDS[kind].includes(e.event)) continue;
+    const li = document.createElement("li");
+    const time = document.createElement("time");
+    time.dateTime = new Date(e.at * 1000).toISOString();
+    time.textContent = new Date(e.at * 1000).toLocaleString();
+    li.append(worded(e), time);
+    list.append(li);
+  }
+  if (!list.firstChild) list.textContent = "Nothing yet.";
+}
+$("activity-device").addEventListener("change", loadActivity);
+$("activity-kind").addEventListener("change", loadActivity);
+
+// ---- contact rules ------------------------------------------------------------
+async function loadContactRules() {
+  for (const id of ["contact-a", "contact-b"]) {
+    const select = $(id);
+    const chosen = select.value;
+    select.replaceChildren(...household.members.map((m) => new Option(m.name, m.name)));
+    if (chosen) select.value = chosen;
+  }
+  let rules;
+  try { rules = await api("GET", "/api/contact-rules"); } catch (e) { say(e.message); return; }
+  const seen = new Set();
+  $("contact-rules").replaceChildren(...rules.filter((r) => {
+    const key = [r.from, r.to].sort().join("\u0000");
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  }).map((r) => {
+    const li = document.createElement("li");
+    li.textContent = r.from + " and " + r.to + ": " + (r.allowed ? "may message each other" : "may not message each other");
+    return li;
+  }));
+}
+
+$("contact-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const allowed = e.submitter && e.submitter.value === "true";
+  try {
+    await api("POST", "/api/contact-rules", { a: $("contact-a").value, b: $("contact-b").value, allowed });
+    say("Saved.");
+    loadContactRules();
+  } catch (err) { say(err.message); }
+});
+
 // ---- privacy -------------------------------------------------------------
 async function loadPrivacy() {
   try {
@@ -443,6 +597,15 @@ async function loadPrivacy() {
       tr.insertCell().textContent = item.kept;
     }
     $("never-stored").replaceChildren(...report.never_stored.map((t) => { const li = document.createElement("li"); li.textContent = t; return li; }));
+    $("exports").replaceChildren(...household.members.map((m) => {
+      const li = document.createElement("li");
+      const a = document.createElement("a");
+      a.href = "/api/members/" + encodeURIComponent(m.name) + "/export";
+      a.download = "hearth-" + m.name + ".json";
+      a.textContent = "Download everything about " + m.name;
+      li.append(a);
+      return li;
+    }));
   } catch (e) { say(e.message); }
 }
 

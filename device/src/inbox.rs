@@ -91,6 +91,8 @@ pub fn content_type_of(path: &Path) -> Option<&'static str> {
         "m4a" | "mp4" => "audio/mp4",
         "mp3" => "audio/mpeg",
         "wav" => "audio/wav",
+        // What browsers record voice notes as (MediaRecorder).
+        "webm" => "audio/webm",
         _ => return None,
     })
 }
@@ -105,6 +107,7 @@ fn extension_of(content_type: &str) -> &'static str {
         "audio/mp4" => "m4a",
         "audio/mpeg" => "mp3",
         "audio/wav" => "wav",
+        "audio/webm" => "webm",
         _ => "bin",
     }
 }
@@ -253,7 +256,9 @@ mod tests {
         assert_eq!(content_type_of(Path::new("note.opus")), Some("audio/ogg"));
         assert_eq!(content_type_of(Path::new("x.exe")), None);
         assert_eq!(content_type_of(Path::new("noext")), None);
-        for ext in ["jpg", "png", "gif", "webp", "ogg", "m4a", "mp3", "wav"] {
+        for ext in [
+            "jpg", "png", "gif", "webp", "ogg", "m4a", "mp3", "wav", "webm",
+        ] {
             let ct = content_type_of(Path::new(&format!("f.{ext}"))).unwrap();
             assert_eq!(extension_of(ct), ext, "a saved file keeps its type");
         }

@@ -542,3 +542,130 @@ async fn a_parent_messages_a_childs_toy_and_sees_its_reply_and_delivery_live() {
     );
     let _ = toy_mail.receipt("t1", ReceiptStatus::Delivered).await;
 }
+
+#[tokio::test]
+async fn commands_from_a_page_follow_the_policy_and_the_parents_tools_are_theirs_alone() {
+    let hub = TestHub::start();
+    hub.hearth_ok(&["member", "add", "mum", "--role", "parent"]);
+    hub.hearth_ok(&["member", "add", "ada", "--role", "child"]);
+    let toy = hub.device("bob", "child");
+    let (client, mut events) = rumqttc::AsyncClient::new(mqtt_v4(&hub, &toy, &toy.id), 16);
+    v4_connected(&mut events).await.expect("the toy connects");
+    client
+        .subscribe(
+            format!("hearth/v1/dev/{}/cmd/#", toy.id),
+            rumqttc::QoS::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+    v4_wait_suback(&mut events).await;
+
+    let (code, _) = web_link(&hub, "mum");
+    let mut mum = Web::new(&hub);
+    assert_eq!(mum.join(&code).await.status, 200);
+    let (code, _) = web_link(&hub, "ada");
+    let mut ada = Web::new(&hub);
+    assert_eq!(ada.join(&code).await.status, 200);
+    let ada_id = ada.request("GET", "/api/me", Value::Null).await.json()["device"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A parent's command reaches the toy's cmd topic with its arguments.
+    let path = format!("/api/devices/{}/command", toy.id);
+    let sent = mum
+        .request(
+            "POST",
+            &path,
+            json!({"name": "beep", "payload": {"times": 2}}),
+        )
+        .await;
+    assert_eq!(sent.status, 202, "{}", sent.body);
+    let publish = v4_next_publish(&mut events, Duration::from_secs(5))
+        .await
+        .expect("the command arrives");
+    assert_eq!(publish.topic, format!("hearth/v1/dev/{}/cmd/beep", toy.id));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&publish.payload).unwrap(),
+        json!({"times": 2})
+    );
+    for bad in ["a/b", "#", ""] {
+        let answer = mum.request("POST", &path, json!({ "name": bad })).await;
+        assert_eq!(answer.status, 400, "{bad:?}");
+    }
+
+    // A child's browser is refused another child's toy, as its device
+    // would be, and the refusal is audited by id.
+    let refused = ada.request("POST", &path, json!({"name": "beep"})).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(refused.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("another device"));
+    assert!(wait_audit(&hub, |e| e.event == "denied"
+        && e.device.as_ref().map(|d| d.as_str()) == Some(ada_id.as_str()))
+    .is_some());
+    assert!(v4_next_publish(&mut events, Duration::from_millis(500))
+        .await
+        .is_none());
+
+    // The audit, contact rules and exports are a parent's.
+    for path in [
+        "/api/activity",
+        "/api/contact-rules",
+        "/api/members/ada/export",
+    ] {
+        assert_eq!(
+            ada.request("GET", path, Value::Null).await.status,
+            403,
+            "{path}"
+        );
+    }
+    let activity = mum
+        .request("GET", "/api/activity", Value::Null)
+        .await
+        .json();
+    assert!(activity
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["event"] == "denied"));
+
+    // A parent lets ada message bob: ada's contacts show it.
+    let contacts = |v: Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        contacts(
+            ada.request("GET", "/api/contacts", Value::Null)
+                .await
+                .json()
+        ),
+        ["mum"]
+    );
+    let set = mum
+        .request(
+            "POST",
+            "/api/contact-rules",
+            json!({"a": "ada", "b": "bob", "allowed": true}),
+        )
+        .await;
+    assert_eq!(set.status, 204, "{}", set.body);
+    let now = contacts(
+        ada.request("GET", "/api/contacts", Value::Null)
+            .await
+            .json(),
+    );
+    assert!(now.contains(&"bob".to_owned()), "{now:?}");
+
+    let export = mum
+        .request("GET", "/api/members/ada/export", Value::Null)
+        .await;
+    assert_eq!(export.status, 200);
+    assert!(export.headers.contains("content-disposition: attachment"));
+    assert!(export.body.contains("\"ada\""), "{}", export.body);
+}

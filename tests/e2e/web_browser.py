@@ -7,6 +7,7 @@ import os
 import struct
 import subprocess
 import sys
+import threading
 import time
 import zlib
 
@@ -188,7 +189,9 @@ def main():
     step("the toy pairs with the URI read from the page and appears")
     device("pair", uri)
     wait(mum, lambda d: "paired" in d.find_element(By.ID, "pair-wait").text)
-    toy = subprocess.Popen([DEVICE, "--dir", os.path.join(WORK, "toy"), "run"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    toy = subprocess.Popen([DEVICE, "--dir", os.path.join(WORK, "toy"), "run"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    toy_said = []
+    threading.Thread(target=lambda: [toy_said.append(line) for line in toy.stdout], daemon=True).start()
     try:
         toy_id = open(os.path.join(WORK, "toy", "device.toml")).read().split('device_id = "')[1].split('"')[0]
         deadline = time.time() + 20
@@ -202,6 +205,17 @@ def main():
         # Its telemetry shows too.
         wait(mum, lambda d: "status: " in (card_text(d, "robot") or ""), limit=10)
         shot(mum, "home")
+
+        step("she sends the toy a command from its card (it declares none: the raw form)")
+        mum.execute_script(
+            "for (const li of document.querySelectorAll('#devices > li'))"
+            "  if (li.querySelector('.title').textContent === 'robot') {"
+            "    const i = li.querySelector('.commands input'); i.value = 'beep'; i.dispatchEvent(new Event('input'));"
+            "    li.querySelector('.commands button').click(); }")
+        deadline = time.time() + 10
+        while not any("cmd" in line and "beep" in line for line in toy_said):
+            assert time.time() < deadline, f"the toy got no command: {toy_said}"
+            time.sleep(0.05)
     finally:
         toy.terminate()
         toy.wait(timeout=10)
@@ -217,14 +231,21 @@ def main():
     png(picture)
     mum.find_element(By.ID, "send-photo").send_keys(picture)
     wait(mum, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#thread img")) == 1)
-    wait(mum, lambda d: all(t.get_attribute("title") == "stored" for t in d.find_elements(By.CSS_SELECTOR, "#thread .tick")) and len(d.find_elements(By.CSS_SELECTOR, "#thread .tick")) == 2)
+    step("and a voice note recorded in the page (chromium's fake microphone)")
+    mum.find_element(By.ID, "record").click()
+    wait(mum, lambda d: d.find_element(By.ID, "record").text.startswith("Stop"))
+    time.sleep(1.5)
+    mum.find_element(By.ID, "record").click()
+    wait(mum, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#thread audio")) == 1)
+    wait(mum, lambda d: [t.get_attribute("title") for t in d.find_elements(By.CSS_SELECTOR, "#thread .tick")] == ["stored"] * 3)
 
     step("the toy's inbox receives both and acknowledges them: delivered ticks in the page")
     inbox = device("inbox", "--wait", "4")
     assert "dinner is ready" in inbox, inbox
     saved = os.listdir(os.path.join(WORK, "toy", "inbox"))
     assert any(name.endswith(".jpg") or name.endswith(".jpeg") for name in saved), (inbox, saved)
-    wait(mum, lambda d: [t.get_attribute("title") for t in d.find_elements(By.CSS_SELECTOR, "#thread .tick")] == ["delivered", "delivered"])
+    assert any(name.endswith(".webm") or name.endswith(".ogg") for name in saved), (inbox, saved)
+    wait(mum, lambda d: [t.get_attribute("title") for t in d.find_elements(By.CSS_SELECTOR, "#thread .tick")] == ["delivered"] * 3)
 
     step("the toy's reply appears live")
     device("send", "--to", "mum", "--text", "coming!")
@@ -263,6 +284,12 @@ def main():
     started = time.time()
     wait(dad, lambda d: visible(d, "screen-signed-out"), limit=2)
     print(f"the revoked page closed {time.time() - started:.2f} s after the click", flush=True)
+
+    step("the activity screen words the audit")
+    nav(mum, "activity")
+    wait(mum, lambda d: "dads-phone was revoked" in d.find_element(By.ID, "activity").text)
+    assert "ada's robot connected" in mum.find_element(By.ID, "activity").text
+    shot(mum, "activity")
 
     step("privacy screen")
     nav(mum, "privacy")

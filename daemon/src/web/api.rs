@@ -17,6 +17,7 @@ use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use hearth_protocol::admin::DeviceStatus;
 use hearth_protocol::mailbox::{self, Kind, Outbox};
+use hearth_protocol::policy::{self, Action, Decision, DeviceRole, Subject};
 use hearth_protocol::{DeviceId, Label, MemberName, Owner, Role};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -58,7 +59,14 @@ pub(super) fn router(state: Shared) -> Router {
         .route("/api/devices/:id/revoke", post(revoke_device))
         .route("/api/devices/:id/remove", post(remove_device))
         .route("/api/devices/:id/label", post(relabel_device))
+        .route("/api/devices/:id/command", post(command))
         .route("/api/privacy", get(privacy))
+        .route("/api/members/:name/export", get(export_member))
+        .route("/api/activity", get(activity))
+        .route(
+            "/api/contact-rules",
+            get(contact_rules).post(set_contact_rule),
+        )
         .fallback(not_found)
         .with_state(state)
 }
@@ -421,7 +429,8 @@ async fn household(
 
 /// What a parent's home screen shows: members, devices with their owner,
 /// label, online state, last seen and latest values, and open pairing
-/// windows.
+/// windows. Revoked devices are listed (inactive) so the activity screen
+/// can still name them.
 fn household_view(state: &WebState) -> ApiResult<serde_json::Value> {
     let hub = &state.hub;
     let members = hub.members()?;
@@ -430,9 +439,9 @@ fn household_view(state: &WebState) -> ApiResult<serde_json::Value> {
     let devices: Vec<serde_json::Value> = hub
         .devices()?
         .into_iter()
-        .filter(|d| d.status == DeviceStatus::Active)
         .map(|d| {
             json!({
+                "active": d.status == DeviceStatus::Active,
                 "id": d.id,
                 "owner": match &d.owner { Owner::Member(m) => Some(m.as_str()), Owner::Service => None },
                 "label": d.label,
@@ -627,6 +636,148 @@ async fn privacy(
     browser.parent()?;
     let report = state.hub.privacy_report(None)?;
     Ok(Json(serde_json::to_value(report).unwrap_or_default()))
+}
+
+#[derive(Debug, Deserialize)]
+struct CommandRequest {
+    /// The level under `cmd/` (a command the device declares, or any for
+    /// the raw form).
+    name: String,
+    /// Its arguments, as the device expects them.
+    #[serde(default)]
+    payload: serde_json::Value,
+}
+
+/// Sends a device a command, judged by the household policy exactly as a
+/// publish from this browser's member's device would be.
+async fn command(
+    State(state): State<Shared>,
+    browser: Browser,
+    Path(id): Path<String>,
+    Json(request): Json<CommandRequest>,
+) -> ApiResult<StatusCode> {
+    let id = device_id(&id)?;
+    let name = request.name.trim();
+    if name.is_empty() || name.contains(['+', '#', '/']) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "a command name is one topic level",
+        ));
+    }
+    let topic = hearth_protocol::topic::cmd(&id, name);
+    let role = match browser.0.role {
+        Role::Parent => DeviceRole::Parent,
+        Role::Child => DeviceRole::Child,
+    };
+    let subject = Subject {
+        device: &browser.0.device,
+        role,
+        grants: &[],
+    };
+    let action = Action::Publish { retain: false };
+    if let Decision::Deny(reason) = policy::decide(&subject, action, &topic) {
+        state.hub.metrics.denial(action.name());
+        state.hub.audit.record(crate::audit::Event {
+            device: Some(browser.0.device),
+            event: "denied",
+            action: Some(action.name().to_owned()),
+            topic: Some(topic),
+            reason: Some(reason.to_string()),
+            ..crate::audit::Event::default()
+        });
+        return Err(ApiError::new(StatusCode::FORBIDDEN, &reason.to_string()));
+    }
+    let payload = match request.payload {
+        serde_json::Value::Null => Vec::new(),
+        value => serde_json::to_vec(&value).unwrap_or_default(),
+    };
+    state.live.publish_command(topic, payload).map_err(|e| {
+        tracing::error!(error = %e, "web: cannot reach the broker");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the hub is busy; try again",
+        )
+    })?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Everything held about a member, as `hearth member export` writes it.
+async fn export_member(
+    State(state): State<Shared>,
+    browser: Browser,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    browser.parent()?;
+    let name: MemberName = name
+        .parse()
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "not a nickname"))?;
+    let export = state
+        .hub
+        .member_export(&state.hub.member_named(name.clone()))?;
+    let body = serde_json::to_vec_pretty(&export).unwrap_or_default();
+    let disposition = format!("attachment; filename=\"hearth-{}.json\"", name.as_str());
+    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if let Ok(value) = HeaderValue::from_str(&disposition) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+struct ActivityQuery {
+    device: Option<String>,
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+/// The audit, newest last; the page words it (ids only are stored).
+async fn activity(
+    State(state): State<Shared>,
+    browser: Browser,
+    axum::extract::Query(query): axum::extract::Query<ActivityQuery>,
+) -> ApiResult<Json<Vec<hearth_protocol::admin::AuditEntry>>> {
+    browser.parent()?;
+    let device = match query.device.as_deref() {
+        Some("") | None => None,
+        Some(id) => Some(device_id(id)?),
+    };
+    let entries = state
+        .hub
+        .audit_entries(device.as_ref(), None, None, query.limit.unwrap_or(200))
+        .await?;
+    Ok(Json(entries))
+}
+
+async fn contact_rules(
+    State(state): State<Shared>,
+    browser: Browser,
+) -> ApiResult<Json<Vec<hearth_protocol::admin::ContactRule>>> {
+    browser.parent()?;
+    Ok(Json(state.hub.contact_rules()?))
+}
+
+#[derive(Debug, Deserialize)]
+struct ContactRuleRequest {
+    a: MemberName,
+    b: MemberName,
+    allowed: bool,
+}
+
+async fn set_contact_rule(
+    State(state): State<Shared>,
+    browser: Browser,
+    Json(request): Json<ContactRuleRequest>,
+) -> ApiResult<StatusCode> {
+    browser.parent()?;
+    let hub = &state.hub;
+    hub.set_contact(
+        &hub.member_named(request.a),
+        &hub.member_named(request.b),
+        request.allowed,
+    )?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]

@@ -99,6 +99,15 @@ impl Live {
             .map_err(|e| e.to_string())
     }
 
+    /// Publishes a command to a device's `cmd/...` topic, once the caller
+    /// checked the policy.
+    pub fn publish_command(&self, topic: String, payload: Vec<u8>) -> Result<(), String> {
+        crate::sync::lock(&self.link)
+            .publish(topic, payload)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     /// A page of `browser` opens: its inbox is followed and the mailbox
     /// told to deliver; the receiver gets its inbox envelopes (JSON).
     pub fn open_page(&self, browser: &DeviceId) -> broadcast::Receiver<String> {
