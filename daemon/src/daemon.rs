@@ -336,6 +336,7 @@ pub async fn run(
             live,
             idle: Duration::from_secs(u64::from(config.web.idle_days) * 86_400),
             max_body: config.limits.max_payload,
+            large_bodies: tokio::sync::Semaphore::new(crate::web::LARGE_BODIES),
             message_limits: crate::web::MessageLimits {
                 max_text_bytes: limits.max_text_bytes,
                 max_image_bytes: limits.max_image_bytes,

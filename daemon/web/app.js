@@ -56,9 +56,11 @@ function signedOut() {
 }
 
 async function start() {
-  const join = new URLSearchParams(location.hash.slice(1)).get("join");
+  const params = new URLSearchParams(location.hash.slice(1));
+  const join = params.get("join");
   if (join) {
     show("join");
+    $("join-ca").textContent = (params.get("ca") || "").replace(/(.{4})/g, "$1 ").trim();
     $("join-button").addEventListener("click", async () => {
       try {
         await api("POST", "/api/join", { code: join });

@@ -39,13 +39,11 @@ pub(crate) fn web_link(hub: &TestHub, member: &str) -> (String, String) {
     let AdminResponse::WebLink(ticket) = serde_json::from_str(&out).unwrap() else {
         panic!("unexpected answer {out}");
     };
-    let code = ticket
-        .url
-        .split("#join=")
-        .nth(1)
-        .expect("a code")
-        .to_owned();
-    (code, ticket.url)
+    let fragment = ticket.url.split("#join=").nth(1).expect("a code");
+    let (code, ca) = fragment.split_once("&ca=").expect("the CA fingerprint");
+    // The link carries the fingerprint the person compares.
+    assert_eq!(ca, ticket.ca_sha256);
+    (code.to_owned(), ticket.url.clone())
 }
 
 /// One request as a browser on the hub's page sends it.
@@ -302,6 +300,9 @@ async fn every_answer_carries_the_security_headers_and_the_page_has_no_inline_sc
         page.matches("<script").count(),
         page.matches("<script src=").count()
     );
+    // Bodies are bounded: a join request is small.
+    let big = json!({ "code": "a".repeat(20 * 1024) });
+    assert_eq!(web.request("POST", "/api/join", big).await.status, 413);
     // The CA a phone is told to compare is served.
     let ca = web.request("GET", "/ca.pem", Value::Null).await.body;
     assert_eq!(
@@ -366,6 +367,9 @@ async fn a_childs_browser_reaches_only_its_messages_and_allowed_contacts() {
         .unwrap()
         .split("#join=")
         .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
         .unwrap()
         .to_owned();
     let mut ada = Web::new(&hub);

@@ -102,6 +102,8 @@ def nav(driver, screen):
 def join(driver, url):
     driver.get(url)
     wait(driver, lambda d: visible(d, "screen-join"))
+    shown = driver.find_element(By.ID, "join-ca").text.replace(" ", "")
+    assert len(shown) == 64 and url.endswith("&ca=" + shown), (shown, url)
     driver.find_element(By.ID, "join-button").click()
     wait(driver, lambda d: not visible(d, "screen-join") and visible(d, "nav"))
 

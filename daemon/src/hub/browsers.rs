@@ -60,7 +60,13 @@ impl Hub {
         let (id, code, expires_at) = self.join_codes.open(member, label, JOIN_TTL);
         self.admin_audit("web-link", None, format!("join code {id}"));
         Ok(WebLinkTicket {
-            url: format!("https://{host}:{}/#join={code}", web.port()),
+            // The CA's fingerprint rides along for the person to compare
+            // (a page cannot see the certificate its connection used).
+            url: format!(
+                "https://{host}:{}/#join={code}&ca={}",
+                web.port(),
+                hex::encode(self.ca.fingerprint())
+            ),
             ca_sha256: hex::encode(self.ca.fingerprint()),
             expires_at,
         })

@@ -47,7 +47,15 @@ pub(super) fn router(state: Shared) -> Router {
         .route("/api/me", get(me))
         .route("/api/signout", post(sign_out))
         .route("/api/contacts", get(contacts))
-        .route("/api/messages", post(send_message))
+        .route(
+            "/api/messages",
+            post(send_message)
+                .layer(axum::extract::DefaultBodyLimit::max(state.max_body))
+                .layer(axum::middleware::from_fn_with_state(
+                    Arc::clone(&state),
+                    one_of_few_large_bodies,
+                )),
+        )
         .route("/api/messages/ack", post(ack_message))
         .route("/api/events", get(events))
         .route("/api/household", get(household))
@@ -69,6 +77,20 @@ pub(super) fn router(state: Shared) -> Router {
         )
         .fallback(not_found)
         .with_state(state)
+}
+
+/// Message bodies (a photo, up to `limits.max_payload`) are read a few at
+/// a time, so the web app's memory stays bounded whatever the number of
+/// connections; the others wait their turn.
+async fn one_of_few_large_bodies(
+    State(state): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Ok(_permit) = state.large_bodies.acquire().await else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    next.run(request).await
 }
 
 /// An error answer: a status and one sentence for the page.

@@ -30,6 +30,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a request (body included) may take, live updates excepted.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// The largest body of a request other than a message.
+const SMALL_BODY: usize = 16 * 1024;
+/// Message bodies read at once (each up to `limits.max_payload`).
+pub const LARGE_BODIES: usize = 4;
 /// Web connections served at once, at most.
 pub const MAX_CONNECTIONS: usize = 128;
 /// Web connections from one address at once (a phone's tabs and their
@@ -57,6 +61,8 @@ pub struct WebState {
     pub max_body: usize,
     /// What a message may carry, for the page to fit photos to.
     pub message_limits: MessageLimits,
+    /// Permits to read a message body ([`LARGE_BODIES`]).
+    pub large_bodies: tokio::sync::Semaphore,
 }
 
 /// The mailbox's size limits, as the page needs them.
@@ -78,9 +84,10 @@ pub async fn serve(
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
+    // Every body but a message's (api.rs) is small.
     let router = api::router(Arc::clone(&state))
         .layer(axum::middleware::from_fn(guard))
-        .layer(axum::extract::DefaultBodyLimit::max(state.max_body));
+        .layer(axum::extract::DefaultBodyLimit::max(SMALL_BODY));
     let admission = crate::admission::Admission::new(MAX_PER_SOURCE, MAX_CONNECTIONS);
     loop {
         let (tcp, peer) = tokio::select! {
