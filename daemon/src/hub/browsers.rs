@@ -144,3 +144,60 @@ impl Hub {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hearth_protocol::Role;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_join_code_works_once_and_an_idle_browser_is_signed_out_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut hub = super::super::testing::hub(dir.path());
+        hub.listeners.push(hearth_protocol::admin::ListenerInfo {
+            name: "web".into(),
+            address: "127.0.0.1:8444".into(),
+        });
+        let mum: MemberName = "mum".parse().unwrap();
+        hub.add_member(mum.clone(), Role::Parent).unwrap();
+        let ticket = hub.web_link(mum, "phone".parse().unwrap(), None).unwrap();
+        assert!(
+            ticket.url.starts_with("https://127.0.0.1:8444/#join="),
+            "{}",
+            ticket.url
+        );
+        let code = ticket
+            .url
+            .split("#join=")
+            .nth(1)
+            .unwrap()
+            .split('&')
+            .next()
+            .unwrap();
+        let ip: IpAddr = [127, 0, 0, 1].into();
+        let joined = hub.join_browser(code, ip).unwrap();
+        assert!(matches!(
+            hub.join_browser(code, ip),
+            Err(HubError::BadJoinCode)
+        ));
+
+        let idle = Duration::from_secs(30 * 86_400);
+        let found = hub.browser(&joined.secret, idle).await.unwrap().unwrap();
+        assert_eq!(found.device, joined.session.device);
+        assert!(hub.browser(&"0".repeat(64), idle).await.unwrap().is_none());
+
+        // Unused for longer than `idle` (and the hour of slack): signed
+        // out, and the browser is revoked, so the secret never works again.
+        let long_ago = crate::unix_now() - idle.as_secs() as i64 - 2 * 3600;
+        hub.store
+            .with(|s| s.backdate_browser(&joined.session.device, long_ago))
+            .unwrap();
+        assert!(hub.browser(&joined.secret, idle).await.unwrap().is_none());
+        let devices = hub.devices().unwrap();
+        assert_eq!(
+            devices[0].status,
+            hearth_protocol::admin::DeviceStatus::Revoked
+        );
+        assert!(hub.browser(&joined.secret, idle).await.unwrap().is_none());
+    }
+}

@@ -96,6 +96,16 @@ impl Store {
         Ok(())
     }
 
+    /// Sets when a browser was last used (tests of idle expiry).
+    #[cfg(test)]
+    pub fn backdate_browser(&self, device: &DeviceId, last_used: i64) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE browser_sessions SET last_used = ?2 WHERE device_id = ?1",
+            params![device.as_str(), last_used],
+        )?;
+        Ok(())
+    }
+
     /// Renames a device or browser.
     pub fn relabel_device(&self, device: &DeviceId, label: &Label) -> Result<(), StoreError> {
         let n = self
