@@ -433,9 +433,15 @@ impl Household {
                         DeviceStatus::Revoked => "revoked".to_owned(),
                     },
                     self.seen(d),
-                    d.cert_not_after
-                        .map(|at| expiry(at, self.now))
-                        .unwrap_or_else(|| "-".into()),
+                    match d.kind {
+                        // A browser of the family web app has a session
+                        // secret, not a certificate.
+                        hearth_protocol::admin::DeviceKind::Browser => "browser, no cert".into(),
+                        hearth_protocol::admin::DeviceKind::Device => d
+                            .cert_not_after
+                            .map(|at| expiry(at, self.now))
+                            .unwrap_or_else(|| "-".into()),
+                    },
                 ]
             })
             .collect();
@@ -815,10 +821,14 @@ fn web_link(
     writeln!(out, "{}", ticket.url)?;
     writeln!(
         out,
-        "The phone will warn that the hub's certificate is not trusted: first open          the link's /ca.pem and check its SHA-256 is"
+        "The hub's certificate authority, which the page shows too (compare before joining):"
     )?;
-    writeln!(out, "  {}", ticket.ca_sha256)?;
-    writeln!(out, "then trust it (docs/WEB.md says how on each phone).")?;
+    writeln!(out, "  SHA-256 {}", ticket.ca_sha256)?;
+    writeln!(
+        out,
+        "A phone warns that it does not know it until you install it from the hub's /ca.crt \
+         (docs/WEB.md says how on each phone)."
+    )?;
     Ok(())
 }
 
