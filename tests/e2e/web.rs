@@ -163,13 +163,24 @@ impl Web {
 
     /// The live event stream, as raw text arriving.
     async fn events(&self) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+        self.events_with_handle().await.0
+    }
+
+    /// The live event stream and the task reading it (abort it to close
+    /// the connection, as a closed tab does).
+    async fn events_with_handle(
+        &self,
+    ) -> (
+        tokio::sync::mpsc::UnboundedReceiver<String>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let mut stream = self.connect().await;
         stream
             .write_all(self.head("GET", "/api/events", None, "").as_bytes())
             .await
             .unwrap();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut buf = [0u8; 65536];
             loop {
                 match stream.read(&mut buf).await {
@@ -185,7 +196,7 @@ impl Web {
                 }
             }
         });
-        rx
+        (rx, reader)
     }
 }
 
@@ -672,4 +683,45 @@ async fn commands_from_a_page_follow_the_policy_and_the_parents_tools_are_theirs
     assert_eq!(export.status, 200);
     assert!(export.headers.contains("content-disposition: attachment"));
     assert!(export.body.contains("\"ada\""), "{}", export.body);
+}
+
+#[tokio::test]
+async fn a_closed_page_stops_counting_as_connected() {
+    let hub = TestHub::start();
+    hub.hearth_ok(&["member", "add", "ada", "--role", "child"]);
+    let (code, _) = web_link(&hub, "ada");
+    let mut ada = Web::new(&hub);
+    assert_eq!(ada.join(&code).await.status, 200);
+    let id = ada.request("GET", "/api/me", Value::Null).await.json()["device"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let connected = || {
+        let Ok(AdminResponse::Status(status)) = admin_request(&hub.socket, &AdminRequest::Status)
+        else {
+            panic!("no status");
+        };
+        status.connected.iter().any(|d| d.as_str() == id)
+    };
+    assert!(!connected());
+    let (_events, reader) = ada.events_with_handle().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !connected() {
+        assert!(
+            Instant::now() < deadline,
+            "an open page counts as connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The tab closes: a child's page has no events to send, so the hub
+    // notices at its next keep-alive at the latest.
+    reader.abort();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while connected() {
+        assert!(
+            Instant::now() < deadline,
+            "a closed page still counts as connected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

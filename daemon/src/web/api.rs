@@ -388,6 +388,9 @@ async fn events(State(state): State<Shared>, browser: Browser) -> Response {
         let mut tick = tokio::time::interval(HOUSEHOLD_TICK);
         loop {
             tokio::select! {
+                // The page went away: its session ends now, not at the
+                // next event (a child's quiet page may have none for days).
+                _ = tx.closed() => return,
                 _ = stop.cancelled() => {
                     let _ = tx.send(Event::default().event("signed-out").data("{}")).await;
                     return;
@@ -422,7 +425,8 @@ async fn events(State(state): State<Shared>, browser: Browser) -> Response {
         }
     });
     Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        // Also how soon a closed page is noticed (a write fails).
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
         .into_response()
 }
 
