@@ -747,14 +747,7 @@ fn pair(
         return Ok(());
     }
     if !args.no_qr {
-        let code = qrcode::QrCode::new(ticket.uri.as_bytes()).context("drawing the QR code")?;
-        let drawing = code
-            .render::<qrcode::render::unicode::Dense1x2>()
-            .dark_color(qrcode::render::unicode::Dense1x2::Light)
-            .light_color(qrcode::render::unicode::Dense1x2::Dark)
-            .quiet_zone(true)
-            .build();
-        writeln!(out, "{drawing}")?;
+        writeln!(out, "{}", qr_drawing(&ticket.uri)?)?;
     }
     writeln!(
         out,
@@ -804,14 +797,7 @@ fn web_link(
         return Ok(());
     }
     if !args.no_qr {
-        let code = qrcode::QrCode::new(ticket.url.as_bytes()).context("drawing the QR code")?;
-        let drawing = code
-            .render::<qrcode::render::unicode::Dense1x2>()
-            .dark_color(qrcode::render::unicode::Dense1x2::Light)
-            .light_color(qrcode::render::unicode::Dense1x2::Dark)
-            .quiet_zone(true)
-            .build();
-        writeln!(out, "{drawing}")?;
+        writeln!(out, "{}", qr_drawing(&ticket.url)?)?;
     }
     writeln!(
         out,
@@ -830,6 +816,18 @@ fn web_link(
          (docs/WEB.md says how on each phone)."
     )?;
     Ok(())
+}
+
+/// A QR code of `text` for the terminal (light modules on a dark one, so
+/// it scans from a dark terminal too).
+fn qr_drawing(text: &str) -> Result<String> {
+    let code = qrcode::QrCode::new(text.as_bytes()).context("drawing the QR code")?;
+    Ok(code
+        .render::<qrcode::render::unicode::Dense1x2>()
+        .dark_color(qrcode::render::unicode::Dense1x2::Light)
+        .light_color(qrcode::render::unicode::Dense1x2::Dark)
+        .quiet_zone(true)
+        .build())
 }
 
 fn unix_now() -> i64 {

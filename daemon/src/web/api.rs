@@ -140,12 +140,20 @@ type ApiResult<T> = Result<T, ApiError>;
 #[derive(Debug, Clone)]
 pub struct Browser(pub BrowserSession);
 
-impl Browser {
-    fn parent(&self) -> ApiResult<()> {
-        if self.0.role == Role::Parent {
-            Ok(())
-        } else {
-            Err(ApiError::parents_only())
+/// A parent's browser: a child's gets 403, as the policy refuses a
+/// child's device a parent's topics.
+#[derive(Debug, Clone, Copy)]
+pub struct Parent;
+
+#[axum::async_trait]
+impl FromRequestParts<Shared> for Parent {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> ApiResult<Parent> {
+        let Browser(session) = Browser::from_request_parts(parts, state).await?;
+        match session.role {
+            Role::Parent => Ok(Parent),
+            Role::Child => Err(ApiError::parents_only()),
         }
     }
 }
@@ -447,9 +455,8 @@ where
 
 async fn household(
     State(state): State<Shared>,
-    browser: Browser,
+    _parent: Parent,
 ) -> ApiResult<Json<serde_json::Value>> {
-    browser.parent()?;
     Ok(Json(household_view(&state)?))
 }
 
@@ -490,20 +497,18 @@ struct NewMember {
 
 async fn add_member(
     State(state): State<Shared>,
-    browser: Browser,
+    _parent: Parent,
     Json(request): Json<NewMember>,
 ) -> ApiResult<StatusCode> {
-    browser.parent()?;
     state.hub.add_member(request.name, request.role)?;
     Ok(StatusCode::CREATED)
 }
 
 async fn remove_member(
     State(state): State<Shared>,
-    browser: Browser,
+    _parent: Parent,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    browser.parent()?;
     let name: MemberName = name
         .parse()
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "not a nickname"))?;
@@ -528,11 +533,10 @@ fn ten_minutes() -> u64 {
 
 async fn open_pairing(
     State(state): State<Shared>,
-    browser: Browser,
+    _parent: Parent,
     headers: HeaderMap,
     Json(request): Json<NewWindow>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    browser.parent()?;
     let hub = &state.hub;
     // The page was reached at this host: so can the toy, most likely.
     let host = request_host(&headers);
@@ -575,10 +579,9 @@ fn qr_svg(text: &str) -> String {
 
 async fn cancel_pairing(
     State(state): State<Shared>,
-    browser: Browser,
+    _parent: Parent,
     Path(id): Path<u32>,
 ) -> ApiResult<StatusCode> {
-    browser.parent()?;
     state.hub.windows.cancel(Some(id));
     state
         .hub
@@ -594,11 +597,10 @@ struct NewJoinCode {
 
 async fn join_code(
     State(state): State<Shared>,
-    browser: Browser,
+    _parent: Parent,
     headers: HeaderMap,
     Json(request): Json<NewJoinCode>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    browser.parent()?;
     let ticket = state
         .hub
         .web_link(request.member, request.label, request_host(&headers))?;
@@ -617,10 +619,9 @@ fn device_id(text: &str) -> ApiResult<DeviceId> {
 
 async fn revoke_device(
     State(state): State<Shared>,
-    browser: Browser,
+    _parent: Parent,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    browser.parent()?;
     let id = device_id(&id)?;
     state.hub.revoke_device(&id).await?;
     state.live.forget_browser(&id);
@@ -629,10 +630,9 @@ async fn revoke_device(
 
 async fn remove_device(
     State(state): State<Shared>,
-    browser: Browser,
+    _parent: Parent,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    browser.parent()?;
     let id = device_id(&id)?;
     state.hub.remove_device(&id).await?;
     state.live.forget_browser(&id);
@@ -646,20 +646,18 @@ struct NewLabel {
 
 async fn relabel_device(
     State(state): State<Shared>,
-    browser: Browser,
+    _parent: Parent,
     Path(id): Path<String>,
     Json(request): Json<NewLabel>,
 ) -> ApiResult<StatusCode> {
-    browser.parent()?;
     state.hub.relabel(&device_id(&id)?, &request.label)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn privacy(
     State(state): State<Shared>,
-    browser: Browser,
+    _parent: Parent,
 ) -> ApiResult<Json<serde_json::Value>> {
-    browser.parent()?;
     let report = state.hub.privacy_report(None)?;
     Ok(Json(serde_json::to_value(report).unwrap_or_default()))
 }
@@ -730,10 +728,9 @@ async fn command(
 /// Everything held about a member, as `hearth member export` writes it.
 async fn export_member(
     State(state): State<Shared>,
-    browser: Browser,
+    _parent: Parent,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    browser.parent()?;
     let name: MemberName = name
         .parse()
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "not a nickname"))?;
@@ -761,10 +758,9 @@ struct ActivityQuery {
 /// The audit, newest last; the page words it (ids only are stored).
 async fn activity(
     State(state): State<Shared>,
-    browser: Browser,
+    _parent: Parent,
     axum::extract::Query(query): axum::extract::Query<ActivityQuery>,
 ) -> ApiResult<Json<Vec<hearth_protocol::admin::AuditEntry>>> {
-    browser.parent()?;
     let device = match query.device.as_deref() {
         Some("") | None => None,
         Some(id) => Some(device_id(id)?),
@@ -778,9 +774,8 @@ async fn activity(
 
 async fn contact_rules(
     State(state): State<Shared>,
-    browser: Browser,
+    _parent: Parent,
 ) -> ApiResult<Json<Vec<hearth_protocol::admin::ContactRule>>> {
-    browser.parent()?;
     Ok(Json(state.hub.contact_rules()?))
 }
 
@@ -793,10 +788,9 @@ struct ContactRuleRequest {
 
 async fn set_contact_rule(
     State(state): State<Shared>,
-    browser: Browser,
+    _parent: Parent,
     Json(request): Json<ContactRuleRequest>,
 ) -> ApiResult<StatusCode> {
-    browser.parent()?;
     let hub = &state.hub;
     hub.set_contact(
         &hub.member_named(request.a),
