@@ -213,7 +213,8 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
             .map(AdminResponse::WebLink)
             .map_err(reply),
         AdminRequest::PairUnlock { address } => {
-            if hub.windows.unlock(address) {
+            // One lockout rule for pairing tokens and web join codes: lift both.
+            if hub.windows.unlock(address) | hub.join_codes.unlock(address) {
                 hub.audit.record(Event {
                     event: "admin",
                     action: Some("pair-unlock".into()),

@@ -337,6 +337,7 @@ pub async fn run(
             idle: Duration::from_secs(u64::from(config.web.idle_days) * 86_400),
             max_body: config.limits.max_payload,
             large_bodies: tokio::sync::Semaphore::new(crate::web::LARGE_BODIES),
+            household: std::sync::Mutex::default(),
             message_limits: crate::web::MessageLimits {
                 max_text_bytes: limits.max_text_bytes,
                 max_image_bytes: limits.max_image_bytes,
@@ -352,6 +353,13 @@ pub async fn run(
         ));
     }
     tracker.spawn(retire_renewed(Arc::clone(&hub), stop.child_token()));
+    if config.web.enabled {
+        tracker.spawn(expire_idle_browsers(
+            Arc::clone(&hub),
+            Duration::from_secs(u64::from(config.web.idle_days) * 86_400),
+            stop.child_token(),
+        ));
+    }
     if let Some(metrics) = metrics {
         tracker.spawn(crate::scrape::serve(
             metrics,
@@ -444,6 +452,21 @@ fn port_of(listener: &TcpListener) -> u16 {
 
 /// Retires certificates whose renewal grace ended without the successor
 /// being used (the device renewed, then never came back with it).
+/// Every hour, signs out the browsers unused for longer than `idle`.
+async fn expire_idle_browsers(hub: Arc<Hub>, idle: Duration, stop: CancellationToken) {
+    loop {
+        match hub.expire_idle_browsers(idle).await {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(count, "idle browsers signed out"),
+            Err(e) => tracing::warn!(error = %e, "cannot sign out idle browsers"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+        }
+    }
+}
+
 async fn retire_renewed(hub: Arc<Hub>, stop: CancellationToken) {
     loop {
         tokio::select! {

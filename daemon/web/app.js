@@ -8,7 +8,8 @@ let contacts = [];
 let peer = null;          // the member whose conversation is open
 let pairing = null;       // the window this page opened
 let events = null;
-const STORE_KEY = "hearth.messages";
+const STORE_PREFIX = "hearth.messages.";
+let STORE_KEY = null;      // this browser's own, by its device id
 const KEEP = 200;         // messages kept on this browser
 
 // ---- the hub's API -------------------------------------------------------
@@ -47,8 +48,19 @@ function show(name) {
   if (name === "family") loadContactRules();
 }
 
+// Messages kept on this browser belong to the browser that received them:
+// signed out (or revoked), they are erased, and one that joins again as
+// someone else never sees them.
+function forgetMessages(keep) {
+  for (const key of Object.keys(localStorage)) {
+    if (key.startsWith(STORE_PREFIX) && key !== keep) localStorage.removeItem(key);
+  }
+}
+
 function signedOut() {
   me = null;
+  STORE_KEY = null;
+  forgetMessages(null);
   if (events) { events.close(); events = null; }
   $("nav").hidden = true;
   $("sign-out").hidden = true;
@@ -56,11 +68,9 @@ function signedOut() {
 }
 
 async function start() {
-  const params = new URLSearchParams(location.hash.slice(1));
-  const join = params.get("join");
+  const join = new URLSearchParams(location.hash.slice(1)).get("join");
   if (join) {
     show("join");
-    $("join-ca").textContent = (params.get("ca") || "").replace(/(.{4})/g, "$1 ").trim();
     $("join-button").addEventListener("click", async () => {
       try {
         await api("POST", "/api/join", { code: join });
@@ -75,6 +85,8 @@ async function start() {
 
 async function signedIn() {
   me = await api("GET", "/api/me");
+  STORE_KEY = STORE_PREFIX + me.device;
+  forgetMessages(STORE_KEY);
   say("");
   document.body.classList.toggle("child", me.role !== "parent");
   $("nav").hidden = false;
@@ -314,10 +326,12 @@ $("join-form").addEventListener("submit", async (e) => {
 
 // ---- messages ------------------------------------------------------------
 function stored() {
+  if (!STORE_KEY) return [];
   try { return JSON.parse(localStorage.getItem(STORE_KEY)) || []; } catch (e) { return []; }
 }
 
 function keep(list) {
+  if (!STORE_KEY) return;
   list = list.slice(-KEEP);
   for (;;) {
     try { localStorage.setItem(STORE_KEY, JSON.stringify(list)); return; } catch (e) {
@@ -615,7 +629,6 @@ async function loadPrivacy() {
 for (const b of document.querySelectorAll("nav button")) b.addEventListener("click", () => show(b.dataset.screen));
 $("sign-out").addEventListener("click", async () => {
   try { await api("POST", "/api/signout"); } catch (e) { /* signed out either way */ }
-  localStorage.removeItem(STORE_KEY);
   signedOut();
 });
 start();

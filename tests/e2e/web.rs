@@ -55,7 +55,10 @@ struct Web {
 
 struct Answer {
     status: u16,
+    /// Lower-cased, for matching.
     headers: String,
+    /// As sent (cookie names are case-sensitive).
+    raw_headers: String,
     body: String,
 }
 
@@ -125,6 +128,7 @@ impl Web {
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0),
             headers: headers.to_ascii_lowercase(),
+            raw_headers: headers.to_owned(),
             body: body.to_owned(),
         }
     }
@@ -147,9 +151,9 @@ impl Web {
             .await;
         if answer.status == 200 {
             let line = answer
-                .headers
+                .raw_headers
                 .lines()
-                .find(|l| l.starts_with("set-cookie:"))
+                .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
                 .expect("a cookie");
             let pair = line["set-cookie:".len()..]
                 .trim()
@@ -239,6 +243,16 @@ async fn a_join_link_signs_a_browser_in_once_with_a_strict_cookie_whose_secret_i
         .lines()
         .find(|l| l.starts_with("set-cookie:"))
         .unwrap();
+    assert!(
+        joined
+            .raw_headers
+            .contains("Set-Cookie: __Host-hearth_session=")
+            || joined
+                .raw_headers
+                .contains("set-cookie: __Host-hearth_session="),
+        "{}",
+        joined.raw_headers
+    );
     for flag in ["httponly", "secure", "samesite=strict", "path=/"] {
         assert!(cookie_line.contains(flag), "{flag} missing: {cookie_line}");
     }

@@ -796,26 +796,38 @@ fn web_link(
     if json {
         return Ok(());
     }
+    // The CA first: the phone must trust the hub before it opens the link
+    // (docs/WEB.md), or a box pretending to be the hub could read the code.
+    let origin = ticket.url.split("/#").next().unwrap_or_default();
+    writeln!(
+        out,
+        "1. On the phone, install the hub's certificate authority from {origin}/ca.crt"
+    )?;
+    writeln!(
+        out,
+        "   and check that its SHA-256 fingerprint is (as phones show it):\n   {}",
+        colon_hex(&ticket.ca_sha256)
+    )?;
+    writeln!(
+        out,
+        "2. Then open this link (it works once, for {}; no certificate warning may appear):",
+        human_span(ticket.expires_at - unix_now())
+    )?;
     if !args.no_qr {
         writeln!(out, "{}", qr_drawing(&ticket.url)?)?;
     }
-    writeln!(
-        out,
-        "join link (one use, works for {}):",
-        human_span(ticket.expires_at - unix_now())
-    )?;
     writeln!(out, "{}", ticket.url)?;
-    writeln!(
-        out,
-        "The hub's certificate authority, which the page shows too (compare before joining):"
-    )?;
-    writeln!(out, "  SHA-256 {}", ticket.ca_sha256)?;
-    writeln!(
-        out,
-        "A phone warns that it does not know it until you install it from the hub's /ca.crt \
-         (docs/WEB.md says how on each phone)."
-    )?;
+    writeln!(out, "docs/WEB.md says how on each phone.")?;
     Ok(())
+}
+
+/// `6d6c4c…` as phones and openssl show a fingerprint: `6D:6C:4C:…`.
+fn colon_hex(hex: &str) -> String {
+    hex.as_bytes()
+        .chunks(2)
+        .map(|pair| String::from_utf8_lossy(pair).to_ascii_uppercase())
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// A QR code of `text` for the terminal (light modules on a dark one, so

@@ -137,6 +137,25 @@ impl Hub {
         Ok(Some(session))
     }
 
+    /// Whether a browser is still signed in: checked again once its page's
+    /// session is registered, so a revocation in between is not missed.
+    pub fn browser_is_active(&self, device: &DeviceId) -> Result<bool, HubError> {
+        Ok(self.store.with(|s| s.browser_is_active(device))?)
+    }
+
+    /// Signs out (revokes) every browser unused for longer than `idle`, so
+    /// a lost tablet does not stay a recipient for ever; returns how many.
+    pub async fn expire_idle_browsers(&self, idle: Duration) -> Result<usize, HubError> {
+        // `last_used` is kept to the hour: an hour of slack, never less.
+        let before = crate::unix_now() - idle.as_secs() as i64 - 3600;
+        let idle_ones = self.store.with(|s| s.idle_browsers(before))?;
+        for device in &idle_ones {
+            self.revoke_quietly(device).await?;
+            self.admin_audit("browser-expired", Some(*device), "idle".into());
+        }
+        Ok(idle_ones.len())
+    }
+
     /// Renames a device or browser.
     pub fn relabel(&self, device: &DeviceId, label: &Label) -> Result<(), HubError> {
         self.store.with(|s| s.relabel_device(device, label))?;
@@ -186,6 +205,8 @@ mod tests {
         assert_eq!(found.device, joined.session.device);
         assert!(hub.browser(&"0".repeat(64), idle).await.unwrap().is_none());
 
+        // The hourly sweep leaves a browser used within `idle` alone.
+        assert_eq!(hub.expire_idle_browsers(idle).await.unwrap(), 0);
         // Unused for longer than `idle` (and the hour of slack): signed
         // out, and the browser is revoked, so the secret never works again.
         let long_ago = crate::unix_now() - idle.as_secs() as i64 - 2 * 3600;
@@ -193,11 +214,32 @@ mod tests {
             .with(|s| s.backdate_browser(&joined.session.device, long_ago))
             .unwrap();
         assert!(hub.browser(&joined.secret, idle).await.unwrap().is_none());
+        assert!(!hub.browser_is_active(&joined.session.device).unwrap());
         let devices = hub.devices().unwrap();
         assert_eq!(
             devices[0].status,
             hearth_protocol::admin::DeviceStatus::Revoked
         );
         assert!(hub.browser(&joined.secret, idle).await.unwrap().is_none());
+
+        // A browser nobody uses any more is swept without being asked.
+        let again = hub
+            .web_link("mum".parse().unwrap(), "tablet".parse().unwrap(), None)
+            .unwrap();
+        let code = again
+            .url
+            .split("#join=")
+            .nth(1)
+            .unwrap()
+            .split('&')
+            .next()
+            .unwrap();
+        let tablet = hub.join_browser(code, ip).unwrap();
+        assert!(hub.browser_is_active(&tablet.session.device).unwrap());
+        hub.store
+            .with(|s| s.backdate_browser(&tablet.session.device, long_ago))
+            .unwrap();
+        assert_eq!(hub.expire_idle_browsers(idle).await.unwrap(), 1);
+        assert!(!hub.browser_is_active(&tablet.session.device).unwrap());
     }
 }

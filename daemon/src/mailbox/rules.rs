@@ -213,12 +213,28 @@ fn check_text(limits: &MailboxSection, send: &Message) -> Result<Content, Refusa
     })
 }
 
-/// A picture or a voice note: base64 `data` of its kind's content type.
+/// The pictures a message may carry: the formats phones and toys make,
+/// exactly, without parameters. Not SVG (it can carry script), nothing a
+/// recipient would have to guess at.
+pub const IMAGE_TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/gif", "image/webp"];
+/// The voice notes a message may carry (`audio/webm` is what browsers
+/// record).
+pub const AUDIO_TYPES: [&str; 6] = [
+    "audio/ogg",
+    "audio/webm",
+    "audio/mp4",
+    "audio/mpeg",
+    "audio/wav",
+    "audio/aac",
+];
+
+/// A picture or a voice note: base64 `data` of one of its kind's content
+/// types.
 fn check_attachment(limits: &MailboxSection, send: &Message) -> Result<Content, Refusal> {
-    let (limit, prefix) = if send.kind == Kind::Image {
-        (limits.max_image_bytes, "image/")
+    let (limit, allowed, prefix) = if send.kind == Kind::Image {
+        (limits.max_image_bytes, &IMAGE_TYPES[..], "image/")
     } else {
-        (limits.max_audio_bytes, "audio/")
+        (limits.max_audio_bytes, &AUDIO_TYPES[..], "audio/")
     };
     let Some(data) = &send.data else {
         return Err(Refusal::new(
@@ -227,11 +243,14 @@ fn check_attachment(limits: &MailboxSection, send: &Message) -> Result<Content, 
         ));
     };
     let content_type = match &send.content_type {
-        Some(t) if t.starts_with(prefix) && t.len() <= 100 => t.clone(),
+        Some(t) if allowed.contains(&t.as_str()) => t.clone(),
         _ => {
             return Err(Refusal::new(
                 Class::BadContentType,
-                format!("content_type must be {prefix}..."),
+                format!(
+                    "content_type must be one of {} ({prefix}...)",
+                    allowed.join(", ")
+                ),
             ))
         }
     };
@@ -412,12 +431,32 @@ mod tests {
         // A voice note dressed as a picture, and a content type too long.
         let wrong = refused(&send(Kind::Image, None, Some("AA=="), Some("audio/ogg")));
         assert_eq!(wrong.class, Class::BadContentType);
-        assert_eq!(wrong.reason, "content_type must be image/...");
+        assert_eq!(
+            wrong.reason,
+            "content_type must be one of image/jpeg, image/png, image/gif, image/webp (image/...)"
+        );
         let long_type = format!("image/{}", "x".repeat(95));
         let long = refused(&send(Kind::Image, None, Some("AA=="), Some(&long_type)));
         assert_eq!(long.class, Class::BadContentType);
         let untyped = refused(&send(Kind::Audio, None, Some("AA=="), None));
-        assert_eq!(untyped.reason, "content_type must be audio/...");
+        assert!(untyped
+            .reason
+            .starts_with("content_type must be one of audio/ogg"));
+        // Only the listed types, exactly: no script-carrying SVG, no
+        // parameters a page would paste into a data: URL.
+        for odd in [
+            "image/svg+xml",
+            "image/png;x,<script>",
+            "image/PNG",
+            "image/",
+        ] {
+            let refusal = refused(&send(Kind::Image, None, Some("AA=="), Some(odd)));
+            assert_eq!(refusal.class, Class::BadContentType, "{odd}");
+        }
+        for odd in ["audio/x\"><script>", "audio/ogg; codecs=opus"] {
+            let refusal = refused(&send(Kind::Audio, None, Some("AA=="), Some(odd)));
+            assert_eq!(refusal.class, Class::BadContentType, "{odd}");
+        }
 
         let no_data = refused(&send(Kind::Audio, None, None, Some("audio/ogg")));
         assert_eq!(no_data.reason, "an audio message needs data");

@@ -86,6 +86,26 @@ impl Store {
         .transpose()
     }
 
+    /// Whether a browser is still signed in (active, with a session).
+    pub fn browser_is_active(&self, device: &DeviceId) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM browser_sessions s JOIN devices d ON d.id = s.device_id
+                 WHERE s.device_id = ?1 AND d.status = 'active')",
+            )?
+            .query_row(params![device.as_str()], |row| row.get(0))?)
+    }
+
+    /// Browsers last used before `before` (Unix seconds).
+    pub fn idle_browsers(&self, before: i64) -> Result<Vec<DeviceId>, StoreError> {
+        let mut stmt = self
+            .conn()
+            .prepare_cached("SELECT device_id FROM browser_sessions WHERE last_used < ?1")?;
+        let rows = stmt.query_map(params![before], |row| row.get::<_, String>(0))?;
+        rows.map(|row| parse(&row?)).collect()
+    }
+
     /// Notes that a browser was used now (to the hour).
     pub fn touch_browser(&self, device: &DeviceId, now: i64) -> Result<(), StoreError> {
         self.conn()

@@ -26,11 +26,22 @@ use super::{assets, Peer, WebState};
 use crate::hub::HubError;
 use crate::store::BrowserSession;
 
-/// The session cookie's name.
-pub const COOKIE: &str = "hearth_session";
-/// How often a parent's live household view is re-checked (devices coming
-/// and going; telemetry wakes it sooner).
+/// The session cookie's name. `__Host-`: the browser keeps it to exactly
+/// this origin's host, Secure, Path=/, and no other service on the host
+/// can plant one of that name.
+pub const COOKIE: &str = "__Host-hearth_session";
+/// How long the browser keeps the cookie. The hub signs a browser out
+/// after `web.idle_days` unused; the cookie itself outlives that, so a
+/// browser used every day is never signed out by its cookie's age (400
+/// days is the most browsers keep one).
+const COOKIE_MAX_AGE: u64 = 400 * 86_400;
+/// How often a parent's page is sent the household if it changed; also how
+/// old the one shared view may be. Whatever the telemetry rate and the
+/// number of pages, the household is read from the store at most this
+/// often.
 const HOUSEHOLD_TICK: Duration = Duration::from_millis(500);
+/// A page that has not taken an event for this long is closed.
+const STALLED_PAGE: Duration = Duration::from_secs(30);
 
 type Shared = Arc<WebState>;
 
@@ -243,9 +254,8 @@ async fn join(
     let code = request.code.trim();
     let joined = state.hub.join_browser(code, peer.ip())?;
     let cookie = format!(
-        "{COOKIE}={}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={}",
+        "{COOKIE}={}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={COOKIE_MAX_AGE}",
         joined.secret,
-        state.idle.as_secs()
     );
     let mut response = Json(Me::new(&joined.session, &state)).into_response();
     response.headers_mut().insert(
@@ -378,24 +388,29 @@ fn publish(state: &WebState, browser: &Browser, envelope: &Outbox) -> ApiResult<
 /// Live updates: this browser's inbox (deliveries and receipts) and, for
 /// a parent, the household whenever it changes. The stream is a session
 /// of the browser's: revoking the browser ends it at once.
-async fn events(State(state): State<Shared>, browser: Browser) -> Response {
+async fn events(State(state): State<Shared>, browser: Browser) -> ApiResult<Response> {
     let device = browser.0.device;
     let stop = tokio_util::sync::CancellationToken::new();
     let session = state
         .hub
         .sessions
         .register(Some(device), &format!("web-{device}"), stop.clone());
+    // Checked again now that a revocation can reach the session: one that
+    // came between the cookie's check and the registration is not missed.
+    if !state.hub.browser_is_active(&device)? {
+        return Err(signed_out());
+    }
     let parent_page = (browser.0.role == Role::Parent).then(|| state.live.open_parent_page());
     let mut inbox = state.live.open_page(&device);
-    let mut changes = state.live.changes();
     let state = Arc::clone(&state);
     let stream = async_stream(move |tx| async move {
         let _session = session;
         let _parent_page = parent_page;
-        let mut shown = String::new();
+        // What the page was last sent of the household.
+        let mut shown: Option<Arc<str>> = None;
         let mut tick = tokio::time::interval(HOUSEHOLD_TICK);
         loop {
-            tokio::select! {
+            let event = tokio::select! {
                 // The page went away: its session ends now, not at the
                 // next event (a child's quiet page may have none for days).
                 _ = tx.closed() => return,
@@ -403,39 +418,31 @@ async fn events(State(state): State<Shared>, browser: Browser) -> Response {
                     let _ = tx.send(Event::default().event("signed-out").data("{}")).await;
                     return;
                 }
-                envelope = inbox.recv() => match envelope {
-                    Ok(text) => {
-                        if tx.send(Event::default().event("inbox").data(text)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(_) => return,
+                envelope = inbox.rx.recv() => match envelope {
+                    // Its bytes stay counted until the page has it.
+                    Some(envelope) => (Event::default().event("inbox").data(&envelope.text), Some(envelope)),
+                    None => return,
                 },
-                _ = tick.tick(), if _parent_page.is_some() => {}
-                _ = changes.changed(), if _parent_page.is_some() => {}
-            }
-            if _parent_page.is_some() {
-                let now = household_view(&state).map(|v| v.to_string());
-                if let Ok(now) = now {
-                    if now != shown {
-                        if tx
-                            .send(Event::default().event("household").data(now.clone()))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                        shown = now;
+                _ = tick.tick(), if _parent_page.is_some() => {
+                    let Ok(now) = household_json(&state) else { continue };
+                    if shown.as_ref() == Some(&now) {
+                        continue;
                     }
+                    shown = Some(Arc::clone(&now));
+                    (Event::default().event("household").data(&*now), None)
                 }
+            };
+            // A page that reads nothing for this long is closed.
+            match tokio::time::timeout(STALLED_PAGE, tx.send(event.0)).await {
+                Ok(Ok(())) => {}
+                _ => return,
             }
         }
     });
-    Sse::new(stream)
+    Ok(Sse::new(stream)
         // Also how soon a closed page is noticed (a write fails).
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
-        .into_response()
+        .into_response())
 }
 
 /// A stream fed by a task through a small channel.
@@ -446,7 +453,9 @@ where
     F: FnOnce(tokio::sync::mpsc::Sender<Event>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    // One event in the channel at a time: what waits for a slow page is
+    // what its task holds, and that is counted.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
     tokio::spawn(body(tx));
     futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|event| (Ok(event), rx))
@@ -460,6 +469,20 @@ async fn household(
     Ok(Json(household_view(&state)?))
 }
 
+/// The household view as JSON, shared by every parent's page: made again
+/// only once it is older than [`HOUSEHOLD_TICK`].
+fn household_json(state: &WebState) -> ApiResult<Arc<str>> {
+    let mut cached = crate::sync::lock(&state.household);
+    if let Some((made, json)) = &*cached {
+        if made.elapsed() < HOUSEHOLD_TICK {
+            return Ok(Arc::clone(json));
+        }
+    }
+    let json: Arc<str> = household_view(state)?.to_string().into();
+    *cached = Some((std::time::Instant::now(), Arc::clone(&json)));
+    Ok(json)
+}
+
 /// What a parent's home screen shows: members, devices with their owner,
 /// label, online state, last seen and latest values, and open pairing
 /// windows. Revoked devices are listed (inactive) so the activity screen
@@ -468,9 +491,14 @@ fn household_view(state: &WebState) -> ApiResult<serde_json::Value> {
     let hub = &state.hub;
     let members = hub.members()?;
     let online: HashSet<DeviceId> = hub.sessions.connected_devices().into_iter().collect();
-    let latest = state.live.latest();
-    let devices: Vec<serde_json::Value> = hub
-        .devices()?
+    let all = hub.devices()?;
+    let active: HashSet<DeviceId> = all
+        .iter()
+        .filter(|d| d.status == DeviceStatus::Active)
+        .map(|d| d.id)
+        .collect();
+    let latest = state.live.latest(&active);
+    let devices: Vec<serde_json::Value> = all
         .into_iter()
         .map(|d| {
             json!({

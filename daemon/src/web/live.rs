@@ -3,15 +3,18 @@
 //! their inboxes come back through it to their open pages, and while a
 //! parent's page is open it follows the household's state, telemetry and
 //! descriptions to show them live. Latest values are kept in memory only,
-//! bounded, and forgotten with their device.
+//! bounded, and forgotten with their device. What waits for pages is
+//! bounded in bytes: a page that does not keep up misses envelopes, which
+//! the mailbox resends until they are acknowledged.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hearth_protocol::{topic, DeviceId};
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::Notification;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::mailbox::InboxWatch;
@@ -28,9 +31,12 @@ const TOPICS_PER_DEVICE: usize = 16;
 const VALUE_BYTES: usize = 512;
 /// Devices whose latest values are kept.
 const DEVICES_KEPT: usize = 1024;
-/// Inbox envelopes queued for one slow page before it misses some (the
-/// mailbox resends what a page has not acknowledged).
-const PAGE_QUEUE: usize = 64;
+/// Inbox envelopes queued for one page before it misses some (the
+/// mailbox resends what a page has not acknowledged, every few seconds).
+const PAGE_QUEUE: usize = 8;
+/// Inbox bytes queued for all pages together (a photo is up to
+/// `limits.max_payload`); past it envelopes are dropped, to be resent.
+pub const QUEUED_BYTES: usize = 32 * 1024 * 1024;
 
 /// The latest value of each topic a device published, by the topic's part
 /// after the device id (`state`, `tele/temp`, `meta`).
@@ -41,14 +47,52 @@ pub struct Live {
     link: Mutex<LinkTx>,
     inbox_watch: Option<InboxWatch>,
     inner: Mutex<Inner>,
-    /// Bumped whenever something a parent's page shows changed.
-    changed: watch::Sender<u64>,
+    /// Inbox bytes queued for pages now ([`QUEUED_BYTES`] at most).
+    queued: Arc<AtomicUsize>,
+    next_page: AtomicU64,
+}
+
+/// An inbox envelope on its way to a page; its bytes count against
+/// [`QUEUED_BYTES`] until it is dropped (written to the page, or not).
+#[derive(Debug)]
+pub struct Envelope {
+    /// The JSON the mailbox published.
+    pub text: String,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Drop for Envelope {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(self.text.len(), Ordering::Relaxed);
+    }
+}
+
+/// One open page's inbox; closing it (drop) unhooks the page.
+#[derive(Debug)]
+pub struct PageInbox {
+    /// What arrives for the page.
+    pub rx: mpsc::Receiver<Envelope>,
+    live: Arc<Live>,
+    browser: DeviceId,
+    id: u64,
+}
+
+impl Drop for PageInbox {
+    fn drop(&mut self) {
+        let mut inner = crate::sync::lock(&self.live.inner);
+        if let Some(pages) = inner.pages.get_mut(&self.browser) {
+            pages.retain(|(id, _)| *id != self.id);
+            if pages.is_empty() {
+                inner.pages.remove(&self.browser);
+            }
+        }
+    }
 }
 
 #[derive(Default)]
 struct Inner {
-    /// Each browser's page channels (one per browser, shared by its tabs).
-    pages: HashMap<DeviceId, broadcast::Sender<String>>,
+    /// Each browser's open pages.
+    pages: HashMap<DeviceId, Vec<(u64, mpsc::Sender<Envelope>)>>,
     /// Browsers whose inbox the link subscribed to.
     inboxes: HashSet<DeviceId>,
     /// Parents' pages open now; household topics are followed while > 0.
@@ -87,7 +131,8 @@ impl Live {
             link: Mutex::new(link),
             inbox_watch,
             inner: Mutex::default(),
-            changed: watch::channel(0).0,
+            queued: Arc::default(),
+            next_page: AtomicU64::new(0),
         })
     }
 
@@ -109,14 +154,12 @@ impl Live {
     }
 
     /// A page of `browser` opens: its inbox is followed and the mailbox
-    /// told to deliver; the receiver gets its inbox envelopes (JSON).
-    pub fn open_page(&self, browser: &DeviceId) -> broadcast::Receiver<String> {
+    /// told to deliver; the page gets its inbox envelopes (JSON).
+    pub fn open_page(self: &Arc<Self>, browser: &DeviceId) -> PageInbox {
+        let (tx, rx) = mpsc::channel(PAGE_QUEUE);
+        let id = self.next_page.fetch_add(1, Ordering::Relaxed);
         let mut inner = crate::sync::lock(&self.inner);
-        let rx = inner
-            .pages
-            .entry(*browser)
-            .or_insert_with(|| broadcast::channel(PAGE_QUEUE).0)
-            .subscribe();
+        inner.pages.entry(*browser).or_default().push((id, tx));
         let inbox = topic::inbox(browser);
         if inner.inboxes.insert(*browser) {
             let _ = crate::sync::lock(&self.link).subscribe(inbox.clone());
@@ -125,7 +168,12 @@ impl Live {
         if let Some(watch) = &self.inbox_watch {
             watch.subscribed(browser, [inbox.as_str()]);
         }
-        rx
+        PageInbox {
+            rx,
+            live: Arc::clone(self),
+            browser: *browser,
+            id,
+        }
     }
 
     /// A parent's page opens: household topics are followed until the
@@ -152,15 +200,13 @@ impl Live {
         }
     }
 
-    /// The latest values each device published, while a parent's page is
-    /// open.
-    pub fn latest(&self) -> HashMap<DeviceId, Latest> {
-        crate::sync::lock(&self.inner).latest.clone()
-    }
-
-    /// Tells when something a parent's page shows changed.
-    pub fn changes(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
+    /// The latest values each of `devices` published, while a parent's
+    /// page is open; the values of any other device (revoked, removed)
+    /// are forgotten.
+    pub fn latest(&self, devices: &HashSet<DeviceId>) -> HashMap<DeviceId, Latest> {
+        let mut inner = crate::sync::lock(&self.inner);
+        inner.latest.retain(|d, _| devices.contains(d));
+        inner.latest.clone()
     }
 
     /// Reads the link until `stop`.
@@ -196,11 +242,24 @@ impl Live {
         };
         let mut inner = crate::sync::lock(&self.inner);
         if rest == "inbox" {
-            if let (Some(page), Ok(text)) = (
+            let (Some(pages), Ok(text)) = (
                 inner.pages.get(&device),
                 std::str::from_utf8(&publish.payload),
-            ) {
-                let _ = page.send(text.to_owned());
+            ) else {
+                return;
+            };
+            for (_, page) in pages {
+                // Past the budget, or a page that does not keep up: this
+                // page misses it now and the mailbox sends it again.
+                if self.queued.fetch_add(text.len(), Ordering::Relaxed) + text.len() > QUEUED_BYTES
+                {
+                    self.queued.fetch_sub(text.len(), Ordering::Relaxed);
+                    continue;
+                }
+                let _ = page.try_send(Envelope {
+                    text: text.to_owned(),
+                    queued: Arc::clone(&self.queued),
+                });
             }
             return;
         }
@@ -215,8 +274,6 @@ impl Live {
             return;
         }
         values.insert(rest.to_owned(), shown(&publish.payload));
-        drop(inner);
-        self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
@@ -246,6 +303,19 @@ fn shown(payload: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_envelope_releases_its_bytes_when_dropped() {
+        let queued = Arc::new(AtomicUsize::new(0));
+        queued.fetch_add(5, Ordering::Relaxed);
+        let envelope = Envelope {
+            text: "hello".into(),
+            queued: Arc::clone(&queued),
+        };
+        assert_eq!(queued.load(Ordering::Relaxed), 5);
+        drop(envelope);
+        assert_eq!(queued.load(Ordering::Relaxed), 0);
+    }
 
     #[test]
     fn device_topics_split_and_others_do_not() {

@@ -63,6 +63,8 @@ pub struct WebState {
     pub message_limits: MessageLimits,
     /// Permits to read a message body ([`LARGE_BODIES`]).
     pub large_bodies: tokio::sync::Semaphore,
+    /// The household as parents' pages last got it, and when it was made.
+    pub household: std::sync::Mutex<Option<(std::time::Instant, Arc<str>)>>,
 }
 
 /// The mailbox's size limits, as the page needs them.
