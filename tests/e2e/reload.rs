@@ -82,6 +82,14 @@ async fn a_reload_gives_new_connections_the_new_limit_and_keeps_connections_and_
         "{windows}"
     );
     // Devices read the limits they must keep from hub/info: now the new one.
+    assert_eq!(connected.subscribe(1, &["hearth/v1/hub/info"]).await, [0]);
+    match connected.next().await {
+        Next::Data(publish) => {
+            let text = String::from_utf8_lossy(&publish);
+            assert!(text.contains("\"max_packet_bytes\":4096"), "{text}");
+        }
+        other => panic!("hub/info expected, got {other:?}"),
+    }
     let AdminResponse::Status(status) = admin_request(&hub.socket, &AdminRequest::Status).unwrap()
     else {
         panic!("status expected");
