@@ -12,7 +12,7 @@ use crate::support::*;
 
 /// Sends SIGHUP to the hub and waits until the reload has been handled
 /// (`what` is "configuration reloaded" or "reload refused").
-fn sighup(hub: &TestHub, what: &str) {
+pub fn sighup(hub: &TestHub, what: &str) {
     let before = hub.log().matches(what).count();
     let out = std::process::Command::new("kill")
         .args(["-HUP", &hub.pid().to_string()])
