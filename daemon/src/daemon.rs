@@ -524,6 +524,11 @@ async fn reload_once(
     hub: &Hub,
     broker_max_payload: usize,
 ) {
+    if source.file.is_none() {
+        // Nothing to read again; not counted as a reload in `status`.
+        tracing::info!("started on the built-in defaults (no --config file): nothing to reload");
+        return;
+    }
     let read = {
         let source = source.clone();
         tokio::task::spawn_blocking(move || source.read()).await
@@ -544,9 +549,6 @@ async fn reload_once(
             return;
         }
     };
-    if source.file.is_none() {
-        tracing::info!("started on the built-in defaults: there is no file to read again");
-    }
     let running = config.borrow().clone();
     let (next, changes) = crate::reload::merge(&running, new, broker_max_payload);
     for key in &changes.at_restart {
