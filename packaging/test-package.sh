@@ -250,6 +250,56 @@ start_daemon() {
     check "hearthd is still running after READY=1" is_alive "$DAEMON_PID"
 }
 
+# What hearthd must tell the service manager on SIGHUP: RELOADING=1 with
+# MONOTONIC_USEC= (systemd v253 on refuses RELOADING=1 without it), then
+# READY=1 once the new settings are in force (or refused).
+RELOAD_PY='
+import os, socket, sys, time
+path, timeout = sys.argv[1], float(sys.argv[2])
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(path)
+os.chmod(path, 0o666)
+deadline = time.monotonic() + timeout
+reloading = False
+while True:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        print("no RELOADING=1 + MONOTONIC_USEC= then READY=1 within %gs" % timeout, flush=True)
+        sys.exit(1)
+    s.settimeout(left)
+    try:
+        msg = s.recv(4096).decode(errors="replace")
+    except socket.timeout:
+        continue
+    print("got: " + msg.replace("\n", " "), flush=True)
+    lines = msg.split("\n")
+    if "RELOADING=1" in lines and any(l.startswith("MONOTONIC_USEC=") for l in lines):
+        reloading = True
+    elif "READY=1" in lines and reloading:
+        sys.exit(0)
+'
+
+# `systemctl reload` (ExecReload= sends SIGHUP), or the same by hand.
+reload_daemon() {
+    if [ "$MODE" = systemd ]; then
+        systemctl reload "$UNIT_NAME" || fail "systemctl reload $UNIT_NAME failed"
+        check "hearthd.service is active after the reload" systemctl is-active --quiet "$UNIT_NAME"
+        return
+    fi
+    local sock=$WORK/notify.sock rc=0
+    rm -f "$sock"
+    python3 -c "$RELOAD_PY" "$sock" "$READY_TIMEOUT" >"$WORK/notify-reload.log" 2>&1 &
+    NOTIFY_PID=$!
+    for _ in $(seq 50); do [ -S "$sock" ] && break; sleep 0.1; done
+    [ -S "$sock" ] || fail "the sd_notify stand-in did not start" "$(cat "$WORK/notify-reload.log")"
+    kill -HUP "$DAEMON_PID"
+    wait "$NOTIFY_PID" || rc=$?
+    NOTIFY_PID=
+    [ "$rc" -eq 0 ] || cat "$WORK/notify-reload.log" >&2
+    check "on SIGHUP hearthd sent RELOADING=1 with MONOTONIC_USEC=, then READY=1" test "$rc" -eq 0
+    check "hearthd is still running after the reload" is_alive "$DAEMON_PID"
+}
+
 stop_daemon() {
     if [ "$MODE" = systemd ]; then
         systemctl stop "$UNIT_NAME"
@@ -326,7 +376,7 @@ echo "== unit"
 # The hand-made start below relies on these; keep the two in step.
 for line in Type=notify User=hearth Group=hearth-admin UMask=0077 StateDirectory=hearth \
     StateDirectoryMode=0700 RuntimeDirectory=hearth RuntimeDirectoryMode=0750 \
-    "ExecStart=/usr/bin/hearthd --config $CONFFILE"; do
+    "ExecStart=/usr/bin/hearthd --config $CONFFILE" 'ExecReload=/bin/kill -HUP $MAINPID'; do
     check "unit says $line" grep -qxF "$line" "$UNIT"
 done
 VERIFY=$(systemd-analyze verify "$UNIT" 2>&1) || fail "systemd-analyze verify $UNIT" "$VERIFY"
@@ -398,6 +448,22 @@ done
 check "device.key is private (600)" test "$(stat -c %a "$WORK/ada/toy/device.key")" = 600
 check "mosquitto_pub publishes as the new device over mutual TLS" \
     mqtt_publish "$WORK/ada/toy" "$DEVICE_ID"
+
+echo "== reload ($MODE)"
+printf '\n[audit]\nretention_days = 7\n' >>"$TEST_CONF"
+reload_daemon
+# Under systemd, `systemctl reload` may return before hearthd is done.
+for _ in $(seq 50); do
+    grep -q 'reloaded once' <<<"$(as_test_user hearth --socket "$RUNTIME/admin.sock" status)" && break
+    sleep 0.1
+done
+check "hearth status says the config was reloaded" \
+    grep -q "config: $TEST_CONF loaded .* (reloaded once)" \
+    <<<"$(as_test_user hearth --socket "$RUNTIME/admin.sock" status)"
+check "the reloaded audit retention is in the privacy report" \
+    grep -q 'audit entries: .*kept 7 days' \
+    <<<"$(as_test_user hearth --socket "$RUNTIME/admin.sock" privacy report)"
+check "the device still publishes after the reload" mqtt_publish "$WORK/ada/toy" "$DEVICE_ID"
 stop_daemon
 
 # --- upgrade ----------------------------------------------------------------

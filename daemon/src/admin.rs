@@ -118,6 +118,7 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
             uptime_secs: hub.started.elapsed().as_secs(),
             listeners: hub.listeners.clone(),
             connected: hub.sessions.connected_devices(),
+            config: Some(config_loaded(hub)),
         })),
         AdminRequest::MemberAdd { name, role } => hub
             .add_member(name.clone(), role)
@@ -343,4 +344,17 @@ async fn change_grant(
         Direction::Subscribe => "subscribe",
     };
     Ok(done(format!("{what} {direction} {filter} for {id}")))
+}
+
+/// Where and when the settings in force were read, for `status`.
+fn config_loaded(hub: &Hub) -> hearth_protocol::admin::ConfigLoaded {
+    let loaded = crate::sync::lock(&hub.loaded).clone();
+    hearth_protocol::admin::ConfigLoaded {
+        file: loaded.file.map(|f| f.display().to_string()),
+        loaded_at: loaded.at,
+        reloads: loaded.reloads,
+        refused: loaded
+            .refused
+            .map(|(at, message)| hearth_protocol::admin::RefusedReload { at, message }),
+    }
 }

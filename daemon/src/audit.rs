@@ -4,6 +4,7 @@
 //! many of them can fill the disk, and pruned after the retention period.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,9 @@ enum ToWriter {
     /// Write what came before now, then answer: a reader of the log sees
     /// everything recorded before it asked.
     Flush(tokio::sync::oneshot::Sender<()>),
+    /// The retention changed (a reload): prune now rather than within the
+    /// hour.
+    Prune,
 }
 
 /// A handle to the audit log, cheap to clone.
@@ -71,8 +75,10 @@ pub struct Audit {
     /// device are bounded per device, and devices only an administrator
     /// adds; counting them here would let a LAN flood drop them.
     total: Arc<Mutex<Bucket>>,
-    /// What `total` may reach per window.
-    total_budget: u32,
+    /// What `total` may reach per window; a reload may change it.
+    total_budget: Arc<AtomicU32>,
+    /// How long entries are kept, in seconds; a reload may change it.
+    retention_secs: Arc<AtomicU64>,
 }
 
 impl Audit {
@@ -86,7 +92,8 @@ impl Audit {
         tracker: &tokio_util::task::TaskTracker,
     ) -> Audit {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tracker.spawn(write_loop(store, rx, retention, stop));
+        let retention_secs = Arc::new(AtomicU64::new(retention.as_secs()));
+        tracker.spawn(write_loop(store, rx, Arc::clone(&retention_secs), stop));
         Audit {
             tx,
             buckets: Arc::default(),
@@ -95,7 +102,21 @@ impl Audit {
                 used: 0,
                 suppressed: 0,
             })),
-            total_budget: per_minute,
+            total_budget: Arc::new(AtomicU32::new(per_minute)),
+            retention_secs,
+        }
+    }
+
+    /// Applies reloaded settings: entries older than `retention` go at
+    /// once, and unidentified peers share `per_minute` from now on.
+    pub fn set_limits(&self, retention: Duration, per_minute: u32) {
+        self.total_budget.store(per_minute, Ordering::Relaxed);
+        let before = self
+            .retention_secs
+            .swap(retention.as_secs(), Ordering::Relaxed);
+        if before != retention.as_secs() && self.tx.try_send(ToWriter::Prune).is_err() {
+            // The queue is full: the hourly prune applies it instead.
+            tracing::debug!("audit queue full; the new retention applies at the next prune");
         }
     }
 
@@ -109,7 +130,8 @@ impl Audit {
             total.window_start = now;
             total.used = 0;
         }
-        if total.used >= self.total_budget {
+        let budget = self.total_budget.load(Ordering::Relaxed);
+        if total.used >= budget {
             total.suppressed = total.suppressed.saturating_add(1);
             if total.suppressed == 1 {
                 // Say so once, at the moment entries start to drop.
@@ -118,7 +140,7 @@ impl Audit {
                     event: "suppressed",
                     reason: Some(format!(
                         "more than {} entries of unidentified peers in {}s: further ones dropped until the minute is over",
-                        self.total_budget,
+                        budget,
                         WINDOW.as_secs()
                     )),
                     ..Event::default()
@@ -240,7 +262,7 @@ fn peer_host(peer: &str) -> &str {
 async fn write_loop(
     store: StoreHandle,
     mut rx: mpsc::Receiver<ToWriter>,
-    retention: Duration,
+    retention_secs: Arc<AtomicU64>,
     stop: CancellationToken,
 ) {
     let mut next_prune = Instant::now();
@@ -275,10 +297,14 @@ async fn write_loop(
                 return;
             }
         }
+        if batch.iter().any(|m| matches!(m, ToWriter::Prune)) {
+            next_prune = Instant::now();
+        }
         write(&store, batch).await;
         if Instant::now() >= next_prune {
             next_prune = Instant::now() + PRUNE_INTERVAL;
-            let before = crate::unix_now() - retention.as_secs() as i64;
+            let retention = retention_secs.load(Ordering::Relaxed);
+            let before = crate::unix_now() - i64::try_from(retention).unwrap_or(i64::MAX);
             let store = store.clone();
             let pruned =
                 tokio::task::spawn_blocking(move || store.with(|s| s.prune_audit(before))).await;
@@ -302,6 +328,7 @@ async fn write(store: &StoreHandle, batch: Vec<ToWriter>) {
                 flushes.push(done);
                 None
             }
+            ToWriter::Prune => None,
         })
         .collect();
     write_entries(store, batch).await;

@@ -1,15 +1,15 @@
 //! Starts and stops the hub: prepares the data dir, CA, database and
 //! registry, binds every listener before serving anything, starts the
-//! broker, and drains on shutdown.
+//! broker, applies reloaded settings, and drains on shutdown.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hearth_protocol::admin::ListenerInfo;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,14 +21,15 @@ use crate::ca::{HubCa, ServerNames};
 use crate::config::Config;
 use crate::discovery::Advertiser;
 use crate::edge::tls::{server_config, ClientAuth, ServerCertificate};
-use crate::edge::{self, Edge, EdgeLimits, ListenerKind};
+use crate::edge::{self, Edge, ListenerKind};
 use crate::enroll;
 use crate::hub::retained::RetainLimits;
 use crate::hub::sessions::{RetainedTopics, Sessions};
-use crate::hub::{Hub, HubPorts, Retention};
+use crate::hub::{Hub, HubPorts};
 use crate::mailbox::Mailbox;
 use crate::pairing::PairingWindows;
 use crate::registry::Registry;
+use crate::reload::{ConfigSource, ConfigWatch, Loaded};
 use crate::store::StoreHandle;
 
 /// How long shutdown waits for connections to close.
@@ -64,13 +65,25 @@ impl DaemonError {
     }
 }
 
-/// Runs the hub until `stop` is cancelled (or the broker dies).
+/// Runs the hub until `stop` is cancelled (or the broker dies). `config`
+/// was read from `source`; each message on `reloads` (SIGHUP) reads it
+/// again and applies what can change without a restart.
 pub async fn run(
-    config: Config,
+    (config, source): (Config, ConfigSource),
     data_dir: PathBuf,
+    reloads: mpsc::Receiver<()>,
     stop: CancellationToken,
 ) -> Result<(), DaemonError> {
     let started = Instant::now();
+    let loaded = Arc::new(Mutex::new(Loaded {
+        file: source
+            .file
+            .as_ref()
+            .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone())),
+        at: crate::unix_now(),
+        ..Loaded::default()
+    }));
+    let (config_tx, config_watch) = watch::channel(Arc::new(config.clone()));
     let config_error = |e: &dyn std::fmt::Display| DaemonError::Config(e.to_string());
     crate::datadir::prepare(&data_dir).map_err(|e| config_error(&e))?;
     tracing::info!(data_dir = %data_dir.display(), "state directory");
@@ -258,10 +271,8 @@ pub async fn run(
         windows: Arc::clone(&windows),
         ports,
         data_dir: data_dir.clone(),
-        retention: Retention {
-            audit_days: config.audit.retention_days,
-            message_secs: config.mailbox.expiry_secs,
-        },
+        config: config_watch.clone(),
+        loaded,
         observations,
         check_limits: crate::hub::device_check::CheckLimits {
             telemetry_per_sec: crate::hub::device_check::TELEMETRY_PER_SEC,
@@ -272,14 +283,6 @@ pub async fn run(
 
     let edge = Arc::new(Edge {
         tls: TlsAcceptor::from(tls),
-        limits: EdgeLimits {
-            max_packet: config.limits.max_payload,
-            handshake_timeout: config.limits.handshake_timeout(),
-            max_subscriptions: config.limits.max_subscriptions_per_client,
-            max_session_expiry: Duration::from_secs(config.limits.max_session_expiry_secs),
-            // Validated to 1..=100.
-            max_inflight: u16::try_from(config.limits.max_inflight).unwrap_or(100),
-        },
         hub: Arc::clone(&hub),
         slots: Arc::new(Semaphore::new(config.limits.max_connections)),
         large_packets: Arc::new(Semaphore::new(config.limits.max_large_packet_bytes / 1024)),
@@ -326,23 +329,16 @@ pub async fn run(
         stop.child_token(),
         tracker.clone(),
     ));
-    tracker.spawn(mailbox.run(outbox, subscribed, stop.child_token()));
+    tracker.spawn(mailbox.run(outbox, subscribed, config_watch.clone(), stop.child_token()));
     if let (Some(listener), Some((link, link_rx))) = (web_listener, broker.web.take()) {
         let live = crate::web::live::Live::new(link, Some(inbox_watch));
         tracker.spawn(Arc::clone(&live).run(link_rx, stop.child_token()));
-        let limits = config.mailbox.within(config.limits.max_payload);
         let state = Arc::new(crate::web::WebState {
             hub: Arc::clone(&hub),
             live,
-            idle: Duration::from_secs(u64::from(config.web.idle_days) * 86_400),
             max_body: config.limits.max_payload,
             large_bodies: tokio::sync::Semaphore::new(crate::web::LARGE_BODIES),
             household: std::sync::Mutex::default(),
-            message_limits: crate::web::MessageLimits {
-                max_text_bytes: limits.max_text_bytes,
-                max_image_bytes: limits.max_image_bytes,
-                max_audio_bytes: limits.max_audio_bytes,
-            },
         });
         tracker.spawn(crate::web::serve(
             listener,
@@ -354,11 +350,7 @@ pub async fn run(
     }
     tracker.spawn(retire_renewed(Arc::clone(&hub), stop.child_token()));
     if config.web.enabled {
-        tracker.spawn(expire_idle_browsers(
-            Arc::clone(&hub),
-            Duration::from_secs(u64::from(config.web.idle_days) * 86_400),
-            stop.child_token(),
-        ));
+        tracker.spawn(expire_idle_browsers(Arc::clone(&hub), stop.child_token()));
     }
     if let Some(metrics) = metrics {
         tracker.spawn(crate::scrape::serve(
@@ -368,6 +360,15 @@ pub async fn run(
             tracker.clone(),
         ));
     }
+    tracker.spawn(follow_reloads(
+        reloads,
+        source,
+        config_tx,
+        Arc::clone(&hub),
+        // The broker was started with this limit; the edge's may go lower.
+        config.limits.max_payload,
+        stop.child_token(),
+    ));
     tracker.spawn(admin::serve(
         admin_listener,
         hub,
@@ -382,9 +383,12 @@ pub async fn run(
         certificate,
         stop.child_token(),
     ));
-    if let Some(advertiser) = advertiser {
-        tracker.spawn(advertiser.run(windows, stop.child_token()));
-    }
+    tracker.spawn(advertise(
+        advertiser,
+        config_watch,
+        (windows, ca.fingerprint(), ports),
+        stop.child_token(),
+    ));
 
     let summary: Vec<String> = listeners
         .iter()
@@ -452,9 +456,11 @@ fn port_of(listener: &TcpListener) -> u16 {
 
 /// Retires certificates whose renewal grace ended without the successor
 /// being used (the device renewed, then never came back with it).
-/// Every hour, signs out the browsers unused for longer than `idle`.
-async fn expire_idle_browsers(hub: Arc<Hub>, idle: Duration, stop: CancellationToken) {
+/// Every hour, signs out the browsers unused for longer than
+/// `web.idle_days` (as now in force).
+async fn expire_idle_browsers(hub: Arc<Hub>, stop: CancellationToken) {
     loop {
+        let idle = crate::web::idle(&hub.config.borrow());
         match hub.expire_idle_browsers(idle).await {
             Ok(0) => {}
             Ok(count) => tracing::info!(count, "idle browsers signed out"),
@@ -521,6 +527,167 @@ async fn follow_addresses(
             },
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot re-issue the server certificate"),
             Err(e) => tracing::warn!(error = %e, "re-issue task failed"),
+        }
+    }
+}
+
+/// Reads the config again on each request (SIGHUP) and puts in force what
+/// can change without a restart; see [`reload_once`].
+async fn follow_reloads(
+    mut requests: mpsc::Receiver<()>,
+    source: ConfigSource,
+    config: watch::Sender<Arc<Config>>,
+    hub: Arc<Hub>,
+    broker_max_payload: usize,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            request = requests.recv() => if request.is_none() { return },
+        }
+        // systemd (v253 on) takes RELOADING=1 only with the time it was
+        // sent, to tell this reload from an earlier one.
+        let mut reloading = vec![
+            sd_notify::NotifyState::Reloading,
+            sd_notify::NotifyState::Status("reloading the configuration"),
+        ];
+        if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+            reloading.push(now);
+        }
+        notify_service_manager(&reloading);
+        reload_once(&source, &config, &hub, broker_max_payload).await;
+        notify_service_manager(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("serving"),
+        ]);
+    }
+}
+
+/// One reload. A file that does not read, parse or check is refused with
+/// the message a start with it prints, and nothing changes; otherwise its
+/// live settings go in force (each part reads them from the watch), and
+/// each restart-only key it changes is named in a warning.
+async fn reload_once(
+    source: &ConfigSource,
+    config: &watch::Sender<Arc<Config>>,
+    hub: &Hub,
+    broker_max_payload: usize,
+) {
+    if source.file.is_none() {
+        // Nothing to read again; not counted as a reload in `status`.
+        tracing::info!("started on the built-in defaults (no --config file): nothing to reload");
+        return;
+    }
+    let read = {
+        let source = source.clone();
+        tokio::task::spawn_blocking(move || source.read()).await
+    };
+    let now = crate::unix_now();
+    let new = match read {
+        Ok(Ok(new)) => new,
+        Ok(Err(e)) => {
+            // Word for word what `hearthd` logs when it cannot start.
+            tracing::error!("{e}");
+            tracing::warn!("reload refused: the settings in force stay");
+            crate::sync::lock(&hub.loaded).refused = Some((now, e.to_string()));
+            hub.admin_audit("config-reload", None, "refused".into());
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reload task failed; the settings in force stay");
+            return;
+        }
+    };
+    let running = config.borrow().clone();
+    let (next, changes) = crate::reload::merge(&running, new, broker_max_payload);
+    for key in &changes.at_restart {
+        tracing::warn!("{key} changes at restart; the running value stays until then");
+    }
+    if next != *running {
+        hub.audit.set_limits(
+            Duration::from_secs(u64::from(next.audit.retention_days) * 86_400),
+            next.audit.max_unidentified_entries_per_minute,
+        );
+        if next.hub_info() != running.hub_info() {
+            // What devices read before they send: the limits as they are now.
+            let info = serde_json::to_vec(&next.hub_info()).unwrap_or_default();
+            if let Err(e) =
+                broker::publish_retained(&hub.broker, hearth_protocol::topic::HUB_INFO, &info).await
+            {
+                tracing::warn!(error = %e, "cannot publish the reloaded hub info");
+            }
+        }
+        config.send_replace(Arc::new(next));
+    }
+    {
+        let mut loaded = crate::sync::lock(&hub.loaded);
+        loaded.at = now;
+        loaded.reloads += 1;
+        loaded.refused = None;
+    }
+    tracing::info!(
+        applied = %changes.applied.join(" "),
+        at_restart = %changes.at_restart.join(" "),
+        "configuration reloaded"
+    );
+    hub.admin_audit("config-reload", None, "applied".into());
+}
+
+/// Runs the mDNS advertisement (when `[discovery]` enables it) and starts
+/// it again, on its new interfaces, when a reload changes `[discovery]`.
+/// Pairing windows live in the hub, not here: a restarted advertisement
+/// announces the open ones at once.
+async fn advertise(
+    first: Option<Advertiser>,
+    mut config: ConfigWatch,
+    (windows, fingerprint, ports): (Arc<PairingWindows>, [u8; 32], HubPorts),
+    stop: CancellationToken,
+) {
+    let mut section = config.borrow_and_update().discovery.clone();
+    let mut current = first;
+    loop {
+        let round = stop.child_token();
+        let running = current
+            .take()
+            .map(|advertiser| tokio::spawn(advertiser.run(Arc::clone(&windows), round.clone())));
+        let changed = loop {
+            tokio::select! {
+                _ = stop.cancelled() => break None,
+                changed = config.changed() => {
+                    if changed.is_err() {
+                        // No more reloads (their task ended): advertise
+                        // as now until the hub stops.
+                        stop.cancelled().await;
+                        break None;
+                    }
+                    let now = config.borrow_and_update().discovery.clone();
+                    if now != section {
+                        break Some(now);
+                    }
+                }
+            }
+        };
+        // Withdraw the old records before announcing new ones: two
+        // responders would answer for one name.
+        round.cancel();
+        if let Some(running) = running {
+            let _ = running.await;
+        }
+        let Some(now) = changed else { return };
+        section = now;
+        if section.enabled {
+            match Advertiser::start(&section, &fingerprint, ports) {
+                Ok(advertiser) => {
+                    tracing::info!("discovery restarted with the reloaded settings");
+                    current = Some(advertiser);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "discovery did not restart; the hub is not advertised until the next reload or restart")
+                }
+            }
+        } else {
+            tracing::info!("discovery turned off by a reload");
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod mailbox;
 pub mod metrics;
 pub mod pairing;
 pub mod registry;
+pub mod reload;
 pub mod scrape;
 pub mod store;
 pub mod sync;

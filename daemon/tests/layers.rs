@@ -14,7 +14,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "foundation",
         &[
-            "crate", "datadir", "logging", "exit", "config", "cli", "sync",
+            "crate", "datadir", "logging", "exit", "config", "cli", "sync", "reload",
         ],
     ),
     ("store", &["store"]),

@@ -271,6 +271,34 @@ pub struct StatusReport {
     pub listeners: Vec<ListenerInfo>,
     /// Devices connected through the edge now.
     pub connected: Vec<DeviceId>,
+    /// Where the settings in force came from and when (absent from a
+    /// daemon older than reloading).
+    #[serde(default)]
+    pub config: Option<ConfigLoaded>,
+}
+
+/// Where the daemon's settings in force came from and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigLoaded {
+    /// The config file it was started with; `None` on the embedded
+    /// defaults.
+    pub file: Option<String>,
+    /// When the settings in force were read, Unix seconds.
+    pub loaded_at: i64,
+    /// Reloads applied since start.
+    pub reloads: u64,
+    /// The last reload refused since the last one applied: when, and why
+    /// (the message a start with that file prints).
+    pub refused: Option<RefusedReload>,
+}
+
+/// A reload that was refused; the settings before it stayed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedReload {
+    /// When, Unix seconds.
+    pub at: i64,
+    /// Why: the same message a start with that file prints.
+    pub message: String,
 }
 
 /// One bound listener.

@@ -650,3 +650,37 @@ fn the_device_follows_its_hub_to_a_new_address_and_refuses_a_rogue_hub() {
     let _ = device.kill();
     let _ = device.wait();
 }
+
+#[test]
+#[ignore = "needs root and iproute2; run with -- --ignored"]
+fn a_reload_withdraws_and_restores_the_advertisement_and_the_window_stays_open() {
+    require_netns();
+    let ns = TwoNamespaces::new("r");
+    let hub = hub_in(&ns);
+    let advertised = format!("mqtt={}", hub.mqtt.port());
+    discover_until(&ns, |s| s.contains(&advertised));
+    hub.hearth_ok(&["member", "add", "Ada", "--role", "child"]);
+    open_pairing(&hub, "Ada", "robot", "10m");
+    discover_until(&ns, |s| s.contains(&advertised) && s.contains("pair=1"));
+
+    let on = std::fs::read_to_string(&hub.config).unwrap();
+    let off = on.replace(
+        "[discovery]\nenabled = true",
+        "[discovery]\nenabled = false",
+    );
+    assert_ne!(on, off);
+    std::fs::write(&hub.config, &off).unwrap();
+    crate::reload::sighup(&hub, "configuration reloaded");
+    assert!(
+        hub.wait_log("discovery turned off by a reload"),
+        "{}",
+        hub.log()
+    );
+    // Withdrawn with goodbye packets: a fresh browser finds nothing.
+    discover_until(&ns, |s| !s.contains(&advertised));
+
+    std::fs::write(&hub.config, &on).unwrap();
+    crate::reload::sighup(&hub, "configuration reloaded");
+    // Back, announcing the window opened before both reloads.
+    discover_until(&ns, |s| s.contains(&advertised) && s.contains("pair=1"));
+}

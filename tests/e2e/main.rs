@@ -16,6 +16,7 @@ mod messaging;
 mod metrics;
 mod pairing;
 mod refusals;
+mod reload;
 mod revocation;
 mod sdk_c;
 mod sdk_python;

@@ -77,6 +77,9 @@ fn run(cli: Cli) -> Result<()> {
                     for l in &status.listeners {
                         writeln!(out, "listener {:<6} {}", l.name, l.address)?;
                     }
+                    if let Some(config) = &status.config {
+                        write!(out, "{}", config_lines(config))?;
+                    }
                     writeln!(out, "connected devices: {}", status.connected.len())?;
                     for d in &status.connected {
                         writeln!(out, "  {d}")?;
@@ -533,6 +536,50 @@ fn human_span(seconds: i64) -> String {
         172_800..=63_071_999 => format!("{} days", s / 86_400),
         _ => format!("{} years", s / 31_536_000),
     }
+}
+
+/// When and from where the daemon's settings were read, for `status`:
+/// `config: /etc/hearth/hearth.toml loaded 2026-11-28 02:31:07 UTC
+/// (reloaded 2 times)`, and a line for a refused reload.
+fn config_lines(config: &hearth_protocol::admin::ConfigLoaded) -> String {
+    let from = match &config.file {
+        Some(file) => terminal::field(file).into_owned(),
+        None => "built-in defaults (no --config file)".to_owned(),
+    };
+    let reloads = match config.reloads {
+        0 => String::new(),
+        1 => " (reloaded once)".to_owned(),
+        n => format!(" (reloaded {n} times)"),
+    };
+    let mut lines = format!(
+        "config: {from} loaded {}{reloads}\n",
+        utc_time(config.loaded_at)
+    );
+    if let Some(refused) = &config.refused {
+        lines.push_str(&format!(
+            "config: reload at {} refused, the settings above stay: {}\n",
+            utc_time(refused.at),
+            terminal::field(&refused.message)
+        ));
+    }
+    lines
+}
+
+/// `2026-11-28 02:31:07 UTC`.
+fn utc_time(at: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(at)
+        .map(|t| {
+            format!(
+                "{}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            )
+        })
+        .unwrap_or_else(|_| at.to_string())
 }
 
 /// A certificate's expiry: the date, and how far off (or "EXPIRED").

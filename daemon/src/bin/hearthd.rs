@@ -7,6 +7,11 @@ use clap::Parser;
 use hearth_daemon::cli::hearthd::{Args, Command};
 use hearth_daemon::config::{Config, DEFAULT_CONFIG_TOML};
 use hearth_daemon::exit;
+use hearth_daemon::reload::ConfigSource;
+use tokio::sync::mpsc;
+
+/// A signal stream, or why it could not be installed.
+type Signal = std::io::Result<tokio::signal::unix::Signal>;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -20,19 +25,19 @@ fn main() -> ExitCode {
         None => {}
     }
     hearth_daemon::logging::init();
-    let mut config = match &args.config {
-        Some(path) => match Config::load(path) {
-            Ok(config) => config,
-            Err(e) => {
-                tracing::error!("{e}");
-                return ExitCode::from(exit::CONFIG as u8);
-            }
-        },
-        None => Config::default(),
+    // A reload reads the same source the same way, so it refuses a bad
+    // file with this very message.
+    let source = ConfigSource {
+        file: args.config,
+        data_dir: args.data_dir,
     };
-    if let Some(dir) = args.data_dir {
-        config.data_dir = Some(dir);
-    }
+    let config = match source.read() {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(exit::CONFIG as u8);
+        }
+    };
     let data_dir = match config.resolved_data_dir() {
         Ok(dir) => dir,
         Err(e) => {
@@ -52,8 +57,19 @@ fn main() -> ExitCode {
     };
     let stop = CancellationToken::new();
     let result = runtime.block_on(async {
-        tokio::spawn(stop_on_signal(stop.clone()));
-        hearth_daemon::daemon::run(config, data_dir, stop).await
+        // One pending reload is enough: SIGHUPs that arrive while one is
+        // waiting are served by it.
+        let (reload, reloads) = mpsc::channel(1);
+        // Installed before the hub starts: a SIGHUP's default action would
+        // end the process.
+        use tokio::signal::unix::{signal, SignalKind};
+        let signals = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        );
+        tokio::spawn(follow_signals(signals, stop.clone(), reload));
+        hearth_daemon::daemon::run((config, source), data_dir, reloads, stop).await
     });
     // Don't wait for rumqttd's threads: they run until the process ends.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
@@ -96,18 +112,27 @@ fn check_config(file: Option<PathBuf>) -> ExitCode {
     }
 }
 
-async fn stop_on_signal(stop: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+/// SIGTERM and SIGINT stop the hub; SIGHUP asks it to reload its config.
+async fn follow_signals(
+    signals: (Signal, Signal, Signal),
+    stop: CancellationToken,
+    reload: mpsc::Sender<()>,
+) {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = signals else {
         tracing::error!("cannot install signal handlers");
         return;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP received: reloading the configuration");
+                let _ = reload.try_send(());
+                continue;
+            }
+        }
+        break;
     }
     stop.cancel();
 }

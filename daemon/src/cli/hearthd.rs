@@ -10,6 +10,9 @@ use clap::{Parser, Subcommand};
 #[command(name = "hearthd", version, about)]
 pub struct Args {
     /// Configuration file (TOML). Without one, the embedded defaults apply.
+    /// SIGHUP (`systemctl reload hearthd`) reads it again: most settings
+    /// apply at once, those bound at start wait for a restart, and a bad
+    /// file is refused with the settings in force kept.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// State directory; overrides the config file and the default

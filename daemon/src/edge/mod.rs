@@ -130,7 +130,9 @@ impl SessionLifetime {
     }
 }
 
-/// Limits the edge applies to every client.
+/// Limits the edge applies to a client: those in force when its TCP
+/// connection was accepted, for the whole connection (a reload changes
+/// them for connections accepted after it).
 #[derive(Debug, Clone, Copy)]
 pub struct EdgeLimits {
     /// Largest packet a client may send.
@@ -146,12 +148,25 @@ pub struct EdgeLimits {
     pub max_inflight: u16,
 }
 
+impl EdgeLimits {
+    /// The edge's limits in `config`.
+    pub fn of(config: &crate::config::Config) -> EdgeLimits {
+        let limits = &config.limits;
+        EdgeLimits {
+            max_packet: limits.max_payload,
+            handshake_timeout: limits.handshake_timeout(),
+            max_subscriptions: limits.max_subscriptions_per_client,
+            max_session_expiry: Duration::from_secs(limits.max_session_expiry_secs),
+            // Validated to 1..=100.
+            max_inflight: u16::try_from(limits.max_inflight).unwrap_or(100),
+        }
+    }
+}
+
 /// What every connection task shares.
 pub struct Edge {
     /// TLS for the mutual-TLS listener.
     pub tls: TlsAcceptor,
-    /// Limits.
-    pub limits: EdgeLimits,
     /// The domain core: registry, live sessions, retained topics, audit
     /// and the broker's address all come from it.
     pub hub: Arc<crate::hub::Hub>,
@@ -172,7 +187,7 @@ impl std::fmt::Debug for Edge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Edge")
             .field("broker", &self.hub.broker)
-            .field("limits", &self.limits)
+            .field("limits", &self.limits())
             .finish_non_exhaustive()
     }
 }
@@ -228,15 +243,25 @@ pub async fn serve(
         let stop = stop.child_token();
         tracker.spawn(async move {
             let _permit = permit;
-            let deadline = Instant::now() + edge.limits.handshake_timeout;
+            // Read once: this connection keeps these limits, whatever a
+            // reload changes while it lasts.
+            let limits = edge.limits();
+            let deadline = Instant::now() + limits.handshake_timeout;
             match (listener_kind, ticket) {
                 (ListenerKind::MutualTls, Some(ticket)) => {
-                    edge.serve_tls(tcp, peer_addr, deadline, stop, ticket).await
+                    edge.serve_tls(tcp, peer_addr, (deadline, limits), stop, ticket)
+                        .await
                 }
                 (ListenerKind::MutualTls, None) => {}
                 (ListenerKind::Development, _) => {
-                    edge.run_session(tcp, Peer::Developer, (None, "none"), deadline, stop)
-                        .await
+                    edge.run_session(
+                        tcp,
+                        Peer::Developer,
+                        (None, "none"),
+                        (deadline, limits),
+                        stop,
+                    )
+                    .await
                 }
             }
         });
@@ -287,11 +312,17 @@ enum SessionEnd {
 }
 
 impl Edge {
+    /// The limits in force now (the hub's settings, as the last reload
+    /// left them).
+    pub fn limits(&self) -> EdgeLimits {
+        EdgeLimits::of(&self.hub.config.borrow())
+    }
+
     async fn serve_tls(
         &self,
         tcp: TcpStream,
         peer_addr: SocketAddr,
-        deadline: Instant,
+        (deadline, limits): (Instant, EdgeLimits),
         stop: CancellationToken,
         ticket: crate::admission::Ticket,
     ) {
@@ -336,7 +367,7 @@ impl Edge {
             sha.and_then(|sha| Some((sha, self.hub.registry.lookup(&sha)?)))
         else {
             self.refuse_revoked(named, sha, peer_addr);
-            answer_not_authorized(&mut stream, self.limits.max_packet, deadline).await;
+            answer_not_authorized(&mut stream, limits.max_packet, deadline).await;
             return;
         };
         // Reachable by a revocation from here on; the lookup after it is
@@ -350,7 +381,7 @@ impl Edge {
             .filter(|now| now.device == identity.device)
         else {
             self.refuse_revoked(Some(identity.device), Some(sha), peer_addr);
-            answer_not_authorized(&mut stream, self.limits.max_packet, deadline).await;
+            answer_not_authorized(&mut stream, limits.max_packet, deadline).await;
             return;
         };
         // Authenticated: out of the handshake budget, into a slot.
@@ -373,7 +404,7 @@ impl Edge {
             stream,
             Peer::Device(identity),
             (Some(sha), tls),
-            deadline,
+            (deadline, limits),
             stop,
         )
         .await
@@ -429,7 +460,7 @@ impl Edge {
         mut client: S,
         peer: Peer,
         (fingerprint, tls): (Option<[u8; 32]>, &str),
-        deadline: Instant,
+        (deadline, limits): (Instant, EdgeLimits),
         stop: CancellationToken,
     ) where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -446,7 +477,7 @@ impl Edge {
             let (version, connect, connect_len) = tokio::select! {
                 // Revoked (or the hub stopping) while waiting for CONNECT.
                 _ = stop.cancelled() => return Err(SessionEnd::Stopped),
-                read = timeout_at(deadline, self.read_connect(&mut client, &mut inbound)) => {
+                read = timeout_at(deadline, self.read_connect(&mut client, &mut inbound, limits.max_packet)) => {
                     match read {
                         Ok(result) => result?,
                         Err(_) => return Err(SessionEnd::Timeout),
@@ -502,7 +533,7 @@ impl Edge {
             let _ = inbound.split_to(connect_len);
             let mut traits = relay::ClientTraits::default();
             let mut purge_on_close = false;
-            let lifetime = SessionLifetime::of(version, &connect, self.limits.max_session_expiry);
+            let lifetime = SessionLifetime::of(version, &connect, limits.max_session_expiry);
             let mut connect = connect;
             if let (SessionLifetime::FreshKept(_), Packet::Connect(c, ..)) =
                 (lifetime, &mut connect)
@@ -522,7 +553,7 @@ impl Edge {
                     // 5 §3.2.2.3.7 [MQTT-3.2.2-16]: an empty id is answered
                     // with the one assigned.
                     let mut extras = inspect::ConnAckExtras {
-                        receive_max: Some(self.limits.max_inflight),
+                        receive_max: Some(limits.max_inflight),
                         ..inspect::ConnAckExtras::default()
                     };
                     if c.client_id.is_empty() {
@@ -556,7 +587,7 @@ impl Edge {
                 // client gets no aliases from the hub (they are optional,
                 // 5 §3.3.2.3.4).
                 if traits.max_packet.is_some()
-                    || relay::holds_back(traits.receive_max, self.limits.max_inflight)
+                    || relay::holds_back(traits.receive_max, limits.max_inflight)
                 {
                     properties.topic_alias_max = None;
                 }
@@ -637,6 +668,7 @@ impl Edge {
             let expiry_at_disconnect = Arc::clone(&traits.expiry_at_disconnect);
             let result = relay::Connection {
                 edge: self,
+                limits,
                 peer: &peer,
                 version,
                 client_id: &client_id,
@@ -647,7 +679,7 @@ impl Edge {
             .await;
             // 5 §3.14.2.2.2: a DISCONNECT may change the session's expiry.
             let at_disconnect = *crate::sync::lock(&expiry_at_disconnect);
-            let ended = lifetime.at_disconnect(at_disconnect, self.limits.max_session_expiry);
+            let ended = lifetime.at_disconnect(at_disconnect, limits.max_session_expiry);
             if lifetime.kept_for().is_some() && ended.kept_for().is_none() {
                 // rumqttd holds the session: end it on close.
                 purge_on_close = true;
@@ -756,12 +788,13 @@ impl Edge {
         &self,
         client: &mut S,
         inbound: &mut BytesMut,
+        max_packet: usize,
     ) -> Result<(MqttVersion, Packet, usize), SessionEnd>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let frame = loop {
-            if let Some(frame) = mqtt::next_frame(inbound, self.limits.max_packet)? {
+            if let Some(frame) = mqtt::next_frame(inbound, max_packet)? {
                 break frame;
             }
             if relay::read_client(client, inbound).await? == 0 {
@@ -781,7 +814,7 @@ impl Edge {
                 return Err(e.into());
             }
         };
-        let packet = codec::decode(version, &inbound[..frame.len], self.limits.max_packet)
+        let packet = codec::decode(version, &inbound[..frame.len], max_packet)
             .map_err(FrameError::MalformedConnect)?;
         Ok((version, packet, frame.len))
     }

@@ -59,8 +59,11 @@ pub struct Hub {
     pub ports: HubPorts,
     /// The data dir (backups read the key files there).
     pub data_dir: PathBuf,
-    /// How long data is kept, for the privacy report.
-    pub retention: Retention,
+    /// The settings in force, as the last reload left them (the privacy
+    /// report reads the retention from them, the edge its limits).
+    pub config: crate::reload::ConfigWatch,
+    /// Where and when the settings in force were read, for `status`.
+    pub loaded: Arc<std::sync::Mutex<crate::reload::Loaded>>,
     /// What the edge and the mailbox saw of each device's last sessions,
     /// for `hearth device check`; in memory only.
     pub observations: Arc<device_check::Observations>,
@@ -200,6 +203,15 @@ impl From<CaError> for HubError {
 }
 
 impl Hub {
+    /// How long data is kept, as the settings in force say.
+    pub fn retention(&self) -> Retention {
+        let config = self.config.borrow();
+        Retention {
+            audit_days: config.audit.retention_days,
+            message_secs: config.mailbox.expiry_secs,
+        }
+    }
+
     /// Records an administrative action; ids only, never names or labels.
     pub fn admin_audit(&self, action: &str, device: Option<DeviceId>, detail: String) {
         self.audit.record(Event {
@@ -294,10 +306,14 @@ pub(crate) mod testing {
             windows: Arc::new(PairingWindows::default()),
             ports: HubPorts { mqtt: 0, enroll: 0 },
             data_dir: dir.to_owned(),
-            retention: Retention {
-                audit_days: 1,
-                message_secs: 60,
+            config: {
+                let mut config = crate::config::Config::default();
+                config.audit.retention_days = 1;
+                config.mailbox.expiry_secs = 60;
+                // The sender goes: the receiver keeps the last value.
+                tokio::sync::watch::channel(Arc::new(config)).1
             },
+            loaded: Arc::default(),
             observations: Arc::default(),
             check_limits: device_check::CheckLimits {
                 telemetry_per_sec: 50,

@@ -68,7 +68,7 @@ impl Hub {
     /// What the hub holds, per kind, with how long each is kept; about
     /// one member, or everyone.
     pub fn privacy_report(&self, member: Option<MemberName>) -> Result<PrivacyReport, HubError> {
-        let kept = kept_for(self.retention);
+        let kept = kept_for(self.retention());
         if let Some(name) = &member {
             if self.store.with(|s| s.member_role(name))?.is_none() {
                 return Err(HubError::NoSuchMember(name.clone()));

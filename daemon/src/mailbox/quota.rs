@@ -47,6 +47,11 @@ impl Quotas {
         }
     }
 
+    /// Replaces the limits (a reload); what was counted stays counted.
+    pub fn set_limits(&mut self, limits: MailboxSection) {
+        self.limits = limits;
+    }
+
     /// Whether `size` more bytes from `sender` to `devices` fit; the
     /// refusal names the quota that does not (its key, for the receipt,
     /// and its class, for the audit).

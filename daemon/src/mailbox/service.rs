@@ -128,17 +128,22 @@ impl Mailbox {
         Ok((mailbox, InboxWatch(tx), rx))
     }
 
-    /// Serves until `stop`.
+    /// Serves until `stop`, following reloads of `config`.
     pub async fn run(
         mut self,
         mut outbox: LinkRx,
         mut subscribed: mpsc::UnboundedReceiver<DeviceId>,
+        mut config: crate::reload::ConfigWatch,
         stop: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(TICK);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
+                Ok(()) = config.changed() => {
+                    let config = config.borrow_and_update().clone();
+                    self.set_limits(config.mailbox.within(config.limits.max_payload));
+                }
                 note = outbox.next() => {
                     let Some(batch) = Batch::collect(note, &mut outbox) else {
                         return;
@@ -156,6 +161,26 @@ impl Mailbox {
                 _ = tick.tick() => self.on_tick(),
             }
         }
+    }
+
+    /// Applies reloaded limits to messages sent from now on; a shorter
+    /// `expiry_secs` also applies to what is stored, as at start.
+    fn set_limits(&mut self, limits: MailboxSection) {
+        if limits == self.limits {
+            return;
+        }
+        if limits.expiry_secs < self.limits.expiry_secs {
+            let expiry = limits.expiry_secs as i64;
+            if let Err(e) = self
+                .store
+                .with(|db| db.apply_retention(crate::unix_now(), expiry))
+            {
+                tracing::warn!(error = %e, "cannot apply the shorter message expiry to stored messages");
+            }
+        }
+        self.quotas.set_limits(limits.clone());
+        self.limits = limits;
+        tracing::info!("mailbox limits reloaded");
     }
 
     fn on_tick(&mut self) {

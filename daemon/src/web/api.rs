@@ -175,7 +175,7 @@ impl FromRequestParts<Shared> for Browser {
 
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> ApiResult<Browser> {
         let secret = session_secret(&parts.headers).ok_or_else(signed_out)?;
-        match state.hub.browser(secret, state.idle).await? {
+        match state.hub.browser(secret, state.idle()).await? {
             Some(session) => Ok(Browser(session)),
             None => Err(signed_out()),
         }
@@ -241,7 +241,7 @@ impl Me {
             device: s.device,
             member: s.member.clone(),
             role: s.role,
-            limits: state.message_limits,
+            limits: state.message_limits(),
         }
     }
 }

@@ -55,16 +55,36 @@ pub struct WebState {
     pub hub: Arc<Hub>,
     /// The broker link for browsers.
     pub live: Arc<Live>,
-    /// A browser not used this long is signed out.
-    pub idle: Duration,
     /// The largest request body (a photo message), as for MQTT.
     pub max_body: usize,
-    /// What a message may carry, for the page to fit photos to.
-    pub message_limits: MessageLimits,
     /// Permits to read a message body ([`LARGE_BODIES`]).
     pub large_bodies: tokio::sync::Semaphore,
     /// The household as parents' pages last got it, and when it was made.
     pub household: std::sync::Mutex<Option<(std::time::Instant, Arc<str>)>>,
+}
+
+impl WebState {
+    /// A browser not used this long is signed out (`web.idle_days`, as
+    /// now in force: a reload changes it).
+    pub fn idle(&self) -> Duration {
+        idle(&self.hub.config.borrow())
+    }
+
+    /// What a message may carry now, for the page to fit photos to.
+    pub fn message_limits(&self) -> MessageLimits {
+        let config = self.hub.config.borrow();
+        let limits = config.mailbox.within(config.limits.max_payload);
+        MessageLimits {
+            max_text_bytes: limits.max_text_bytes,
+            max_image_bytes: limits.max_image_bytes,
+            max_audio_bytes: limits.max_audio_bytes,
+        }
+    }
+}
+
+/// `web.idle_days` as a duration.
+pub fn idle(config: &crate::config::Config) -> Duration {
+    Duration::from_secs(u64::from(config.web.idle_days) * 86_400)
 }
 
 /// The mailbox's size limits, as the page needs them.

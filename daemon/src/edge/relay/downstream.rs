@@ -98,7 +98,7 @@ impl<'a> Downstream<'a> {
         connack: Option<inspect::ConnAckExtras>,
         to_broker: mpsc::UnboundedSender<()>,
     ) -> Downstream<'a> {
-        let limits = &conn.edge.limits;
+        let limits = &conn.limits;
         Downstream {
             v5: conn.v5(),
             limit: limits.max_packet + BROKER_EXTRA,

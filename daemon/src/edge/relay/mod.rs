@@ -37,7 +37,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::{Edge, Peer, SessionEnd};
+use super::{Edge, EdgeLimits, Peer, SessionEnd};
 use ack_order::AckOrder;
 use downstream::Downstream;
 use receive_window::InboundWindow;
@@ -91,6 +91,8 @@ pub(super) struct ClientTraits {
 /// One relayed connection: whose it is and what the edge does for it.
 pub(super) struct Connection<'a> {
     pub edge: &'a Edge,
+    /// The limits in force when the connection was accepted.
+    pub limits: EdgeLimits,
     /// Who is connected, for the policy and the audit.
     pub peer: &'a Peer,
     pub version: MqttVersion,
@@ -139,11 +141,9 @@ impl Connection<'_> {
                 .traits
                 .max_packet
                 .map(|_| Arc::new(Mutex::new(AckOrder::default()))),
-            in_flight: self.v5().then(|| {
-                Arc::new(Mutex::new(InboundWindow::new(
-                    self.edge.limits.max_inflight,
-                )))
-            }),
+            in_flight: self
+                .v5()
+                .then(|| Arc::new(Mutex::new(InboundWindow::new(self.limits.max_inflight)))),
             edge_pings: Arc::new(AtomicU32::new(0)),
             pong: Arc::new(Notify::new()),
         };

@@ -21,7 +21,7 @@ use super::suback::Refusal;
 use super::{budget_kib, printable, Connection, Shared, DENIAL_LIMIT, DENIAL_WINDOW};
 use super::{LARGE_PACKET, LARGE_PACKET_TIME};
 use crate::audit::Event;
-use crate::edge::{codec, Edge, Peer, SessionEnd};
+use crate::edge::{codec, Edge, EdgeLimits, Peer, SessionEnd};
 use crate::hub::device_check::MetaSeen;
 use crate::sync::lock;
 
@@ -187,6 +187,8 @@ pub(super) struct Upstream<'a> {
     /// Signalled when the broker answered one of the edge's PINGREQs.
     pong: Arc<Notify>,
     edge: &'a Edge,
+    /// The limits in force when the connection was accepted.
+    limits: EdgeLimits,
     peer: &'a Peer,
     v5: bool,
     /// Topic aliases as the client defined them, raw: a definition that is
@@ -264,6 +266,7 @@ impl<'a> Upstream<'a> {
             paces: Arc::clone(&shared.edge_pings),
             pong: Arc::clone(&shared.pong),
             edge: conn.edge,
+            limits: conn.limits,
             peer: conn.peer,
             v5: conn.v5(),
             aliases: HashMap::new(),
@@ -432,7 +435,7 @@ impl<'a> Upstream<'a> {
         out: &mut BytesMut,
         pace: &mut Pace,
     ) -> Result<usize, Stop> {
-        let max = self.edge.limits.max_packet;
+        let max = self.limits.max_packet;
         // What goes on is usually what came in (plus a pace's PINGREQ):
         // one allocation for the batch, not a growth per packet.
         if !inbound.is_empty() {
@@ -892,7 +895,7 @@ impl<'a> Upstream<'a> {
             return Some((why.to_string(), Refusal::Policy));
         }
         // The quota is the session's (`max_subscriptions_per_client`).
-        let max = self.edge.limits.max_subscriptions;
+        let max = self.limits.max_subscriptions;
         if self
             .edge
             .hub
