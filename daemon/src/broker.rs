@@ -87,6 +87,9 @@ pub struct RunningBroker {
     probe: Option<(LinkTx, LinkRx)>,
     /// The mailbox's link, subscribed to every outbox; taken once.
     pub mailbox: Option<(LinkTx, LinkRx)>,
+    /// The bridge's link, subscribed to nothing until the bridge is on
+    /// (so nothing is held for it while it is off); taken once.
+    pub bridge: Option<(LinkTx, LinkRx)>,
     /// Says why, when the router thread ends (its sender dropped: it
     /// panicked).
     stopped: Option<oneshot::Receiver<String>>,
@@ -167,6 +170,9 @@ pub async fn start(limits: BrokerLimits) -> Result<RunningBroker, BrokerError> {
     mailbox_tx
         .subscribe(OUTBOX_FILTER)
         .map_err(|e| BrokerError::Link(e.to_string()))?;
+    let bridge = broker
+        .link("hearth-bridge")
+        .map_err(|e| BrokerError::Link(e.to_string()))?;
     // The router thread reports its end as a value; the daemon decides to
     // exit (and drains first).
     let (ended, stopped) = oneshot::channel();
@@ -201,6 +207,7 @@ pub async fn start(limits: BrokerLimits) -> Result<RunningBroker, BrokerError> {
         endpoint,
         probe: Some((tx, rx)),
         mailbox: Some((mailbox_tx, mailbox_rx)),
+        bridge: Some(bridge),
         stopped: Some(stopped),
     })
 }

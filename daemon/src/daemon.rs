@@ -256,6 +256,13 @@ pub async fn run(
             telemetry_per_sec: crate::hub::device_check::TELEMETRY_PER_SEC,
         },
         metrics: Arc::default(),
+        bridged: tokio::sync::watch::Sender::new(
+            store
+                .with(|s| s.bridged_devices())
+                .map_err(|e| config_error(&e))?
+                .into_iter()
+                .collect(),
+        ),
     });
 
     let edge = Arc::new(Edge {
@@ -316,6 +323,22 @@ pub async fn run(
     ));
     tracker.spawn(mailbox.run(outbox, subscribed, stop.child_token()));
     tracker.spawn(retire_renewed(Arc::clone(&hub), stop.child_token()));
+    // The bridge task runs even while `[bridge] enabled` is off: it then
+    // only waits (no connection, no subscription in the router), so a
+    // reload that switches it on needs no restart. Reload sends new
+    // settings on `bridge_settings`; it lives until the daemon ends.
+    let (bridge_settings, bridge_watch) = tokio::sync::watch::channel(config.bridge.clone());
+    let bridge_link = broker
+        .bridge
+        .take()
+        .ok_or_else(|| DaemonError::Startup("the broker gave no bridge link".into()))?;
+    tracker.spawn(crate::bridge::run(
+        Arc::clone(&hub),
+        bridge_link,
+        bridge_watch,
+        config.limits.max_payload,
+        stop.child_token(),
+    ));
     if let Some(metrics) = metrics {
         tracker.spawn(crate::scrape::serve(
             metrics,
@@ -383,6 +406,7 @@ pub async fn run(
     audit_tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), audit_tracker.wait()).await;
     let _ = std::fs::remove_file(&admin_path);
+    drop(bridge_settings);
     drop(store);
     outcome
 }
