@@ -190,6 +190,13 @@ async fn toy_online(hub: &TestHub, toy: &Device) -> (AsyncClient, EventLoop) {
         )
         .await
         .unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            other => panic!("the hub did not take the description: {other:?}"),
+        }
+    }
     (client, eventloop)
 }
 
@@ -211,6 +218,17 @@ async fn publish_acked(
             Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
             Ok(Ok(_)) => {}
             other => panic!("the hub did not acknowledge: {other:?}"),
+        }
+    }
+}
+
+/// Drives a client until the broker acknowledged its PUBLISH.
+async fn until_acked(eventloop: &mut EventLoop) {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => return,
+            Ok(Ok(_)) => {}
+            other => panic!("no PUBACK: {other:?}"),
         }
     }
 }
@@ -330,6 +348,7 @@ fn home_assistant_sees_only_enabled_devices_and_drives_them() {
         )
         .await
         .unwrap();
+        until_acked(&mut ha_events).await;
         let command = v4_next_publish(&mut toy_events, Duration::from_secs(10))
             .await
             .expect("the command did not reach the device");
@@ -344,6 +363,7 @@ fn home_assistant_sees_only_enabled_devices_and_drives_them() {
         )
         .await
         .unwrap();
+        until_acked(&mut ha_events).await;
         let rest = collect(&mut ha_events, Duration::from_secs(2), |_| false).await;
         assert!(
             v4_next_publish(&mut other_events, Duration::from_secs(2))
