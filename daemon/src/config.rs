@@ -114,6 +114,8 @@ pub struct BridgeSection {
     /// Messages kept while the other broker is away; beyond it the oldest
     /// is dropped (counted and audited).
     pub queue_max: usize,
+    /// Bytes (topics and payloads) kept likewise, whatever the count.
+    pub queue_max_bytes: usize,
     /// QoS of what the bridge publishes out (0 or 1), Home Assistant mode.
     pub qos: u8,
     /// Generic mode: what goes out.
@@ -184,6 +186,7 @@ impl Default for BridgeSection {
             topic_prefix: "hearth".into(),
             discovery_prefix: "homeassistant".into(),
             queue_max: 1000,
+            queue_max_bytes: 16 * 1024 * 1024,
             qos: 1,
             out: Vec::new(),
             inbound: Vec::new(),
@@ -236,6 +239,12 @@ impl BridgeSection {
         }
         if !(1..=1_000_000).contains(&self.queue_max) {
             return bad("bridge.queue_max", "must be between 1 and 1000000".into());
+        }
+        if !(4096..=1 << 30).contains(&self.queue_max_bytes) {
+            return bad(
+                "bridge.queue_max_bytes",
+                "must be between 4096 and 1073741824".into(),
+            );
         }
         if self.qos > 1
             || self.out.iter().any(|o| o.qos > 1)

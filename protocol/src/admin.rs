@@ -383,7 +383,7 @@ pub struct AuditEntry {
     /// The device concerned, if known.
     pub device: Option<DeviceId>,
     /// `connect`, `disconnect`, `handshake-refused`, `connect-refused`,
-    /// `denied`, `disconnected`, `suppressed` or `admin`.
+    /// `denied`, `disconnected`, `suppressed`, `admin` or `bridge`.
     pub event: String,
     /// What was attempted (`publish`, `subscribe`, `device-revoke`, ...).
     pub action: Option<String>,

@@ -425,7 +425,8 @@ fn generic_mode_maps_telemetry_and_survives_a_broker_restart() {
     let hub = TestHub::start_with(
         &format!(
             "[bridge]\nenabled = true\nmode = \"generic\"\ntls = false\nhost = \"127.0.0.1\"\n\
-             port = {}\nqueue_max = 50\nout = [{{ local = \"tele/#\", remote = \"school/toys\", qos = 1 }}]\n",
+             port = {}\nqueue_max = 50\nout = [{{ local = \"tele/#\", remote = \"school/toys\", qos = 1 }}]\n\
+             [metrics]\nenabled = true\nlisten = \"127.0.0.1:0\"\n",
             broker.plain_port
         ),
         &[],
@@ -491,6 +492,67 @@ fn generic_mode_maps_telemetry_and_survives_a_broker_restart() {
             "QoS 1 telemetry lost across the broker restart: {missing:?}\n{}",
             hub.log()
         );
+        let scrape = || {
+            let address = crate::metrics::metrics_address(&hub).expect("metrics listener");
+            crate::metrics::samples(&crate::metrics::get(&address, "/metrics").1)
+        };
+        let now = scrape();
+        assert_eq!(now["hearth_bridge_connected"], 1.0);
+        assert!(
+            now["hearth_bridge_messages_total{direction=\"out\"}"] >= 21.0,
+            "{now:?}"
+        );
+
+        // Away longer than the queue holds: the oldest go, counted and
+        // audited by the device's id, and the newest still arrive.
+        drop(_school);
+        drop(school_events);
+        broker.stop();
+        let batch: Vec<(String, String)> = (100..160).map(seq).collect();
+        publish_acked(&toy_client, &mut toy_events, &batch).await;
+        let mut held = scrape();
+        for _ in 0..50 {
+            if held["hearth_bridge_drops_total"] >= 10.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            held = scrape();
+        }
+        assert_eq!(held["hearth_bridge_connected"], 0.0, "{held:?}");
+        assert_eq!(held["hearth_bridge_queue_messages"], 50.0, "{held:?}");
+        assert_eq!(held["hearth_bridge_drops_total"], 10.0, "{held:?}");
+        let audited = wait_audit(&hub, |e| {
+            e.event == "bridge"
+                && e.action.as_deref() == Some("drop")
+                && e.device.map(|d| d.to_string()) == Some(id.clone())
+        })
+        .unwrap_or_else(|| panic!("no audited drop: {:#?}", audit_entries(&hub)));
+        let text = format!("{audited:?}");
+        assert!(
+            !text.contains("Ada") && !text.contains("test device"),
+            "{text}"
+        );
+        broker.launch();
+        let (_school, mut school_events) = broker.client("school", false);
+        let got = collect(&mut school_events, Duration::from_secs(30), |s| {
+            s.get(&remote).is_some_and(|p| {
+                let values: BTreeSet<&[u8]> = p.iter().map(Vec::as_slice).collect();
+                (110..160u32).all(|n| values.contains(n.to_string().as_bytes()))
+            })
+        })
+        .await;
+        let values: BTreeSet<String> = got
+            .get(&remote)
+            .map(|p| {
+                p.iter()
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let missing: Vec<u32> = (110..160)
+            .filter(|n| !values.contains(&n.to_string()))
+            .collect();
+        assert!(missing.is_empty(), "within the bound, lost: {missing:?}");
         drop(toy_client);
     });
 }

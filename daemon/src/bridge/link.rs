@@ -57,7 +57,7 @@ pub async fn run(
     loop {
         let now = settings.borrow_and_update().clone();
         hub.metrics.bridge_enabled.set(i64::from(now.enabled));
-        state.set_max(now.queue_max);
+        state.set_max(now.queue_max, now.queue_max_bytes);
         if now.enabled && !subscribed {
             // Retained descriptions are forwarded on subscribe: the
             // bridge learns every device's description at once.
@@ -136,7 +136,7 @@ impl State {
         let bridged = hub.bridged.subscribe();
         State {
             hub,
-            queue: Queue::new(1),
+            queue: Queue::new(1, 0),
             metas: HashMap::new(),
             published: BTreeMap::new(),
             bridged,
@@ -147,8 +147,8 @@ impl State {
         }
     }
 
-    fn set_max(&mut self, max: usize) {
-        for dropped in self.queue.set_max(max) {
+    fn set_max(&mut self, max: usize, max_bytes: usize) {
+        for dropped in self.queue.set_max(max, max_bytes) {
             self.dropped(dropped);
         }
         self.gauge();
@@ -160,7 +160,7 @@ impl State {
     }
 
     fn push(&mut self, message: Outgoing) {
-        if let Some(dropped) = self.queue.push(message) {
+        for dropped in self.queue.push(message) {
             self.dropped(dropped);
         }
         self.gauge();
@@ -296,7 +296,7 @@ impl State {
     }
 
     /// One message from the router.
-    fn from_hub(&mut self, routes: &Routes, topic: &str, payload: &[u8]) {
+    fn on_hub_message(&mut self, routes: &Routes, topic: &str, payload: &[u8]) {
         let Some((device, below)) = split_local(topic) else {
             return;
         };
@@ -334,7 +334,7 @@ impl State {
 
     /// One command from the other broker: through the policy, as the
     /// bridge's service identity granted `cmd/#` of bridged devices only.
-    fn from_remote(&mut self, routes: &Routes, tx: &mut LinkTx, topic: &str, payload: &[u8]) {
+    fn on_remote_command(&mut self, routes: &Routes, tx: &mut LinkTx, topic: &str, payload: &[u8]) {
         let Some((device, local)) = routes.inward(topic) else {
             return;
         };
@@ -436,7 +436,7 @@ impl State {
                     Ok(Some(Notification::Forward(forward))) => {
                         let publish = forward.publish;
                         if let Ok(topic) = std::str::from_utf8(&publish.topic) {
-                            self.from_hub(&routes, topic, &publish.payload);
+                            self.on_hub_message(&routes, topic, &publish.payload);
                         }
                     }
                     Ok(Some(Notification::Unschedule)) => {
@@ -480,7 +480,7 @@ impl State {
                         }
                     }
                     Ok(Event::Incoming(Incoming::Publish(publish))) => {
-                        self.from_remote(&routes, tx, &publish.topic, &publish.payload);
+                        self.on_remote_command(&routes, tx, &publish.topic, &publish.payload);
                     }
                     Ok(Event::Incoming(Incoming::PubAck(ack))) => self.queue.acked(ack.pkid),
                     Ok(Event::Outgoing(Sent::Publish(pkid))) => {

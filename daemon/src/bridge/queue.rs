@@ -32,6 +32,15 @@ pub struct Queue {
     /// Written with a packet id, awaiting PUBACK, oldest first.
     unacked: VecDeque<(u16, Outgoing)>,
     max: usize,
+    /// Payload and topic bytes held, and their bound: a device may send
+    /// up to `limits.max_payload` per message, so a count alone would
+    /// let a long outage hold gigabytes.
+    bytes: usize,
+    max_bytes: usize,
+}
+
+fn size(m: &Outgoing) -> usize {
+    m.topic.len() + m.payload.len()
 }
 
 /// At most this many messages are with the client at once (its own
@@ -40,28 +49,44 @@ pub struct Queue {
 pub const WINDOW: usize = 32;
 
 impl Queue {
-    /// An empty queue holding at most `max` (at least 1).
-    pub fn new(max: usize) -> Queue {
+    /// An empty queue holding at most `max` messages (at least 1) and
+    /// `max_bytes` bytes of topics and payloads.
+    pub fn new(max: usize, max_bytes: usize) -> Queue {
         Queue {
             waiting: VecDeque::new(),
             handed: VecDeque::new(),
             unacked: VecDeque::new(),
             max: max.max(1),
+            bytes: 0,
+            max_bytes,
         }
     }
 
-    /// Changes the bound (a reload); what is over it is dropped, oldest
+    /// Changes the bounds (a reload); what is over them is dropped, oldest
     /// first, and returned.
-    pub fn set_max(&mut self, max: usize) -> Vec<Outgoing> {
+    pub fn set_max(&mut self, max: usize, max_bytes: usize) -> Vec<Outgoing> {
         self.max = max.max(1);
+        self.max_bytes = max_bytes;
         let mut dropped = Vec::new();
-        while self.len() > self.max {
+        while self.over() {
             match self.waiting.pop_front() {
-                Some(m) => dropped.push(m),
+                Some(m) => {
+                    self.bytes -= size(&m);
+                    dropped.push(m);
+                }
                 None => break,
             }
         }
         dropped
+    }
+
+    fn over(&self) -> bool {
+        self.len() > self.max || self.bytes > self.max_bytes
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Every message held.
@@ -76,18 +101,26 @@ impl Queue {
 
     /// Queues a message; when full, the oldest waiting one is dropped and
     /// returned (or this one, if all are with the client).
-    pub fn push(&mut self, message: Outgoing) -> Option<Outgoing> {
-        if self.len() < self.max {
-            self.waiting.push_back(message);
-            return None;
+    pub fn push(&mut self, message: Outgoing) -> Vec<Outgoing> {
+        let mut dropped = Vec::new();
+        if size(&message) > self.max_bytes {
+            dropped.push(message);
+            return dropped;
         }
-        match self.waiting.pop_front() {
-            Some(oldest) => {
-                self.waiting.push_back(message);
-                Some(oldest)
+        self.bytes += size(&message);
+        self.waiting.push_back(message);
+        while self.over() {
+            // The new message is last: anything older goes first, and the
+            // new one only when all else is with the client.
+            match self.waiting.pop_front() {
+                Some(m) => {
+                    self.bytes -= size(&m);
+                    dropped.push(m);
+                }
+                None => break,
             }
-            None => Some(message),
         }
+        dropped
     }
 
     /// Puts messages before everything waiting (what a reconnection must
@@ -96,14 +129,16 @@ impl Queue {
     pub fn push_front(&mut self, messages: Vec<Outgoing>) -> Vec<Outgoing> {
         let block = messages.len();
         for m in messages.into_iter().rev() {
+            self.bytes += size(&m);
             self.waiting.push_front(m);
         }
         let mut dropped = Vec::new();
-        while self.len() > self.max && !self.waiting.is_empty() {
+        while self.over() && !self.waiting.is_empty() {
             // The oldest of the backlog sits right after the new block;
             // only when no backlog is left does the block itself shrink.
             let at = block.min(self.waiting.len() - 1);
             if let Some(m) = self.waiting.remove(at) {
+                self.bytes -= size(&m);
                 dropped.push(m);
             }
         }
@@ -133,6 +168,8 @@ impl Queue {
         if let Some(m) = self.handed.pop_front() {
             if m.qos > 0 && pkid != 0 {
                 self.unacked.push_back((pkid, m));
+            } else {
+                self.bytes -= size(&m);
             }
         }
     }
@@ -140,7 +177,9 @@ impl Queue {
     /// The other broker acknowledged `pkid`.
     pub fn acked(&mut self, pkid: u16) {
         if let Some(at) = self.unacked.iter().position(|(id, _)| *id == pkid) {
-            self.unacked.remove(at);
+            if let Some((_, m)) = self.unacked.remove(at) {
+                self.bytes -= size(&m);
+            }
         }
     }
 
@@ -175,9 +214,9 @@ mod tests {
 
     #[test]
     fn unacknowledged_messages_survive_a_disconnection_in_order() {
-        let mut q = Queue::new(10);
+        let mut q = Queue::new(10, 1 << 20);
         for n in 0..4 {
-            assert!(q.push(msg(n, 1)).is_none());
+            assert!(q.push(msg(n, 1)).is_empty());
         }
         let a = q.hand().unwrap();
         let b = q.hand().unwrap();
@@ -193,26 +232,27 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_the_oldest_waiting_message() {
-        let mut q = Queue::new(3);
+        let mut q = Queue::new(3, 1 << 20);
         for n in 0..3 {
             q.push(msg(n, 1));
         }
-        assert_eq!(q.push(msg(3, 1)).unwrap().topic, "t/0");
+        assert_eq!(q.push(msg(3, 1))[0].topic, "t/0");
         assert_eq!(q.len(), 3);
         // With everything at the client, the new one is what is dropped.
-        let mut q = Queue::new(1);
+        let mut q = Queue::new(1, 1 << 20);
         q.push(msg(0, 1));
         q.hand();
-        assert_eq!(q.push(msg(1, 1)).unwrap().topic, "t/1");
+        assert_eq!(q.push(msg(1, 1))[0].topic, "t/1");
     }
 
     #[test]
     fn qos0_is_done_once_written_and_the_window_is_bounded() {
-        let mut q = Queue::new(1000);
+        let mut q = Queue::new(1000, 1 << 20);
         q.push(msg(0, 0));
         q.hand();
         q.written(0);
         assert!(q.is_empty());
+        assert_eq!(q.bytes(), 0);
         for n in 0..100 {
             q.push(msg(n, 1));
         }
@@ -223,8 +263,37 @@ mod tests {
     }
 
     #[test]
+    fn the_byte_bound_holds_whatever_the_count() {
+        let big = |n: u32| Outgoing {
+            payload: vec![b'x'; 1000],
+            ..msg(n, 1)
+        };
+        let mut q = Queue::new(1000, 2500);
+        let dropped: usize = (0..10).map(|n| q.push(big(n)).len()).sum();
+        assert_eq!(q.len(), 2);
+        assert_eq!(dropped, 8);
+        assert!(q.bytes() <= 2500);
+        // One message larger than the whole bound is dropped at once.
+        assert_eq!(
+            q.push(Outgoing {
+                payload: vec![0; 3000],
+                ..msg(99, 1)
+            })
+            .len(),
+            1
+        );
+        assert_eq!(q.len(), 2);
+        // Acknowledged, the bytes are free again.
+        q.hand();
+        q.written(5);
+        q.acked(5);
+        assert_eq!(q.len(), 1);
+        assert!(q.bytes() < 1100);
+    }
+
+    #[test]
     fn what_a_reconnection_says_first_goes_before_the_backlog() {
-        let mut q = Queue::new(3);
+        let mut q = Queue::new(3, 1 << 20);
         q.push(msg(0, 1));
         q.push(msg(1, 1));
         let dropped = q.push_front(vec![msg(10, 1), msg(11, 1)]);
