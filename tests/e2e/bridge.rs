@@ -556,3 +556,43 @@ fn generic_mode_maps_telemetry_and_survives_a_broker_restart() {
         drop(toy_client);
     });
 }
+
+/// Without any broker: the opt-in itself, through the real `hearth`
+/// binary and admin socket. Revoking a device drops its bridging, and a
+/// revoked device cannot be bridged again.
+#[test]
+fn bridging_is_opt_in_per_device_and_revocation_drops_it() {
+    let hub = TestHub::start();
+    let toy = hub.device("Ada", "child");
+    let other = hub.device("Ada", "child");
+    let list = hub.hearth_ok(&["bridge", "list"]);
+    assert!(list.contains("bridge: off"), "{list}");
+    assert!(list.contains("no device is bridged"), "{list}");
+    let enabled = hub.hearth_ok(&["bridge", "enable", &toy.id]);
+    assert!(enabled.contains("is bridged"), "{enabled}");
+    assert!(
+        enabled.contains("the bridge itself is off"),
+        "a parent is told the bridge is off in the config: {enabled}"
+    );
+    let again = hub.hearth_ok(&["bridge", "enable", &toy.id]);
+    assert!(again.contains("nothing changed"), "{again}");
+    let list = hub.hearth_ok(&["bridge", "list"]);
+    assert!(
+        list.contains(&toy.id) && !list.contains(&other.id),
+        "{list}"
+    );
+    // Enabling is audited by id, never by name or label.
+    let entry = wait_audit(&hub, |e| e.action.as_deref() == Some("bridge-enable"))
+        .expect("bridge-enable audited");
+    assert_eq!(entry.device.map(|d| d.to_string()), Some(toy.id.clone()));
+    hub.hearth_ok(&["device", "revoke", &toy.id]);
+    let list = hub.hearth_ok(&["bridge", "list"]);
+    assert!(
+        !list.contains(&toy.id),
+        "a revoked device stays bridged: {list}"
+    );
+    let refused = hub.hearth(&["bridge", "enable", &toy.id]);
+    assert!(!refused.status.success(), "a revoked device was bridged");
+    let disabled = hub.hearth_ok(&["bridge", "disable", &other.id]);
+    assert!(disabled.contains("was not bridged"), "{disabled}");
+}
