@@ -404,7 +404,7 @@ impl State {
                 };
             }
         };
-        let (client, mut eventloop) = AsyncClient::new(options, queue_capacity());
+        let (mut client, mut eventloop) = AsyncClient::new(options.clone(), queue_capacity());
         self.follow_bridged(&routes);
         let mut connected = false;
         let mut backoff = Duration::from_secs(1);
@@ -496,6 +496,11 @@ impl State {
                         connected = false;
                         self.hub.metrics.bridge_connected.set(0);
                         self.queue.disconnected();
+                        // A fresh client for the next attempt: the old
+                        // one may still hold events of the lost
+                        // connection (packet ids the queue must not
+                        // match against the new one's messages).
+                        (client, eventloop) = AsyncClient::new(options.clone(), queue_capacity());
                         retry_at = Some(Instant::now() + backoff);
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
