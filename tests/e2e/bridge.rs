@@ -127,6 +127,25 @@ impl Mosquitto {
         }
     }
 
+    /// Freezes it (SIGSTOP): connections stay open, nothing is answered,
+    /// as a broker that hangs.
+    fn freeze(&self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-STOP", &child.id().to_string()])
+                .status();
+        }
+    }
+
+    /// Kills it outright (SIGKILL): no goodbye to anyone, nothing saved
+    /// since its last autosave.
+    fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// The test's own client, as Home Assistant.
     fn client(&self, id: &str, clean: bool) -> (AsyncClient, EventLoop) {
         let mut options = MqttOptions::new(id, "127.0.0.1", self.plain_port);
@@ -460,12 +479,21 @@ fn generic_mode_maps_telemetry_and_survives_a_broker_restart() {
         // The description is not mapped here, so it does not go.
         assert!(!seen.keys().any(|t| t.ends_with("/meta")), "{seen:?}");
 
-        // The broker goes away; the device goes on sending.
+        // The school's side goes offline; its session is saved (autosave
+        // every second).
         drop(school);
         drop(school_events);
-        broker.stop();
-        let batch: Vec<(String, String)> = (1..=20).map(seq).collect();
-        publish_acked(&toy_client, &mut toy_events, &batch).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The broker hangs while the bridge sends: these are written to
+        // it but never acknowledged...
+        broker.freeze();
+        let in_flight: Vec<(String, String)> = (1..=10).map(seq).collect();
+        publish_acked(&toy_client, &mut toy_events, &in_flight).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // ...then dies, and the device goes on sending while it is down.
+        broker.crash();
+        let while_down: Vec<(String, String)> = (11..=20).map(seq).collect();
+        publish_acked(&toy_client, &mut toy_events, &while_down).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         broker.launch();
         let (_school, mut school_events) = broker.client("school", false);
