@@ -639,3 +639,97 @@ pub fn options(settings: &BridgeSection, max_payload: usize) -> Result<MqttOptio
     ));
     Ok(options)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The reload contract, with real brokers: the hub's own rumqttd and a
+    //! second one on loopback standing for the other broker.
+    use super::*;
+    use crate::broker::BrokerLimits;
+
+    async fn until(what: &str, check: impl Fn() -> bool) {
+        for _ in 0..200 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("not reached within 10 s: {what}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn new_settings_take_effect_without_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = Arc::new(crate::hub::testing::hub(dir.path()));
+        let limits = BrokerLimits {
+            max_connections: 16,
+            max_payload: 65_536,
+            max_topics: 1000,
+            max_queued_per_filter: 1 << 20,
+            max_queued: 1 << 24,
+        };
+        let mut local = crate::broker::start(limits).await.unwrap();
+        let other = crate::broker::start(limits).await.unwrap();
+        let password = dir.path().join("password");
+        std::fs::write(&password, format!("{}\n", other.endpoint.password)).unwrap();
+        let off = BridgeSection::default();
+        let (settings, watched) = watch::channel(off.clone());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(
+            Arc::clone(&hub),
+            local.bridge.take().unwrap(),
+            watched,
+            65_536,
+            stop.clone(),
+        ));
+        let metrics = Arc::clone(&hub.metrics);
+        until("off at start", || metrics.bridge_enabled.get() == 0).await;
+        let on = BridgeSection {
+            enabled: true,
+            tls: false,
+            host: other.endpoint.v4.ip().to_string(),
+            port: other.endpoint.v4.port(),
+            username: Some(other.endpoint.username.clone()),
+            password_file: Some(password),
+            ..off
+        };
+        settings.send(on.clone()).unwrap();
+        until("connected after switching on", || {
+            metrics.bridge_enabled.get() == 1 && metrics.bridge_connected.get() == 1
+        })
+        .await;
+        // A wrong password: the new settings are used, so it disconnects.
+        let wrong = dir.path().join("wrong");
+        std::fs::write(&wrong, "not it\n").unwrap();
+        settings
+            .send(BridgeSection {
+                password_file: Some(wrong),
+                ..on.clone()
+            })
+            .unwrap();
+        until("refused with the new password", || {
+            metrics.bridge_connected.get() == 0
+        })
+        .await;
+        // And it stays refused (the old, right password is not used).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(metrics.bridge_connected.get(), 0);
+        settings.send(on.clone()).unwrap();
+        until("connected again", || metrics.bridge_connected.get() == 1).await;
+        settings
+            .send(BridgeSection {
+                enabled: false,
+                ..on
+            })
+            .unwrap();
+        until("off again", || {
+            metrics.bridge_enabled.get() == 0 && metrics.bridge_connected.get() == 0
+        })
+        .await;
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the bridge stops when asked")
+            .unwrap();
+    }
+}
