@@ -235,6 +235,38 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
                 ))
             }
         }
+        AdminRequest::BridgeEnable { id } => hub
+            .bridge_enable(&id)
+            .map(|new| {
+                let off = hub.metrics.bridge_enabled.get() == 0;
+                let note = if off {
+                    " (the bridge itself is off: set enabled = true under [bridge] in hearth.toml)"
+                } else {
+                    ""
+                };
+                match new {
+                    true => done(format!("{id} is bridged{note}")),
+                    false => done(format!("{id} was already bridged; nothing changed{note}")),
+                }
+            })
+            .map_err(reply),
+        AdminRequest::BridgeDisable { id } => hub
+            .bridge_disable(&id)
+            .map(|was| match was {
+                true => done(format!(
+                    "{id} is no longer bridged; its entries on the other broker are removed"
+                )),
+                false => done(format!("{id} was not bridged; nothing changed")),
+            })
+            .map_err(reply),
+        AdminRequest::BridgeList => hub
+            .bridged_devices()
+            .map(|devices| AdminResponse::Bridged {
+                devices,
+                enabled: hub.metrics.bridge_enabled.get() == 1,
+                connected: hub.metrics.bridge_connected.get() == 1,
+            })
+            .map_err(reply),
         AdminRequest::MailboxStatus => hub
             .mailbox_pending()
             .map(|pending| AdminResponse::Mailbox { pending })

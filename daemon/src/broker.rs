@@ -90,6 +90,9 @@ pub struct RunningBroker {
     /// The web app's link (browsers' outboxes and inboxes, and the
     /// household's telemetry while a parent's page is open); taken once.
     pub web: Option<(LinkTx, LinkRx)>,
+    /// The bridge's link, subscribed to nothing until the bridge is on
+    /// (so nothing is held for it while it is off); taken once.
+    pub bridge: Option<(LinkTx, LinkRx)>,
     /// Says why, when the router thread ends (its sender dropped: it
     /// panicked).
     stopped: Option<oneshot::Receiver<String>>,
@@ -173,6 +176,9 @@ pub async fn start(limits: BrokerLimits) -> Result<RunningBroker, BrokerError> {
     let web = broker
         .link("hearth-web")
         .map_err(|e| BrokerError::Link(e.to_string()))?;
+    let bridge = broker
+        .link("hearth-bridge")
+        .map_err(|e| BrokerError::Link(e.to_string()))?;
     // The router thread reports its end as a value; the daemon decides to
     // exit (and drains first).
     let (ended, stopped) = oneshot::channel();
@@ -208,6 +214,7 @@ pub async fn start(limits: BrokerLimits) -> Result<RunningBroker, BrokerError> {
         probe: Some((tx, rx)),
         mailbox: Some((mailbox_tx, mailbox_rx)),
         web: Some(web),
+        bridge: Some(bridge),
         stopped: Some(stopped),
     })
 }

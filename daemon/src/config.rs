@@ -71,6 +71,8 @@ pub struct Config {
     pub metrics: MetricsSection,
     /// The family web app.
     pub web: WebSection,
+    /// The bridge to another MQTT broker (Home Assistant's, for one).
+    pub bridge: BridgeSection,
 }
 
 /// `[web]`
@@ -94,6 +96,212 @@ impl Default for WebSection {
             listen: SocketAddr::from(([0, 0, 0, 0], 8444)),
             idle_days: 30,
         }
+    }
+}
+
+/// `[bridge]`: Hearth connects out to another MQTT broker and carries the
+/// devices a parent enabled (`hearth bridge enable ID`). Off by default.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgeSection {
+    /// Connect to the other broker.
+    pub enabled: bool,
+    /// What to publish there.
+    pub mode: BridgeMode,
+    /// The other broker's host name or address.
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// TLS to the other broker. Without it, only to a loopback address or
+    /// one in `allow_plain`.
+    pub tls: bool,
+    /// The CA certificate(s) that sign the other broker's certificate (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// Hearth's client certificate for the other broker (PEM), with
+    /// `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM, PKCS#8 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// A user name on the other broker, with `password_file`.
+    pub username: Option<String>,
+    /// A file whose first line is the password (kept out of this file,
+    /// which is world-readable when packaged).
+    pub password_file: Option<PathBuf>,
+    /// Addresses (not names) that plain TCP is allowed to, besides loopback.
+    pub allow_plain: Vec<std::net::IpAddr>,
+    /// Hearth's MQTT client id on the other broker.
+    pub client_id: String,
+    /// Home Assistant mode: where state and commands live on the other
+    /// broker (`<topic_prefix>/<device id>/tele/...`, `.../cmd/...`).
+    pub topic_prefix: String,
+    /// Home Assistant mode: the discovery prefix it listens on.
+    pub discovery_prefix: String,
+    /// Messages kept while the other broker is away; beyond it the oldest
+    /// is dropped (counted and audited).
+    pub queue_max: usize,
+    /// Bytes (topics and payloads) kept likewise, whatever the count.
+    pub queue_max_bytes: usize,
+    /// QoS of what the bridge publishes out (0 or 1), Home Assistant mode.
+    pub qos: u8,
+    /// Generic mode: what goes out.
+    pub out: Vec<BridgeOut>,
+    /// Generic mode: where commands come in.
+    #[serde(rename = "in")]
+    pub inbound: Vec<BridgeIn>,
+}
+
+/// What the bridge publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(rename_all = "lowercase")]
+pub enum BridgeMode {
+    /// MQTT discovery, availability, state and commands for Home Assistant.
+    Homeassistant,
+    /// Only the `out` and `in` mappings.
+    Generic,
+}
+
+/// One outgoing mapping: a bridged device's `hearth/v1/dev/<id>/<local>`
+/// goes to `<remote>/<id>/<the same levels>`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(deny_unknown_fields)]
+pub struct BridgeOut {
+    /// A filter below the device's prefix: `tele/...` or `meta` only.
+    pub local: String,
+    /// The prefix on the other broker.
+    pub remote: String,
+    /// 0 or 1.
+    #[serde(default = "one")]
+    pub qos: u8,
+}
+
+/// One incoming mapping: `<remote>/<id>/cmd/...` on the other broker is a
+/// command to bridged device `<id>` (`hearth/v1/dev/<id>/cmd/...`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(deny_unknown_fields)]
+pub struct BridgeIn {
+    /// The prefix on the other broker.
+    pub remote: String,
+    /// 0 or 1.
+    #[serde(default = "one")]
+    pub qos: u8,
+}
+
+fn one() -> u8 {
+    1
+}
+
+impl Default for BridgeSection {
+    fn default() -> Self {
+        BridgeSection {
+            enabled: false,
+            mode: BridgeMode::Homeassistant,
+            host: "127.0.0.1".into(),
+            port: 8883,
+            tls: true,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            username: None,
+            password_file: None,
+            allow_plain: Vec::new(),
+            client_id: "hearth".into(),
+            topic_prefix: "hearth".into(),
+            discovery_prefix: "homeassistant".into(),
+            queue_max: 1000,
+            queue_max_bytes: 16 * 1024 * 1024,
+            qos: 1,
+            out: Vec::new(),
+            inbound: Vec::new(),
+        }
+    }
+}
+
+impl BridgeSection {
+    /// Checks what serde cannot; only when the bridge is enabled, so a
+    /// half-written section that is off never stops the hub.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, message: String| Err(ConfigError::Invalid { key, message });
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.host.is_empty() {
+            return bad("bridge.host", "must name the other broker".into());
+        }
+        if !self.tls {
+            let allowed = match self.host.parse::<std::net::IpAddr>() {
+                Ok(ip) => ip.is_loopback() || self.allow_plain.contains(&ip),
+                Err(_) => self.host == "localhost",
+            };
+            if !allowed {
+                return bad(
+                    "bridge.tls",
+                    format!(
+                        "plain TCP to {} would carry the household's data readable on the                          network; use TLS (ca_file), or a loopback address, or list the                          address in bridge.allow_plain",
+                        self.host
+                    ),
+                );
+            }
+        } else if self.ca_file.is_none() {
+            return bad(
+                "bridge.ca_file",
+                "TLS needs the CA that signed the other broker's certificate".into(),
+            );
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return bad(
+                "bridge.key_file",
+                "cert_file and key_file go together".into(),
+            );
+        }
+        if self.password_file.is_some() && self.username.is_none() {
+            return bad("bridge.username", "password_file needs a username".into());
+        }
+        if self.client_id.is_empty() || self.client_id.len() > 64 {
+            return bad("bridge.client_id", "must be 1 to 64 characters".into());
+        }
+        if !(1..=1_000_000).contains(&self.queue_max) {
+            return bad("bridge.queue_max", "must be between 1 and 1000000".into());
+        }
+        if !(4096..=1 << 30).contains(&self.queue_max_bytes) {
+            return bad(
+                "bridge.queue_max_bytes",
+                "must be between 4096 and 1073741824".into(),
+            );
+        }
+        if self.qos > 1
+            || self.out.iter().any(|o| o.qos > 1)
+            || self.inbound.iter().any(|i| i.qos > 1)
+        {
+            return bad("bridge.qos", "must be 0 or 1".into());
+        }
+        for (key, prefix) in [
+            ("bridge.topic_prefix", &self.topic_prefix),
+            ("bridge.discovery_prefix", &self.discovery_prefix),
+        ]
+        .into_iter()
+        .chain(self.out.iter().map(|o| ("bridge.out", &o.remote)))
+        .chain(self.inbound.iter().map(|i| ("bridge.in", &i.remote)))
+        {
+            if let Err(why) = check_remote_prefix(prefix) {
+                return bad(key, format!("{prefix:?}: {why}"));
+            }
+        }
+        for out in &self.out {
+            if let Err(why) = check_local_filter(&out.local) {
+                return bad("bridge.out", format!("{:?}: {why}", out.local));
+            }
+        }
+        if self.mode == BridgeMode::Generic && self.out.is_empty() && self.inbound.is_empty() {
+            return bad(
+                "bridge.mode",
+                "generic mode carries only the out and in mappings, and none is given".into(),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -601,6 +809,7 @@ impl Config {
                 message: "must be between 1 and 3650".into(),
             });
         }
+        self.bridge.check()?;
         Ok(())
     }
 
@@ -632,6 +841,33 @@ impl Config {
     }
 }
 
+/// Why a prefix on the other broker is not usable.
+pub fn check_remote_prefix(prefix: &str) -> Result<(), &'static str> {
+    if prefix.is_empty() || prefix.len() > 128 {
+        return Err("must be 1 to 128 characters");
+    }
+    if prefix.starts_with('$') || prefix.starts_with('/') || prefix.ends_with('/') {
+        return Err("may not start with $ or /, nor end with /");
+    }
+    if prefix.contains(['+', '#', '\0']) || prefix.split('/').any(str::is_empty) {
+        return Err("must be plain topic levels, without wildcards or empty levels");
+    }
+    Ok(())
+}
+
+/// Why a local filter of an `out` mapping is not usable: it must stay
+/// below `tele/` or be `meta`, so no config reaches a device's inbox,
+/// outbox, commands or state.
+pub fn check_local_filter(filter: &str) -> Result<(), &'static str> {
+    hearth_protocol::filter::check_filter(filter).map_err(|_| "not a valid MQTT filter")?;
+    let mut levels = filter.split('/');
+    match (levels.next(), filter) {
+        (Some("tele"), _) if !filter.contains("..") => Ok(()),
+        (_, "meta") => Ok(()),
+        _ => Err("only tele/... or meta may be bridged (never inbox, outbox or cmd)"),
+    }
+}
+
 /// The dotted key (`mqtt.listen`) set on 1-based line `line` of a TOML
 /// text, for error messages; `None` when that line sets no simple key.
 fn key_at(text: &str, line: usize) -> Option<String> {
@@ -659,6 +895,35 @@ fn key_at(text: &str, line: usize) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefixes_are_plain_levels() {
+        for good in ["hearth", "school/toys", "a-b_c"] {
+            check_remote_prefix(good).unwrap();
+        }
+        for bad in ["", "$SYS", "/x", "x/", "a/+/b", "a/#", "a//b"] {
+            assert!(check_remote_prefix(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn local_filters_stay_in_telemetry_or_the_description() {
+        for good in ["tele/#", "tele/+", "tele/battery", "meta"] {
+            check_local_filter(good).unwrap();
+        }
+        for bad in [
+            "inbox",
+            "outbox",
+            "cmd/#",
+            "#",
+            "+",
+            "+/battery",
+            "state",
+            "tele/#/x",
+        ] {
+            assert!(check_local_filter(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn empty_file_gives_the_embedded_defaults() {
@@ -704,6 +969,42 @@ mod tests {
         assert!(err.starts_with("line 1: data_dir: "), "{err}");
     }
 
+    #[test]
+    fn the_bridge_refuses_plain_tcp_off_loopback_and_mappings_into_private_topics() {
+        let on =
+            |extra: &str| Config::parse(&format!("[bridge]\nenabled = true\n{extra}")).unwrap();
+        let err = on("tls = false\nhost = \"192.0.2.7\"\n")
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bridge.tls"), "{err}");
+        on("tls = false\nhost = \"127.0.0.1\"\n").check().unwrap();
+        on("tls = false\nhost = \"192.0.2.7\"\nallow_plain = [\"192.0.2.7\"]\n")
+            .check()
+            .unwrap();
+        let err = on("").check().unwrap_err().to_string();
+        assert!(err.contains("bridge.ca_file"), "{err}");
+        for local in ["inbox", "outbox", "cmd/#", "#", "+/x", "tele/../inbox"] {
+            let c = on(&format!(
+                "tls = false\nmode = \"generic\"\nout = [{{ local = \"{local}\", remote = \"x\" }}]\n"
+            ));
+            let err = c.check().unwrap_err().to_string();
+            assert!(err.contains("bridge.out"), "{local}: {err}");
+        }
+        let c = on("tls = false\nmode = \"generic\"\nout = [{ local = \"tele/#\", remote = \"school/toys\" }]\n");
+        c.check().unwrap();
+        let err = on("tls = false\ntopic_prefix = \"a/#\"\n")
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bridge.topic_prefix"), "{err}");
+        // Off, nothing about the section is checked.
+        Config::parse("[bridge]\ntls = false\nhost = \"192.0.2.7\"\n")
+            .unwrap()
+            .check()
+            .unwrap();
+    }
+
     /// The packaged file with every `#key = value` and `#[section]` line
     /// uncommented: what an administrator gets by uncommenting everything.
     fn uncommented_default_file() -> String {
@@ -739,6 +1040,23 @@ mod tests {
         assert_eq!(c.admin.socket.take(), Some("/run/hearth/admin.sock".into()));
         assert_eq!(c.dev.listen.take(), Some("127.0.0.1:1883".parse().unwrap()));
         assert_eq!(c.hub.name.take(), Some("living-room-hub".into()));
+        assert_eq!(
+            c.bridge.ca_file.take(),
+            Some("/etc/hearth/bridge-ca.pem".into())
+        );
+        assert_eq!(
+            c.bridge.cert_file.take(),
+            Some("/etc/hearth/bridge.pem".into())
+        );
+        assert_eq!(
+            c.bridge.key_file.take(),
+            Some("/etc/hearth/bridge.key".into())
+        );
+        assert_eq!(c.bridge.username.take(), Some("hearth".into()));
+        assert_eq!(
+            c.bridge.password_file.take(),
+            Some("/etc/hearth/bridge-password".into())
+        );
         assert_eq!(c, Config::default());
     }
 
@@ -760,6 +1078,11 @@ mod tests {
         all.admin.socket = Some("/x".into());
         all.dev.listen = Some("127.0.0.1:1".parse().unwrap());
         all.hub.name = Some("x".into());
+        all.bridge.ca_file = Some("/x".into());
+        all.bridge.cert_file = Some("/x".into());
+        all.bridge.key_file = Some("/x".into());
+        all.bridge.username = Some("x".into());
+        all.bridge.password_file = Some("/x".into());
         let mut want = Vec::new();
         keys("", &toml::Table::try_from(&all).unwrap(), &mut want);
         let mut have = Vec::new();

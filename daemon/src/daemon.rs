@@ -279,6 +279,13 @@ pub async fn run(
         },
         metrics: Arc::default(),
         join_codes: Arc::default(),
+        bridged: tokio::sync::watch::Sender::new(
+            store
+                .with(|s| s.bridged_devices())
+                .map_err(|e| config_error(&e))?
+                .into_iter()
+                .collect(),
+        ),
     });
 
     let edge = Arc::new(Edge {
@@ -352,6 +359,27 @@ pub async fn run(
     if config.web.enabled {
         tracker.spawn(expire_idle_browsers(Arc::clone(&hub), stop.child_token()));
     }
+    // The bridge task runs even while `[bridge] enabled` is off: it then
+    // only waits (no connection, no subscription in the router), so a
+    // reload that switches it on needs no restart. Reload sends new
+    // settings on `bridge_settings`; it lives until the daemon ends.
+    let (bridge_settings, bridge_watch) = tokio::sync::watch::channel(config.bridge.clone());
+    tracker.spawn(follow_bridge_settings(
+        config_watch.clone(),
+        bridge_settings,
+        stop.child_token(),
+    ));
+    let bridge_link = broker
+        .bridge
+        .take()
+        .ok_or_else(|| DaemonError::Startup("the broker gave no bridge link".into()))?;
+    tracker.spawn(crate::bridge::run(
+        Arc::clone(&hub),
+        bridge_link,
+        bridge_watch,
+        config.limits.max_payload,
+        stop.child_token(),
+    ));
     if let Some(metrics) = metrics {
         tracker.spawn(crate::scrape::serve(
             metrics,
@@ -528,6 +556,27 @@ async fn follow_addresses(
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot re-issue the server certificate"),
             Err(e) => tracing::warn!(error = %e, "re-issue task failed"),
         }
+    }
+}
+
+/// Hands the bridge its section of each reloaded configuration (it
+/// reconnects when the section changed).
+async fn follow_bridge_settings(
+    mut config: ConfigWatch,
+    bridge: watch::Sender<crate::config::BridgeSection>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = config.changed() => if changed.is_err() { return },
+        }
+        let section = config.borrow_and_update().bridge.clone();
+        bridge.send_if_modified(|running| {
+            let modified = *running != section;
+            *running = section;
+            modified
+        });
     }
 }
 

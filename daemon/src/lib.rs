@@ -8,6 +8,7 @@ pub mod admin;
 pub mod admission;
 pub mod audit;
 pub mod backup;
+pub mod bridge;
 pub mod broker;
 pub mod ca;
 pub mod cli;

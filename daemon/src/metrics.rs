@@ -122,6 +122,17 @@ pub struct Metrics {
     audit_rows: Gauge,
     rss: Gauge,
     open_fds: Gauge,
+    /// Messages waiting in the bridge's local queue (set by the bridge).
+    pub bridge_queue: Gauge,
+    /// 1 while the bridge is connected to the other broker, else 0.
+    pub bridge_connected: Gauge,
+    /// 1 while `[bridge] enabled` is on, else 0.
+    pub bridge_enabled: Gauge,
+    /// Messages the bridge carried: "out" to the other broker, "in" (a
+    /// command) from it.
+    pub bridge_messages: Family<DirectionLabels, Counter>,
+    /// Messages the bridge dropped because its queue was full.
+    pub bridge_drops: Counter,
 }
 
 impl Default for Metrics {
@@ -139,6 +150,11 @@ impl Default for Metrics {
             audit_rows: Gauge::default(),
             rss: Gauge::default(),
             open_fds: Gauge::default(),
+            bridge_queue: Gauge::default(),
+            bridge_connected: Gauge::default(),
+            bridge_enabled: Gauge::default(),
+            bridge_messages: Family::default(),
+            bridge_drops: Counter::default(),
             by_qos: Default::default(),
             payload_bytes: Default::default(),
             registry: Registry::default(),
@@ -218,6 +234,31 @@ impl Default for Metrics {
             "hearthd's open file descriptors",
             metrics.open_fds.clone(),
         );
+        registry.register(
+            "bridge_queue_messages",
+            "Messages waiting in the bridge's local queue",
+            metrics.bridge_queue.clone(),
+        );
+        registry.register(
+            "bridge_connected",
+            "1 while the bridge is connected to the other broker",
+            metrics.bridge_connected.clone(),
+        );
+        registry.register(
+            "bridge_enabled",
+            "1 while the bridge is switched on in the config",
+            metrics.bridge_enabled.clone(),
+        );
+        registry.register(
+            "bridge_messages",
+            "Messages the bridge carried, by direction",
+            metrics.bridge_messages.clone(),
+        );
+        registry.register(
+            "bridge_drops",
+            "Messages the bridge dropped because its queue was full",
+            metrics.bridge_drops.clone(),
+        );
         Metrics {
             registry,
             by_qos,
@@ -256,6 +297,15 @@ impl Metrics {
         self.denials.get_or_create(&ActionLabels { action }).inc();
     }
 
+    /// Counts one message the bridge carried: `outbound` to the other
+    /// broker, else a command from it.
+    pub fn bridged(&self, outbound: bool) {
+        let direction = if outbound { "out" } else { "in" };
+        self.bridge_messages
+            .get_or_create(&DirectionLabels { direction })
+            .inc();
+    }
+
     /// The text exposition format, with the gauges set from `now`.
     pub fn encode(&self, now: Snapshot) -> String {
         let set = |g: &Gauge, v: u64| {
@@ -288,6 +338,9 @@ mod tests {
         metrics.message(true, 1, 300);
         metrics.message(false, 0, 10);
         metrics.denial("subscribe");
+        metrics.bridged(true);
+        metrics.bridge_drops.inc();
+        metrics.bridge_queue.set(4);
         let text = metrics.encode(Snapshot {
             connected_devices: 3,
             mailbox_messages: 2,
@@ -302,6 +355,10 @@ mod tests {
             "hearth_policy_denials_total{action=\"subscribe\"} 1",
             "hearth_connected_devices 3",
             "hearth_mailbox_messages 2",
+            "hearth_bridge_messages_total{direction=\"out\"} 1",
+            "hearth_bridge_drops_total 1",
+            "hearth_bridge_queue_messages 4",
+            "hearth_bridge_connected 0",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

@@ -117,6 +117,27 @@ classify! {
         "mailbox.max_total_bytes" => mailbox.max_total_bytes,
         "mailbox.min_free_bytes" => mailbox.min_free_bytes,
         "web.idle_days" => web.idle_days,
+        // The bridge follows its settings as they change: it reconnects
+        // with the new ones (bridge/link.rs).
+        "bridge.enabled" => bridge.enabled,
+        "bridge.mode" => bridge.mode,
+        "bridge.host" => bridge.host,
+        "bridge.port" => bridge.port,
+        "bridge.tls" => bridge.tls,
+        "bridge.ca_file" => bridge.ca_file,
+        "bridge.cert_file" => bridge.cert_file,
+        "bridge.key_file" => bridge.key_file,
+        "bridge.username" => bridge.username,
+        "bridge.password_file" => bridge.password_file,
+        "bridge.allow_plain" => bridge.allow_plain,
+        "bridge.client_id" => bridge.client_id,
+        "bridge.topic_prefix" => bridge.topic_prefix,
+        "bridge.discovery_prefix" => bridge.discovery_prefix,
+        "bridge.queue_max" => bridge.queue_max,
+        "bridge.queue_max_bytes" => bridge.queue_max_bytes,
+        "bridge.qos" => bridge.qos,
+        "bridge.out" => bridge.out,
+        "bridge.in" => bridge.inbound,
     ],
     at_restart: [
         "data_dir" => data_dir,
@@ -262,6 +283,11 @@ mod tests {
         all.admin.socket = Some("/x".into());
         all.dev.listen = Some("127.0.0.1:1".parse().unwrap());
         all.hub.name = Some("x".into());
+        all.bridge.ca_file = Some("/x".into());
+        all.bridge.cert_file = Some("/x".into());
+        all.bridge.key_file = Some("/x".into());
+        all.bridge.username = Some("x".into());
+        all.bridge.password_file = Some("/x".into());
         let mut want = Vec::new();
         keys("", &toml::Table::try_from(&all).unwrap(), &mut want);
         let mut have: Vec<String> = LIVE_KEYS

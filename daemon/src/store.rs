@@ -179,6 +179,12 @@ const MIGRATIONS: &[&str] = &[
         secret_sha256 BLOB NOT NULL UNIQUE,
         last_used INTEGER NOT NULL
      ) STRICT;",
+    // 11: the bridge to another broker: the devices a parent let it carry.
+    // Revoking a device deletes its row; removing the device cascades.
+    "CREATE TABLE bridged_devices (
+        device_id TEXT PRIMARY KEY NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+        enabled_at INTEGER NOT NULL
+     ) STRICT;",
 ];
 
 /// A certificate the registry accepts, with the device it names.
@@ -669,8 +675,57 @@ impl Store {
             "DELETE FROM browser_sessions WHERE device_id = ?1",
             params![device.as_str()],
         )?;
+        // A revoked device is no longer the household's to share.
+        tx.execute(
+            "DELETE FROM bridged_devices WHERE device_id = ?1",
+            params![device.as_str()],
+        )?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Lets the bridge carry an active device; returns whether it was new.
+    pub fn bridge_enable(&self, device: &DeviceId, now: i64) -> Result<bool, StoreError> {
+        let status: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT status FROM devices WHERE id = ?1",
+                params![device.as_str()],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if status.as_deref() != Some("active") {
+            return Err(StoreError::NoSuchDevice(device.to_string()));
+        }
+        let n = self.conn().execute(
+            "INSERT INTO bridged_devices (device_id, enabled_at) VALUES (?1, ?2)
+             ON CONFLICT DO NOTHING",
+            params![device.as_str(), now],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Stops bridging a device; returns whether it was bridged.
+    pub fn bridge_disable(&self, device: &DeviceId) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "DELETE FROM bridged_devices WHERE device_id = ?1",
+            params![device.as_str()],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// The devices the bridge may carry, by id.
+    pub fn bridged_devices(&self) -> Result<Vec<DeviceId>, StoreError> {
+        let mut stmt = self
+            .conn()
+            .prepare("SELECT device_id FROM bridged_devices ORDER BY device_id")?;
+        let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
+        rows.map(|row| {
+            let id = row?;
+            id.parse()
+                .map_err(|_| StoreError::Corrupt(format!("bridged device id {id:?}")))
+        })
+        .collect()
     }
 
     /// Erases a device: revokes its certificates (keeping only their

@@ -39,7 +39,15 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("hub", &["hub"]),
     (
         "adapters",
-        &["edge", "mailbox", "admin", "enroll", "discovery", "scrape"],
+        &[
+            "edge",
+            "mailbox",
+            "admin",
+            "enroll",
+            "discovery",
+            "scrape",
+            "bridge",
+        ],
     ),
     ("daemon", &["daemon"]),
 ];

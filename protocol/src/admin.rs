@@ -154,6 +154,19 @@ pub enum AdminRequest {
         /// Encrypt to this age recipient (`age1...`).
         recipient: Option<String>,
     },
+    /// Lets the bridge carry a device's data to the other broker.
+    BridgeEnable {
+        /// The device.
+        id: DeviceId,
+    },
+    /// Stops bridging a device and takes back what the bridge published
+    /// about it (its discovery entries).
+    BridgeDisable {
+        /// The device.
+        id: DeviceId,
+    },
+    /// Lists the devices a parent enabled bridging for.
+    BridgeList,
 }
 
 /// The daemon's answer to one [`AdminRequest`].
@@ -172,6 +185,15 @@ pub enum AdminResponse {
     },
     /// A device certificate was issued.
     DeviceIssued(IssuedDevice),
+    /// Answer to [`AdminRequest::BridgeList`].
+    Bridged {
+        /// The devices enabled for bridging, by id.
+        devices: Vec<DeviceId>,
+        /// Whether the bridge is on in the config (`[bridge] enabled`).
+        enabled: bool,
+        /// Whether it is connected to the other broker now.
+        connected: bool,
+    },
     /// Answer to [`AdminRequest::DeviceList`].
     Devices {
         /// Every device, oldest first.
@@ -431,7 +453,7 @@ pub struct AuditEntry {
     /// The device concerned, if known.
     pub device: Option<DeviceId>,
     /// `connect`, `disconnect`, `handshake-refused`, `connect-refused`,
-    /// `denied`, `disconnected`, `suppressed` or `admin`.
+    /// `denied`, `disconnected`, `suppressed`, `admin` or `bridge`.
     pub event: String,
     /// What was attempted (`publish`, `subscribe`, `device-revoke`, ...).
     pub action: Option<String>,

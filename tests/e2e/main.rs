@@ -5,6 +5,7 @@
 //! `-- --ignored` once those are installed.
 
 mod attacks;
+mod bridge;
 mod campaign;
 mod cli;
 mod discovery;

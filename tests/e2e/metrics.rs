@@ -8,7 +8,7 @@ use hearth_protocol::admin::{AdminRequest, AdminResponse};
 
 use crate::support::*;
 
-fn metrics_address(hub: &TestHub) -> Option<String> {
+pub fn metrics_address(hub: &TestHub) -> Option<String> {
     let AdminResponse::Status(status) = admin_request(&hub.socket, &AdminRequest::Status).unwrap()
     else {
         panic!("no status");
@@ -21,7 +21,7 @@ fn metrics_address(hub: &TestHub) -> Option<String> {
 }
 
 /// One HTTP/1.1 request; (status code, body).
-fn get(address: &str, path: &str) -> (u16, String) {
+pub fn get(address: &str, path: &str) -> (u16, String) {
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -47,7 +47,7 @@ fn get(address: &str, path: &str) -> (u16, String) {
 
 /// The samples of a text-format exposition: name with labels → value.
 /// Panics on a line that is neither a comment nor `name{labels} value`.
-fn samples(text: &str) -> std::collections::HashMap<String, f64> {
+pub fn samples(text: &str) -> std::collections::HashMap<String, f64> {
     text.lines()
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| {

@@ -181,6 +181,39 @@ fn run(cli: Cli) -> Result<()> {
                 &mut out,
             )?
         }
+        Command::Bridge(BridgeCommand::Enable { id }) => print_done(
+            ask(AdminRequest::BridgeEnable { id: device(&id)? })?,
+            json,
+            &mut out,
+        )?,
+        Command::Bridge(BridgeCommand::Disable { id }) => print_done(
+            ask(AdminRequest::BridgeDisable { id: device(&id)? })?,
+            json,
+            &mut out,
+        )?,
+        Command::Bridge(BridgeCommand::List) => {
+            if let AdminResponse::Bridged {
+                devices,
+                enabled,
+                connected,
+            } = ask(AdminRequest::BridgeList)?
+            {
+                if !json {
+                    let state = match (enabled, connected) {
+                        (false, _) => "off ([bridge] enabled = false in hearth.toml)",
+                        (true, false) => "on, not connected to the other broker",
+                        (true, true) => "on, connected",
+                    };
+                    writeln!(out, "bridge: {state}")?;
+                    if devices.is_empty() {
+                        writeln!(out, "no device is bridged (`hearth bridge enable ID`)")?;
+                    }
+                    for id in devices {
+                        writeln!(out, "{id}")?;
+                    }
+                }
+            }
+        }
         Command::Pair(args) => pair(args, &ask, json, &mut out)?,
         Command::WebLink(args) => web_link(args, &ask, json, &mut out)?,
         Command::Mailbox => {

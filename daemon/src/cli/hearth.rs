@@ -52,6 +52,10 @@ pub enum Command {
     /// Who may message whom, beyond the defaults (parents: anyone;
     /// children: their parents). Without a command, lists the rules.
     Contacts(ContactsArgs),
+    /// Which devices the bridge may carry to another broker (Home
+    /// Assistant's, for one): nothing of a device leaves unless enabled here.
+    #[command(subcommand)]
+    Bridge(BridgeCommand),
     /// What the hub holds about the family, and for how long.
     #[command(subcommand)]
     Privacy(PrivacyCommand),
@@ -61,6 +65,23 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Factory reset: destroys every key and the database (hearthd stopped).
     EraseAll(EraseAllArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BridgeCommand {
+    /// Lets the bridge carry this device's description, telemetry and
+    /// availability, and bring commands to it (never its messages).
+    Enable {
+        /// The device: its id, a unique id prefix or a unique label.
+        id: DeviceRef,
+    },
+    /// Stops bridging the device and removes its entries on the other broker.
+    Disable {
+        /// The device: its id, a unique id prefix or a unique label.
+        id: DeviceRef,
+    },
+    /// Lists the bridged devices and whether the bridge is connected.
+    List,
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,6 +4,7 @@
 //! the mailbox) calls its operations in [`devices`] and [`household`] and
 //! maps [`HubError`] to its own protocol.
 
+pub mod bridging;
 pub mod browsers;
 pub mod device_check;
 pub mod devices;
@@ -74,6 +75,9 @@ pub struct Hub {
     /// Open join codes for browsers (`hearth web-link`), with their own
     /// wrong-code lockouts.
     pub join_codes: Arc<PairingWindows>,
+    /// The devices a parent let the bridge carry ([`bridging`]); the
+    /// bridge watches it.
+    pub bridged: tokio::sync::watch::Sender<std::collections::BTreeSet<DeviceId>>,
 }
 
 /// How long data is kept, as configured.
@@ -237,6 +241,8 @@ impl Hub {
     /// it: its connections close now, the broker forgets its session and
     /// the retained messages it left.
     async fn cut_off(&self, device: &DeviceId) {
+        // The store dropped its bridging with the revocation.
+        self.refresh_bridged();
         let closed = self.sessions.disconnect(device);
         tracing::info!(device = %device, connections = closed, "device cut off");
         self.purge(device).await;
@@ -319,6 +325,7 @@ pub(crate) mod testing {
                 telemetry_per_sec: 50,
             },
             metrics: Arc::default(),
+            bridged: tokio::sync::watch::Sender::new(Default::default()),
         }
     }
 
