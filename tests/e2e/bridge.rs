@@ -624,3 +624,28 @@ fn bridging_is_opt_in_per_device_and_revocation_drops_it() {
     let disabled = hub.hearth_ok(&["bridge", "disable", &other.id]);
     assert!(disabled.contains("was not bridged"), "{disabled}");
 }
+
+#[test]
+#[ignore = "needs mosquitto; run with -- --ignored"]
+fn a_reload_turns_the_bridge_on_without_a_restart() {
+    let broker = Mosquitto::start();
+    let hub = TestHub::start_with(
+        &format!(
+            "[bridge]\nenabled = false\nhost = \"127.0.0.1\"\nport = {}\nca_file = \"{}\"\n",
+            broker.tls_port,
+            broker.ca()
+        ),
+        &[],
+    );
+    let pid = hub.pid();
+    assert!(bridge_list(&hub).contains("off"), "{}", bridge_list(&hub));
+    let text = std::fs::read_to_string(&hub.config).unwrap();
+    std::fs::write(
+        &hub.config,
+        text.replace("[bridge]\nenabled = false", "[bridge]\nenabled = true"),
+    )
+    .unwrap();
+    crate::reload::sighup(&hub, "configuration reloaded");
+    wait_connected(&hub);
+    assert_eq!(hub.pid(), pid, "the same process: no restart");
+}
