@@ -128,8 +128,13 @@ function readable(value) {
   } catch (e) { return value; }
 }
 
+// The list is drawn again whenever the household changes (telemetry: up to
+// twice a second). What a person is doing in it survives: the control
+// that had the focus gets it back (by its data-key), a confirmation stays
+// open, a half-typed command stays typed.
 function renderHousehold() {
   const list = $("devices");
+  const focused = document.activeElement && list.contains(document.activeElement) ? document.activeElement.dataset.key : null;
   list.replaceChildren();
   for (const d of household.devices) {
     if (!d.active) continue;
@@ -158,8 +163,16 @@ function renderHousehold() {
       li.append(values);
     }
     if (d.kind === "device" && d.owner !== null) li.append(commandBox(d));
+    if (d.kind === "device" && household.bridge) li.append(bridgeToggle(d));
     if (d.id !== me.device) li.append(deviceActions(d));
     list.append(li);
+  }
+  if (focused) {
+    const again = list.querySelector('[data-key="' + CSS.escape(focused) + '"]');
+    if (again) {
+      again.focus();
+      if (again.tagName === "INPUT" && again.type !== "checkbox") again.setSelectionRange(again.value.length, again.value.length);
+    }
   }
   fillMembers();
   if (pairing) {
@@ -186,12 +199,16 @@ function commandBox(d) {
       const args = c.args || [];
       const inputs = args.map((a) => {
         const input = document.createElement("input");
+        input.dataset.key = d.id + ":arg:" + c.name + ":" + a.name;
+        input.value = commandDrafts[input.dataset.key] || "";
+        input.addEventListener("input", () => { commandDrafts[input.dataset.key] = input.value; });
         input.placeholder = a.name + (a.unit ? " (" + a.unit + ")" : "");
         input.setAttribute("aria-label", c.name + " " + a.name);
         return [a, input];
       });
       const b = document.createElement("button");
       b.type = "button"; b.className = "quiet"; b.textContent = c.name;
+      b.dataset.key = d.id + ":cmd:" + c.name;
       b.addEventListener("click", () => {
         const payload = {};
         for (const [a, input] of inputs) {
@@ -205,43 +222,72 @@ function commandBox(d) {
     return box;
   }
   const name = document.createElement("input");
+  name.dataset.key = d.id + ":raw";
   name.placeholder = "command";
   name.setAttribute("aria-label", "Command for " + d.label);
   name.value = commandDrafts[d.id] || "";
   name.addEventListener("input", () => { commandDrafts[d.id] = name.value; });
   const b = document.createElement("button");
   b.type = "button"; b.className = "quiet"; b.textContent = "Send command";
+  b.dataset.key = d.id + ":send";
   b.addEventListener("click", () => { if (name.value.trim()) send(name.value.trim(), null); });
   box.append(name, b);
   return box;
 }
 
+// Whether the bridge may carry this device to the other broker (Home
+// Assistant): off unless a parent turns it on (docs/INTEGRATIONS.md).
+function bridgeToggle(d) {
+  const label = document.createElement("label");
+  label.className = "toggle";
+  const box = document.createElement("input");
+  box.type = "checkbox";
+  box.dataset.key = d.id + ":bridge";
+  box.checked = d.bridged;
+  box.addEventListener("change", async () => {
+    try {
+      await api("POST", "/api/devices/" + d.id + "/bridge", { enabled: box.checked });
+      say(d.label + (box.checked ? " is shared with the bridge." : " is no longer shared."));
+    } catch (e) { say(e.message); box.checked = !box.checked; }
+  });
+  label.append(box, " Share with the bridge (Home Assistant)");
+  return label;
+}
+
+// A device card's actions; a revoke or remove asks first (kept in
+// `confirming` across redraws).
+const confirming = {};
 function deviceActions(d) {
   const box = document.createElement("div");
   box.className = "actions";
-  const act = (text, cls, fn) => {
+  const act = (text, cls, key, fn) => {
     const b = document.createElement("button");
     b.type = "button"; b.className = cls; b.textContent = text;
+    b.dataset.key = d.id + ":" + key;
     b.addEventListener("click", fn);
     return b;
   };
-  const confirmThen = (what, path) => () => {
-    box.replaceChildren(
-      document.createTextNode(what + " " + d.label + "? "),
-      act("Yes, " + what.toLowerCase(), "danger", async () => {
-        try { await api("POST", path); say(d.label + ": done."); } catch (e) { say(e.message); }
+  const pending = confirming[d.id];
+  if (pending) {
+    box.append(
+      document.createTextNode(pending.what + " " + d.label + "? "),
+      act("Yes, " + pending.what.toLowerCase(), "danger", "yes", async () => {
+        delete confirming[d.id];
+        try { await api("POST", pending.path); say(d.label + ": done."); } catch (e) { say(e.message); }
       }),
-      act("No", "quiet", () => box.replaceWith(deviceActions(d))),
+      act("No", "quiet", "no", () => { delete confirming[d.id]; renderHousehold(); }),
     );
-  };
+    return box;
+  }
+  const ask = (what, path) => () => { confirming[d.id] = { what, path }; renderHousehold(); };
   box.append(
-    act("Rename", "quiet", async () => {
+    act("Rename", "quiet", "rename", async () => {
       const label = prompt("New name for " + d.label, d.label);
       if (!label) return;
       try { await api("POST", "/api/devices/" + d.id + "/label", { label }); } catch (e) { say(e.message); }
     }),
-    act("Revoke", "quiet", confirmThen("Revoke", "/api/devices/" + d.id + "/revoke")),
-    act("Remove", "danger", confirmThen("Remove", "/api/devices/" + d.id + "/remove")),
+    act("Revoke", "quiet", "revoke", ask("Revoke", "/api/devices/" + d.id + "/revoke")),
+    act("Remove", "danger", "remove", ask("Remove", "/api/devices/" + d.id + "/remove")),
   );
   return box;
 }

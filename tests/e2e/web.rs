@@ -691,6 +691,29 @@ async fn commands_from_a_page_follow_the_policy_and_the_parents_tools_are_theirs
     );
     assert!(now.contains(&"bob".to_owned()), "{now:?}");
 
+    // Sharing a device with the bridge is a parent's choice, as `hearth
+    // bridge enable` is.
+    let share = format!("/api/devices/{}/bridge", toy.id);
+    let on = json!({"enabled": true});
+    assert_eq!(ada.request("POST", &share, on.clone()).await.status, 403);
+    assert_eq!(mum.request("POST", &share, on).await.status, 204);
+    assert!(hub.hearth_ok(&["bridge", "list"]).contains(&toy.id));
+    let view = mum
+        .request("GET", "/api/household", Value::Null)
+        .await
+        .json();
+    let card = view["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == toy.id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(card["bridged"], true);
+    let off = json!({"enabled": false});
+    assert_eq!(mum.request("POST", &share, off).await.status, 204);
+    assert!(!hub.hearth_ok(&["bridge", "list"]).contains(&toy.id));
+
     let export = mum
         .request("GET", "/api/members/ada/export", Value::Null)
         .await;

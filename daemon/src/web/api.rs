@@ -79,6 +79,7 @@ pub(super) fn router(state: Shared) -> Router {
         .route("/api/devices/:id/remove", post(remove_device))
         .route("/api/devices/:id/label", post(relabel_device))
         .route("/api/devices/:id/command", post(command))
+        .route("/api/devices/:id/bridge", post(set_bridging))
         .route("/api/privacy", get(privacy))
         .route("/api/members/:name/export", get(export_member))
         .route("/api/activity", get(activity))
@@ -498,6 +499,8 @@ fn household_view(state: &WebState) -> ApiResult<serde_json::Value> {
         .map(|d| d.id)
         .collect();
     let latest = state.live.latest(&active);
+    let bridged: HashSet<DeviceId> = hub.bridged_devices()?.into_iter().collect();
+    let bridge_on = hub.config.borrow().bridge.enabled;
     let devices: Vec<serde_json::Value> = all
         .into_iter()
         .map(|d| {
@@ -510,11 +513,17 @@ fn household_view(state: &WebState) -> ApiResult<serde_json::Value> {
                 "online": online.contains(&d.id),
                 "last_seen": d.last_seen,
                 "latest": latest.get(&d.id),
+                "bridged": bridged.contains(&d.id),
             })
         })
         .collect();
     let pairing = hub.windows.list();
-    Ok(json!({ "members": members, "devices": devices, "pairing": pairing }))
+    Ok(json!({
+        "members": members,
+        "devices": devices,
+        "pairing": pairing,
+        "bridge": bridge_on,
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -688,6 +697,28 @@ async fn privacy(
 ) -> ApiResult<Json<serde_json::Value>> {
     let report = state.hub.privacy_report(None)?;
     Ok(Json(serde_json::to_value(report).unwrap_or_default()))
+}
+
+#[derive(Debug, Deserialize)]
+struct BridgingRequest {
+    enabled: bool,
+}
+
+/// A parent lets the bridge carry a device (or stops it), as `hearth
+/// bridge enable|disable` does.
+async fn set_bridging(
+    State(state): State<Shared>,
+    _parent: Parent,
+    Path(id): Path<String>,
+    Json(request): Json<BridgingRequest>,
+) -> ApiResult<StatusCode> {
+    let id = device_id(&id)?;
+    if request.enabled {
+        state.hub.bridge_enable(&id)?;
+    } else {
+        state.hub.bridge_disable(&id)?;
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Deserialize)]
