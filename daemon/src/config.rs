@@ -892,6 +892,43 @@ fn key_at(text: &str, line: usize) -> Option<String> {
     None
 }
 
+/// Every setting's dotted key (each optional one set, so none is left
+/// out), for the tests that keep the packaged file and the reload's lists
+/// complete.
+#[cfg(test)]
+pub(crate) fn every_key() -> Vec<String> {
+    let mut all = Config {
+        data_dir: Some("/x".into()),
+        ..Config::default()
+    };
+    all.admin.socket = Some("/x".into());
+    all.dev.listen = Some("127.0.0.1:1".parse().unwrap());
+    all.hub.name = Some("x".into());
+    all.bridge.ca_file = Some("/x".into());
+    all.bridge.cert_file = Some("/x".into());
+    all.bridge.key_file = Some("/x".into());
+    all.bridge.username = Some("x".into());
+    all.bridge.password_file = Some("/x".into());
+    table_keys(&toml::Table::try_from(&all).unwrap())
+}
+
+/// The dotted keys of a TOML table's values.
+#[cfg(test)]
+pub(crate) fn table_keys(table: &toml::Table) -> Vec<String> {
+    fn walk(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
+        for (key, value) in table {
+            let key = format!("{prefix}{key}");
+            match value {
+                toml::Value::Table(inner) => walk(&format!("{key}."), inner, out),
+                _ => out.push(key),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk("", table, &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1062,32 +1099,9 @@ mod tests {
 
     #[test]
     fn the_packaged_file_lists_every_setting() {
-        fn keys(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
-            for (key, value) in table {
-                let key = format!("{prefix}{key}");
-                match value {
-                    toml::Value::Table(inner) => keys(&format!("{key}."), inner, out),
-                    _ => out.push(key),
-                }
-            }
-        }
-        let mut all = Config {
-            data_dir: Some("/x".into()),
-            ..Config::default()
-        };
-        all.admin.socket = Some("/x".into());
-        all.dev.listen = Some("127.0.0.1:1".parse().unwrap());
-        all.hub.name = Some("x".into());
-        all.bridge.ca_file = Some("/x".into());
-        all.bridge.cert_file = Some("/x".into());
-        all.bridge.key_file = Some("/x".into());
-        all.bridge.username = Some("x".into());
-        all.bridge.password_file = Some("/x".into());
-        let mut want = Vec::new();
-        keys("", &toml::Table::try_from(&all).unwrap(), &mut want);
-        let mut have = Vec::new();
+        let mut want = every_key();
         let file: toml::Table = toml::from_str(&uncommented_default_file()).unwrap();
-        keys("", &file, &mut have);
+        let mut have = table_keys(&file);
         want.sort();
         have.sort();
         assert_eq!(have, want, "packaging/hearth.toml must list every setting");

@@ -267,29 +267,7 @@ mod tests {
 
     #[test]
     fn every_key_is_either_live_or_restart_only() {
-        fn keys(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
-            for (key, value) in table {
-                let key = format!("{prefix}{key}");
-                match value {
-                    toml::Value::Table(inner) => keys(&format!("{key}."), inner, out),
-                    _ => out.push(key),
-                }
-            }
-        }
-        let mut all = Config {
-            data_dir: Some("/x".into()),
-            ..Config::default()
-        };
-        all.admin.socket = Some("/x".into());
-        all.dev.listen = Some("127.0.0.1:1".parse().unwrap());
-        all.hub.name = Some("x".into());
-        all.bridge.ca_file = Some("/x".into());
-        all.bridge.cert_file = Some("/x".into());
-        all.bridge.key_file = Some("/x".into());
-        all.bridge.username = Some("x".into());
-        all.bridge.password_file = Some("/x".into());
-        let mut want = Vec::new();
-        keys("", &toml::Table::try_from(&all).unwrap(), &mut want);
+        let mut want = crate::config::every_key();
         let mut have: Vec<String> = LIVE_KEYS
             .iter()
             .chain(RESTART_KEYS)
