@@ -47,6 +47,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "discovery",
             "scrape",
             "bridge",
+            "web",
         ],
     ),
     ("daemon", &["daemon"]),
