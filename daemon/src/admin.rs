@@ -254,7 +254,8 @@ pub async fn apply(hub: &Hub, request: AdminRequest) -> AdminResponse {
             .bridge_disable(&id)
             .map(|was| match was {
                 true => done(format!(
-                    "{id} is no longer bridged; its entries on the other broker are removed"
+                    "{id} is no longer bridged: nothing more about it goes out, and its entries on \
+                     the other broker are taken back while the bridge is connected"
                 )),
                 false => done(format!("{id} was not bridged; nothing changed")),
             })

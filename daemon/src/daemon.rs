@@ -87,6 +87,11 @@ pub async fn run(
     let config_error = |e: &dyn std::fmt::Display| DaemonError::Config(e.to_string());
     crate::datadir::prepare(&data_dir).map_err(|e| config_error(&e))?;
     tracing::info!(data_dir = %data_dir.display(), "state directory");
+    // The bridge's files are checked before anything is served: a CA or
+    // key that does not read is a config error (exit 78), not a bridge
+    // that silently never connects.
+    crate::bridge::link::check_files(&config.bridge, config.limits.max_payload)
+        .map_err(|e| config_error(&e))?;
     // Bind everything before creating or serving anything: a failed bind
     // is a clear fatal error, not a half-started hub.
     let mqtt = bind("mqtt.listen", config.mqtt.listen).await?;
@@ -388,15 +393,7 @@ pub async fn run(
             tracker.clone(),
         ));
     }
-    tracker.spawn(follow_reloads(
-        reloads,
-        source,
-        config_tx,
-        Arc::clone(&hub),
-        // The broker was started with this limit; the edge's may go lower.
-        config.limits.max_payload,
-        stop.child_token(),
-    ));
+    let reload_hub = Arc::clone(&hub);
     tracker.spawn(admin::serve(
         admin_listener,
         hub,
@@ -431,6 +428,18 @@ pub async fn run(
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status("serving"),
     ]);
+    // Reloads only once the start's READY=1 is out, so systemd never sees
+    // a reload's RELOADING=1/READY=1 before it (a SIGHUP during start
+    // waits in the channel).
+    tracker.spawn(follow_reloads(
+        reloads,
+        source,
+        config_tx,
+        reload_hub,
+        // The broker was started with this limit; the edge's may go lower.
+        config.limits.max_payload,
+        stop.child_token(),
+    ));
 
     let outcome = tokio::select! {
         _ = stop.cancelled() => Ok(()),
@@ -606,6 +615,10 @@ async fn follow_reloads(
         }
         notify_service_manager(&reloading);
         reload_once(&source, &config, &hub, broker_max_payload).await;
+        if stop.is_cancelled() {
+            // Stopping: STOPPING=1 was sent; a READY=1 now would undo it.
+            return;
+        }
         notify_service_manager(&[
             sd_notify::NotifyState::Ready,
             sd_notify::NotifyState::Status("serving"),
@@ -650,6 +663,22 @@ async fn reload_once(
     };
     let running = config.borrow().clone();
     let (next, changes) = crate::reload::merge(&running, new, broker_max_payload);
+    // The bridge's files (CA, certificate, key, password) must be usable
+    // before its settings replace ones that work, as at start.
+    if next.bridge != running.bridge {
+        let (bridge, max_payload) = (next.bridge.clone(), next.limits.max_payload);
+        let checked = tokio::task::spawn_blocking(move || {
+            crate::bridge::link::check_files(&bridge, max_payload)
+        })
+        .await;
+        if let Ok(Err(e)) = checked {
+            tracing::error!("{e}");
+            tracing::warn!("reload refused: the settings in force stay");
+            crate::sync::lock(&hub.loaded).refused = Some((now, e.to_string()));
+            hub.admin_audit("config-reload", None, "refused".into());
+            return;
+        }
+    }
     for key in &changes.at_restart {
         tracing::warn!("{key} changes at restart; the running value stays until then");
     }
@@ -658,16 +687,19 @@ async fn reload_once(
             Duration::from_secs(u64::from(next.audit.retention_days) * 86_400),
             next.audit.max_unidentified_entries_per_minute,
         );
-        if next.hub_info() != running.hub_info() {
+        let info_changed = next.hub_info() != running.hub_info();
+        let info = serde_json::to_vec(&next.hub_info()).unwrap_or_default();
+        // In force first, then announced: a device that reads the new
+        // limits finds them applied.
+        config.send_replace(Arc::new(next));
+        if info_changed {
             // What devices read before they send: the limits as they are now.
-            let info = serde_json::to_vec(&next.hub_info()).unwrap_or_default();
             if let Err(e) =
                 broker::publish_retained(&hub.broker, hearth_protocol::topic::HUB_INFO, &info).await
             {
                 tracing::warn!(error = %e, "cannot publish the reloaded hub info");
             }
         }
-        config.send_replace(Arc::new(next));
     }
     {
         let mut loaded = crate::sync::lock(&hub.loaded);

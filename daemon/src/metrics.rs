@@ -122,7 +122,8 @@ pub struct Metrics {
     audit_rows: Gauge,
     rss: Gauge,
     open_fds: Gauge,
-    /// Messages waiting in the bridge's local queue (set by the bridge).
+    /// Messages in the bridge's local queue, waiting or awaiting their
+    /// acknowledgement (set by the bridge).
     pub bridge_queue: Gauge,
     /// 1 while the bridge is connected to the other broker, else 0.
     pub bridge_connected: Gauge,
@@ -236,7 +237,7 @@ impl Default for Metrics {
         );
         registry.register(
             "bridge_queue_messages",
-            "Messages waiting in the bridge's local queue",
+            "Messages in the bridge's local queue: waiting, or sent and not yet acknowledged",
             metrics.bridge_queue.clone(),
         );
         registry.register(

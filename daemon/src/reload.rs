@@ -73,7 +73,7 @@ macro_rules! classify {
         at_restart: [$($rkey:literal => $($rf:ident).+),* $(,)?] $(,)?
     ) => {
         /// Keys a reload applies (to what starts after it: see
-        /// docs/OPERATIONS.md, "Reloading the configuration").
+        /// README.md, "Reloading the configuration").
         pub const LIVE_KEYS: &[&str] = &[$($lkey),*];
         /// Keys that change only at restart: listeners and sockets bound
         /// once, the data dir, the server certificate's name, and budgets
@@ -166,11 +166,12 @@ classify! {
 
 /// The settings a reload puts in force: `new` (a file that parsed and
 /// passed [`Config::check`]) over `running`, with every restart-only key
-/// kept at its running value. `broker_max_payload` is the
-/// `limits.max_payload` the embedded broker was started with: the edge may
-/// lower the limit at once, but a packet larger than the broker takes
-/// would break the connection, so raising it above that waits for a
-/// restart.
+/// kept at its running value. `limits.max_payload` may be lowered at once
+/// but raised only at a restart: a connection keeps the limit it was
+/// accepted with, while `hub/info` would tell it the new one, so a device
+/// that trusted it would be cut off; and above `broker_max_payload`, the
+/// limit the embedded broker was started with, a packet would break the
+/// broker's connection.
 ///
 /// The result passes [`Config::check`] too: the only checks across keys
 /// (`max_large_packet_bytes` at least twice `max_payload`,
@@ -180,7 +181,7 @@ classify! {
 pub fn merge(running: &Config, new: Config, broker_max_payload: usize) -> (Config, Changes) {
     let mut next = new;
     let mut changes = Changes::default();
-    if next.limits.max_payload > broker_max_payload {
+    if next.limits.max_payload > running.limits.max_payload.min(broker_max_payload) {
         next.limits.max_payload = running.limits.max_payload;
         changes.at_restart.push("limits.max_payload");
     }
@@ -241,16 +242,18 @@ mod tests {
     }
 
     #[test]
-    fn the_payload_limit_rises_only_as_far_as_the_broker_takes_at_once() {
+    fn the_payload_limit_goes_down_at_once_and_up_only_at_a_restart() {
         let mut running = Config::default();
         running.limits.max_payload = 4096;
         let started_with = 8192;
         let mut new = running.clone();
-        new.limits.max_payload = 8192;
+        new.limits.max_payload = 2048;
         let (next, changes) = merge(&running, new.clone(), started_with);
-        assert_eq!(next.limits.max_payload, 8192);
+        assert_eq!(next.limits.max_payload, 2048);
         assert_eq!(changes.applied, ["limits.max_payload"]);
-        new.limits.max_payload = 8193;
+        // Back up, even to the value at start: connections accepted at the
+        // lower limit keep it, and hub/info would tell them otherwise.
+        new.limits.max_payload = 8192;
         let (next, changes) = merge(&running, new, started_with);
         assert_eq!(next.limits.max_payload, 4096);
         assert!(changes.applied.is_empty());

@@ -649,3 +649,70 @@ fn a_reload_turns_the_bridge_on_without_a_restart() {
     wait_connected(&hub);
     assert_eq!(hub.pid(), pid, "the same process: no restart");
 }
+
+#[test]
+#[ignore = "needs mosquitto; run with -- --ignored"]
+fn what_waited_for_a_device_no_longer_shared_is_never_sent() {
+    let mut broker = Mosquitto::start();
+    let hub = TestHub::start_with(
+        &format!(
+            "[bridge]\nenabled = true\nmode = \"generic\"\ntls = false\nhost = \"127.0.0.1\"\n\
+             port = {}\nout = [{{ local = \"tele/#\", remote = \"school/toys\", qos = 1 }}]\n",
+            broker.plain_port
+        ),
+        &[],
+    );
+    let toy = hub.device("Ada", "child");
+    let kept = hub.device("Ada", "child");
+    for id in [&toy.id, &kept.id] {
+        hub.hearth_ok(&["bridge", "enable", id]);
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        wait_connected(&hub);
+        let (toy_client, mut toy_events) = toy_online(&hub, &toy).await;
+        let (kept_client, mut kept_events) = toy_online(&hub, &kept).await;
+        // The other broker is away while both send...
+        broker.stop();
+        let secret = (
+            format!("hearth/v1/dev/{}/tele/diary", toy.id),
+            "queued before the parent said no".to_owned(),
+        );
+        publish_acked(&toy_client, &mut toy_events, &[secret]).await;
+        let fine = (
+            format!("hearth/v1/dev/{}/tele/temp", kept.id),
+            "21".to_owned(),
+        );
+        publish_acked(&kept_client, &mut kept_events, &[fine]).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // ...and a parent stops sharing one of them before it is back.
+        hub.hearth_ok(&["bridge", "disable", &toy.id]);
+        broker.launch();
+        let (school, mut school_events) = broker.client("school-check", true);
+        school
+            .subscribe("school/#", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        v4_wait_suback(&mut school_events).await;
+        wait_connected(&hub);
+        let kept_topic = format!("school/toys/{}/tele/temp", kept.id);
+        let seen = collect(&mut school_events, Duration::from_secs(10), |s| {
+            s.contains_key(&kept_topic)
+        })
+        .await;
+        assert!(
+            seen.contains_key(&kept_topic),
+            "the shared device's telemetry arrives: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let late = collect(&mut school_events, Duration::from_millis(500), |_| false).await;
+        assert!(
+            !seen
+                .keys()
+                .chain(late.keys())
+                .any(|t| t.contains(toy.id.as_str())),
+            "telemetry of a device no longer shared went out: {seen:?} {late:?}"
+        );
+        drop((toy_client, kept_client));
+    });
+}

@@ -101,7 +101,14 @@ fn check_config(file: Option<PathBuf>) -> ExitCode {
         };
     };
     match Config::load(&path) {
-        Ok(_) => {
+        Ok(config) => {
+            // The files the bridge names must be usable too, as at start.
+            if let Err(e) =
+                hearth_daemon::bridge::link::check_files(&config.bridge, config.limits.max_payload)
+            {
+                eprintln!("hearthd: {e}");
+                return ExitCode::from(exit::CONFIG as u8);
+            }
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
         }

@@ -41,6 +41,13 @@ pub fn identity() -> DeviceId {
 const PRESENCE_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest wait between two attempts to reach the other broker.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A connection that lasted this long starts the backoff over; one the
+/// other broker cuts sooner (a message too large for the client, another
+/// client with the same id) keeps it growing, so it is not a 1 Hz loop.
+const STABLE: Duration = Duration::from_secs(30);
+/// How long the bridge may take to say goodbye (withdraw its entries, or
+/// mark its devices offline) before it lets go of a connection.
+const FAREWELL: Duration = Duration::from_secs(2);
 
 /// Runs the bridge until `stop`: idle while `[bridge] enabled` is off,
 /// connected (and reconnecting) while it is on.
@@ -91,9 +98,19 @@ pub async fn run(
                 },
                 note = rx.next(), if subscribed => {
                     // Off after a reload: what arrives is only read, so
-                    // the router never holds it for the bridge.
-                    if matches!(note, Ok(Some(Notification::Unschedule))) {
-                        let _ = rx.wake().await;
+                    // the router never holds it for the bridge; only
+                    // descriptions are remembered.
+                    match note {
+                        Ok(Some(Notification::Unschedule)) => {
+                            let _ = rx.wake().await;
+                        }
+                        Ok(Some(Notification::Forward(forward))) => {
+                            let topic = std::str::from_utf8(&forward.publish.topic).unwrap_or_default();
+                            if let Some((device, "meta")) = split_local(topic) {
+                                state.note_meta(device, &forward.publish.payload);
+                            }
+                        }
+                        _ => {}
                     }
                     Outcome::Reload
                 }
@@ -169,13 +186,17 @@ impl State {
     /// Counted always; audited once per device and outage, by id only.
     fn dropped(&mut self, message: Outgoing) {
         self.hub.metrics.bridge_drops.inc();
-        if let Some(device) = message.device {
+        // Only about a device still bridged: one that left (or was erased)
+        // is not written about again.
+        if let Some(device) = message.device.filter(|d| self.known.contains(d)) {
             if self.drop_audited.insert(device) {
                 self.hub.audit.record(AuditEvent {
                     device: Some(device),
                     event: "bridge",
                     action: Some("drop".into()),
-                    reason: Some("bridge queue full (bridge.queue_max)".into()),
+                    reason: Some(
+                        "bridge queue full (bridge.queue_max or bridge.queue_max_bytes)".into(),
+                    ),
                     ..AuditEvent::default()
                 });
             }
@@ -249,8 +270,11 @@ impl State {
         let gone: Vec<DeviceId> = self.known.difference(&now).copied().collect();
         let new: Vec<DeviceId> = now.difference(&self.known).copied().collect();
         self.known = now;
-        // Messages of a device no longer bridged that still wait go too.
+        // What still waits about a device no longer bridged is never sent;
+        // only the withdrawal of its entries goes.
         for device in gone {
+            self.queue.forget_device(&device);
+            self.drop_audited.remove(&device);
             let withdraw = self.withdraw(routes, &device);
             for m in withdraw {
                 self.push(m);
@@ -295,27 +319,47 @@ impl State {
         }
     }
 
+    /// Remembers a device's description (or its clearing); false for a
+    /// description that does not parse. Done while the bridge is off too,
+    /// so turning it on announces what devices say now.
+    fn note_meta(&mut self, device: DeviceId, payload: &[u8]) -> bool {
+        match hearth_protocol::meta::parse(payload) {
+            Ok(meta) => {
+                self.metas.insert(device, meta);
+                true
+            }
+            // An empty retained message clears the description.
+            Err(_) if payload.is_empty() => {
+                self.metas.remove(&device);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// One message from the router.
     fn on_hub_message(&mut self, routes: &Routes, topic: &str, payload: &[u8]) {
         let Some((device, below)) = split_local(topic) else {
             return;
         };
-        if below == "meta" {
-            match hearth_protocol::meta::parse(payload) {
-                Ok(meta) => {
-                    self.metas.insert(device, meta);
-                }
-                // An empty retained message clears the description.
-                Err(_) if payload.is_empty() => {
-                    self.metas.remove(&device);
-                }
-                Err(_) => return,
-            }
+        if below == "meta" && !self.note_meta(device, payload) {
+            return;
         }
         if !self.known.contains(&device) {
             return;
         }
-        if below == "meta" && routes.home_assistant.is_some() {
+        if below == "meta" && payload.is_empty() {
+            // No description any more: its entities go, its availability
+            // stays.
+            if let (Some(ha), Some(topics)) =
+                (&routes.home_assistant, self.published.remove(&device))
+            {
+                let qos = ha.qos;
+                for topic in topics {
+                    self.push(retained(topic, Vec::new(), qos, device));
+                }
+            }
+        } else if below == "meta" && routes.home_assistant.is_some() {
             let announce = self.announce(routes, &device);
             for m in announce {
                 self.push(m);
@@ -351,7 +395,8 @@ impl State {
             role: DeviceRole::Service,
             grants: &grants,
         };
-        let too_large = payload.len() > self.max_payload;
+        // The limit in force now (a reload may have lowered it).
+        let too_large = payload.len() > self.hub.config.borrow().limits.max_payload;
         match policy::decide(&subject, Action::Publish { retain: false }, &local) {
             Decision::Allow if !too_large => {
                 if let Err(e) = tx.publish(local, payload.to_vec()) {
@@ -407,6 +452,7 @@ impl State {
         let (mut client, mut eventloop) = AsyncClient::new(options.clone(), queue_capacity());
         self.follow_bridged(&routes);
         let mut connected = false;
+        let mut connected_at: Option<Instant> = None;
         let mut backoff = Duration::from_secs(1);
         let mut retry_at: Option<Instant> = None;
         let mut presence = tokio::time::interval(PRESENCE_INTERVAL);
@@ -416,15 +462,30 @@ impl State {
             tokio::select! {
                 _ = stop.cancelled() => {
                     if connected {
-                        let _ = client.try_disconnect();
-                        let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+                        // Home Assistant shows the devices unavailable
+                        // rather than stale while the hub is away.
+                        self.farewell(&routes, &client, &mut eventloop, Goodbye::Offline).await;
                     }
                     return Outcome::Stop;
                 }
                 changed = watch_settings.changed() => {
-                    self.queue.disconnected();
+                    let next = watch_settings.borrow().clone();
                     self.hub.metrics.bridge_connected.set(0);
-                    let _ = client.try_disconnect();
+                    if elsewhere(settings, &next) {
+                        // Off, or another broker or layout: the old one
+                        // forgets the devices, and nothing queued for it
+                        // goes anywhere else.
+                        if connected {
+                            self.farewell(&routes, &client, &mut eventloop, Goodbye::Withdraw).await;
+                        } else {
+                            let _ = client.try_disconnect();
+                        }
+                        self.queue.clear();
+                        self.published.clear();
+                    } else {
+                        self.queue.disconnected();
+                        let _ = client.try_disconnect();
+                    }
                     return match changed {
                         Ok(()) => Outcome::Reload,
                         Err(_) => Outcome::Stop,
@@ -460,8 +521,8 @@ impl State {
                             continue;
                         }
                         connected = true;
+                        connected_at = Some(Instant::now());
                         warned = false;
-                        backoff = Duration::from_secs(1);
                         self.drop_audited.clear();
                         self.hub.metrics.bridge_connected.set(1);
                         tracing::info!(host = %settings.host, port = settings.port, "bridge connected");
@@ -479,6 +540,11 @@ impl State {
                             self.dropped(dropped);
                         }
                     }
+                    // A retained command would run again at every
+                    // reconnection: commands are for now, never kept.
+                    Ok(Event::Incoming(Incoming::Publish(publish))) if publish.retain => {
+                        tracing::debug!("a retained command from the other broker was ignored");
+                    }
                     Ok(Event::Incoming(Incoming::Publish(publish))) => {
                         self.on_remote_command(&routes, tx, &publish.topic, &publish.payload);
                     }
@@ -494,6 +560,9 @@ impl State {
                             warned = true;
                         }
                         connected = false;
+                        if connected_at.take().is_some_and(|at| at.elapsed() >= STABLE) {
+                            backoff = Duration::from_secs(1);
+                        }
                         self.hub.metrics.bridge_connected.set(0);
                         self.queue.disconnected();
                         // A fresh client for the next attempt: the old
@@ -521,6 +590,74 @@ impl State {
             self.gauge();
         }
     }
+}
+
+/// What the bridge says as it lets go of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Goodbye {
+    /// Its devices are offline (the hub stops; it will be back).
+    Offline,
+    /// Its devices' entries are taken back (bridging off, or elsewhere).
+    Withdraw,
+}
+
+impl State {
+    /// Says `goodbye` for every bridged device on this connection, then
+    /// disconnects; gives up after [`FAREWELL`].
+    async fn farewell(
+        &mut self,
+        routes: &Routes,
+        client: &AsyncClient,
+        eventloop: &mut rumqttc::EventLoop,
+        goodbye: Goodbye,
+    ) {
+        let mut last_words: std::collections::VecDeque<Outgoing> = Default::default();
+        if let Some(ha) = routes.home_assistant.clone() {
+            let devices: Vec<DeviceId> = self.known.iter().copied().collect();
+            for device in devices {
+                match goodbye {
+                    Goodbye::Withdraw => last_words.extend(self.withdraw(routes, &device)),
+                    Goodbye::Offline => last_words.push_back(retained(
+                        ha.availability(&device),
+                        b"offline".to_vec(),
+                        ha.qos,
+                        device,
+                    )),
+                }
+            }
+        }
+        let deadline = Instant::now() + FAREWELL;
+        let mut disconnecting = false;
+        loop {
+            while let Some(m) = last_words.front() {
+                let sent =
+                    client.try_publish(m.topic.clone(), qos_of(m.qos), m.retain, m.payload.clone());
+                if sent.is_err() {
+                    break;
+                }
+                last_words.pop_front();
+            }
+            if last_words.is_empty() && !disconnecting {
+                disconnecting = client.try_disconnect().is_ok();
+            }
+            match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+                Ok(Ok(Event::Outgoing(Sent::Disconnect))) | Ok(Err(_)) | Err(_) => return,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+}
+
+/// Whether new settings send the bridge somewhere else (or nowhere): what
+/// waited for the old destination must not go to the new one.
+fn elsewhere(old: &BridgeSection, new: &BridgeSection) -> bool {
+    !new.enabled
+        || new.host != old.host
+        || new.port != old.port
+        || new.mode != old.mode
+        || new.topic_prefix != old.topic_prefix
+        || new.discovery_prefix != old.discovery_prefix
+        || new.out != old.out
 }
 
 fn retained(topic: String, payload: Vec<u8>, qos: u8, device: DeviceId) -> Outgoing {
@@ -564,6 +701,16 @@ pub enum BridgeError {
     /// The TLS settings are not usable.
     #[error("bridge TLS: {0}")]
     Tls(String),
+}
+
+/// Whether the files `[bridge]` names are usable, as a start, a reload
+/// and `hearthd check-config` each ask before they take the settings:
+/// nothing when the bridge is off.
+pub fn check_files(settings: &BridgeSection, max_payload: usize) -> Result<(), BridgeError> {
+    if settings.enabled {
+        options(settings, max_payload)?;
+    }
+    Ok(())
 }
 
 /// The MQTT client's options from the settings: TLS with the CA file and

@@ -196,6 +196,35 @@ impl Queue {
             self.waiting.push_front(m);
         }
     }
+
+    /// A device is no longer bridged: what still waits about it is
+    /// forgotten, never sent (what the client already holds may still
+    /// go). Returns how many were forgotten.
+    pub fn forget_device(&mut self, device: &DeviceId) -> usize {
+        let before = self.waiting.len();
+        let mut freed = 0;
+        self.waiting.retain(|m| {
+            let keep = m.device.as_ref() != Some(device);
+            if !keep {
+                freed += size(m);
+            }
+            keep
+        });
+        self.bytes -= freed;
+        before - self.waiting.len()
+    }
+
+    /// The bridge was turned off or points elsewhere now: nothing that
+    /// waited for the old destination is sent. Returns how many were
+    /// forgotten.
+    pub fn clear(&mut self) -> usize {
+        let n = self.len();
+        self.waiting.clear();
+        self.handed.clear();
+        self.unacked.clear();
+        self.bytes = 0;
+        n
+    }
 }
 
 #[cfg(test)]
@@ -210,6 +239,25 @@ mod tests {
             retain: false,
             device: None,
         }
+    }
+
+    #[test]
+    fn a_device_no_longer_bridged_leaves_nothing_waiting() {
+        let a = DeviceId::from_entropy([1; 16]);
+        let b = DeviceId::from_entropy([2; 16]);
+        let mut q = Queue::new(10, 1 << 20);
+        for (n, device) in [(1, a), (2, b), (3, a)] {
+            q.push(Outgoing {
+                device: Some(device),
+                ..msg(n, 1)
+            });
+        }
+        let bytes_of_b = q.bytes() - 2 * (3 + 1);
+        assert_eq!(q.forget_device(&a), 2);
+        assert_eq!((q.len(), q.bytes()), (1, bytes_of_b));
+        assert_eq!(q.hand().unwrap().device, Some(b));
+        assert_eq!(q.clear(), 1);
+        assert_eq!((q.len(), q.bytes()), (0, 0));
     }
 
     #[test]
