@@ -87,6 +87,8 @@ pub struct Retention {
     pub audit_days: u32,
     /// `mailbox.expiry_secs`.
     pub message_secs: u64,
+    /// `web.idle_days`.
+    pub browser_idle_days: u32,
 }
 
 /// The ports a device needs to know.
@@ -213,6 +215,7 @@ impl Hub {
         Retention {
             audit_days: config.audit.retention_days,
             message_secs: config.mailbox.expiry_secs,
+            browser_idle_days: config.web.idle_days,
         }
     }
 

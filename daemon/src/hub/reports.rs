@@ -182,6 +182,7 @@ fn kept_for(retention: Retention) -> impl Fn(&str) -> String {
     let Retention {
         audit_days,
         message_secs,
+        browser_idle_days,
     } = retention;
     let message_time = if message_secs % 86_400 == 0 {
         format!("{} days", message_secs / 86_400)
@@ -199,6 +200,12 @@ fn kept_for(retention: Retention) -> impl Fn(&str) -> String {
                     .into()
             }
             "audit entries" => format!("{audit_days} days"),
+            "browser sessions (secret hashes, hour last used)" => format!(
+                "until the browser signs out, is revoked, or is unused for {browser_idle_days} days"
+            ),
+            "devices shared with the bridge" => {
+                "until a parent stops sharing it, or it is revoked or removed".into()
+            }
             _ => format!("until delivered, at most {message_time}"),
         }
     }
@@ -244,12 +251,15 @@ mod tests {
         let kept = kept_for(Retention {
             audit_days: 30,
             message_secs: 7 * 86_400,
+            browser_idle_days: 14,
         });
         assert_eq!(kept("audit entries"), "30 days");
+        assert!(kept("browser sessions (secret hashes, hour last used)").ends_with("14 days"));
         assert_eq!(kept("messages waiting"), "until delivered, at most 7 days");
         let kept = kept_for(Retention {
             audit_days: 1,
             message_secs: 90,
+            browser_idle_days: 30,
         });
         assert_eq!(
             kept("messages waiting"),

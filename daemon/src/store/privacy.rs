@@ -22,7 +22,7 @@ impl Store {
         // ?1: the member or NULL for everyone. Devices of the member.
         const MINE: &str =
             "(?1 IS NULL OR device_id IN (SELECT id FROM devices WHERE member = ?1))";
-        let queries: [(&str, String); 8] = [
+        let queries: [(&str, String); 10] = [
             (
                 "members",
                 "SELECT count(*), 0, min(created_at) FROM members WHERE (?1 IS NULL OR name = ?1)".into(),
@@ -57,6 +57,14 @@ impl Store {
                 "SELECT count(*), 0, NULL FROM contacts
                  WHERE (?1 IS NULL OR from_member = ?1 OR to_member = ?1)"
                     .into(),
+            ),
+            (
+                "browser sessions (secret hashes, hour last used)",
+                format!("SELECT count(*), 0, min(last_used) FROM browser_sessions WHERE {MINE}"),
+            ),
+            (
+                "devices shared with the bridge",
+                format!("SELECT count(*), 0, min(enabled_at) FROM bridged_devices WHERE {MINE}"),
             ),
             (
                 "audit entries",
