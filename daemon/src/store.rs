@@ -939,7 +939,7 @@ impl Store {
 }
 
 /// The start of the UTC day of a Unix time.
-fn day(at: i64) -> i64 {
+pub(crate) fn day(at: i64) -> i64 {
     at - at.rem_euclid(86_400)
 }
 

@@ -716,3 +716,72 @@ fn what_waited_for_a_device_no_longer_shared_is_never_sent() {
         drop((toy_client, kept_client));
     });
 }
+
+#[test]
+#[ignore = "needs mosquitto; run with -- --ignored"]
+fn turning_the_bridge_off_by_reload_takes_back_every_entry() {
+    let broker = Mosquitto::start();
+    let hub = TestHub::start_with(
+        &format!(
+            "[bridge]\nenabled = true\nhost = \"127.0.0.1\"\nport = {}\nca_file = \"{}\"\n",
+            broker.tls_port,
+            broker.ca()
+        ),
+        &[],
+    );
+    let toy = hub.device("Ada", "child");
+    let id = toy.id.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        wait_connected(&hub);
+        let (toy_client, _toy_events) = toy_online(&hub, &toy).await;
+        hub.hearth_ok(&["bridge", "enable", &id]);
+        // Everything the bridge published about the device, as retained
+        // on the broker: a newcomer sees it.
+        let retained_about = |seen: &BTreeMap<String, Vec<Vec<u8>>>| -> BTreeSet<String> {
+            seen.iter()
+                .filter(|(t, p)| t.contains(id.as_str()) && p.last().is_some_and(|p| !p.is_empty()))
+                .map(|(t, _)| t.clone())
+                .collect()
+        };
+        let mut published = BTreeSet::new();
+        for _ in 0..50 {
+            let (look, mut look_events) = broker.client("look", true);
+            look.subscribe("homeassistant/#", QoS::AtLeastOnce)
+                .await
+                .unwrap();
+            look.subscribe("hearth/#", QoS::AtLeastOnce).await.unwrap();
+            let seen = collect(&mut look_events, Duration::from_millis(300), |_| false).await;
+            published = retained_about(&seen);
+            if published.len() >= 3 {
+                break;
+            }
+        }
+        assert!(
+            published.len() >= 3,
+            "discovery entries and availability: {published:?}"
+        );
+
+        let text = std::fs::read_to_string(&hub.config).unwrap();
+        std::fs::write(
+            &hub.config,
+            text.replace("[bridge]\nenabled = true", "[bridge]\nenabled = false"),
+        )
+        .unwrap();
+        crate::reload::sighup(&hub, "configuration reloaded");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (look, mut look_events) = broker.client("look-after", true);
+        look.subscribe("homeassistant/#", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        look.subscribe("hearth/#", QoS::AtLeastOnce).await.unwrap();
+        let seen = collect(&mut look_events, Duration::from_secs(1), |_| false).await;
+        let left = retained_about(&seen);
+        assert!(
+            left.is_empty(),
+            "left on the broker after the bridge was turned off: {left:?} (had {published:?})\n{}",
+            hub.log()
+        );
+        drop(toy_client);
+    });
+}

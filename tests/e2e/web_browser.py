@@ -102,6 +102,8 @@ def nav(driver, screen):
 def join(driver, url):
     driver.get(url)
     wait(driver, lambda d: visible(d, "screen-join"))
+    # Before joining, nothing of a signed-in page shows.
+    assert not visible(driver, "nav") and not visible(driver, "sign-out"), "the menu shows before joining"
     driver.find_element(By.ID, "join-button").click()
     wait(driver, lambda d: not visible(d, "screen-join") and visible(d, "nav"))
 

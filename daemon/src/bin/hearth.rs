@@ -446,8 +446,9 @@ impl Household {
         if self.online.contains(&device.id) {
             return "online".into();
         }
+        // The hub keeps only the day (docs/PRIVACY.md): say the day.
         match device.last_seen {
-            Some(at) => format!("{} ago", human_span(self.now - at)),
+            Some(at) => seen_day(at, self.now),
             None => "never".into(),
         }
     }
@@ -897,8 +898,22 @@ fn web_link(
         writeln!(out, "{}", qr_drawing(&ticket.url)?)?;
     }
     writeln!(out, "{}", ticket.url)?;
-    writeln!(out, "docs/WEB.md says how on each phone.")?;
+    writeln!(
+        out,
+        "How to install the certificate on each phone: WEB.md in Hearth's documentation."
+    )?;
     Ok(())
+}
+
+/// The day `at` (a UTC midnight, as stored) as people say it, from `now`:
+/// today, yesterday, or N days ago.
+fn seen_day(at: i64, now: i64) -> String {
+    let days = (now - now.rem_euclid(86_400) - at).div_euclid(86_400);
+    match days {
+        i64::MIN..=0 => "today".into(),
+        1 => "yesterday".into(),
+        n => format!("{n} days ago"),
+    }
 }
 
 /// `6d6c4c…` as phones and openssl show a fingerprint: `6D:6C:4C:…`.

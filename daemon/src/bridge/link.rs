@@ -626,7 +626,13 @@ impl State {
                 }
             }
         }
+        // Every last word is acknowledged (QoS 1) or written (QoS 0)
+        // before the DISCONNECT: a broker may drop what a client sent just
+        // before it left.
         let deadline = Instant::now() + FAREWELL;
+        // What the client already holds is acknowledged first (in order),
+        // then the last words.
+        let mut owed = self.queue.in_flight();
         let mut disconnecting = false;
         loop {
             while let Some(m) = last_words.front() {
@@ -635,13 +641,24 @@ impl State {
                 if sent.is_err() {
                     break;
                 }
+                owed += 1;
                 last_words.pop_front();
             }
-            if last_words.is_empty() && !disconnecting {
+            if last_words.is_empty() && owed == 0 && !disconnecting {
                 disconnecting = client.try_disconnect().is_ok();
             }
             match tokio::time::timeout_at(deadline, eventloop.poll()).await {
-                Ok(Ok(Event::Outgoing(Sent::Disconnect))) | Ok(Err(_)) | Err(_) => return,
+                Ok(Ok(Event::Outgoing(Sent::Disconnect))) | Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::warn!(
+                        unsaid = last_words.len() + owed,
+                        "the bridge left before the other broker took every last word"
+                    );
+                    return;
+                }
+                Ok(Ok(Event::Incoming(Incoming::PubAck(_)))) => owed = owed.saturating_sub(1),
+                // A QoS 0 word is done once written.
+                Ok(Ok(Event::Outgoing(Sent::Publish(0)))) => owed = owed.saturating_sub(1),
                 Ok(Ok(_)) => {}
             }
         }

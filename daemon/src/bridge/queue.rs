@@ -94,6 +94,12 @@ impl Queue {
         self.waiting.len() + self.handed.len() + self.unacked.len()
     }
 
+    /// Messages with the client now (handed, or written and awaiting
+    /// their PUBACK).
+    pub fn in_flight(&self) -> usize {
+        self.handed.len() + self.unacked.len()
+    }
+
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -40,9 +40,15 @@ impl Store {
         }
         let tx = self.conn_mut().transaction()?;
         tx.execute(
-            "INSERT INTO devices (id, member, label, status, created_at, kind)
-             VALUES (?1, ?2, ?3, 'active', ?4, 'browser')",
-            params![id.as_str(), member.as_str(), label.as_str(), now],
+            "INSERT INTO devices (id, member, label, status, created_at, last_seen, kind)
+             VALUES (?1, ?2, ?3, 'active', ?4, ?5, 'browser')",
+            params![
+                id.as_str(),
+                member.as_str(),
+                label.as_str(),
+                now,
+                super::day(now)
+            ],
         )?;
         tx.execute(
             "INSERT INTO browser_sessions (device_id, secret_sha256, last_used) VALUES (?1, ?2, ?3)",
@@ -106,13 +112,17 @@ impl Store {
         rows.map(|row| parse(&row?)).collect()
     }
 
-    /// Notes that a browser was used now (to the hour).
+    /// Notes that a browser was used now (to the hour), and that it was
+    /// seen today (the day only, as for every device).
     pub fn touch_browser(&self, device: &DeviceId, now: i64) -> Result<(), StoreError> {
         self.conn()
             .prepare_cached(
                 "UPDATE browser_sessions SET last_used = ?2 WHERE device_id = ?1 AND last_used < ?2",
             )?
             .execute(params![device.as_str(), hour(now)])?;
+        self.conn()
+            .prepare_cached("UPDATE devices SET last_seen = ?2 WHERE id = ?1")?
+            .execute(params![device.as_str(), super::day(now)])?;
         Ok(())
     }
 
@@ -159,6 +169,11 @@ mod tests {
         store
             .add_browser(&id, &ada, &label, &[7; 32], 7_200 + 5)
             .unwrap();
+        assert_eq!(
+            store.devices().unwrap()[0].last_seen,
+            Some(0),
+            "seen the day it joined"
+        );
         let found = store.browser_session(&[7; 32]).unwrap().unwrap();
         assert_eq!(
             (found.device, found.role, found.last_used),
