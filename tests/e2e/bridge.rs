@@ -252,6 +252,18 @@ async fn until_acked(eventloop: &mut EventLoop) {
     }
 }
 
+/// A hub bridged over TLS to `broker` in Home Assistant mode.
+fn home_assistant_hub(broker: &Mosquitto, enabled: bool) -> TestHub {
+    TestHub::start_with(
+        &format!(
+            "[bridge]\nenabled = {enabled}\nhost = \"127.0.0.1\"\nport = {}\nca_file = \"{}\"\n",
+            broker.tls_port,
+            broker.ca()
+        ),
+        &[],
+    )
+}
+
 fn bridge_list(hub: &TestHub) -> String {
     hub.hearth_ok(&["bridge", "list"])
 }
@@ -274,14 +286,7 @@ fn wait_connected(hub: &TestHub) {
 #[ignore = "needs mosquitto; run with -- --ignored"]
 fn home_assistant_sees_only_enabled_devices_and_drives_them() {
     let broker = Mosquitto::start();
-    let hub = TestHub::start_with(
-        &format!(
-            "[bridge]\nenabled = true\nhost = \"127.0.0.1\"\nport = {}\nca_file = \"{}\"\n",
-            broker.tls_port,
-            broker.ca()
-        ),
-        &[],
-    );
+    let hub = home_assistant_hub(&broker, true);
     let toy = hub.device("Ada", "child");
     let other = hub.device("Ada", "child");
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -629,14 +634,7 @@ fn bridging_is_opt_in_per_device_and_revocation_drops_it() {
 #[ignore = "needs mosquitto; run with -- --ignored"]
 fn a_reload_turns_the_bridge_on_without_a_restart() {
     let broker = Mosquitto::start();
-    let hub = TestHub::start_with(
-        &format!(
-            "[bridge]\nenabled = false\nhost = \"127.0.0.1\"\nport = {}\nca_file = \"{}\"\n",
-            broker.tls_port,
-            broker.ca()
-        ),
-        &[],
-    );
+    let hub = home_assistant_hub(&broker, false);
     let pid = hub.pid();
     assert!(bridge_list(&hub).contains("off"), "{}", bridge_list(&hub));
     let text = std::fs::read_to_string(&hub.config).unwrap();
@@ -721,14 +719,7 @@ fn what_waited_for_a_device_no_longer_shared_is_never_sent() {
 #[ignore = "needs mosquitto; run with -- --ignored"]
 fn turning_the_bridge_off_by_reload_takes_back_every_entry() {
     let broker = Mosquitto::start();
-    let hub = TestHub::start_with(
-        &format!(
-            "[bridge]\nenabled = true\nhost = \"127.0.0.1\"\nport = {}\nca_file = \"{}\"\n",
-            broker.tls_port,
-            broker.ca()
-        ),
-        &[],
-    );
+    let hub = home_assistant_hub(&broker, true);
     let toy = hub.device("Ada", "child");
     let id = toy.id.clone();
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -204,6 +204,17 @@ impl Web {
     }
 }
 
+/// A browser signed in as `member` (who must exist) with a fresh link from
+/// `hearth web-link`, and its device id.
+async fn signed_in(hub: &TestHub, member: &str) -> (Web, String) {
+    let (code, _) = web_link(hub, member);
+    let mut web = Web::new(hub);
+    let joined = web.join(&code).await;
+    assert_eq!(joined.status, 200, "{}", joined.body);
+    let id = joined.json()["device"].as_str().unwrap().to_owned();
+    (web, id)
+}
+
 /// Reads the stream until `needle` arrives (true) or it ends or times out.
 async fn wait_for(
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
@@ -340,9 +351,7 @@ async fn every_answer_carries_the_security_headers_and_the_page_has_no_inline_sc
 async fn a_change_from_another_origin_is_refused_and_wrong_codes_lock_the_source_out() {
     let hub = TestHub::start();
     hub.hearth_ok(&["member", "add", "mum", "--role", "parent"]);
-    let (code, _) = web_link(&hub, "mum");
-    let mut web = Web::new(&hub);
-    assert_eq!(web.join(&code).await.status, 200);
+    let (web, _) = signed_in(&hub, "mum").await;
     let body = json!({"name": "intruder", "role": "parent"}).to_string();
     for origin in [Some("https://evil.example"), None] {
         let answer = web
@@ -375,9 +384,7 @@ async fn a_childs_browser_reaches_only_its_messages_and_allowed_contacts() {
     hub.hearth_ok(&["member", "add", "mum", "--role", "parent"]);
     hub.hearth_ok(&["member", "add", "ada", "--role", "child"]);
     hub.hearth_ok(&["member", "add", "bob", "--role", "child"]);
-    let (code, _) = web_link(&hub, "mum");
-    let mut mum = Web::new(&hub);
-    assert_eq!(mum.join(&code).await.status, 200);
+    let (mum, _) = signed_in(&hub, "mum").await;
     // A parent makes the child's join code from the page.
     let ticket = mum
         .request(
@@ -451,16 +458,8 @@ async fn revoking_a_browser_from_another_parents_page_ends_its_page_at_once() {
     let hub = TestHub::start();
     hub.hearth_ok(&["member", "add", "mum", "--role", "parent"]);
     hub.hearth_ok(&["member", "add", "dad", "--role", "parent"]);
-    let (code, _) = web_link(&hub, "mum");
-    let mut mum = Web::new(&hub);
-    assert_eq!(mum.join(&code).await.status, 200);
-    let (code, _) = web_link(&hub, "dad");
-    let mut dad = Web::new(&hub);
-    assert_eq!(dad.join(&code).await.status, 200);
-    let dad_id = dad.request("GET", "/api/me", Value::Null).await.json()["device"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (mum, _) = signed_in(&hub, "mum").await;
+    let (dad, dad_id) = signed_in(&hub, "dad").await;
 
     let mut stream = dad.events().await;
     let mut seen = String::new();
@@ -506,9 +505,7 @@ async fn a_parent_messages_a_childs_toy_and_sees_its_reply_and_delivery_live() {
     hub.hearth_ok(&["member", "add", "mum", "--role", "parent"]);
     let toy = hub.device("ada", "child");
     let mut toy_mail = Mail::connect(&hub, &toy).await;
-    let (code, _) = web_link(&hub, "mum");
-    let mut mum = Web::new(&hub);
-    assert_eq!(mum.join(&code).await.status, 200);
+    let (mum, _) = signed_in(&hub, "mum").await;
     let mut stream = mum.events().await;
     let mut seen = String::new();
     assert!(
@@ -589,16 +586,8 @@ async fn commands_from_a_page_follow_the_policy_and_the_parents_tools_are_theirs
         .unwrap();
     v4_wait_suback(&mut events).await;
 
-    let (code, _) = web_link(&hub, "mum");
-    let mut mum = Web::new(&hub);
-    assert_eq!(mum.join(&code).await.status, 200);
-    let (code, _) = web_link(&hub, "ada");
-    let mut ada = Web::new(&hub);
-    assert_eq!(ada.join(&code).await.status, 200);
-    let ada_id = ada.request("GET", "/api/me", Value::Null).await.json()["device"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (mum, _) = signed_in(&hub, "mum").await;
+    let (ada, ada_id) = signed_in(&hub, "ada").await;
 
     // A parent's command reaches the toy's cmd topic with its arguments.
     let path = format!("/api/devices/{}/command", toy.id);
@@ -726,13 +715,7 @@ async fn commands_from_a_page_follow_the_policy_and_the_parents_tools_are_theirs
 async fn a_closed_page_stops_counting_as_connected() {
     let hub = TestHub::start();
     hub.hearth_ok(&["member", "add", "ada", "--role", "child"]);
-    let (code, _) = web_link(&hub, "ada");
-    let mut ada = Web::new(&hub);
-    assert_eq!(ada.join(&code).await.status, 200);
-    let id = ada.request("GET", "/api/me", Value::Null).await.json()["device"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (ada, id) = signed_in(&hub, "ada").await;
     let connected = || {
         let Ok(AdminResponse::Status(status)) = admin_request(&hub.socket, &AdminRequest::Status)
         else {
