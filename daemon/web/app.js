@@ -60,6 +60,7 @@ function forgetMessages(keep) {
 function signedOut() {
   me = null;
   STORE_KEY = null;
+  membersShown = null;
   forgetMessages(null);
   if (events) { events.close(); events = null; }
   $("nav").hidden = true;
@@ -293,7 +294,14 @@ function deviceActions(d) {
 }
 
 // ---- members, pairing, join links ----------------------------------------
+// Drawn again only when the members changed: the household arrives with
+// every telemetry change, and an open drop-down or a half-done removal
+// must not be swept away under the person using it.
+let membersShown = null;
 function fillMembers() {
+  const key = JSON.stringify(household.members) + "|" + (me && me.member);
+  if (key === membersShown) return;
+  membersShown = key;
   for (const id of ["pair-member", "join-member"]) {
     const select = $(id);
     const chosen = select.value;

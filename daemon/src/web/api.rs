@@ -376,7 +376,7 @@ fn publish(state: &WebState, browser: &Browser, envelope: &Outbox) -> ApiResult<
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "cannot encode the message"))?;
     state
         .live
-        .publish_outbox(&browser.0.device, bytes)
+        .publish(hearth_protocol::topic::outbox(&browser.0.device), bytes)
         .map_err(|e| {
             tracing::error!(error = %e, "web: cannot reach the broker");
             ApiError::new(
@@ -774,7 +774,7 @@ async fn command(
         serde_json::Value::Null => Vec::new(),
         value => serde_json::to_vec(&value).unwrap_or_default(),
     };
-    state.live.publish_command(topic, payload).map_err(|e| {
+    state.live.publish(topic, payload).map_err(|e| {
         tracing::error!(error = %e, "web: cannot reach the broker");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -136,17 +136,10 @@ impl Live {
         })
     }
 
-    /// Publishes a browser's outbox envelope, as its device would.
-    pub fn publish_outbox(&self, browser: &DeviceId, envelope: Vec<u8>) -> Result<(), String> {
-        crate::sync::lock(&self.link)
-            .publish(topic::outbox(browser), envelope)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-
-    /// Publishes a command to a device's `cmd/...` topic, once the caller
-    /// checked the policy.
-    pub fn publish_command(&self, topic: String, payload: Vec<u8>) -> Result<(), String> {
+    /// Publishes in the router as the web app: a browser's outbox
+    /// envelope (the mailbox takes it as from any device), or a command
+    /// the caller checked against the policy.
+    pub fn publish(&self, topic: String, payload: Vec<u8>) -> Result<(), String> {
         crate::sync::lock(&self.link)
             .publish(topic, payload)
             .map(|_| ())
