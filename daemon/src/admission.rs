@@ -93,6 +93,37 @@ impl Admission {
         })
     }
 
+    /// The next connection on `listener` this budget admits, with its
+    /// ticket; `None` once `stop`. A failed accept (out of descriptors)
+    /// is logged as `what` and retried after a pause; a connection from a
+    /// source over its share is closed unread.
+    pub async fn accept(
+        self: &Arc<Self>,
+        listener: &tokio::net::TcpListener,
+        what: &str,
+        stop: &CancellationToken,
+    ) -> Option<(tokio::net::TcpStream, std::net::SocketAddr, Ticket)> {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = stop.cancelled() => return None,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "{what} accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            match self.admit(peer.ip()) {
+                Some(ticket) => return Some((tcp, peer, ticket)),
+                None => {
+                    tracing::debug!(peer = %peer, "too many {what} connections from this source")
+                }
+            }
+        }
+    }
+
     /// Takes a place for a new connection from `ip`, closing the oldest
     /// connection of the source holding the most if the budget is full
     /// and that source holds at least as many as `ip`'s would; `None`:

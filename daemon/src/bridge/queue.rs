@@ -68,16 +68,20 @@ impl Queue {
         self.max = max.max(1);
         self.max_bytes = max_bytes;
         let mut dropped = Vec::new();
-        while self.over() {
-            match self.waiting.pop_front() {
-                Some(m) => {
-                    self.bytes -= size(&m);
-                    dropped.push(m);
-                }
-                None => break,
-            }
-        }
+        self.shed_oldest(&mut dropped);
         dropped
+    }
+
+    /// Drops the oldest waiting messages into `dropped` until the bounds
+    /// hold (or nothing waits: what is with the client stays).
+    fn shed_oldest(&mut self, dropped: &mut Vec<Outgoing>) {
+        while self.over() {
+            let Some(m) = self.waiting.pop_front() else {
+                break;
+            };
+            self.bytes -= size(&m);
+            dropped.push(m);
+        }
     }
 
     fn over(&self) -> bool {
@@ -115,17 +119,9 @@ impl Queue {
         }
         self.bytes += size(&message);
         self.waiting.push_back(message);
-        while self.over() {
-            // The new message is last: anything older goes first, and the
-            // new one only when all else is with the client.
-            match self.waiting.pop_front() {
-                Some(m) => {
-                    self.bytes -= size(&m);
-                    dropped.push(m);
-                }
-                None => break,
-            }
-        }
+        // The new message is last: anything older goes first, and the new
+        // one only when all else is with the client.
+        self.shed_oldest(&mut dropped);
         dropped
     }
 

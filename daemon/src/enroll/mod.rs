@@ -48,25 +48,10 @@ pub async fn serve(
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "enrollment accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        // Per source and in total; a full budget closes the oldest socket
-        // of the source holding the most, so idle sockets cannot keep the
-        // port to themselves.
-        let Some(ticket) = admission.admit(peer.ip()) else {
-            tracing::debug!(peer = %peer, "too many enrollment connections from this source");
-            continue;
-        };
+    // Per source and in total; a full budget closes the oldest socket of
+    // the source holding the most, so idle sockets cannot keep the port to
+    // themselves.
+    while let Some((tcp, peer, ticket)) = admission.accept(&listener, "enrollment", &stop).await {
         let _ = tcp.set_nodelay(true);
         let tls = tls.clone();
         let hub = Arc::clone(&hub);

@@ -111,21 +111,7 @@ pub async fn serve(
         .layer(axum::middleware::from_fn(guard))
         .layer(axum::extract::DefaultBodyLimit::max(SMALL_BODY));
     let admission = crate::admission::Admission::new(MAX_PER_SOURCE, MAX_CONNECTIONS);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "web accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let Some(ticket) = admission.admit(peer.ip()) else {
-            continue;
-        };
+    while let Some((tcp, peer, ticket)) = admission.accept(&listener, "web", &stop).await {
         let _ = tcp.set_nodelay(true);
         let tls = tls.clone();
         let router = router.clone();
