@@ -1,13 +1,18 @@
-//! The embedded rumqttd router: configured with bounded memory, listening on
-//! loopback only behind a random per-boot credential, and watched by a
-//! liveness probe that makes a real round trip through the router.
+//! The embedded rumqttd router: a task on the daemon's own runtime,
+//! configured with bounded memory, reached only in-process (the edge hands
+//! each client's connection over as an in-memory pipe; there is no
+//! listener), and watched by a liveness probe that makes a real round trip
+//! through the router.
 
-use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
 use std::time::Duration;
 
+use hearth_protocol::mqtt::MqttVersion;
 use rumqttd::local::{LinkRx, LinkTx};
-use rumqttd::{Broker, Config, ConnectionSettings, Notification, RouterConfig, ServerSettings};
+use rumqttd::protocol::{v4::V4, v5::V5};
+use rumqttd::{
+    Broker, Config, ConnectionSettings, Connector, Notification, RouterConfig, WillHandlers,
+};
+use tokio::io::DuplexStream;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -22,46 +27,57 @@ pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(3);
 const LIVENESS_TOPIC: &str = "$hearth/liveness";
 /// The filter the mailbox's link subscribes to: every device's outbox.
 pub const OUTBOX_FILTER: &str = "hearth/v1/dev/+/outbox";
+/// Bytes one direction of an edge-to-broker pipe holds before the writer
+/// waits for the reader. Larger packets stream through it; an idle
+/// connection's pipe holds nothing.
+const PIPE_BYTES: usize = 16 * 1024;
 
 /// The broker could not start or has stopped working.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BrokerError {
-    /// A loopback port could not be reserved.
-    #[error("cannot reserve a loopback port for the broker: {0}")]
-    Port(std::io::Error),
     /// The router refused a local link.
     #[error("cannot link to the router: {0}")]
     Link(String),
-    /// The internal listeners did not come up.
-    #[error("the broker's internal listener {0} did not start")]
-    NotListening(SocketAddr),
     /// A liveness probe did not come back.
     #[error("liveness probe failed: {0}")]
     Dead(String),
 }
 
-/// Where and how the edge reaches the broker.
-#[derive(Clone)]
+/// How the edge (and the hub's own short sessions) reach the broker: one
+/// in-process connector per protocol. Nothing outside the process can.
+#[derive(Clone, Default)]
 pub struct BrokerEndpoint {
-    /// The MQTT 3.1.1 listener.
-    pub v4: SocketAddr,
-    /// The MQTT 5 listener.
-    pub v5: SocketAddr,
-    /// The per-boot username.
-    pub username: String,
-    /// The per-boot password.
-    pub password: String,
+    /// None for a hub built without a broker (unit tests): every
+    /// connection is refused at once.
+    connectors: Option<std::sync::Arc<(Connector<V4>, Connector<V5>)>>,
 }
 
 impl std::fmt::Debug for BrokerEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print the per-boot password.
         f.debug_struct("BrokerEndpoint")
-            .field("v4", &self.v4)
-            .field("v5", &self.v5)
-            .field("username", &self.username)
-            .finish_non_exhaustive()
+            .field("in_process", &self.connectors.is_some())
+            .finish()
+    }
+}
+
+impl BrokerEndpoint {
+    /// A new connection to the broker speaking `version`: the caller's end
+    /// of a pipe whose other end a rumqttd link task serves (it reads the
+    /// CONNECT first, as from a socket).
+    pub fn connect(&self, version: MqttVersion) -> std::io::Result<DuplexStream> {
+        let Some(connectors) = &self.connectors else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "this hub has no broker",
+            ));
+        };
+        let (edge, broker) = tokio::io::duplex(PIPE_BYTES);
+        match version {
+            MqttVersion::V311 => drop(connectors.0.serve(broker)),
+            MqttVersion::V5 => drop(connectors.1.serve(broker)),
+        }
+        Ok(edge)
     }
 }
 
@@ -93,9 +109,11 @@ pub struct RunningBroker {
     /// The bridge's link, subscribed to nothing until the bridge is on
     /// (so nothing is held for it while it is off); taken once.
     pub bridge: Option<(LinkTx, LinkRx)>,
-    /// Says why, when the router thread ends (its sender dropped: it
-    /// panicked).
+    /// Says why, when the router task ends.
     stopped: Option<oneshot::Receiver<String>>,
+    /// For the tests that stand a hub's broker in for another broker.
+    #[cfg(test)]
+    broker: Broker,
 }
 
 impl std::fmt::Debug for RunningBroker {
@@ -106,32 +124,22 @@ impl std::fmt::Debug for RunningBroker {
     }
 }
 
-/// Starts rumqttd on two loopback ports and waits until both accept.
-pub async fn start(limits: BrokerLimits) -> Result<RunningBroker, BrokerError> {
-    let endpoint = BrokerEndpoint {
-        v4: free_loopback_port()?,
-        v5: free_loopback_port()?,
-        username: "hearth-edge".to_owned(),
-        password: hex::encode(crate::random_bytes::<32>()),
-    };
-    let connections = ConnectionSettings {
+/// rumqttd's settings for the connections the edge hands over.
+fn connection_settings(limits: &BrokerLimits) -> ConnectionSettings {
+    ConnectionSettings {
         connection_timeout_ms: 10_000,
         max_payload_size: limits.max_payload,
         max_inflight_count: 100,
-        auth: Some(HashMap::from([(
-            endpoint.username.clone(),
-            endpoint.password.clone(),
-        )])),
+        // Only the edge reaches the broker: no listener, no credential.
+        auth: None,
         external_auth: None,
         dynamic_filters: true,
-    };
-    let server = |name: &str, listen| ServerSettings {
-        name: name.to_owned(),
-        listen,
-        tls: None,
-        next_connection_delay_ms: 0,
-        connections: connections.clone(),
-    };
+    }
+}
+
+/// Starts rumqttd's router as a task on the current runtime, with the
+/// hub's internal links, and proves it answers a login.
+pub async fn start(limits: BrokerLimits) -> Result<RunningBroker, BrokerError> {
     // rumqttd keeps one in-memory log per filter; its default lets that log
     // grow to 1 GiB. A segment closes once it holds this many bytes, so a
     // larger packet still fits; two of them bound a busy filter's log to
@@ -151,63 +159,55 @@ pub async fn start(limits: BrokerLimits) -> Result<RunningBroker, BrokerError> {
             max_log_bytes: Some(limits.max_queued as u64),
             ..RouterConfig::default()
         },
-        v4: Some(HashMap::from([(
-            "v4".to_owned(),
-            server("hearth-v4", endpoint.v4),
-        )])),
-        v5: Some(HashMap::from([(
-            "v5".to_owned(),
-            server("hearth-v5", endpoint.v5),
-        )])),
         ..Config::default()
     };
-    let mut broker = Broker::new(config);
-    let (mut tx, rx) = broker
-        .link("hearth-liveness")
-        .map_err(|e| BrokerError::Link(e.to_string()))?;
+    let (broker, router) = Broker::on_runtime(config);
+    let link = |name: &'static str| {
+        let broker = &broker;
+        async move {
+            broker
+                .link_async(name)
+                .await
+                .map_err(|e| BrokerError::Link(e.to_string()))
+        }
+    };
+    let (mut tx, rx) = link("hearth-liveness").await?;
     tx.subscribe(LIVENESS_TOPIC)
         .map_err(|e| BrokerError::Link(e.to_string()))?;
-    let (mut mailbox_tx, mailbox_rx) = broker
-        .link("hearth-mailbox")
-        .map_err(|e| BrokerError::Link(e.to_string()))?;
+    let (mut mailbox_tx, mailbox_rx) = link("hearth-mailbox").await?;
     mailbox_tx
         .subscribe(OUTBOX_FILTER)
         .map_err(|e| BrokerError::Link(e.to_string()))?;
-    let web = broker
-        .link("hearth-web")
-        .map_err(|e| BrokerError::Link(e.to_string()))?;
-    let bridge = broker
-        .link("hearth-bridge")
-        .map_err(|e| BrokerError::Link(e.to_string()))?;
-    // The router thread reports its end as a value; the daemon decides to
+    let web = link("hearth-web").await?;
+    let bridge = link("hearth-bridge").await?;
+    let settings = connection_settings(&limits);
+    let wills = WillHandlers::default();
+    let endpoint = BrokerEndpoint {
+        connectors: Some(std::sync::Arc::new((
+            broker.connector(V4, settings.clone(), &wills),
+            broker.connector(V5, settings, &wills),
+        ))),
+    };
+    // The router task reports its end as a value; the daemon decides to
     // exit (and drains first).
     let (ended, stopped) = oneshot::channel();
-    std::thread::Builder::new()
-        .name("rumqttd".to_owned())
-        .spawn(move || {
-            if debug_fault("router-thread-ends") {
-                // Debug builds only: the router goes on in a thread of its
-                // own while this one reports an end a few seconds in, as
-                // when every server thread has stopped.
-                let _ = std::thread::Builder::new()
-                    .name("rumqttd".to_owned())
-                    .spawn(move || {
-                        let _ = broker.start();
-                    });
-                std::thread::sleep(Duration::from_secs(5));
-                let _ = ended.send("the broker's listeners stopped (injected fault)".to_owned());
-                return;
-            }
-            let why = match broker.start() {
-                Err(e) => format!("the broker stopped: {e}"),
-                Ok(()) => "the broker's listeners stopped".to_owned(),
-            };
-            // Every server thread has ended: nothing routes any more.
-            let _ = ended.send(why);
-        })
-        .map_err(|e| BrokerError::Link(e.to_string()))?;
-    for addr in [endpoint.v4, endpoint.v5] {
-        wait_listening(&endpoint, addr).await?;
+    tokio::spawn(async move {
+        if debug_fault("router-thread-ends") {
+            // Debug builds only: the router goes on while this reports an
+            // end a few seconds in, as when the router task has stopped.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let _ = ended.send("the router stopped (injected fault)".to_owned());
+            drop(router);
+            return;
+        }
+        let why = match router.await {
+            Ok(why) => format!("the router stopped: {why}"),
+            Err(e) => format!("the router task failed: {e}"),
+        };
+        let _ = ended.send(why);
+    });
+    for version in [MqttVersion::V311, MqttVersion::V5] {
+        login_round_trip(&endpoint, version).await?;
     }
     Ok(RunningBroker {
         endpoint,
@@ -216,6 +216,8 @@ pub async fn start(limits: BrokerLimits) -> Result<RunningBroker, BrokerError> {
         web: Some(web),
         bridge: Some(bridge),
         stopped: Some(stopped),
+        #[cfg(test)]
+        broker,
     })
 }
 
@@ -274,13 +276,48 @@ impl RunningBroker {
                     )))
                 }
             }
-            // The listeners serve the edge; check they still log clients in.
-            for addr in [self.endpoint.v4, self.endpoint.v5] {
-                tokio::time::timeout(LIVENESS_TIMEOUT, login_round_trip(&self.endpoint, addr))
+            // The connectors serve the edge; check they still log clients in.
+            for version in [MqttVersion::V311, MqttVersion::V5] {
+                tokio::time::timeout(LIVENESS_TIMEOUT, login_round_trip(&self.endpoint, version))
                     .await
-                    .map_err(|_| BrokerError::Dead(format!("{addr} does not answer CONNECT")))??;
+                    .map_err(|_| {
+                        BrokerError::Dead(format!(
+                            "the {version:?} connector does not answer CONNECT"
+                        ))
+                    })??;
             }
         }
+    }
+}
+
+#[cfg(test)]
+impl RunningBroker {
+    /// A loopback MQTT 3.1.1 listener into this broker that admits one
+    /// user name and password: a hub's broker standing in for another
+    /// broker (the bridge's tests).
+    pub async fn listen_on_loopback(&self, username: &str, password: &str) -> std::net::SocketAddr {
+        let mut settings = connection_settings(&BrokerLimits {
+            max_connections: 16,
+            max_payload: 65_536,
+            max_topics: 1000,
+            max_queued_per_filter: 1 << 20,
+            max_queued: 1 << 24,
+        });
+        settings.auth = Some(std::collections::HashMap::from([(
+            username.to_owned(),
+            password.to_owned(),
+        )]));
+        let connector = self
+            .broker
+            .connector(V4, settings, &WillHandlers::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                drop(connector.serve(stream));
+            }
+        });
+        addr
     }
 }
 
@@ -290,43 +327,17 @@ pub fn debug_fault(name: &str) -> bool {
     cfg!(debug_assertions) && std::env::var("HEARTH_DEBUG_FAULT").is_ok_and(|v| v == name)
 }
 
-/// Asks the kernel for a free loopback port. rumqttd binds its own
-/// listeners from a configured address, so the port is chosen here and
-/// handed over; `wait_listening` proves rumqttd got it.
-/// A free port on a random address of 127.0.0.0/8. The port is found free
-/// and released before rumqttd binds it; on a random loopback address no
-/// other program (nor another hub, as in the tests) is likely to take it in
-/// between, as it could on 127.0.0.1.
-fn free_loopback_port() -> Result<SocketAddr, BrokerError> {
-    let [a, b, c] = crate::random_bytes::<3>().map(|x| x.clamp(1, 254));
-    let ip = Ipv4Addr::new(127, a, b, c);
-    let listener = StdTcpListener::bind((ip, 0))
-        .or_else(|_| StdTcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .map_err(BrokerError::Port)?;
-    listener.local_addr().map_err(BrokerError::Port)
-}
-
-async fn wait_listening(endpoint: &BrokerEndpoint, addr: SocketAddr) -> Result<(), BrokerError> {
-    for _ in 0..200 {
-        if login_round_trip(endpoint, addr).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Err(BrokerError::NotListening(addr))
-}
-
-/// Logs in to one internal listener with the per-boot credential and logs
-/// out again: CONNECT, CONNACK accepted, DISCONNECT. A plain TCP connect
-/// would leave rumqttd waiting for a CONNECT and logging an error each time.
-async fn login_round_trip(endpoint: &BrokerEndpoint, addr: SocketAddr) -> Result<(), BrokerError> {
-    let v5 = addr == endpoint.v5;
-    let client_id = if v5 {
-        "hearth-probe-v5"
-    } else {
-        "hearth-probe-v4"
+/// Logs in through one connector and logs out again: CONNECT, CONNACK
+/// accepted, DISCONNECT.
+async fn login_round_trip(
+    endpoint: &BrokerEndpoint,
+    version: MqttVersion,
+) -> Result<(), BrokerError> {
+    let client_id = match version {
+        MqttVersion::V311 => "hearth-probe-v4",
+        MqttVersion::V5 => "hearth-probe-v5",
     };
-    internal_session(endpoint, addr, client_id, &[]).await
+    internal_session(endpoint, version, client_id, &[]).await
 }
 
 /// Ends whatever session the broker keeps for `client_id` (subscriptions,
@@ -334,7 +345,7 @@ async fn login_round_trip(endpoint: &BrokerEndpoint, addr: SocketAddr) -> Result
 /// a clean session and logs out. Used when a device loses permissions, so
 /// nothing it was allowed before outlives the change.
 pub async fn purge_session(endpoint: &BrokerEndpoint, client_id: &str) -> Result<(), BrokerError> {
-    internal_session(endpoint, endpoint.v4, client_id, &[]).await
+    internal_session(endpoint, MqttVersion::V311, client_id, &[]).await
 }
 
 /// Clears retained messages by publishing an empty retained message to
@@ -351,7 +362,7 @@ pub async fn clear_retained(
     for topic in topics {
         retained_publish(topic, &[], &mut publishes);
     }
-    internal_session(endpoint, endpoint.v4, "hearth-janitor", &publishes).await
+    internal_session(endpoint, MqttVersion::V311, "hearth-janitor", &publishes).await
 }
 
 /// Publishes one of the hub's own retained messages (`hearth/v1/hub/info`).
@@ -362,7 +373,7 @@ pub async fn publish_retained(
 ) -> Result<(), BrokerError> {
     let mut publish = Vec::new();
     retained_publish(topic, payload, &mut publish);
-    internal_session(endpoint, endpoint.v4, "hearth-hub-info", &publish).await
+    internal_session(endpoint, MqttVersion::V311, "hearth-hub-info", &publish).await
 }
 
 /// A v3.1.1 PUBLISH, QoS 0, retain.
@@ -374,21 +385,19 @@ fn retained_publish(topic: &str, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
-/// CONNECT (clean session, the per-boot credential), CONNACK, the given
-/// packets, DISCONNECT, and wait for the broker to close.
+/// CONNECT (clean session), CONNACK, the given packets, DISCONNECT, and
+/// wait for the broker to close.
 async fn internal_session(
     endpoint: &BrokerEndpoint,
-    addr: SocketAddr,
+    version: MqttVersion,
     client_id: &str,
     packets: &[u8],
 ) -> Result<(), BrokerError> {
-    use rumqttd::protocol::{
-        v4::V4, v5::V5, Connect, Disconnect, DisconnectReasonCode, Login, Packet, Protocol,
-    };
+    use rumqttd::protocol::{Connect, Disconnect, DisconnectReasonCode, Packet, Protocol};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let dead = |what: String| BrokerError::Dead(format!("{addr}: {what}"));
-    let v5 = addr == endpoint.v5;
+    let dead = |what: String| BrokerError::Dead(format!("{client_id}: {what}"));
+    let v5 = version == MqttVersion::V5;
     let connect = Packet::Connect(
         Connect {
             keep_alive: 10,
@@ -398,10 +407,7 @@ async fn internal_session(
         None,
         None,
         None,
-        Some(Login {
-            username: endpoint.username.clone(),
-            password: endpoint.password.clone(),
-        }),
+        None,
     );
     let mut connect_bytes = bytes::BytesMut::new();
     let mut rest_bytes = bytes::BytesMut::new();
@@ -425,9 +431,7 @@ async fn internal_session(
         ),
         &mut rest_bytes,
     )?;
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| dead(e.to_string()))?;
+    let mut stream = endpoint.connect(version).map_err(|e| dead(e.to_string()))?;
     stream
         .write_all(&connect_bytes)
         .await

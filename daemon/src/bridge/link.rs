@@ -834,8 +834,9 @@ mod tests {
         };
         let mut local = crate::broker::start(limits).await.unwrap();
         let other = crate::broker::start(limits).await.unwrap();
+        let other_addr = other.listen_on_loopback("bridge", "its-password").await;
         let password = dir.path().join("password");
-        std::fs::write(&password, format!("{}\n", other.endpoint.password)).unwrap();
+        std::fs::write(&password, "its-password\n").unwrap();
         let off = BridgeSection::default();
         let (settings, watched) = watch::channel(off.clone());
         let stop = CancellationToken::new();
@@ -851,9 +852,9 @@ mod tests {
         let on = BridgeSection {
             enabled: true,
             tls: false,
-            host: other.endpoint.v4.ip().to_string(),
-            port: other.endpoint.v4.port(),
-            username: Some(other.endpoint.username.clone()),
+            host: other_addr.ip().to_string(),
+            port: other_addr.port(),
+            username: Some("bridge".to_owned()),
             password_file: Some(password),
             ..off
         };

@@ -4,7 +4,7 @@
 
 use bytes::BytesMut;
 use hearth_protocol::mqtt::MqttVersion;
-use rumqttd::protocol::{v4::V4, v5::V5, Login, Packet, Protocol};
+use rumqttd::protocol::{v4::V4, v5::V5, Packet, Protocol};
 
 /// Decodes one whole packet with rumqttd's codec for `version`.
 pub fn decode(version: MqttVersion, packet: &[u8], max_len: usize) -> Result<Packet, String> {
@@ -25,10 +25,9 @@ pub fn encode(version: MqttVersion, packet: Packet, out: &mut BytesMut) -> Resul
     result.map(|_| ()).map_err(|e| format!("{e:?}"))
 }
 
-/// Replaces a CONNECT's client id and credentials. The client's username
-/// and password never reach the broker: identity comes from the
-/// certificate, and the broker only admits the edge's per-boot credential.
-pub fn rewrite_connect(packet: Packet, client_id: String, login: Login) -> Packet {
+/// Replaces a CONNECT's client id and drops its credentials: identity comes
+/// from the certificate, and only the edge reaches the broker.
+pub fn rewrite_connect(packet: Packet, client_id: String) -> Packet {
     match packet {
         Packet::Connect(mut connect, properties, will, will_properties, _) => {
             connect.client_id = client_id;
@@ -39,7 +38,10 @@ pub fn rewrite_connect(packet: Packet, client_id: String, login: Login) -> Packe
             if connect.keep_alive == 0 {
                 connect.keep_alive = SILENT_CLIENT_KEEP_ALIVE;
             }
-            Packet::Connect(connect, properties, will, will_properties, Some(login))
+            // The broker is reached only in-process: a client's own user
+            // name and password (identity comes from its certificate) are
+            // not passed on.
+            Packet::Connect(connect, properties, will, will_properties, None)
         }
         other => other,
     }
@@ -52,7 +54,7 @@ pub const SILENT_CLIENT_KEEP_ALIVE: u16 = 3600;
 mod tests {
     use super::*;
     use hearth_protocol::mqtt::{connect_version, next_frame};
-    use rumqttd::protocol::Connect;
+    use rumqttd::protocol::{Connect, Login};
 
     /// The broker reads client packets with this codec after the edge has
     /// passed them: a v5 property that runs past its packet must close
@@ -71,7 +73,7 @@ mod tests {
     }
 
     #[test]
-    fn connect_is_rewritten_with_the_edge_credential() {
+    fn connect_is_rewritten_with_the_hub_client_id_and_no_login() {
         for version in [MqttVersion::V311, MqttVersion::V5] {
             let mut bytes = BytesMut::new();
             let original = Packet::Connect(
@@ -92,18 +94,14 @@ mod tests {
             let frame = next_frame(&bytes, 1024).unwrap().unwrap();
             assert_eq!(connect_version(&bytes, &frame).unwrap(), version);
             let decoded = decode(version, &bytes, 1024).unwrap();
-            let login = Login {
-                username: "edge".into(),
-                password: "secret".into(),
-            };
-            let rewritten = rewrite_connect(decoded, "dev1".into(), login.clone());
+            let rewritten = rewrite_connect(decoded, "dev1".into());
             let mut out = BytesMut::new();
             encode(version, rewritten, &mut out).unwrap();
             match decode(version, &out, 1024).unwrap() {
                 Packet::Connect(c, _, _, _, l) => {
                     assert_eq!(c.client_id, "dev1");
                     assert_eq!(c.keep_alive, 30);
-                    assert_eq!(l, Some(login));
+                    assert_eq!(l, None, "the client's own login is not passed on");
                 }
                 other => panic!("{other:?}"),
             }

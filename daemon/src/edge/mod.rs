@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use hearth_protocol::DeviceId;
-use rumqttd::protocol::{Login, Packet};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use rumqttd::protocol::Packet;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::{timeout_at, Instant};
@@ -596,10 +596,6 @@ impl Edge {
                 Packet::Connect(_, _, Some(will), _, _) => Some((will.topic.clone(), will.retain)),
                 _ => None,
             };
-            let login = Login {
-                username: self.hub.broker.username.clone(),
-                password: self.hub.broker.password.clone(),
-            };
             // For `hearth device check`, before the CONNECT is rewritten.
             let (keep_alive, named_itself) = match &connect {
                 Packet::Connect(c, ..) => (c.keep_alive, !c.client_id.is_empty()),
@@ -608,14 +604,10 @@ impl Edge {
             let mut connect_out = BytesMut::new();
             codec::encode(
                 version,
-                codec::rewrite_connect(connect, client_id.clone(), login),
+                codec::rewrite_connect(connect, client_id.clone()),
                 &mut connect_out,
             )
             .map_err(FrameError::MalformedConnect)?;
-            let addr = match version {
-                MqttVersion::V311 => self.hub.broker.v4,
-                MqttVersion::V5 => self.hub.broker.v5,
-            };
             // The previous connection may not have registered yet when this
             // one arrives; asking it to go again while waiting covers that.
             let waiting = async {
@@ -635,8 +627,7 @@ impl Edge {
                     .await
                     .map_err(|e| SessionEnd::Broker(std::io::Error::other(e.to_string())))?;
             }
-            let mut broker = TcpStream::connect(addr).await.map_err(SessionEnd::Broker)?;
-            let _ = broker.set_nodelay(true);
+            let mut broker = self.hub.broker.connect(version).map_err(SessionEnd::Broker)?;
             broker
                 .write_all(&connect_out)
                 .await
@@ -873,7 +864,7 @@ const TAKEOVER_RETRY: Duration = Duration::from_millis(200);
 ///
 /// With `discard_will`, a DISCONNECT goes first: MQTT 3.1.1 §3.14.4 and 5
 /// §3.14.4 have the broker drop the will then.
-async fn close_broker_connection(mut broker: TcpStream, discard_will: bool) {
+async fn close_broker_connection(mut broker: DuplexStream, discard_will: bool) {
     if discard_will {
         // The same two bytes in 3.1.1 and 5 (reason 0x00, normal).
         let _ = broker.write_all(&[0xe0, 0x00]).await;

@@ -294,8 +294,6 @@ pub(crate) mod testing {
             CancellationToken::new(),
             &TaskTracker::new(),
         );
-        // Port 1 on loopback: nothing listens, so a purge is refused at once.
-        let nowhere: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
         Hub {
             store,
             ca: Arc::new(HubCa::load_or_create(dir).unwrap()),
@@ -305,12 +303,8 @@ pub(crate) mod testing {
             started: Instant::now(),
             audit,
             retained: Arc::new(RetainedTopics::new(Default::default())),
-            broker: BrokerEndpoint {
-                v4: nowhere,
-                v5: nowhere,
-                username: "test".into(),
-                password: "test".into(),
-            },
+            // No broker: a purge is refused at once.
+            broker: BrokerEndpoint::default(),
             join_codes: Arc::default(),
             windows: Arc::new(PairingWindows::default()),
             ports: HubPorts { mqtt: 0, enroll: 0 },

@@ -4,10 +4,9 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use hearth_protocol::mqtt::{self, inspect, kind, Frame};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::ReadHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadHalf};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -25,6 +24,29 @@ const BROKER_READ: usize = 16 * 1024;
 const BROKER_EXTRA: usize = 64 * 1024;
 /// The DUP flag of a PUBLISH's fixed header (3.1.1 and 5 §3.3.1.1).
 const DUP: u8 = 0x08;
+
+/// Waits until the broker's end of the pipe has bytes for the edge, or has
+/// closed, without a buffer to read into (an idle connection holds none):
+/// the first byte, or `None` at the end.
+async fn first_byte<R: AsyncRead + Unpin>(broker: &mut R) -> std::io::Result<Option<u8>> {
+    let mut byte = [0u8; 1];
+    let read = broker.read(&mut byte).await?;
+    Ok((read == 1).then_some(byte[0]))
+}
+
+/// Appends what the pipe holds now to `buf`, without waiting for more.
+async fn read_available<R: AsyncRead + Unpin>(
+    broker: &mut R,
+    buf: &mut BytesMut,
+) -> std::io::Result<()> {
+    std::future::poll_fn(|cx| {
+        match tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut *broker), cx, buf) {
+            std::task::Poll::Pending => std::task::Poll::Ready(Ok(())),
+            std::task::Poll::Ready(result) => std::task::Poll::Ready(result.map(drop)),
+        }
+    })
+    .await
+}
 
 /// What the upstream half asks the downstream half (the client's writer).
 #[derive(Debug)]
@@ -126,7 +148,7 @@ impl<'a> Downstream<'a> {
     /// client acknowledges earlier ones (`acks`).
     pub(super) async fn run<W>(
         mut self,
-        broker: ReadHalf<'_>,
+        mut broker: ReadHalf<&mut DuplexStream>,
         mut client: W,
         mut from_upstream: mpsc::Receiver<ToClient>,
         mut acks: mpsc::UnboundedReceiver<u16>,
@@ -177,9 +199,8 @@ impl<'a> Downstream<'a> {
                     self.sending = Some((permit, Instant::now() + LARGE_PACKET_TIME));
                 }
                 _ = packet_due => return Err(SessionEnd::SlowPacket),
-                ready = broker.readable(), if may_read => {
-                    ready?;
-                    if self.read_broker(&broker, &mut buf, &mut client).await? == Broker::Closed {
+                first = first_byte(&mut broker), if may_read => {
+                    if self.read_broker(first?, &mut broker, &mut buf, &mut client).await? == Broker::Closed {
                         return Ok(());
                     }
                 }
@@ -205,28 +226,21 @@ impl<'a> Downstream<'a> {
     /// Reads what the broker has and passes every complete packet on.
     async fn read_broker<W>(
         &mut self,
-        broker: &ReadHalf<'_>,
+        first: Option<u8>,
+        broker: &mut ReadHalf<&mut DuplexStream>,
         buf: &mut BytesMut,
         client: &mut W,
     ) -> Result<Broker, SessionEnd>
     where
         W: AsyncWrite + Unpin,
     {
-        buf.reserve(BROKER_READ);
-        let read = match broker.try_read_buf(buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                // Readiness was stale: wait again without a buffer.
-                if buf.is_empty() {
-                    *buf = BytesMut::new();
-                }
-                return Ok(Broker::Open);
-            }
-            read => read?,
-        };
-        if read == 0 {
+        let Some(first) = first else {
             let _ = client.shutdown().await;
             return Ok(Broker::Closed);
-        }
+        };
+        buf.reserve(BROKER_READ);
+        buf.put_u8(first);
+        read_available(broker, buf).await?;
         let (complete, changed) = self.pass_all(buf)?;
         // A large packet must be written by its budget's time too.
         let due = self.sending.as_ref().map(|(_, due)| *due);
@@ -454,6 +468,27 @@ fn with_dup(packet: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_broker_pipe_is_read_without_a_buffer_while_idle() {
+        let (mut edge, mut broker) = tokio::io::duplex(64);
+        // Nothing written: nothing to read.
+        let waiting =
+            tokio::time::timeout(std::time::Duration::from_millis(50), first_byte(&mut edge));
+        assert!(waiting.await.is_err(), "a byte from an empty pipe");
+        // Bytes written: the first, then the rest without waiting.
+        broker.write_all(b"abc").await.unwrap();
+        assert_eq!(first_byte(&mut edge).await.unwrap(), Some(b'a'));
+        let mut got = BytesMut::new();
+        read_available(&mut edge, &mut got).await.unwrap();
+        assert_eq!(&got[..], b"bc");
+        // Nothing more: returns at once with nothing.
+        read_available(&mut edge, &mut got).await.unwrap();
+        assert_eq!(&got[..], b"bc");
+        // The other end gone: the end.
+        drop(broker);
+        assert_eq!(first_byte(&mut edge).await.unwrap(), None);
+    }
 
     #[test]
     fn a_redelivered_publish_gets_its_dup_flag_once() {

@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use hearth_protocol::mqtt::{inspect, MqttVersion};
+use tokio::io::DuplexStream;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -127,14 +127,14 @@ impl Connection<'_> {
     pub(super) async fn run<S>(
         mut self,
         client: S,
-        broker: &mut TcpStream,
+        broker: &mut DuplexStream,
         inbound: BytesMut,
     ) -> Result<(), SessionEnd>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let (client_read, client_write) = tokio::io::split(client);
-        let (broker_read, broker_write) = broker.split();
+        let (broker_read, broker_write) = tokio::io::split(broker);
         let connack = self.traits.connack.take();
         let shared = Shared {
             order: self

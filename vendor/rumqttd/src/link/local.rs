@@ -143,12 +143,84 @@ impl<'a> LinkBuilder<'a> {
         let rx = LinkRx::new(id, self.router_tx, link_rx, outgoing_data_buffer);
         Ok((tx, rx, notification))
     }
+
+    /// Hearth: `build` without blocking the thread, for a router that runs
+    /// as a task on the same runtime (`Router::spawn_task`).
+    pub async fn build_async(self) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
+        // Connect to router
+        // Local connections to the router shall have access to all subscriptions
+        let mut connection = Connection::new(
+            self.tenant_id,
+            self.client_id.to_owned(),
+            self.clean_session,
+            self.dynamic_filters,
+        );
+
+        connection
+            .last_will(self.last_will, self.last_will_properties)
+            .topic_alias_max(self.topic_alias_max);
+        let incoming = Incoming::new(connection.client_id.to_owned());
+        let (outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
+        let outgoing_data_buffer = outgoing.buffer();
+        let incoming_data_buffer = incoming.buffer();
+
+        let event = Event::Connect {
+            connection,
+            incoming,
+            outgoing,
+        };
+
+        self.router_tx.send_async((0, event)).await?;
+
+        link_rx.recv_async().await?;
+        // Hearth: a wake-up with nothing queued is a refusal like any other
+        // non-CONNACK answer, not a reason to abort (upstream unwrapped).
+        let notification = outgoing_data_buffer
+            .lock()
+            .pop_front()
+            .ok_or(LinkError::NotConnectionAck)?;
+
+        // Right now link identifies failure with dropped rx in router,
+        // which is probably ok. We need this here to get id assigned by router
+        let id = match notification {
+            Notification::DeviceAck(Ack::ConnAck(id, ..)) => id,
+            _message => return Err(LinkError::NotConnectionAck),
+        };
+
+        let tx = LinkTx::new(id, self.router_tx.clone(), incoming_data_buffer);
+        let rx = LinkRx::new(id, self.router_tx, link_rx, outgoing_data_buffer);
+        Ok((tx, rx, notification))
+    }
 }
 
 pub struct LinkTx {
     pub(crate) connection_id: ConnectionId,
     router_tx: Sender<(ConnectionId, Event)>,
     recv_buffer: Arc<Mutex<VecDeque<Packet>>>,
+}
+
+/// Hearth: a blocking send that cannot starve the router. The router may be
+/// a task on this very runtime (`Router::spawn_task`); should its channel
+/// (room for eight events per connection) ever be full, the wait moves the
+/// runtime's other tasks, the router among them, to another thread.
+fn send_without_starving(
+    router_tx: &Sender<(ConnectionId, Event)>,
+    event: (ConnectionId, Event),
+) -> Result<(), SendError<(ConnectionId, Event)>> {
+    match router_tx.try_send(event) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Disconnected(event)) => Err(SendError(event)),
+        Err(TrySendError::Full(event)) => {
+            let multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+                runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+            });
+            if multi_thread {
+                tokio::task::block_in_place(|| router_tx.send(event))
+            } else {
+                router_tx.send(event)
+            }
+        }
+    }
 }
 
 impl LinkTx {
@@ -176,8 +248,7 @@ impl LinkTx {
             buffer.len()
         };
 
-        self.router_tx
-            .send((self.connection_id, Event::DeviceData))?;
+        send_without_starving(&self.router_tx, (self.connection_id, Event::DeviceData))?;
 
         Ok(len)
     }
@@ -190,8 +261,7 @@ impl LinkTx {
             buffer.len()
         };
 
-        self.router_tx
-            .send((self.connection_id, Event::DeviceData))?;
+        send_without_starving(&self.router_tx, (self.connection_id, Event::DeviceData))?;
 
         Ok(len)
     }

@@ -109,7 +109,11 @@ pub struct Router {
 
 impl Router {
     pub fn new(router_id: RouterId, config: RouterConfig) -> Router {
-        let (router_tx, router_rx) = bounded(1000);
+        // Hearth: room for several events per connection. The router may
+        // run as a task on the links' own runtime (`spawn_task`), so it
+        // does not drain the channel while the links fill it; and a local
+        // link's blocking send must not find it full.
+        let (router_tx, router_rx) = bounded(1000.max(config.max_connections.saturating_mul(8)));
 
         let meters = Slab::with_capacity(10);
         let alerts = Slab::with_capacity(10);
@@ -177,6 +181,32 @@ impl Router {
         link
     }
 
+    /// Hearth: runs the router as a task on the current tokio runtime
+    /// instead of a thread of its own, so that a message crossing it from
+    /// one link task to another costs task wake-ups, not thread switches.
+    /// The task ends (with the reason) only when every sender is gone.
+    pub fn spawn_task(mut self) -> (Sender<(ConnectionId, Event)>, tokio::task::JoinHandle<String>) {
+        let link = self.link();
+        let task = tokio::spawn(async move {
+            loop {
+                // Wait for an event only when no connection is ready; a busy
+                // router gives the runtime's other tasks a turn each round.
+                if self.consume().is_none() {
+                    match self.router_rx.recv_async().await {
+                        Ok((id, data)) => self.events(id, data),
+                        Err(e) => return format!("{e}"),
+                    }
+                } else {
+                    tokio::task::yield_now().await;
+                }
+                if let Err(e) = self.drain_and_consume() {
+                    return format!("{e}");
+                }
+            }
+        });
+        (link, task)
+    }
+
     /// Waits on incoming events when ready queue is empty.
     /// After pulling 1 event, tries to pull 500 more events
     /// before polling ready queue 100 times (connections)
@@ -203,7 +233,12 @@ impl Router {
             let (id, data) = self.router_rx.recv()?;
             self.events(id, data);
         }
+        self.drain_and_consume()
+    }
 
+    /// Hearth: what one round does after its first event (shared by the
+    /// thread and the task).
+    fn drain_and_consume(&mut self) -> Result<(), RouterError> {
         // Try reading more from connections in a non-blocking
         // fashion to accumulate data and handle subscriptions.
         // Accumulating more data lets requests retrieve bigger

@@ -69,6 +69,41 @@ pub struct Broker {
     router_tx: Sender<(ConnectionId, Event)>,
 }
 
+/// Hearth: serves connections handed over in-process, without a listener
+/// or a socket: each stream (an in-memory pipe from the edge) is served by
+/// the same `remote` task as an accepted socket, on the caller's runtime.
+/// All connectors of one broker share the wills waiting out their delay,
+/// as client ids are one namespace whatever the protocol.
+#[derive(Clone)]
+pub struct Connector<P> {
+    config: Arc<ConnectionSettings>,
+    router_tx: Sender<(ConnectionId, Event)>,
+    protocol: P,
+    will_handlers: Arc<Mutex<HashMap<String, Sender<AwaitingWill>>>>,
+}
+
+impl<P: Protocol + Clone + Send + 'static> Connector<P> {
+    /// Serves `stream` as one MQTT connection (CONNECT first) until it
+    /// ends; returns the connection's task.
+    pub fn serve<S: N + 'static>(&self, stream: S) -> task::JoinHandle<()> {
+        task::spawn(
+            remote(
+                self.config.clone(),
+                None,
+                self.router_tx.clone(),
+                Box::new(stream),
+                self.protocol.clone(),
+                self.will_handlers.clone(),
+            )
+            .instrument(tracing::trace_span!(
+                "remote_link",
+                client_id = field::Empty,
+                connection_id = field::Empty,
+            )),
+        )
+    }
+}
+
 impl Broker {
     pub fn new(config: Config) -> Broker {
         let config = Arc::new(config);
@@ -134,6 +169,40 @@ impl Broker {
     //         cluster.add_replica_router_handle(node_id, link);
     //     }
     // }
+
+    /// Hearth: a broker whose router runs as a task on the current tokio
+    /// runtime (`Router::spawn_task`) rather than a thread; connections
+    /// come in through `connector`, not listeners. The task ends, with
+    /// the reason, only if the router stops.
+    pub fn on_runtime(config: Config) -> (Broker, task::JoinHandle<String>) {
+        let config = Arc::new(config);
+        let router = Router::new(config.id, config.router.clone());
+        let (router_tx, task) = router.spawn_task();
+        (Broker { config, router_tx }, task)
+    }
+
+    /// Hearth: serves in-process connections speaking `protocol`.
+    pub fn connector<P: Protocol + Clone + Send + 'static>(
+        &self,
+        protocol: P,
+        settings: ConnectionSettings,
+        wills: &WillHandlers,
+    ) -> Connector<P> {
+        Connector {
+            config: Arc::new(settings),
+            router_tx: self.router_tx.clone(),
+            protocol,
+            will_handlers: wills.0.clone(),
+        }
+    }
+
+    /// Hearth: `link` without blocking the runtime the router task needs.
+    pub async fn link_async(&self, client_id: &str) -> Result<(LinkTx, LinkRx), local::LinkError> {
+        let (link_tx, link_rx, _ack) = LinkBuilder::new(client_id, self.router_tx.clone())
+            .build_async()
+            .await?;
+        Ok((link_tx, link_rx))
+    }
 
     // Link to get meters
     pub fn meters(&self) -> Result<meters::MetersLink, meters::LinkError> {
@@ -337,6 +406,11 @@ pub enum LinkType {
     Websocket,
     Remote,
 }
+
+/// Hearth: the wills waiting out their delay, shared by the connectors of
+/// one broker.
+#[derive(Clone, Default)]
+pub struct WillHandlers(Arc<Mutex<HashMap<String, Sender<AwaitingWill>>>>);
 
 #[derive(PartialEq)]
 enum AwaitingWill {
@@ -630,7 +704,8 @@ async fn remote<P: Protocol>(
     if send_disconnect {
         let disconnect = Event::Disconnect;
         let message = (connection_id, disconnect);
-        router_tx.send(message).ok();
+        // Hearth: async, as the router may be a task on this runtime.
+        router_tx.send_async(message).await.ok();
     }
 
     // this is important to stop the connection
@@ -662,7 +737,7 @@ async fn remote<P: Protocol>(
         // might be using this connection ID!
         // It won't matter in this case as we don't use it
         // but might affect logs?
-        router_tx.send((connection_id, message)).ok();
+        router_tx.send_async((connection_id, message)).await.ok();
     }
 }
 
