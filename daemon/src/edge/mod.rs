@@ -326,13 +326,17 @@ impl Edge {
         stop: CancellationToken,
         ticket: crate::admission::Ticket,
     ) {
-        let handshake = tokio::select! {
-            // Closed to make room for a source holding fewer handshakes.
-            _ = ticket.evicted() => return,
-            handshake = timeout_at(deadline, self.tls.accept(tcp)) => handshake,
-        };
-        let mut stream = match handshake {
-            Ok(Ok(stream)) => stream,
+        // The handshake's result is scoped and the stream boxed, so the
+        // task's future does not reserve the TLS stream (~1.2 KiB) in every
+        // state that encloses it: 6 KiB less per idle connection (issue 20).
+        let mut stream = match {
+            tokio::select! {
+                // Closed to make room for a source holding fewer handshakes.
+                _ = ticket.evicted() => return,
+                handshake = timeout_at(deadline, self.tls.accept(tcp)) => handshake,
+            }
+        } {
+            Ok(Ok(stream)) => Box::new(stream),
             Ok(Err(e)) => {
                 let (reason, device, class) = tls::refusal_reason(&e);
                 tracing::warn!(peer = %peer_addr, reason = %reason, "handshake refused");
@@ -474,7 +478,7 @@ impl Edge {
         // The session's number in the hub's observations.
         let mut observed = 0;
         let result = async {
-            let (version, connect, connect_len) = tokio::select! {
+            let (version, mut connect, connect_len) = tokio::select! {
                 // Revoked (or the hub stopping) while waiting for CONNECT.
                 _ = stop.cancelled() => return Err(SessionEnd::Stopped),
                 read = timeout_at(deadline, self.read_connect(&mut client, &mut inbound, limits.max_packet)) => {
@@ -534,7 +538,6 @@ impl Edge {
             let mut traits = relay::ClientTraits::default();
             let mut purge_on_close = false;
             let lifetime = SessionLifetime::of(version, &connect, limits.max_session_expiry);
-            let mut connect = connect;
             if let (SessionLifetime::FreshKept(_), Packet::Connect(c, ..)) =
                 (lifetime, &mut connect)
             {

@@ -338,7 +338,10 @@ impl Observations {
         let number = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         session.number = number;
         let mut map = crate::sync::lock(&self.by_device);
-        let seen = map.entry(device).or_default();
+        // One session's room, not four, for a device seen once.
+        let seen = map
+            .entry(device)
+            .or_insert_with(|| VecDeque::with_capacity(1));
         if seen.len() == SESSIONS_KEPT {
             seen.pop_front();
         }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{Buf, BufMut, BytesMut};
 use hearth_protocol::mqtt::{self, inspect, kind, Frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadHalf};
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::ack_order::AckOrder;
@@ -87,7 +87,7 @@ pub(super) struct Downstream<'a> {
     /// Properties to add to the CONNACK (v5).
     connack: Option<inspect::ConnAckExtras>,
     /// Wakes the upstream half when the edge answered for the client.
-    to_broker: mpsc::UnboundedSender<()>,
+    to_broker: flume::Sender<()>,
     /// Acknowledgement order towards the broker (with `client_max`).
     order: Option<Arc<Mutex<AckOrder>>>,
     /// The client's Maximum Packet Size.
@@ -118,7 +118,7 @@ impl<'a> Downstream<'a> {
         conn: &'a Connection<'a>,
         shared: Shared,
         connack: Option<inspect::ConnAckExtras>,
-        to_broker: mpsc::UnboundedSender<()>,
+        to_broker: flume::Sender<()>,
     ) -> Downstream<'a> {
         let limits = &conn.limits;
         Downstream {
@@ -150,8 +150,8 @@ impl<'a> Downstream<'a> {
         mut self,
         mut broker: ReadHalf<&mut DuplexStream>,
         mut client: W,
-        mut from_upstream: mpsc::Receiver<ToClient>,
-        mut acks: mpsc::UnboundedReceiver<u16>,
+        from_upstream: flume::Receiver<ToClient>,
+        acks: flume::Receiver<u16>,
     ) -> Result<(), SessionEnd>
     where
         W: AsyncWrite + Unpin,
@@ -182,8 +182,8 @@ impl<'a> Downstream<'a> {
             let may_read = need.is_none() && !self.window.as_ref().is_some_and(ReceiveWindow::full);
             tokio::select! {
                 biased;
-                Some(pkid) = acks.recv() => self.client_acked(&mut client, pkid).await?,
-                message = from_upstream.recv() => match message {
+                Ok(pkid) = acks.recv_async() => self.client_acked(&mut client, pkid).await?,
+                message = from_upstream.recv_async() => match message.ok() {
                     Some(ToClient::Packet(bytes)) => client.write_all(&bytes).await?,
                     Some(ToClient::MergeSubAck { pkid, refused, total }) => {
                         self.merges.expect(pkid, refused, total);

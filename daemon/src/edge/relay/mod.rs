@@ -34,7 +34,7 @@ use bytes::BytesMut;
 use hearth_protocol::mqtt::{inspect, MqttVersion};
 use tokio::io::DuplexStream;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{Edge, EdgeLimits, Peer, SessionEnd};
@@ -148,12 +148,12 @@ impl Connection<'_> {
             pong: Arc::new(Notify::new()),
         };
         // Packets the upstream half answers itself, for the client's writer.
-        let (to_client, from_upstream) = mpsc::channel(64);
+        let (to_client, from_upstream) = flume::bounded(64);
         // Acknowledgements the edge owes the broker for messages it discarded
         // for the client (too large for it); bounded by the broker's inflight.
-        let (to_broker, from_downstream) = mpsc::unbounded_channel();
+        let (to_broker, from_downstream) = flume::unbounded();
         // The client's PUBACKs and PUBCOMPs, which free its receive window.
-        let (client_acks, acks) = mpsc::unbounded_channel();
+        let (client_acks, acks) = flume::unbounded();
         let mut upstream = Upstream::new(&self, &shared, to_client, client_acks);
         let up = upstream.run(client_read, broker_write, inbound, from_downstream);
         let down = Downstream::new(&self, shared, connack, to_broker).run(

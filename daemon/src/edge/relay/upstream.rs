@@ -11,7 +11,7 @@ use hearth_protocol::household::Owner;
 use hearth_protocol::mqtt::{self, inspect, kind, reason, Frame};
 use hearth_protocol::policy::{Action, Decision, DenyReason};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 use super::ack_order::AckOrder;
@@ -178,7 +178,7 @@ pub(super) struct Upstream<'a> {
     order: Option<Arc<Mutex<AckOrder>>>,
     /// Packet ids the client acknowledged (PUBACK, PUBCOMP), for the
     /// downstream half's receive window.
-    client_acks: mpsc::UnboundedSender<u16>,
+    client_acks: flume::Sender<u16>,
     client_id: &'a str,
     /// For a client without keep-alive: the edge's PINGREQs in flight.
     ping_broker: Option<Arc<AtomicU32>>,
@@ -203,7 +203,7 @@ pub(super) struct Upstream<'a> {
     /// What a v5 client has in flight towards the hub.
     in_flight: Option<Arc<Mutex<InboundWindow>>>,
     denials: Denials,
-    to_client: mpsc::Sender<ToClient>,
+    to_client: flume::Sender<ToClient>,
     /// The device's own topics the hub watches for `hearth device check`
     /// and checks (its description), by prefix.
     own: Option<OwnTopics>,
@@ -254,8 +254,8 @@ impl<'a> Upstream<'a> {
     pub(super) fn new(
         conn: &'a Connection<'a>,
         shared: &Shared,
-        to_client: mpsc::Sender<ToClient>,
-        client_acks: mpsc::UnboundedSender<u16>,
+        to_client: flume::Sender<ToClient>,
+        client_acks: flume::Sender<u16>,
     ) -> Upstream<'a> {
         let traits = &conn.traits;
         Upstream {
@@ -346,7 +346,7 @@ impl<'a> Upstream<'a> {
         mut client: R,
         mut broker: W,
         mut inbound: BytesMut,
-        mut from_downstream: mpsc::UnboundedReceiver<()>,
+        from_downstream: flume::Receiver<()>,
     ) -> Result<(), SessionEnd>
     where
         R: AsyncRead + Unpin,
@@ -368,7 +368,7 @@ impl<'a> Upstream<'a> {
                     // Flush what was allowed before, then let the client's
                     // writer send any last word and close.
                     let _ = broker.write_all(&out).await;
-                    let _ = self.to_client.send(ToClient::Close(end)).await;
+                    let _ = self.to_client.send_async(ToClient::Close(end)).await;
                     return std::future::pending().await;
                 }
             };
@@ -404,7 +404,7 @@ impl<'a> Upstream<'a> {
             let read = tokio::select! {
                 read = read_client(&mut client, &mut inbound) => read?,
                 _ = packet_due => return Err(SessionEnd::SlowPacket),
-                Some(()) = from_downstream.recv() => {
+                Ok(()) = from_downstream.recv_async() => {
                     // The edge answered for the client: send what is now
                     // in order.
                     let owed = self.order.as_ref().map(|o| lock(o).drain()).unwrap_or_default();
@@ -518,7 +518,7 @@ impl<'a> Upstream<'a> {
     }
 
     async fn reply(&self, packet: Vec<u8>) {
-        let _ = self.to_client.send(ToClient::Packet(packet)).await;
+        let _ = self.to_client.send_async(ToClient::Packet(packet)).await;
     }
 
     async fn inspect(&mut self, frame: &Frame, packet: &[u8]) -> Result<Verdict, SessionEnd> {
@@ -873,7 +873,7 @@ impl<'a> Upstream<'a> {
         }
         let _ = self
             .to_client
-            .send(ToClient::MergeSubAck {
+            .send_async(ToClient::MergeSubAck {
                 pkid: sub.pkid,
                 refused,
                 total: sub.filters.len(),

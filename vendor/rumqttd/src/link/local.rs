@@ -127,10 +127,17 @@ impl<'a> LinkBuilder<'a> {
         link_rx.recv()?;
         // Hearth: a wake-up with nothing queued is a refusal like any other
         // non-CONNACK answer, not a reason to abort (upstream unwrapped).
-        let notification = outgoing_data_buffer
-            .lock()
-            .pop_front()
-            .ok_or(LinkError::NotConnectionAck)?;
+        // Hearth: the CONNACK's queue is given back once empty (an idle
+        // connection keeps none).
+        let notification = {
+            let mut buffer = outgoing_data_buffer.lock();
+            let notification = buffer.pop_front();
+            if buffer.is_empty() {
+                buffer.shrink_to_fit();
+            }
+            notification
+        }
+        .ok_or(LinkError::NotConnectionAck)?;
 
         // Right now link identifies failure with dropped rx in router,
         // which is probably ok. We need this here to get id assigned by router
@@ -175,10 +182,17 @@ impl<'a> LinkBuilder<'a> {
         link_rx.recv_async().await?;
         // Hearth: a wake-up with nothing queued is a refusal like any other
         // non-CONNACK answer, not a reason to abort (upstream unwrapped).
-        let notification = outgoing_data_buffer
-            .lock()
-            .pop_front()
-            .ok_or(LinkError::NotConnectionAck)?;
+        // Hearth: the CONNACK's queue is given back once empty (an idle
+        // connection keeps none).
+        let notification = {
+            let mut buffer = outgoing_data_buffer.lock();
+            let notification = buffer.pop_front();
+            if buffer.is_empty() {
+                buffer.shrink_to_fit();
+            }
+            notification
+        }
+        .ok_or(LinkError::NotConnectionAck)?;
 
         // Right now link identifies failure with dropped rx in router,
         // which is probably ok. We need this here to get id assigned by router

@@ -1580,6 +1580,8 @@ fn ack_device_data(ackslog: &mut AckLog, outgoing: &mut Outgoing) -> bool {
         buffer.push_back(message);
         count += 1;
     }
+    // Hearth: an idle connection keeps no ack queue (it held the CONNACK's).
+    acks.shrink_to_fit();
 
     debug!(acks_count = count, "Acks sent to device");
     outgoing.handle.try_send(()).ok();

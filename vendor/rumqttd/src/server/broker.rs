@@ -531,7 +531,7 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                         protocol,
                         self.awaiting_will_handler.clone(),
                     )
-                    .instrument(tracing::error_span!(
+                    .instrument(tracing::debug_span!(
                         "remote_link",
                         ?tenant_id,
                         client_id = field::Empty,
@@ -658,14 +658,16 @@ async fn remote<P: Protocol>(
         .insert(client_id.clone(), will_tx);
 
     // Start the link
-    let mut link = match RemoteLink::new(
+    // Hearth: boxed, so the connect-time future (CONNACK write) is not
+    // part of the task's size for the whole connection.
+    let mut link = match Box::pin(RemoteLink::new(
         router_tx.clone(),
         tenant_id.clone(),
         network,
         connect_packet,
         dynamic_filters,
         assigned_client_id,
-    )
+    ))
     .await
     {
         Ok(l) => l,
