@@ -11,6 +11,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::ack_order::AckOrder;
+use super::queue;
 use super::receive_window::{ends_inbound_flow, send_window, InboundWindow, ReceiveWindow};
 use super::suback::PendingSubAcks;
 use super::{budget_kib, Connection, Shared, LARGE_PACKET, LARGE_PACKET_TIME};
@@ -87,7 +88,7 @@ pub(super) struct Downstream<'a> {
     /// Properties to add to the CONNACK (v5).
     connack: Option<inspect::ConnAckExtras>,
     /// Wakes the upstream half when the edge answered for the client.
-    to_broker: flume::Sender<()>,
+    to_broker: queue::Sender<()>,
     /// Acknowledgement order towards the broker (with `client_max`).
     order: Option<Arc<Mutex<AckOrder>>>,
     /// The client's Maximum Packet Size.
@@ -118,7 +119,7 @@ impl<'a> Downstream<'a> {
         conn: &'a Connection<'a>,
         shared: Shared,
         connack: Option<inspect::ConnAckExtras>,
-        to_broker: flume::Sender<()>,
+        to_broker: queue::Sender<()>,
     ) -> Downstream<'a> {
         let limits = &conn.limits;
         Downstream {
@@ -150,8 +151,8 @@ impl<'a> Downstream<'a> {
         mut self,
         mut broker: ReadHalf<&mut DuplexStream>,
         mut client: W,
-        from_upstream: flume::Receiver<ToClient>,
-        acks: flume::Receiver<u16>,
+        mut from_upstream: queue::Receiver<ToClient>,
+        mut acks: queue::Receiver<u16>,
     ) -> Result<(), SessionEnd>
     where
         W: AsyncWrite + Unpin,
@@ -182,8 +183,8 @@ impl<'a> Downstream<'a> {
             let may_read = need.is_none() && !self.window.as_ref().is_some_and(ReceiveWindow::full);
             tokio::select! {
                 biased;
-                Ok(pkid) = acks.recv_async() => self.client_acked(&mut client, pkid).await?,
-                message = from_upstream.recv_async() => match message.ok() {
+                Some(pkid) = acks.recv() => self.client_acked(&mut client, pkid).await?,
+                message = from_upstream.recv() => match message {
                     Some(ToClient::Packet(bytes)) => client.write_all(&bytes).await?,
                     Some(ToClient::MergeSubAck { pkid, refused, total }) => {
                         self.merges.expect(pkid, refused, total);
@@ -375,7 +376,7 @@ impl<'a> Downstream<'a> {
         let answer = |completion: bool, pkid: u16, bytes: Vec<u8>| {
             if let Some(order) = order {
                 lock(order).expect(completion, pkid, Some(bytes));
-                let _ = wake.send(());
+                let _ = wake.push(());
             }
         };
         if frame.kind() == kind::PUBREL {

@@ -22,6 +22,7 @@
 
 mod ack_order;
 mod downstream;
+mod queue;
 mod receive_window;
 mod suback;
 mod upstream;
@@ -148,12 +149,12 @@ impl Connection<'_> {
             pong: Arc::new(Notify::new()),
         };
         // Packets the upstream half answers itself, for the client's writer.
-        let (to_client, from_upstream) = flume::bounded(64);
+        let (to_client, from_upstream) = queue::bounded(64);
         // Acknowledgements the edge owes the broker for messages it discarded
         // for the client (too large for it); bounded by the broker's inflight.
-        let (to_broker, from_downstream) = flume::unbounded();
+        let (to_broker, from_downstream) = queue::unbounded();
         // The client's PUBACKs and PUBCOMPs, which free its receive window.
-        let (client_acks, acks) = flume::unbounded();
+        let (client_acks, acks) = queue::unbounded();
         let mut upstream = Upstream::new(&self, &shared, to_client, client_acks);
         let up = upstream.run(client_read, broker_write, inbound, from_downstream);
         let down = Downstream::new(&self, shared, connack, to_broker).run(

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use super::ack_order::AckOrder;
 use super::downstream::ToClient;
+use super::queue;
 use super::receive_window::InboundWindow;
 use super::suback::Refusal;
 use super::{budget_kib, printable, Connection, Shared, DENIAL_LIMIT, DENIAL_WINDOW};
@@ -178,7 +179,7 @@ pub(super) struct Upstream<'a> {
     order: Option<Arc<Mutex<AckOrder>>>,
     /// Packet ids the client acknowledged (PUBACK, PUBCOMP), for the
     /// downstream half's receive window.
-    client_acks: flume::Sender<u16>,
+    client_acks: queue::Sender<u16>,
     client_id: &'a str,
     /// For a client without keep-alive: the edge's PINGREQs in flight.
     ping_broker: Option<Arc<AtomicU32>>,
@@ -203,7 +204,7 @@ pub(super) struct Upstream<'a> {
     /// What a v5 client has in flight towards the hub.
     in_flight: Option<Arc<Mutex<InboundWindow>>>,
     denials: Denials,
-    to_client: flume::Sender<ToClient>,
+    to_client: queue::Sender<ToClient>,
     /// The device's own topics the hub watches for `hearth device check`
     /// and checks (its description), by prefix.
     own: Option<OwnTopics>,
@@ -254,8 +255,8 @@ impl<'a> Upstream<'a> {
     pub(super) fn new(
         conn: &'a Connection<'a>,
         shared: &Shared,
-        to_client: flume::Sender<ToClient>,
-        client_acks: flume::Sender<u16>,
+        to_client: queue::Sender<ToClient>,
+        client_acks: queue::Sender<u16>,
     ) -> Upstream<'a> {
         let traits = &conn.traits;
         Upstream {
@@ -346,7 +347,7 @@ impl<'a> Upstream<'a> {
         mut client: R,
         mut broker: W,
         mut inbound: BytesMut,
-        from_downstream: flume::Receiver<()>,
+        mut from_downstream: queue::Receiver<()>,
     ) -> Result<(), SessionEnd>
     where
         R: AsyncRead + Unpin,
@@ -368,7 +369,7 @@ impl<'a> Upstream<'a> {
                     // Flush what was allowed before, then let the client's
                     // writer send any last word and close.
                     let _ = broker.write_all(&out).await;
-                    let _ = self.to_client.send_async(ToClient::Close(end)).await;
+                    self.to_client.send(ToClient::Close(end)).await;
                     return std::future::pending().await;
                 }
             };
@@ -404,7 +405,7 @@ impl<'a> Upstream<'a> {
             let read = tokio::select! {
                 read = read_client(&mut client, &mut inbound) => read?,
                 _ = packet_due => return Err(SessionEnd::SlowPacket),
-                Ok(()) = from_downstream.recv_async() => {
+                Some(()) = from_downstream.recv() => {
                     // The edge answered for the client: send what is now
                     // in order.
                     let owed = self.order.as_ref().map(|o| lock(o).drain()).unwrap_or_default();
@@ -518,7 +519,7 @@ impl<'a> Upstream<'a> {
     }
 
     async fn reply(&self, packet: Vec<u8>) {
-        let _ = self.to_client.send_async(ToClient::Packet(packet)).await;
+        self.to_client.send(ToClient::Packet(packet)).await;
     }
 
     async fn inspect(&mut self, frame: &Frame, packet: &[u8]) -> Result<Verdict, SessionEnd> {
@@ -611,7 +612,7 @@ impl<'a> Upstream<'a> {
                 .get(frame.header_len + 2)
                 .is_some_and(|r| reason::is_failure(*r));
         if frame.kind() != kind::PUBREC || failed_pubrec {
-            let _ = self.client_acks.send(pkid);
+            let _ = self.client_acks.push(pkid);
         }
         if let Some(order) = &self.order {
             let mut order = lock(order);
@@ -871,9 +872,8 @@ impl<'a> Upstream<'a> {
             self.reply(suback).await;
             return Ok(Verdict::Drop);
         }
-        let _ = self
-            .to_client
-            .send_async(ToClient::MergeSubAck {
+        self.to_client
+            .send(ToClient::MergeSubAck {
                 pkid: sub.pkid,
                 refused,
                 total: sub.filters.len(),

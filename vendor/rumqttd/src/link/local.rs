@@ -482,6 +482,18 @@ impl LinkRx {
         }
     }
 
+    /// Hearth: the router's next wake-up as a future that owns its
+    /// receiver, so a `select!` can keep one waiter across rounds instead
+    /// of registering and dropping one per round (`RemoteLink::start`).
+    pub(crate) fn wakeup(&self) -> flume::r#async::RecvFut<'static, ()> {
+        self.router_rx.clone().into_recv_async()
+    }
+
+    /// Hearth: what the router queued, after a wake-up.
+    pub(crate) fn take_notifications(&mut self, notifications: &mut VecDeque<Notification>) {
+        mem::swap(&mut *self.send_buffer.lock(), notifications);
+    }
+
     pub(crate) async fn exchange(
         &mut self,
         notifications: &mut VecDeque<Notification>,

@@ -20,6 +20,9 @@ pub enum Error {
     Protocol(#[from] protocol::Error),
     #[error["Keep alive timeout"]]
     KeepAlive(#[from] Elapsed),
+    /// Hearth: the same, from the connection's own timer.
+    #[error["Keep alive timeout"]]
+    KeepAliveExpired,
 }
 
 thread_local! {
@@ -131,6 +134,29 @@ impl<P: Protocol> Network<P> {
             // blocks until a frame can be created. Use this in a select! branch
             timeout(self.keepalive, self.read_bytes(required)).await??;
         }
+    }
+
+    /// Hearth: `read` without a keep-alive timer of its own: the caller
+    /// keeps one for the connection (`RemoteLink::start`) instead of one
+    /// made and dropped per read.
+    pub async fn read_untimed(&mut self) -> Result<Packet, Error> {
+        loop {
+            let required = match Protocol::read_mut(
+                &mut self.protocol,
+                &mut self.read,
+                self.max_incoming_size,
+            ) {
+                Ok(packet) => return Ok(packet),
+                Err(protocol::Error::InsufficientBytes(required)) => required,
+                Err(e) => return Err(e.into()),
+            };
+            self.read_bytes(required).await?;
+        }
+    }
+
+    /// Hearth: how long the connection may stay silent.
+    pub fn keepalive(&self) -> Duration {
+        self.keepalive
     }
 
     /// Read packets in bulk. This allow replies to be in bulk. This method is used
