@@ -253,14 +253,16 @@ pub async fn serve(
                         .await
                 }
                 (ListenerKind::MutualTls, None) => {}
+                // Boxed: the plain-TCP session's future would otherwise
+                // set the size of every connection's task, TLS ones too.
                 (ListenerKind::Development, _) => {
-                    edge.run_session(
+                    Box::pin(edge.run_session(
                         tcp,
                         Peer::Developer,
                         (None, "none"),
                         (deadline, limits),
                         stop,
-                    )
+                    ))
                     .await
                 }
             }

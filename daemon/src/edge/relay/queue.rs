@@ -1,24 +1,28 @@
 //! The queues between a relayed connection's two halves: nothing is allocated until a message waits, and waiting allocates nothing.
 //!
 //! tokio's mpsc takes a 32-slot block per channel when it is made (2.4 KiB
-//! per idle connection for the relay's three), and flume's receive future
-//! allocates and locks each time a `select!` drops it unfired (6 % of the
-//! hub's CPU in the fan-in benchmark). Here a queue is a `VecDeque` behind
-//! a mutex, given back when drained, and a wait is a `Notify`. One
-//! receiver; the queue closes when every sender is gone.
+//! per idle connection for the relay's three), flume's receive future
+//! allocates and locks each time a `select!` drops it unfired, and a
+//! `Notify` waiter locks to register and to leave. Here a queue is a
+//! `VecDeque` behind a mutex, given back when drained, and a wait is an
+//! `AtomicWaker`. One receiver, and one sender that waits for room; the
+//! queue closes when every sender is gone.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 struct Shared<T> {
     items: Mutex<VecDeque<T>>,
-    /// Told when an item arrives or the last sender leaves.
-    arrived: Notify,
-    /// Told when an item is taken (a bounded sender may be waiting).
-    taken: Notify,
+    /// The receiver, woken when an item arrives or the last sender leaves.
+    receiver: AtomicWaker,
+    /// A sender waiting for room in a full bounded queue (each queue has
+    /// one sender that waits).
+    sender: AtomicWaker,
     senders: AtomicUsize,
     bound: usize,
 }
@@ -33,8 +37,8 @@ pub(super) struct Receiver<T>(Arc<Shared<T>>);
 pub(super) fn bounded<T>(bound: usize) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
         items: Mutex::new(VecDeque::new()),
-        arrived: Notify::new(),
-        taken: Notify::new(),
+        receiver: AtomicWaker::new(),
+        sender: AtomicWaker::new(),
         senders: AtomicUsize::new(1),
         bound,
     });
@@ -55,23 +59,27 @@ impl<T> Shared<T> {
         }
         items.push_back(item);
         drop(items);
-        self.arrived.notify_one();
+        self.receiver.wake();
         Ok(())
     }
 }
 
 impl<T> Sender<T> {
     /// Queues `item`, waiting for room in a full bounded queue.
-    pub(super) async fn send(&self, mut item: T) {
-        loop {
-            // Registered before the check, so a take in between is seen.
-            let room = self.0.taken.notified();
-            match self.0.try_push(item) {
-                Ok(()) => return,
-                Err(back) => item = back,
+    pub(super) async fn send(&self, item: T) {
+        let mut item = Some(item);
+        poll_fn(|cx| {
+            // Registered before the attempt, so a take in between wakes it.
+            self.0.sender.register(cx.waker());
+            match item.take().map(|item| self.0.try_push(item)) {
+                Some(Err(back)) => {
+                    item = Some(back);
+                    Poll::Pending
+                }
+                _ => Poll::Ready(()),
             }
-            room.await;
-        }
+        })
+        .await
     }
 
     /// Queues `item` at once (unbounded queues), or hands it back when
@@ -84,7 +92,7 @@ impl<T> Sender<T> {
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
         if self.0.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.arrived.notify_one();
+            self.0.receiver.wake();
         }
     }
 }
@@ -93,25 +101,26 @@ impl<T> Receiver<T> {
     /// The next item, or `None` once the queue is empty and every sender
     /// has gone.
     pub(super) async fn recv(&mut self) -> Option<T> {
-        loop {
-            let arrival = self.0.arrived.notified();
-            {
-                let mut items = crate::sync::lock(&self.0.items);
-                if let Some(item) = items.pop_front() {
-                    if items.is_empty() {
-                        // An idle connection keeps no queue.
-                        *items = VecDeque::new();
-                    }
-                    drop(items);
-                    self.0.taken.notify_one();
-                    return Some(item);
+        poll_fn(|cx| {
+            // Registered before looking, so an arrival in between wakes it.
+            self.0.receiver.register(cx.waker());
+            let mut items = crate::sync::lock(&self.0.items);
+            if let Some(item) = items.pop_front() {
+                if items.is_empty() {
+                    // An idle connection keeps no queue.
+                    *items = VecDeque::new();
                 }
+                drop(items);
+                self.0.sender.wake();
+                return Poll::Ready(Some(item));
             }
+            drop(items);
             if self.0.senders.load(Ordering::Acquire) == 0 {
-                return None;
+                return Poll::Ready(None);
             }
-            arrival.await;
-        }
+            Poll::Pending
+        })
+        .await
     }
 }
 
