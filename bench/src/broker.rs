@@ -123,6 +123,17 @@ pub fn proc_stat(pid: &str) -> Result<ProcStat> {
     })
 }
 
+/// Whether a process is still running (not gone, not a zombie).
+pub fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next())
+        })
+        .is_some_and(|state| state != 'Z' && state != 'X')
+}
+
 /// The devices of the benchmark household, issued once per session.
 #[derive(Debug)]
 pub struct Pool {

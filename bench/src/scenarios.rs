@@ -466,7 +466,31 @@ pub async fn run(
             } else {
                 budget::Plan::new(p.budget_devices, &budget::Defaults::default())
             };
-            budget::run(b, pool, &plan).await
+            let skip = std::env::var("HEARTH_BENCH_BUDGET_SKIP").unwrap_or_default();
+            let result = budget::run(b, pool, &plan.without(&skip)?).await;
+            // A hub that stops itself (its router watchdog) closes every
+            // connection first and exits within its drain time: a failed
+            // run waits a little to tell that from a bench error.
+            let mut exited = false;
+            if result.is_err() {
+                for _ in 0..50 {
+                    if !broker::alive(&b.pid()) {
+                        exited = true;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            result.map_err(|e| {
+                    if !exited {
+                        e
+                    } else {
+                        e.context(format!(
+                            "hearthd exited during the budget run (its log: {}, kept with HEARTH_BENCH_KEEP=1)",
+                            b.dir.with_extension("log").display()
+                        ))
+                    }
+                })
         }
     }
 }
