@@ -86,9 +86,10 @@ impl Default for Defaults {
 
 /// Large packets are those the edge holds whole: over 64 KiB.
 const LARGE: usize = 64 * 1024;
-/// Bytes the hub counts for a retained message's topic, at most
-/// (`hearth/v1/dev/<26>/tele/retained<k>`).
-const RETAINED_TOPIC: usize = 64;
+/// Bytes the hub counts for a retained message besides its payload, at
+/// most: its key (the topic, `hearth/v1/dev/<26>/tele/retained<k>`, ≤ 64)
+/// and the whole packet (the topic again, its length, the fixed header).
+const RETAINED_OVERHEAD: usize = 2 * 64 + 8;
 /// Retained messages the hub keeps besides one state per device, at most.
 const HUB_RETAINED: usize = 64;
 /// Room for topic, headers and the JSON around a payload.
@@ -151,7 +152,7 @@ impl Plan {
         let room_bytes = d.max_retained_bytes.saturating_sub(64 * 1024);
         let retained_payload = (room_bytes / (devices * retained_per_device))
             .min(d.max_retained_bytes_per_device / retained_per_device)
-            .saturating_sub(RETAINED_TOPIC)
+            .saturating_sub(RETAINED_OVERHEAD)
             .max(64);
         // Small packets only, twice the hub's queue bound, on one filter
         // per device held by offline sessions.
@@ -797,13 +798,13 @@ mod tests {
         // Retained: with the hub's own, its count and bytes to within 5 %,
         // each device within its own allowance.
         let entries = p.devices * p.retained_per_device;
-        let bytes = entries * (p.retained_payload + RETAINED_TOPIC);
+        let bytes = entries * (p.retained_payload + RETAINED_OVERHEAD);
         assert!(entries + p.devices + HUB_RETAINED <= d.max_retained);
         assert!(entries * 100 >= d.max_retained * 95);
         assert!(bytes <= d.max_retained_bytes && bytes * 100 >= d.max_retained_bytes * 95);
         assert!(p.retained_per_device <= d.max_retained_per_device);
         assert!(
-            p.retained_per_device * (p.retained_payload + RETAINED_TOPIC)
+            p.retained_per_device * (p.retained_payload + RETAINED_OVERHEAD)
                 <= d.max_retained_bytes_per_device
         );
         // Subscriptions: the session's whole allowance.
