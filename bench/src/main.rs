@@ -265,7 +265,12 @@ async fn run(args: Args) -> Result<()> {
             Scenario::Home => children = children.max(1 + params.home_slow + params.home_fast),
             Scenario::Budget => {
                 children = children.max(params.budget_devices);
-                parents = parents.max(8);
+                let plan = if smoke {
+                    budget::Plan::smoke(params.budget_devices)
+                } else {
+                    budget::Plan::new(params.budget_devices, &budget::Defaults::default())
+                };
+                parents = parents.max(plan.parents());
             }
             _ => {}
         }
