@@ -123,6 +123,17 @@ pub fn proc_stat(pid: &str) -> Result<ProcStat> {
     })
 }
 
+/// Whether a process is still running (not gone, not a zombie).
+pub fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next())
+        })
+        .is_some_and(|state| state != 'Z' && state != 'X')
+}
+
 /// The devices of the benchmark household, issued once per session.
 #[derive(Debug)]
 pub struct Pool {
@@ -196,6 +207,32 @@ max_unauthenticated_per_source = 1024
 max_pending_per_device = 100000000
 "#;
 
+/// The configuration of the budget run: listeners on loopback, discovery
+/// off, and nothing else, so `[limits]` and `[mailbox]` are hearthd's own
+/// defaults (daemon/src/config.rs, packaging/hearth.toml) — the figures the
+/// memory budget of docs/ARCHITECTURE.md is stated for.
+const HEARTH_CONF_DEFAULTS: &str = r#"# hearthd configuration for the memory-budget run (written by hearth-bench):
+# default limits.
+[mqtt]
+listen = "127.0.0.1:PORT"
+[enroll]
+listen = "127.0.0.1:ESTPORT"
+[web]
+listen = "127.0.0.1:0"
+[discovery]
+enabled = false
+"#;
+
+/// Which limits hearthd runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limits {
+    /// Raised for the side-by-side scenarios (thousands of connections
+    /// from one address, an unbounded mailbox backlog).
+    Bench,
+    /// hearthd's defaults, as a household installs it (the budget run).
+    Defaults,
+}
+
 /// A running broker.
 #[derive(Debug)]
 pub struct Broker {
@@ -205,6 +242,8 @@ pub struct Broker {
     pub child: Child,
     /// Its MQTT listener.
     pub addr: SocketAddr,
+    /// hearthd's EST (enrolment, HTTPS) listener; the MQTT one for Mosquitto.
+    pub est: SocketAddr,
     /// When it was spawned.
     pub spawned: Instant,
     /// Its working directory (data dir for hearthd).
@@ -309,7 +348,7 @@ impl Env {
             runs: Default::default(),
             pin: pin_prefix(0),
         };
-        let mut child = env.spawn_hearthd(&template, free_port()?, false)?;
+        let mut child = env.spawn_hearthd(&template, free_port()?, false, Limits::Bench, 0)?;
         let result: Result<Pool> = (|| {
             let socket = template.join("admin.sock");
             wait_admin(&socket, &mut child, Duration::from_secs(30))?;
@@ -383,9 +422,20 @@ impl Env {
         Ok((env, pool))
     }
 
-    fn spawn_hearthd(&self, dir: &Path, port: u16, pin: bool) -> Result<Child> {
+    fn spawn_hearthd(
+        &self,
+        dir: &Path,
+        port: u16,
+        pin: bool,
+        limits: Limits,
+        est_port: u16,
+    ) -> Result<Child> {
         let conf = dir.with_extension("toml");
-        std::fs::write(&conf, HEARTH_CONF.replace("PORT", &port.to_string()))?;
+        let text = match limits {
+            Limits::Bench => HEARTH_CONF.to_owned(),
+            Limits::Defaults => HEARTH_CONF_DEFAULTS.replace("ESTPORT", &est_port.to_string()),
+        };
+        std::fs::write(&conf, text.replace("PORT", &port.to_string()))?;
         let log = std::fs::File::create(dir.with_extension("log"))?;
         let mut argv: Vec<String> = if pin { self.pin.clone() } else { Vec::new() };
         argv.push(self.hearthd.display().to_string());
@@ -416,9 +466,15 @@ impl Env {
     /// the template data dir. Returns as soon as the process is spawned: use
     /// [`wait_ready`] next.
     pub fn start(&self, kind: Kind) -> Result<Broker> {
+        self.start_with(kind, Limits::Bench)
+    }
+
+    /// [`Env::start`] with the limits chosen (Mosquitto has one setting).
+    pub fn start_with(&self, kind: Kind, limits: Limits) -> Result<Broker> {
         let dir = self.next_dir(kind);
         let port = free_port()?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut est = addr;
         let (child, spawned) = match kind {
             Kind::Hearth => {
                 let status = Command::new("cp")
@@ -429,8 +485,13 @@ impl Env {
                 if !status.success() {
                     bail!("cannot copy the template data dir");
                 }
+                let est_port = free_port()?;
+                est = ([127, 0, 0, 1], est_port).into();
                 let spawned = Instant::now();
-                (self.spawn_hearthd(&dir, port, true)?, spawned)
+                (
+                    self.spawn_hearthd(&dir, port, true, limits, est_port)?,
+                    spawned,
+                )
             }
             Kind::Mosquitto => {
                 let bin = self
@@ -482,6 +543,7 @@ impl Env {
             kind,
             child,
             addr,
+            est,
             spawned,
             dir,
         })

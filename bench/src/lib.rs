@@ -2,6 +2,7 @@
 //! the same mutual-TLS MQTT load and reports medians and ratios (issue 7).
 
 pub mod broker;
+pub mod budget;
 pub mod mqtt;
 pub mod report;
 pub mod scenarios;

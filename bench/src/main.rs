@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use hearth_bench::broker::{self, Env, Kind};
+use hearth_bench::budget;
 use hearth_bench::report::{self, Collector};
 use hearth_bench::scenarios::{check_smoke, run_one, Params, Scenario};
 use hearth_bench::soak::{self, SoakParams};
@@ -31,7 +32,8 @@ struct Args {
     /// Measured window, seconds.
     #[arg(long, default_value_t = 5.0)]
     window: f64,
-    /// Scenarios to run, comma-separated (qos0,qos1,fanout,fanin,paced,idle,startup,mailbox,home).
+    /// Scenarios to run, comma-separated (qos0,qos1,fanout,fanin,paced,idle,startup,mailbox,home;
+    /// budget, the memory-budget run, only when named here or in --smoke).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
     /// Payload bytes.
@@ -55,6 +57,10 @@ struct Args {
     /// Outstanding mailbox sends (the window of sends awaiting a receipt).
     #[arg(long, default_value_t = 64)]
     mailbox_window: usize,
+    /// Devices connected in the memory-budget run (the budget in
+    /// docs/ARCHITECTURE.md is stated for 200).
+    #[arg(long, default_value_t = 200)]
+    budget_devices: usize,
     /// hearthd binary (default: next to this executable).
     #[arg(long)]
     hearthd: Option<PathBuf>,
@@ -195,11 +201,17 @@ async fn run(args: Args) -> Result<()> {
             mailbox_window: args.mailbox_window,
             home_slow: 200,
             home_fast: 20,
+            budget_devices: args.budget_devices,
         }
     };
     let runs = if smoke { 1 } else { args.runs.max(1) };
     let chosen: Vec<Scenario> = if args.scenarios.is_empty() {
-        Scenario::ALL.to_vec()
+        // The budget run is a check of its own (minutes, Hearth only, at
+        // the default limits): asked for by name, or at toy scale in smoke.
+        Scenario::ALL
+            .into_iter()
+            .filter(|s| smoke || *s != Scenario::Budget)
+            .collect()
     } else {
         args.scenarios
             .iter()
@@ -249,11 +261,26 @@ async fn run(args: Args) -> Result<()> {
     });
     eprintln!("machine: {machine}");
 
-    let parents = 3 + params.fanout_subs;
-    let children = params
-        .idle
-        .max(params.fanin_devices)
-        .max(1 + params.home_slow + params.home_fast);
+    // Devices for the chosen scenarios only: issuing thousands takes a while.
+    let (mut parents, mut children) = (3, 1);
+    for s in &chosen {
+        match s {
+            Scenario::FanOut => parents = parents.max(3 + params.fanout_subs),
+            Scenario::FanIn => children = children.max(params.fanin_devices),
+            Scenario::Idle => children = children.max(params.idle),
+            Scenario::Home => children = children.max(1 + params.home_slow + params.home_fast),
+            Scenario::Budget => {
+                children = children.max(params.budget_devices);
+                let plan = if smoke {
+                    budget::Plan::smoke(params.budget_devices)
+                } else {
+                    budget::Plan::new(params.budget_devices, &budget::Defaults::default())
+                };
+                parents = parents.max(plan.parents());
+            }
+            _ => {}
+        }
+    }
     eprintln!(
         "preparing the hub data dir and {} devices...",
         parents + children
@@ -277,6 +304,8 @@ async fn run(args: Args) -> Result<()> {
         } else {
             vec![Kind::Hearth]
         };
+        // The budget run checks a peak, not a median: once is enough.
+        let runs = if *s == Scenario::Budget { 1 } else { runs };
         for i in 0..runs {
             for &kind in &kinds {
                 match run_one(&env, &pool, *s, kind, &params).await {
@@ -297,6 +326,15 @@ async fn run(args: Args) -> Result<()> {
                         );
                         if o.gen_cpu > gen_limit {
                             eprintln!("  generator above 90% of its core: rate figures of this run withheld");
+                        }
+                        if *s == Scenario::Budget {
+                            match budget::check(&o) {
+                                Ok(()) => eprintln!("  memory budget: within"),
+                                Err(e) => {
+                                    eprintln!("  memory budget: FAILED: {e}");
+                                    collector.failures.push((s.name(), kind.name(), e));
+                                }
+                            }
                         }
                         if smoke {
                             check_smoke(&o)

@@ -62,9 +62,26 @@ pub async fn connect(
     keep_alive: u16,
     limit: Duration,
 ) -> Result<Client> {
-    tokio::time::timeout(limit, connect_inner(addr, config, client_id, keep_alive))
-        .await
-        .with_context(|| format!("connect as {client_id} timed out after {limit:?}"))?
+    connect_session(addr, config, client_id, keep_alive, true, limit).await
+}
+
+/// [`connect`] with the clean-session flag chosen: `clean: false` asks the
+/// broker to keep the session (subscriptions and queued messages) after
+/// the connection ends.
+pub async fn connect_session(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    client_id: &str,
+    keep_alive: u16,
+    clean: bool,
+    limit: Duration,
+) -> Result<Client> {
+    tokio::time::timeout(
+        limit,
+        connect_inner(addr, config, client_id, keep_alive, clean),
+    )
+    .await
+    .with_context(|| format!("connect as {client_id} timed out after {limit:?}"))?
 }
 
 async fn connect_inner(
@@ -72,6 +89,7 @@ async fn connect_inner(
     config: Arc<rustls::ClientConfig>,
     client_id: &str,
     keep_alive: u16,
+    clean: bool,
 ) -> Result<Client> {
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
@@ -82,7 +100,7 @@ async fn connect_inner(
         rx: Reader::new(r),
         tx: Writer::new(w),
     };
-    encode_connect(&mut client.tx.buf, client_id, keep_alive);
+    encode_connect(&mut client.tx.buf, client_id, keep_alive, clean);
     client.tx.flush().await?;
     let mut code = None;
     while code.is_none() {
@@ -271,13 +289,13 @@ fn put_str(buf: &mut Vec<u8>, s: &[u8]) {
     buf.extend_from_slice(s);
 }
 
-/// CONNECT, MQTT 3.1.1, clean session, no credentials.
-pub fn encode_connect(buf: &mut Vec<u8>, client_id: &str, keep_alive: u16) {
+/// CONNECT, MQTT 3.1.1, no credentials; `clean` sets the clean-session flag.
+pub fn encode_connect(buf: &mut Vec<u8>, client_id: &str, keep_alive: u16, clean: bool) {
     buf.push(0x10);
     write_varint(10 + 2 + client_id.len(), buf);
     put_str(buf, b"MQTT");
     buf.push(4);
-    buf.push(0x02);
+    buf.push(if clean { 0x02 } else { 0x00 });
     buf.extend_from_slice(&keep_alive.to_be_bytes());
     put_str(buf, client_id.as_bytes());
 }

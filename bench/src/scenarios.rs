@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::broker::{self, Broker, Device, Kind, Pool};
+use crate::budget;
 use crate::mqtt::{self, encode_puback, encode_publish, Client, Packet};
 
 /// Scale of a session.
@@ -43,6 +44,8 @@ pub struct Params {
     pub home_slow: usize,
     /// Home scenario: devices sending telemetry 20 times a second.
     pub home_fast: usize,
+    /// Budget run: devices connected.
+    pub budget_devices: usize,
 }
 
 impl Params {
@@ -63,6 +66,7 @@ impl Params {
             mailbox_window: 8,
             home_slow: 10,
             home_fast: 2,
+            budget_devices: 10,
         }
     }
 }
@@ -86,7 +90,7 @@ pub async fn run_one(
     kind: Kind,
     p: &Params,
 ) -> Result<Outcome> {
-    let mut b = env.start(kind)?;
+    let mut b = env.start_with(kind, s.limits())?;
     let result = async {
         let ready = broker::wait_ready(&mut b, &pool.parents[0], Duration::from_secs(20)).await?;
         run(s, &b, pool, p, ready).await
@@ -118,11 +122,14 @@ pub enum Scenario {
     /// A home: many devices, a little telemetry each, a parent's phone
     /// watching all of it, a command and a family message every second.
     Home,
+    /// hearthd's memory budget at its default limits: every bound driven
+    /// at once with 200 devices connected (Hearth only).
+    Budget,
 }
 
 impl Scenario {
     /// All, in order.
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::Qos0,
         Scenario::Qos1,
         Scenario::FanOut,
@@ -132,6 +139,7 @@ impl Scenario {
         Scenario::Startup,
         Scenario::Mailbox,
         Scenario::Home,
+        Scenario::Budget,
     ];
     /// Its name on the command line and in reports.
     pub fn name(self) -> &'static str {
@@ -145,11 +153,21 @@ impl Scenario {
             Scenario::Startup => "startup",
             Scenario::Mailbox => "mailbox",
             Scenario::Home => "home",
+            Scenario::Budget => "budget",
         }
     }
-    /// Whether Mosquitto can run it.
+    /// Whether Mosquitto can run it (it has no mailbox, and none of the
+    /// bounds the budget run drives).
     pub fn both(self) -> bool {
-        self != Scenario::Mailbox
+        !matches!(self, Scenario::Mailbox | Scenario::Budget)
+    }
+    /// The limits hearthd runs it with: the budget is stated for the
+    /// defaults; the others need more connections from one address.
+    pub fn limits(self) -> broker::Limits {
+        match self {
+            Scenario::Budget => broker::Limits::Defaults,
+            _ => broker::Limits::Bench,
+        }
     }
 }
 
@@ -439,6 +457,41 @@ pub async fn run(
         Scenario::Startup => startup(b, p, ready).await,
         Scenario::Mailbox => mailbox(b, pool, p).await,
         Scenario::Home => home(b, pool, p).await,
+        Scenario::Budget => {
+            if b.kind != Kind::Hearth {
+                bail!("the budget run is Hearth's only");
+            }
+            let plan = if p.smoke {
+                budget::Plan::smoke(p.budget_devices)
+            } else {
+                budget::Plan::new(p.budget_devices, &budget::Defaults::default())
+            };
+            let skip = std::env::var("HEARTH_BENCH_BUDGET_SKIP").unwrap_or_default();
+            let result = budget::run(b, pool, &plan.without(&skip)?).await;
+            // A hub that stops itself (its router watchdog) closes every
+            // connection first and exits within its drain time: a failed
+            // run waits a little to tell that from a bench error.
+            let mut exited = false;
+            if result.is_err() {
+                for _ in 0..50 {
+                    if !broker::alive(&b.pid()) {
+                        exited = true;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            result.map_err(|e| {
+                    if !exited {
+                        e
+                    } else {
+                        e.context(format!(
+                            "hearthd exited during the budget run (its log: {}, kept with HEARTH_BENCH_KEEP=1)",
+                            b.dir.with_extension("log").display()
+                        ))
+                    }
+                })
+        }
     }
 }
 

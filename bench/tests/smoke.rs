@@ -45,6 +45,9 @@ async fn every_scenario_runs_at_toy_scale() {
                 .await
                 .unwrap_or_else(|e| panic!("{} on {}: {e:#}", s.name(), kind.name()));
             check_smoke(&o).unwrap_or_else(|e| panic!("{} on {}: {e:#}", s.name(), kind.name()));
+            if s == Scenario::Budget {
+                hearth_bench::budget::check(&o).unwrap_or_else(|e| panic!("budget: {e}"));
+            }
         }
     }
 }
