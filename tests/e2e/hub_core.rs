@@ -356,6 +356,50 @@ async fn a_router_thread_that_ends_drains_the_sessions_and_exits_70() {
     assert_eq!(ended, 1, "the session's end is in the audit log");
 }
 
+/// The TCP ports process `pid` listens on: its socket descriptors matched
+/// against the kernel's tables of listening sockets.
+fn listening_ports(pid: u32) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address, state 0A (LISTEN), inode
+            if fields.len() > 9 && fields[3] == "0A" && inodes.iter().any(|i| i == fields[9]) {
+                let port = fields[1].rsplit(':').next().unwrap();
+                ports.push(u16::from_str_radix(port, 16).unwrap());
+            }
+        }
+    }
+    ports.sort_unstable();
+    ports
+}
+
+#[test]
+fn the_broker_core_has_no_listener_of_its_own() {
+    // The edge hands rumqttd each client's connection in-process (ADR
+    // 0002): the only ports the hub listens on are the ones configured.
+    // rumqttd used to listen on two loopback ports behind a password.
+    let hub = TestHub::start_with("[web]\nenabled = false\n", &[]);
+    let mut expected = vec![hub.mqtt.port(), hub.enroll.port()];
+    expected.extend(hub.dev.map(|dev| dev.port()));
+    expected.sort_unstable();
+    assert_eq!(listening_ports(hub.pid()), expected, "{}", hub.log());
+}
+
 #[tokio::test]
 async fn the_development_listener_gives_plaintext_access_on_loopback() {
     let hub = TestHub::start_with("[dev]\nlisten = \"127.0.0.1:0\"\n", &[]);
