@@ -662,7 +662,9 @@ impl Edge {
                 });
             }
             let expiry_at_disconnect = Arc::clone(&traits.expiry_at_disconnect);
-            let result = relay::Connection {
+            // Run by reference: a future holding the connection by value
+            // stores it twice.
+            let mut relay = relay::Connection {
                 edge: self,
                 limits,
                 peer: &peer,
@@ -670,9 +672,9 @@ impl Edge {
                 client_id: &client_id,
                 traits,
                 stop,
-            }
-            .run(client, &mut broker, inbound)
-            .await;
+            };
+            let result = relay.run(client, &mut broker, inbound).await;
+            drop(relay);
             // 5 §3.14.2.2.2: a DISCONNECT may change the session's expiry.
             let at_disconnect = *crate::sync::lock(&expiry_at_disconnect);
             let ended = lifetime.at_disconnect(at_disconnect, limits.max_session_expiry);

@@ -148,7 +148,7 @@ impl<'a> Downstream<'a> {
     /// upstream half sends itself (`from_upstream`), and held ones as the
     /// client acknowledges earlier ones (`acks`).
     pub(super) async fn run<W>(
-        mut self,
+        &mut self,
         mut broker: ReadHalf<&mut DuplexStream>,
         mut client: W,
         mut from_upstream: queue::Receiver<ToClient>,

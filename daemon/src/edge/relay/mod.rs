@@ -126,7 +126,7 @@ impl Connection<'_> {
     /// Relays between `client` and `broker` until either side closes or
     /// `stop` fires; `inbound` is what the client sent after its CONNECT.
     pub(super) async fn run<S>(
-        mut self,
+        &mut self,
         client: S,
         broker: &mut DuplexStream,
         inbound: BytesMut,
@@ -155,16 +155,13 @@ impl Connection<'_> {
         let (to_broker, from_downstream) = queue::unbounded();
         // The client's PUBACKs and PUBCOMPs, which free its receive window.
         let (client_acks, acks) = queue::unbounded();
-        let mut upstream = Upstream::new(&self, &shared, to_client, client_acks);
+        let this = &*self;
+        let mut upstream = Upstream::new(this, &shared, to_client, client_acks);
         let up = upstream.run(client_read, broker_write, inbound, from_downstream);
-        let down = Downstream::new(&self, shared, connack, to_broker).run(
-            broker_read,
-            client_write,
-            from_upstream,
-            acks,
-        );
+        let mut downstream = Downstream::new(this, shared, connack, to_broker);
+        let down = downstream.run(broker_read, client_write, from_upstream, acks);
         tokio::select! {
-            _ = self.stop.cancelled() => Ok(()),
+            _ = this.stop.cancelled() => Ok(()),
             result = up => result,
             result = down => result,
         }

@@ -116,11 +116,7 @@ impl<'a> LinkBuilder<'a> {
         let outgoing_data_buffer = outgoing.buffer();
         let incoming_data_buffer = incoming.buffer();
 
-        let event = Event::Connect {
-            connection,
-            incoming,
-            outgoing,
-        };
+        let event = Event::Connect(Box::new((connection, incoming, outgoing)));
 
         self.router_tx.send((0, event))?;
 
@@ -171,11 +167,7 @@ impl<'a> LinkBuilder<'a> {
         let outgoing_data_buffer = outgoing.buffer();
         let incoming_data_buffer = incoming.buffer();
 
-        let event = Event::Connect {
-            connection,
-            incoming,
-            outgoing,
-        };
+        let event = Event::Connect(Box::new((connection, incoming, outgoing)));
 
         self.router_tx.send_async((0, event)).await?;
 

@@ -150,16 +150,23 @@ impl<P: Protocol> RemoteLink<P> {
         // Note:
         // Shouldn't result in bounded queue deadlocks because of blocking n/w send
         loop {
+            // Hearth: the packet goes to the link's buffer inside the
+            // branch's future, so select!'s output holds a count, not a
+            // 392-byte Packet, across the notify below.
+            let read = {
+                let (network, link_tx) = (&mut self.network, &self.link_tx);
+                async move {
+                    let packet = network.read_untimed().await?;
+                    let mut buffer = link_tx.buffer();
+                    buffer.push_back(packet);
+                    network.readv(&mut buffer)?;
+                    Ok::<usize, network::Error>(buffer.len())
+                }
+            };
             select! {
-                o = self.network.read_untimed() => {
-                    let packet = o?;
+                o = read => {
+                    let len = o?;
                     last_read = time::Instant::now();
-                    let len = {
-                        let mut buffer = self.link_tx.buffer();
-                        buffer.push_back(packet);
-                        self.network.readv(&mut buffer)?;
-                        buffer.len()
-                    };
 
                     trace!("Packets read from network, count = {}", len);
                     self.link_tx.notify().await?;

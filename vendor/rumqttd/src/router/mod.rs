@@ -40,11 +40,7 @@ pub(crate) type FilterIdx = usize;
 #[allow(clippy::large_enum_variant)]
 pub enum Event {
     /// Client id and connection handle
-    Connect {
-        connection: connection::Connection,
-        incoming: iobufs::Incoming,
-        outgoing: iobufs::Outgoing,
-    },
+    Connect(Box<(connection::Connection, iobufs::Incoming, iobufs::Outgoing)>),
     /// New meter link
     NewMeter(flume::Sender<Vec<Meter>>),
     /// New alert link

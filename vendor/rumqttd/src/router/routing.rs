@@ -276,11 +276,10 @@ impl Router {
         let _guard = span.enter();
 
         match data {
-            Event::Connect {
-                connection,
-                incoming,
-                outgoing,
-            } => self.handle_new_connection(connection, incoming, outgoing),
+            Event::Connect(c) => {
+                let (connection, incoming, outgoing) = *c;
+                self.handle_new_connection(connection, incoming, outgoing)
+            }
             Event::NewMeter(tx) => self.handle_new_meter(tx),
             Event::NewAlert(tx) => self.handle_new_alert(tx),
             Event::DeviceData => self.handle_device_payload(id),

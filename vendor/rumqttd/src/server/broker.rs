@@ -606,75 +606,20 @@ async fn remote<P: Protocol>(
     protocol: P,
     will_handlers: Arc<Mutex<HashMap<String, Sender<AwaitingWill>>>>,
 ) {
-    let mut network = Network::new(
-        stream,
-        config.max_payload_size,
-        config.max_inflight_count,
-        protocol,
-    );
-
-    let dynamic_filters = config.dynamic_filters;
-
-    let connect_packet = match mqtt_connect(config, &mut network).await {
-        Ok(p) => p,
-        Err(e) => {
-            error!(error=?e, "Error while handling MQTT connect packet");
-            return;
-        }
-    };
-
-    // Hearth: `mqtt_connect` only returns a CONNECT, but a refusal here
-    // ends this connection rather than the process (upstream: `unreachable!`).
-    let (mut client_id, clean_session) = match &connect_packet {
-        Packet::Connect(ref connect, _, _, _, _) => {
-            (connect.client_id.clone(), connect.clean_session)
-        }
-        _ => {
-            error!("Expected a CONNECT packet");
-            return;
-        }
-    };
-
-    let mut assigned_client_id = None;
-    if client_id.is_empty() {
-        let uuid = Uuid::new_v4().simple();
-        client_id = format!("rumqtt-{uuid}");
-        assigned_client_id = Some(client_id.clone());
-    }
-
-    if let Some(tenant_id) = &tenant_id {
-        // client_id is set to "tenant_id.client_id"
-        // this is to make sure we are consistent,
-        // as Connection uses this format of client_id
-        client_id = format!("{tenant_id}.{client_id}");
-    }
-
-    settle_previous_will(&will_handlers, &client_id, clean_session);
-
-    let (will_tx, will_rx) = flume::bounded::<AwaitingWill>(1);
-    will_handlers
-        .lock()
-        .unwrap()
-        .insert(client_id.clone(), will_tx);
-
-    // Start the link
-    // Hearth: boxed, so the connect-time future (CONNACK write) is not
-    // part of the task's size for the whole connection.
-    let mut link = match Box::pin(RemoteLink::new(
-        router_tx.clone(),
+    // Hearth: the connect-time locals (the CONNECT packet, the network
+    // before it moves into the link) live in a boxed future that is gone
+    // once the link starts.
+    let Some((mut link, client_id, will_rx)) = Box::pin(remote_setup(
+        config,
         tenant_id.clone(),
-        network,
-        connect_packet,
-        dynamic_filters,
-        assigned_client_id,
+        router_tx.clone(),
+        stream,
+        protocol,
+        will_handlers.clone(),
     ))
     .await
-    {
-        Ok(l) => l,
-        Err(e) => {
-            error!(error=?e, "Remote link error");
-            return;
-        }
+    else {
+        return;
     };
 
     let connection_id = link.connection_id;
@@ -766,4 +711,89 @@ mod hearth_tests {
         settle_previous_will(&will_handlers, "dev", false);
         assert!(rx.try_recv().is_ok_and(|w| w == AwaitingWill::Cancel));
     }
+}
+
+/// Hearth: `remote`'s connect-time half (read and check CONNECT, settle the
+/// previous connection's will, register with the router, CONNACK), split
+/// out so its locals are not part of the connection's task for its life.
+async fn remote_setup<P: Protocol>(
+    config: Arc<ConnectionSettings>,
+    tenant_id: Option<String>,
+    router_tx: Sender<(ConnectionId, Event)>,
+    stream: Box<dyn N>,
+    protocol: P,
+    will_handlers: Arc<Mutex<HashMap<String, Sender<AwaitingWill>>>>,
+) -> Option<(RemoteLink<P>, String, flume::Receiver<AwaitingWill>)> {
+    let mut network = Network::new(
+        stream,
+        config.max_payload_size,
+        config.max_inflight_count,
+        protocol,
+    );
+
+    let dynamic_filters = config.dynamic_filters;
+
+    let connect_packet = match mqtt_connect(config, &mut network).await {
+        Ok(p) => p,
+        Err(e) => {
+            error!(error=?e, "Error while handling MQTT connect packet");
+            return None;
+        }
+    };
+
+    // Hearth: `mqtt_connect` only returns a CONNECT, but a refusal here
+    // ends this connection rather than the process (upstream: `unreachable!`).
+    let (mut client_id, clean_session) = match &connect_packet {
+        Packet::Connect(ref connect, _, _, _, _) => {
+            (connect.client_id.clone(), connect.clean_session)
+        }
+        _ => {
+            error!("Expected a CONNECT packet");
+            return None;
+        }
+    };
+
+    let mut assigned_client_id = None;
+    if client_id.is_empty() {
+        let uuid = Uuid::new_v4().simple();
+        client_id = format!("rumqtt-{uuid}");
+        assigned_client_id = Some(client_id.clone());
+    }
+
+    if let Some(tenant_id) = &tenant_id {
+        // client_id is set to "tenant_id.client_id"
+        // this is to make sure we are consistent,
+        // as Connection uses this format of client_id
+        client_id = format!("{tenant_id}.{client_id}");
+    }
+
+    settle_previous_will(&will_handlers, &client_id, clean_session);
+
+    let (will_tx, will_rx) = flume::bounded::<AwaitingWill>(1);
+    will_handlers
+        .lock()
+        .unwrap()
+        .insert(client_id.clone(), will_tx);
+
+    // Start the link
+    // Hearth: boxed, so the connect-time future (CONNACK write) is not
+    // part of the task's size for the whole connection.
+    let link = match RemoteLink::new(
+        router_tx.clone(),
+        tenant_id.clone(),
+        network,
+        connect_packet,
+        dynamic_filters,
+        assigned_client_id,
+    )
+    .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            error!(error=?e, "Remote link error");
+            return None;
+        }
+    };
+
+    Some((link, client_id, will_rx))
 }
