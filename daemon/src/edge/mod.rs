@@ -633,10 +633,15 @@ impl Edge {
                     .map_err(|e| SessionEnd::Broker(std::io::Error::other(e.to_string())))?;
             }
             let mut broker = self.hub.broker.connect(version).map_err(SessionEnd::Broker)?;
-            broker
-                .write_all(&connect_out)
-                .await
-                .map_err(SessionEnd::Broker)?;
+            {
+                // Moved here, so its bytes are freed before the relay
+                // starts rather than kept for the connection's life.
+                let connect_out = connect_out;
+                broker
+                    .write_all(&connect_out)
+                    .await
+                    .map_err(SessionEnd::Broker)?;
+            }
             let session = self.hub.sessions.register(device, &client_id, stop.clone());
             connected = true;
             if let Some(device) = &device {

@@ -22,9 +22,12 @@ pub struct Connection {
     /// Subscriptions
     pub subscriptions: HashSet<Filter>,
     /// Last will of this connection
-    pub last_will: Option<LastWill>,
+    /// Hearth: boxed (here and below), as the router moves the will out
+    /// at registration and every connection's slot would otherwise carry
+    /// ~200 bytes of `None`.
+    pub last_will: Option<Box<LastWill>>,
     /// Properties of Last will
-    pub last_will_properties: Option<LastWillProperties>,
+    pub last_will_properties: Option<Box<LastWillProperties>>,
     /// Connection events
     pub events: ConnectionEvents,
     /// Topic aliases set by clients
@@ -82,8 +85,8 @@ impl Connection {
         will: Option<LastWill>,
         props: Option<LastWillProperties>,
     ) -> &mut Connection {
-        self.last_will = will;
-        self.last_will_properties = props;
+        self.last_will = will.map(Box::new);
+        self.last_will_properties = props.map(Box::new);
         self
     }
 }

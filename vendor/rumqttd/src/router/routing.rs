@@ -419,7 +419,7 @@ impl Router {
         if let Some(will) = connection.last_will.take() {
             self.last_wills.insert(
                 client_id.clone(),
-                (will, connection.last_will_properties.take()),
+                (*will, connection.last_will_properties.take().map(|p| *p)),
             );
         }
 
