@@ -320,100 +320,107 @@ impl Edge {
         EdgeLimits::of(&self.hub.config.borrow())
     }
 
-    async fn serve_tls(
+    /// A plain fn returning an async block, here and in `run_session`: an
+    /// `async fn` stores its arguments twice in its future
+    /// (rust-lang/rust#62958), for every connection's life.
+    #[allow(clippy::manual_async_fn)]
+    fn serve_tls(
         &self,
         tcp: TcpStream,
         peer_addr: SocketAddr,
         (deadline, limits): (Instant, EdgeLimits),
         stop: CancellationToken,
         ticket: crate::admission::Ticket,
-    ) {
-        // The handshake's result is scoped and the stream boxed, so the
-        // task's future does not reserve the TLS stream (~1.2 KiB) in every
-        // state that encloses it: 6 KiB less per idle connection (issue 20).
-        let mut stream = match {
-            tokio::select! {
-                // Closed to make room for a source holding fewer handshakes.
-                _ = ticket.evicted() => return,
-                handshake = timeout_at(deadline, self.tls.accept(tcp)) => handshake,
-            }
-        } {
-            Ok(Ok(stream)) => Box::new(stream),
-            Ok(Err(e)) => {
-                let (reason, device, class) = tls::refusal_reason(&e);
-                tracing::warn!(peer = %peer_addr, reason = %reason, "handshake refused");
-                self.hub.metrics.handshake(Some(class));
-                self.hub.audit.record(Event {
-                    device,
-                    event: "handshake-refused",
-                    reason: Some(reason),
-                    peer: Some(peer_addr.to_string()),
-                    ..Event::default()
-                });
+    ) -> impl std::future::Future<Output = ()> + '_ {
+        async move {
+            // The handshake's result is scoped and the stream boxed, so the
+            // task's future does not reserve the TLS stream (~1.2 KiB) in every
+            // state that encloses it: 6 KiB less per idle connection (issue 20).
+            let mut stream = match {
+                tokio::select! {
+                    // Closed to make room for a source holding fewer handshakes.
+                    _ = ticket.evicted() => return,
+                    handshake = timeout_at(deadline, self.tls.accept(tcp)) => handshake,
+                }
+            } {
+                Ok(Ok(stream)) => Box::new(stream),
+                Ok(Err(e)) => {
+                    let (reason, device, class) = tls::refusal_reason(&e);
+                    tracing::warn!(peer = %peer_addr, reason = %reason, "handshake refused");
+                    self.hub.metrics.handshake(Some(class));
+                    self.hub.audit.record(Event {
+                        device,
+                        event: "handshake-refused",
+                        reason: Some(reason),
+                        peer: Some(peer_addr.to_string()),
+                        ..Event::default()
+                    });
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(peer = %peer_addr, "handshake timed out");
+                    return;
+                }
+            };
+            // The verifier accepted the certificate; look it up again (cheap,
+            // in memory) to bind the session. If it was revoked in between,
+            // refuse: fail closed.
+            let cert = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first());
+            // From the hub's own chain (verified now or when the resumed
+            // session began), so the id it names can go in the audit.
+            let named = cert.and_then(|cert| crate::ca::device_id_of(cert));
+            let sha = cert.map(|cert| fingerprint(cert));
+            let Some((sha, identity)) =
+                sha.and_then(|sha| Some((sha, self.hub.registry.lookup(&sha)?)))
+            else {
+                self.refuse_revoked(named, sha, peer_addr);
+                answer_not_authorized(&mut stream, limits.max_packet, deadline).await;
                 return;
-            }
-            Err(_) => {
-                tracing::info!(peer = %peer_addr, "handshake timed out");
+            };
+            // Reachable by a revocation from here on; the lookup after it is
+            // the one that counts (a revocation between the two is seen by one
+            // of them).
+            let _admitted = self.hub.sessions.admit(identity.device, stop.clone());
+            let Some(identity) = self
+                .hub
+                .registry
+                .lookup(&sha)
+                .filter(|now| now.device == identity.device)
+            else {
+                self.refuse_revoked(Some(identity.device), Some(sha), peer_addr);
+                answer_not_authorized(&mut stream, limits.max_packet, deadline).await;
                 return;
+            };
+            // Authenticated: out of the handshake budget, into a slot.
+            drop(ticket);
+            self.hub.metrics.handshake(None);
+            let Ok(Ok(_permit)) =
+                timeout_at(deadline, Arc::clone(&self.slots).acquire_owned()).await
+            else {
+                tracing::warn!(device = %identity.device, "no connection slot free before the deadline");
+                return;
+            };
+            if self.hub.registry.is_renewing(&identity.device) {
+                self.retire_predecessors(&identity.device, &sha);
             }
-        };
-        // The verifier accepted the certificate; look it up again (cheap,
-        // in memory) to bind the session. If it was revoked in between,
-        // refuse: fail closed.
-        let cert = stream
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|certs| certs.first());
-        // From the hub's own chain (verified now or when the resumed
-        // session began), so the id it names can go in the audit.
-        let named = cert.and_then(|cert| crate::ca::device_id_of(cert));
-        let sha = cert.map(|cert| fingerprint(cert));
-        let Some((sha, identity)) =
-            sha.and_then(|sha| Some((sha, self.hub.registry.lookup(&sha)?)))
-        else {
-            self.refuse_revoked(named, sha, peer_addr);
-            answer_not_authorized(&mut stream, limits.max_packet, deadline).await;
-            return;
-        };
-        // Reachable by a revocation from here on; the lookup after it is
-        // the one that counts (a revocation between the two is seen by one
-        // of them).
-        let _admitted = self.hub.sessions.admit(identity.device, stop.clone());
-        let Some(identity) = self
-            .hub
-            .registry
-            .lookup(&sha)
-            .filter(|now| now.device == identity.device)
-        else {
-            self.refuse_revoked(Some(identity.device), Some(sha), peer_addr);
-            answer_not_authorized(&mut stream, limits.max_packet, deadline).await;
-            return;
-        };
-        // Authenticated: out of the handshake budget, into a slot.
-        drop(ticket);
-        self.hub.metrics.handshake(None);
-        let Ok(Ok(_permit)) = timeout_at(deadline, Arc::clone(&self.slots).acquire_owned()).await
-        else {
-            tracing::warn!(device = %identity.device, "no connection slot free before the deadline");
-            return;
-        };
-        if self.hub.registry.is_renewing(&identity.device) {
-            self.retire_predecessors(&identity.device, &sha);
+            let tls = match stream.get_ref().1.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1_3",
+                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1_2",
+                _ => "other",
+            };
+            self.run_session(
+                stream,
+                Peer::Device(identity),
+                (Some(sha), tls),
+                (deadline, limits),
+                stop,
+            )
+            .await
         }
-        let tls = match stream.get_ref().1.protocol_version() {
-            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1_3",
-            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1_2",
-            _ => "other",
-        };
-        self.run_session(
-            stream,
-            Peer::Device(identity),
-            (Some(sha), tls),
-            (deadline, limits),
-            stop,
-        )
-        .await
     }
 
     /// A certificate the verifier accepted was revoked before the session
@@ -461,25 +468,28 @@ impl Edge {
     /// Reads the CONNECT, checks it, connects to the broker and relays.
     /// `fingerprint` is the client certificate's, looked up again at
     /// CONNECT: a session starts only for a certificate accepted then.
-    async fn run_session<S>(
-        &self,
+    #[allow(clippy::manual_async_fn)] // see `serve_tls`
+    fn run_session<'a, S>(
+        &'a self,
         mut client: S,
         peer: Peer,
-        (fingerprint, tls): (Option<[u8; 32]>, &str),
+        (fingerprint, tls): (Option<[u8; 32]>, &'a str),
         (deadline, limits): (Instant, EdgeLimits),
         stop: CancellationToken,
-    ) where
-        S: AsyncRead + AsyncWrite + Unpin,
+    ) -> impl std::future::Future<Output = ()> + 'a
+    where
+        S: AsyncRead + AsyncWrite + Unpin + 'a,
     {
-        let device = match &peer {
-            Peer::Device(identity) => Some(identity.device),
-            Peer::Developer => None,
-        };
-        let mut inbound = BytesMut::new();
-        let mut connected = false;
-        // The session's number in the hub's observations.
-        let mut observed = 0;
-        let result = async {
+        async move {
+            let device = match &peer {
+                Peer::Device(identity) => Some(identity.device),
+                Peer::Developer => None,
+            };
+            let mut inbound = BytesMut::new();
+            let mut connected = false;
+            // The session's number in the hub's observations.
+            let mut observed = 0;
+            let result = async {
             let (version, mut connect, connect_len) = tokio::select! {
                 // Revoked (or the hub stopping) while waiting for CONNECT.
                 _ = stop.cancelled() => return Err(SessionEnd::Stopped),
@@ -717,31 +727,32 @@ impl Edge {
             result
         }
         .await;
-        // Most MQTT clients close TCP without a TLS close_notify after
-        // DISCONNECT, and a toy losing power does the same: an ordinary
-        // end, not a warning.
-        let result = match result {
-            Err(SessionEnd::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(()),
-            other => other,
-        };
-        match (&device, &result) {
-            (Some(device), Ok(())) => tracing::info!(device = %device, "disconnected"),
-            (None, Ok(())) => {}
-            (Some(device), Err(end)) => {
-                tracing::warn!(device = %device, reason = %end, "session ended")
+            // Most MQTT clients close TCP without a TLS close_notify after
+            // DISCONNECT, and a toy losing power does the same: an ordinary
+            // end, not a warning.
+            let result = match result {
+                Err(SessionEnd::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(()),
+                other => other,
+            };
+            match (&device, &result) {
+                (Some(device), Ok(())) => tracing::info!(device = %device, "disconnected"),
+                (None, Ok(())) => {}
+                (Some(device), Err(end)) => {
+                    tracing::warn!(device = %device, reason = %end, "session ended")
+                }
+                (None, Err(end)) => tracing::info!(reason = %end, "development session ended"),
             }
-            (None, Err(end)) => tracing::info!(reason = %end, "development session ended"),
-        }
-        if let (Some(device), true) = (device, connected) {
-            self.hub
-                .observations
-                .ended(&device, observed, crate::unix_now_ms());
-            self.hub.audit.record(Event {
-                device: Some(device),
-                event: "disconnect",
-                reason: result.err().map(|e| e.to_string()),
-                ..Event::default()
-            });
+            if let (Some(device), true) = (device, connected) {
+                self.hub
+                    .observations
+                    .ended(&device, observed, crate::unix_now_ms());
+                self.hub.audit.record(Event {
+                    device: Some(device),
+                    event: "disconnect",
+                    reason: result.err().map(|e| e.to_string()),
+                    ..Event::default()
+                });
+            }
         }
     }
 
