@@ -25,6 +25,12 @@ impl<T> Waiters<T> {
     /// Pushes a request to current wait queue
     pub fn register(&mut self, id: ConnectionId, request: T) {
         let request = (id, request);
+        // Hearth: room for one to start with: most filters (a device's
+        // own topics) have a single reader, and a first push reserves room
+        // for 4 (~400 bytes) on every subscribed filter.
+        if self.current.capacity() == 0 {
+            self.current.reserve_exact(1);
+        }
         self.current.push_back(request);
     }
 
@@ -52,5 +58,22 @@ impl<T> Waiters<T> {
 
     pub fn get_mut(&mut self) -> &mut VecDeque<(ConnectionId, T)> {
         &mut self.current
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Waiters;
+
+    #[test]
+    fn a_single_waiter_holds_room_for_one() {
+        let mut waiters: Waiters<[u64; 12]> = Waiters::with_capacity(0);
+        waiters.register(1, [0; 12]);
+        assert_eq!(waiters.get_mut().capacity(), 1);
+        waiters.register(2, [0; 12]);
+        waiters.register(3, [0; 12]);
+        assert_eq!(waiters.take().map(|w| w.len()), Some(3));
+        waiters.register(4, [0; 12]);
+        assert_eq!(waiters.get_mut().capacity(), 1);
     }
 }

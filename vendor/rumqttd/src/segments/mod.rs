@@ -127,6 +127,13 @@ where
         self.active_segment().next_offset()
     }
 
+    /// Hearth: entries reserved by all segments (for tests of their lazy
+    /// allocation).
+    #[cfg(test)]
+    pub(crate) fn reserved(&self) -> usize {
+        self.segments.iter().map(Segment::capacity).sum()
+    }
+
     #[inline]
     fn active_segment(&self) -> &Segment<T> {
         self.segments.back().unwrap()

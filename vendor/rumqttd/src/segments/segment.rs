@@ -27,19 +27,25 @@ impl<T> Segment<T>
 where
     T: Storage + Clone,
 {
+    // Hearth: a segment's entries are allocated as they come, not 1024 up
+    // front: every subscribed filter has a log, and most filters (a
+    // device's command topics) are never or rarely published to. Upstream
+    // reserved 1024 entries (~200 KiB) per filter and per new segment.
     pub(crate) fn with_offset(absolute_offset: u64) -> Self {
         Self {
-            data: Vec::with_capacity(1024),
+            data: Vec::new(),
             absolute_offset,
             total_size: 0,
         }
     }
     pub(crate) fn new() -> Self {
-        Self {
-            data: Vec::with_capacity(1024),
-            absolute_offset: 0,
-            total_size: 0,
-        }
+        Self::with_offset(0)
+    }
+
+    /// Hearth: entries reserved (for tests of the lazy allocation above).
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.data.capacity()
     }
 
     #[inline]
@@ -126,6 +132,15 @@ mod tests {
         mem_segment.push(test_byte.clone());
         assert_eq!(mem_segment.len(), 1);
         assert_eq!(mem_segment.last().unwrap(), test_byte);
+    }
+
+    #[test]
+    fn a_segment_nobody_wrote_to_reserves_nothing() {
+        let mut segment: Segment<Bytes> = Segment::new();
+        assert_eq!(segment.capacity(), 0);
+        assert_eq!(Segment::<Bytes>::with_offset(7).capacity(), 0);
+        segment.push(Bytes::from_static(b"x"));
+        assert!(segment.capacity() < 1024, "{}", segment.capacity());
     }
 
     #[test]
