@@ -2,7 +2,8 @@
 //! in-process broker link, checks contact rules and limits, stores the
 //! content sealed under the mailbox key (committed with full sync before
 //! the "stored" receipt), delivers to each recipient device's inbox — at
-//! once and again when it subscribes — and deletes a message once every
+//! once and again when it subscribes, within one byte bound for the whole
+//! hub — and deletes a message once every
 //! recipient device has acknowledged it, or when it expires.
 //!
 //! This file is the face the daemon wires up; the work is in service.rs

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use hearth_protocol::mailbox::{
     self, BadEnvelope, Delivery, Inbox, Message, Outbox, Receipt, ReceiptStatus, Sender,
 };
@@ -35,9 +36,16 @@ const SUBSCRIBE_SETTLE: Duration = Duration::from_millis(150);
 const RESEND_AFTER: Duration = Duration::from_secs(3);
 /// How often expiry and resends run.
 const TICK: Duration = Duration::from_millis(500);
-/// Content bytes published to one device per round, so a backlog of
-/// pictures neither floods the broker's log nor holds the store.
-const ROUND_BYTES: usize = 16 * 1024 * 1024;
+/// Delivery bytes in flight across the whole hub: handed to the broker
+/// and neither acknowledged nor given up on (older than [`RESEND_AFTER`],
+/// taken as dropped). A picture to a member goes once per device, so a
+/// bound per device would let 200 devices hold 200 × this; deliveries
+/// past it wait in the store for a later round.
+const FLIGHT_BYTES: usize = 16 * 1024 * 1024;
+/// What a delivery envelope adds to its sealed content, at most (ids,
+/// sender, times): a round is planned from sealed sizes, before any
+/// content is read, and must not pass [`FLIGHT_BYTES`] once built.
+const ENVELOPE_SLACK: usize = 1024;
 /// How often deliveries to devices no longer active are swept.
 const ORPHAN_SWEEP: Duration = Duration::from_secs(60);
 /// At most this many outbox messages, or [`BATCH_BYTES`] of them, are
@@ -59,8 +67,16 @@ pub struct Mailbox {
     seal: MailboxKey,
     limits: MailboxSection,
     link: LinkTx,
-    /// When each (message, device) delivery was last published.
-    sent: HashMap<(String, DeviceId), Instant>,
+    /// When each (message, device) delivery was last published, and its
+    /// size: what is in flight (see [`FLIGHT_BYTES`]).
+    sent: HashMap<(String, DeviceId), Sent>,
+    /// Devices a delivery was held back from by [`FLIGHT_BYTES`]: the next
+    /// round goes to them too if they are connected (they may not have
+    /// subscribed since the mailbox started, so not be `listening`).
+    waiting: HashSet<DeviceId>,
+    /// Turns the order devices are served in each round, so a device with
+    /// a backlog cannot keep the others waiting.
+    round: usize,
     /// Devices whose inbox subscription is settling, and when to deliver.
     due: HashMap<DeviceId, Instant>,
     /// Connected devices that subscribed to their inbox: the only ones
@@ -69,7 +85,7 @@ pub struct Mailbox {
     /// When deliveries to inactive devices were last swept.
     last_sweep: Instant,
     /// While a batch runs: what it will publish once it is committed.
-    held: Option<Vec<(String, Vec<u8>)>>,
+    held: Option<Vec<(String, Bytes)>>,
     /// Pending deliveries per recipient device and when they were counted:
     /// the per-device cap is checked against a count at most
     /// [`PENDING_RECOUNT`] old plus what was stored since, not by counting
@@ -119,6 +135,8 @@ impl Mailbox {
             limits,
             link,
             sent: HashMap::new(),
+            waiting: HashSet::new(),
+            round: 0,
             due: HashMap::new(),
             listening: HashSet::new(),
             last_sweep: Instant::now(),
@@ -191,22 +209,33 @@ impl Mailbox {
             .filter(|(_, at)| **at <= now)
             .map(|(d, _)| *d)
             .collect();
-        for device in ready {
-            self.due.remove(&device);
-            self.listening.insert(device);
-            self.deliver_pending(&device, Resend::All);
+        for device in &ready {
+            self.due.remove(device);
+            self.listening.insert(*device);
         }
         let connected: HashSet<DeviceId> = self.sessions.connected_devices().into_iter().collect();
         self.listening.retain(|d| connected.contains(d));
+        self.waiting.retain(|d| connected.contains(d));
         self.expire();
-        // Resend what a listening device has not acknowledged (a delivery
-        // can race its subscription, or be dropped by a full queue).
-        let listening: Vec<DeviceId> = self.listening.iter().copied().collect();
-        for device in listening {
-            self.deliver_pending(&device, Resend::Stale);
+        // Deliver to devices that just subscribed, and resend what a
+        // listening device has not acknowledged (a delivery can race its
+        // subscription, or be dropped by a full queue), within the bound.
+        let mut devices: Vec<DeviceId> = self.listening.union(&self.waiting).copied().collect();
+        devices.sort_unstable();
+        if !devices.is_empty() {
+            let turn = self.round % devices.len();
+            devices.rotate_left(turn);
+        }
+        self.round = self.round.wrapping_add(1);
+        self.waiting.clear();
+        let fresh: HashSet<DeviceId> = ready.iter().copied().collect();
+        self.deliver_round(&devices, &fresh, now);
+        let store = self.store.clone();
+        for device in &ready {
+            store.with(|db| self.flush_receipts(db, device));
         }
         self.sent
-            .retain(|_, at| now.duration_since(*at) < Duration::from_secs(3600));
+            .retain(|_, s| now.duration_since(s.at) < Duration::from_secs(3600));
         self.pending
             .retain(|_, (_, at)| now.duration_since(*at) < PENDING_RECOUNT);
     }
@@ -286,11 +315,27 @@ impl Mailbox {
                     Some(id.clone()),
                     ReceiptStatus::Stored,
                 );
-                let envelope = Inbox::Delivery(*delivery);
+                // One envelope for every device: the router's entries share
+                // its bytes.
+                let Some(envelope) = encode(&Inbox::Delivery(*delivery)) else {
+                    return;
+                };
                 let now = Instant::now();
+                let mut flight = Flight::measure(FLIGHT_BYTES, &self.sent, now);
                 for device in devices {
-                    self.publish_inbox(&device, &envelope);
-                    self.sent.insert((id.clone(), device), now);
+                    // A device with older deliveries held back gets this
+                    // one after them, so order per sender holds.
+                    if self.waiting.contains(&device) || !flight.take(envelope.len()) {
+                        // Stored; it goes in a later round.
+                        self.waiting.insert(device);
+                        continue;
+                    }
+                    self.publish_raw(topic::inbox(&device), envelope.clone());
+                    let sent = Sent {
+                        at: now,
+                        bytes: envelope.len(),
+                    };
+                    self.sent.insert((id.clone(), device), sent);
                 }
             }
             Err(refusal) => self.refuse(sender, send.reference, refusal),
@@ -484,52 +529,96 @@ impl Mailbox {
         match db.take_receipts(device) {
             Ok(receipts) => {
                 for text in receipts {
-                    self.publish_raw(topic::inbox(device), text.into_bytes());
+                    self.publish_raw(topic::inbox(device), Bytes::from(text));
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot read queued receipts"),
         }
     }
 
-    /// Publishes a device's pending deliveries, oldest first, as `which`
-    /// says; with [`Resend::All`] its queued receipts too.
-    fn deliver_pending(&mut self, device: &DeviceId, which: Resend) {
-        let now = Instant::now();
-        let pending = match self.store.with(|db| db.pending_ids(device)) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read pending deliveries");
-                return;
-            }
-        };
-        let mut sent_bytes = 0usize;
-        for id in pending {
-            let recent = self
-                .sent
-                .get(&(id.clone(), *device))
-                .is_some_and(|at| now.duration_since(*at) < RESEND_AFTER);
-            if matches!(which, Resend::Stale) && recent {
-                continue;
-            }
-            // Oldest first and at least one per round, so order per sender
-            // holds and a large message is never stuck.
-            if sent_bytes >= ROUND_BYTES {
-                break;
-            }
-            match self.send_one(device, &id, now) {
-                Some(bytes) => sent_bytes += bytes,
-                None => continue,
+    /// One round of deliveries to `devices`, in that order: for each, its
+    /// pending deliveries oldest first, but those published in the last
+    /// [`RESEND_AFTER`] (unless it is `fresh`: it just subscribed, so they
+    /// found no subscriber), as far as [`FLIGHT_BYTES`] allows hub-wide.
+    fn deliver_round(&mut self, devices: &[DeviceId], fresh: &HashSet<DeviceId>, now: Instant) {
+        let mut queues = Vec::with_capacity(devices.len());
+        for device in devices {
+            let pending = match self.store.with(|db| db.pending_sizes(device)) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read pending deliveries");
+                    continue;
+                }
+            };
+            let stale: Vec<(String, usize)> = pending
+                .into_iter()
+                .filter(|(id, _)| {
+                    fresh.contains(device)
+                        || self
+                            .sent
+                            .get(&(id.clone(), *device))
+                            .is_none_or(|s| now.duration_since(s.at) >= RESEND_AFTER)
+                })
+                .map(|(id, sealed)| (id, sealed.saturating_add(ENVELOPE_SLACK)))
+                .collect();
+            if !stale.is_empty() {
+                queues.push((*device, stale));
             }
         }
-        if matches!(which, Resend::All) {
-            let store = self.store.clone();
-            store.with(|db| self.flush_receipts(db, device));
+        let mut flight = Flight::measure(FLIGHT_BYTES, &self.sent, now);
+        for device in fresh {
+            // Its earlier deliveries found no subscriber: not in flight.
+            flight.bytes = flight.bytes.saturating_sub(
+                self.sent
+                    .iter()
+                    .filter(|((_, d), s)| d == device && now.duration_since(s.at) < RESEND_AFTER)
+                    .map(|(_, s)| s.bytes)
+                    .sum(),
+            );
+        }
+        let plan = plan_round(&queues, &mut flight);
+        // Devices left with deliveries the bound held back are served in
+        // the next round even if they never subscribed since the start.
+        let mut planned: HashMap<DeviceId, usize> = HashMap::new();
+        for (device, _) in &plan {
+            *planned.entry(*device).or_default() += 1;
+        }
+        for (device, queue) in &queues {
+            if planned.get(device).copied().unwrap_or(0) < queue.len() {
+                self.waiting.insert(*device);
+            }
+        }
+        // Each message is read, opened and encoded once a round, however
+        // many devices it goes to; the round's envelopes are within the
+        // bound.
+        let mut envelopes: HashMap<String, Option<Bytes>> = HashMap::new();
+        for (device, id) in plan {
+            let envelope = match envelopes.get(&id) {
+                Some(e) => e.clone(),
+                None => {
+                    let e = self.envelope(&id);
+                    envelopes.insert(id.clone(), e.clone());
+                    e
+                }
+            };
+            let Some(envelope) = envelope else {
+                continue;
+            };
+            // Counted before it leaves, so whoever receives it finds it
+            // counted.
+            self.observations.update(&device, |s| s.deliveries += 1);
+            let sent = Sent {
+                at: now,
+                bytes: envelope.len(),
+            };
+            self.publish_raw(topic::inbox(&device), envelope);
+            self.sent.insert((id, device), sent);
         }
     }
 
-    /// Publishes one stored message to a device's inbox; returns its
-    /// sealed size, or `None` if it is gone or cannot be opened.
-    fn send_one(&mut self, device: &DeviceId, id: &str, now: Instant) -> Option<usize> {
+    /// A stored message's delivery envelope, or `None` if it is gone or
+    /// cannot be opened.
+    fn envelope(&mut self, id: &str) -> Option<Bytes> {
         let message = match self.store.with(|db| db.message(id)) {
             Ok(Some(m)) => m,
             Ok(None) => return None,
@@ -554,7 +643,6 @@ impl Mailbox {
             .ok()
             .flatten();
         let member = from_member.or_else(|| "former-member".parse().ok())?;
-        let size = message.sealed.len();
         let from = Sender {
             member,
             device: message.sender,
@@ -565,11 +653,7 @@ impl Mailbox {
             message.sent_at,
             message.expires_at,
         );
-        // Counted before it leaves, so whoever receives it finds it counted.
-        self.observations.update(device, |s| s.deliveries += 1);
-        self.publish_inbox(device, &Inbox::Delivery(delivery));
-        self.sent.insert((message.id, *device), now);
-        Some(size)
+        encode(&Inbox::Delivery(delivery))
     }
 
     fn expire(&mut self) {
@@ -610,20 +694,29 @@ impl Mailbox {
     }
 
     fn publish_inbox(&mut self, device: &DeviceId, envelope: &Inbox) {
-        let Ok(text) = serde_json::to_vec(envelope) else {
+        let Some(text) = encode(envelope) else {
             return;
         };
         self.publish_raw(topic::inbox(device), text);
     }
 
     /// Publishes now, or once the running batch is committed.
-    fn publish_raw(&mut self, topic: String, bytes: Vec<u8>) {
+    fn publish_raw(&mut self, topic: String, bytes: Bytes) {
         if let Some(held) = &mut self.held {
             held.push((topic, bytes));
         } else if let Err(e) = self.link.publish(topic, bytes) {
             tracing::warn!(error = %e, "cannot publish to an inbox");
         }
     }
+}
+
+/// An inbox envelope's bytes, exactly as long as they are: the broker's
+/// logs keep them after delivery, and an encoder's spare capacity (up to
+/// half again, for a picture) would stay with them.
+fn encode(envelope: &Inbox) -> Option<Bytes> {
+    let mut bytes = serde_json::to_vec(envelope).ok()?;
+    bytes.shrink_to_fit();
+    Some(Bytes::from(bytes))
 }
 
 /// A store failure while taking a send: logged, and the sender told to
@@ -770,13 +863,78 @@ struct StoredMessage {
     expires_at: i64,
 }
 
-/// Which pending deliveries to publish.
-#[derive(Clone, Copy)]
-enum Resend {
-    /// Every one: the device just subscribed to its inbox.
-    All,
-    /// Those not published in the last [`RESEND_AFTER`].
-    Stale,
+/// One delivery published: when, and its envelope's size.
+#[derive(Clone, Copy, Debug)]
+struct Sent {
+    at: Instant,
+    bytes: usize,
+}
+
+/// Delivery bytes in flight hub-wide, against their bound.
+#[derive(Debug)]
+struct Flight {
+    limit: usize,
+    bytes: usize,
+}
+
+impl Flight {
+    /// What `sent` has in flight at `now`: published in the last
+    /// [`RESEND_AFTER`] and not acknowledged (an acknowledged delivery
+    /// leaves `sent`).
+    fn measure(limit: usize, sent: &HashMap<(String, DeviceId), Sent>, now: Instant) -> Flight {
+        let bytes = sent
+            .values()
+            .filter(|s| now.duration_since(s.at) < RESEND_AFTER)
+            .map(|s| s.bytes)
+            .sum();
+        Flight { limit, bytes }
+    }
+
+    /// Takes `size` bytes if they fit. With nothing in flight one delivery
+    /// always fits, so a message near the bound is never stuck.
+    fn take(&mut self, size: usize) -> bool {
+        if self.bytes > 0 && self.bytes.saturating_add(size) > self.limit {
+            return false;
+        }
+        self.bytes = self.bytes.saturating_add(size);
+        true
+    }
+}
+
+/// Plans a round: which (device, message) deliveries go, from each
+/// device's queue (oldest first, with sizes), as far as `flight` allows.
+/// Devices are served in turn, one delivery each per pass, so one with a
+/// backlog does not take the round; a device whose next delivery does not
+/// fit gets nothing more this round, so its order per sender holds.
+fn plan_round(
+    queues: &[(DeviceId, Vec<(String, usize)>)],
+    flight: &mut Flight,
+) -> Vec<(DeviceId, String)> {
+    let mut plan = Vec::new();
+    let mut next = vec![0usize; queues.len()];
+    let mut stopped = vec![false; queues.len()];
+    loop {
+        let mut moved = false;
+        for (i, (device, queue)) in queues.iter().enumerate() {
+            if stopped[i] {
+                continue;
+            }
+            let Some((id, size)) = queue.get(next[i]) else {
+                stopped[i] = true;
+                continue;
+            };
+            if !flight.take(*size) {
+                stopped[i] = true;
+                continue;
+            }
+            plan.push((*device, id.clone()));
+            next[i] += 1;
+            moved = true;
+        }
+        if !moved {
+            return plan;
+        }
+    }
 }
 
 enum Accepted {
@@ -792,6 +950,81 @@ enum Accepted {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn devices(n: usize) -> Vec<DeviceId> {
+        let mut devices: Vec<DeviceId> = (0..n)
+            .map(|k| DeviceId::from_entropy((k as u128).to_be_bytes()))
+            .collect();
+        devices.sort_unstable();
+        devices
+    }
+
+    #[test]
+    fn a_round_hands_over_at_most_the_bound_across_all_devices() {
+        // A 5 MiB picture (6.7 MiB as base64) to a member with 200
+        // devices, none acknowledging: one bound for the hub, not 200.
+        let picture = 5 * 1024 * 1024 / 3 * 4 + ENVELOPE_SLACK;
+        let queues: Vec<(DeviceId, Vec<(String, usize)>)> = devices(200)
+            .into_iter()
+            .map(|d| (d, (0..4).map(|k| (format!("m{k}"), picture)).collect()))
+            .collect();
+        let mut flight = Flight::measure(FLIGHT_BYTES, &HashMap::new(), Instant::now());
+        let plan = plan_round(&queues, &mut flight);
+        assert_eq!(plan.len(), FLIGHT_BYTES / picture);
+        assert!(plan.len() * picture <= FLIGHT_BYTES);
+        // One device each, oldest first: the round is shared.
+        let first: HashSet<DeviceId> = plan.iter().map(|(d, _)| *d).collect();
+        assert_eq!(first.len(), plan.len());
+        assert!(plan.iter().all(|(_, id)| id == "m0"));
+        // With the bound taken by deliveries not yet acknowledged, the
+        // next round hands over nothing; the rest wait, still stored.
+        let now = Instant::now();
+        let sent: HashMap<(String, DeviceId), Sent> = plan
+            .iter()
+            .map(|(d, id)| {
+                (
+                    (id.clone(), *d),
+                    Sent {
+                        at: now,
+                        bytes: picture,
+                    },
+                )
+            })
+            .collect();
+        let mut flight = Flight::measure(FLIGHT_BYTES, &sent, now);
+        assert!(plan_round(&queues, &mut flight).is_empty());
+        // Given up on after RESEND_AFTER, they no longer count.
+        let later = now + RESEND_AFTER;
+        let mut flight = Flight::measure(FLIGHT_BYTES, &sent, later);
+        assert_eq!(flight.bytes, 0);
+        assert_eq!(plan_round(&queues, &mut flight).len(), plan.len());
+    }
+
+    #[test]
+    fn a_round_keeps_order_per_device_and_never_sticks_a_large_message() {
+        let [a, b] = devices(2).try_into().unwrap();
+        let queues = vec![
+            (
+                a,
+                vec![
+                    ("big".to_owned(), FLIGHT_BYTES + 1),
+                    ("small".to_owned(), 10),
+                ],
+            ),
+            (b, vec![("other".to_owned(), 10)]),
+        ];
+        // Nothing in flight: the large one goes alone; what comes after it
+        // for the same device waits, so order holds.
+        let mut flight = Flight::measure(FLIGHT_BYTES, &HashMap::new(), Instant::now());
+        assert_eq!(
+            plan_round(&queues, &mut flight),
+            vec![(a, "big".to_owned())]
+        );
+        // Small ones go together, many per device.
+        let queues = vec![(a, (0..100).map(|k| (format!("t{k}"), 1024)).collect())];
+        let mut flight = Flight::measure(FLIGHT_BYTES, &HashMap::new(), Instant::now());
+        assert_eq!(plan_round(&queues, &mut flight).len(), 100);
+    }
 
     #[test]
     fn messages_sealed_before_crypto_erase_are_resealed_under_their_own_key() {

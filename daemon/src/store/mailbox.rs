@@ -156,6 +156,25 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// A device's pending deliveries, oldest first, each with its sealed
+    /// size: the mailbox plans a round against its hub-wide byte bound
+    /// before it reads any content.
+    pub fn pending_sizes(&self, device: &DeviceId) -> Result<Vec<(String, usize)>, StoreError> {
+        let mut stmt = self.conn().prepare(
+            "SELECT d.message_id, length(m.sealed) FROM deliveries d
+             JOIN messages m ON m.id = d.message_id
+             WHERE d.device_id = ?1 ORDER BY d.seq",
+        )?;
+        let rows = stmt.query_map(params![device.as_str()], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+        })?;
+        rows.map(|r| {
+            r.map(|(id, n)| (id, usize::try_from(n).unwrap_or(usize::MAX)))
+                .map_err(StoreError::from)
+        })
+        .collect()
+    }
+
     /// One stored message, sealed.
     pub fn message(&self, id: &str) -> Result<Option<PendingDelivery>, StoreError> {
         let row = self
