@@ -239,7 +239,7 @@ impl RunningBroker {
                         None => std::future::pending().await,
                     }
                 } => {
-                    let why = ended.unwrap_or_else(|_| "the router thread ended".to_owned());
+                    let why = ended.unwrap_or_else(|_| "the router task ended".to_owned());
                     return Err(BrokerError::Dead(why));
                 }
                 _ = tokio::time::sleep(LIVENESS_INTERVAL) => {}
