@@ -18,7 +18,7 @@ use hearth_protocol::mqtt::{self, inspect, kind, Frame, MqttVersion};
 use hearth_protocol::policy::{self, Action, DeviceRole, Subject};
 use hearth_protocol::DeviceId;
 use libfuzzer_sys::fuzz_target;
-use rumqttd::protocol::{Login, Packet};
+use rumqttd::protocol::Packet;
 
 /// The edge's default `limits.max_payload` is far above what a fuzz input
 /// holds; a small limit also exercises the refusal from the header.
@@ -86,11 +86,7 @@ fn connect(f: &Frame, inbound: &[u8]) -> Option<MqttVersion> {
             let _ = filter::topic_from_bytes(&will.topic);
         }
     }
-    let login = Login {
-        username: "edge".into(),
-        password: "per-boot".into(),
-    };
-    let rewritten = codec::rewrite_connect(packet, "0jqs8adyj6jyjnsqmar523qbbd".into(), login);
+    let rewritten = codec::rewrite_connect(packet, "0jqs8adyj6jyjnsqmar523qbbd".into());
     let mut out = BytesMut::new();
     if codec::encode(version, rewritten, &mut out).is_ok() {
         // What the edge sends the broker must be one whole packet the
