@@ -481,18 +481,10 @@ impl LinkRx {
         self.router_rx.clone().into_recv_async()
     }
 
-    /// Hearth: what the router queued, after a wake-up.
+    /// Hearth: what the router queued, after a wake-up (with `wakeup`,
+    /// this replaces upstream's `exchange`, which made a waiter per call).
     pub(crate) fn take_notifications(&mut self, notifications: &mut VecDeque<Notification>) {
         mem::swap(&mut *self.send_buffer.lock(), notifications);
-    }
-
-    pub(crate) async fn exchange(
-        &mut self,
-        notifications: &mut VecDeque<Notification>,
-    ) -> Result<(), LinkError> {
-        self.router_rx.recv_async().await?;
-        mem::swap(&mut *self.send_buffer.lock(), notifications);
-        Ok(())
     }
 
     pub fn ready(&self) -> Result<(), LinkError> {

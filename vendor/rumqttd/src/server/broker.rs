@@ -688,31 +688,6 @@ async fn remote<P: Protocol>(
     }
 }
 
-// Hearth: regression test for a reconnect that aborted the process.
-#[cfg(test)]
-mod hearth_tests {
-    use super::*;
-
-    #[test]
-    fn a_reconnect_after_a_link_that_never_started_does_not_panic() {
-        let will_handlers = Mutex::new(HashMap::new());
-        // What a connection whose link failed to start leaves behind: its
-        // sender registered, its receiver dropped with its task.
-        let (stale_tx, stale_rx) = flume::bounded::<AwaitingWill>(1);
-        will_handlers.lock().unwrap().insert("dev".to_owned(), stale_tx);
-        drop(stale_rx);
-
-        settle_previous_will(&will_handlers, "dev", true);
-        assert!(will_handlers.lock().unwrap().is_empty());
-
-        // A live previous connection is still told what to do.
-        let (tx, rx) = flume::bounded::<AwaitingWill>(1);
-        will_handlers.lock().unwrap().insert("dev".to_owned(), tx);
-        settle_previous_will(&will_handlers, "dev", false);
-        assert!(rx.try_recv().is_ok_and(|w| w == AwaitingWill::Cancel));
-    }
-}
-
 /// Hearth: `remote`'s connect-time half (read and check CONNECT, settle the
 /// previous connection's will, register with the router, CONNACK), split
 /// out so its locals are not part of the connection's task for its life.
@@ -796,4 +771,29 @@ async fn remote_setup<P: Protocol>(
     };
 
     Some((link, client_id, will_rx))
+}
+
+// Hearth: regression test for a reconnect that aborted the process.
+#[cfg(test)]
+mod hearth_tests {
+    use super::*;
+
+    #[test]
+    fn a_reconnect_after_a_link_that_never_started_does_not_panic() {
+        let will_handlers = Mutex::new(HashMap::new());
+        // What a connection whose link failed to start leaves behind: its
+        // sender registered, its receiver dropped with its task.
+        let (stale_tx, stale_rx) = flume::bounded::<AwaitingWill>(1);
+        will_handlers.lock().unwrap().insert("dev".to_owned(), stale_tx);
+        drop(stale_rx);
+
+        settle_previous_will(&will_handlers, "dev", true);
+        assert!(will_handlers.lock().unwrap().is_empty());
+
+        // A live previous connection is still told what to do.
+        let (tx, rx) = flume::bounded::<AwaitingWill>(1);
+        will_handlers.lock().unwrap().insert("dev".to_owned(), tx);
+        settle_previous_will(&will_handlers, "dev", false);
+        assert!(rx.try_recv().is_ok_and(|w| w == AwaitingWill::Cancel));
+    }
 }
