@@ -341,7 +341,10 @@ pub async fn run(
         stop.child_token(),
         tracker.clone(),
     ));
-    tracker.spawn(mailbox.run(outbox, subscribed, config_watch.clone(), stop.child_token()));
+    tracker.spawn(on_own_thread(
+        "hearth-mailbox",
+        mailbox.run(outbox, subscribed, config_watch.clone(), stop.child_token()),
+    )?);
     if let (Some(listener), Some((link, link_rx))) = (web_listener, broker.web.take()) {
         let live = crate::web::live::Live::new(link, Some(inbox_watch));
         tracker.spawn(Arc::clone(&live).run(link_rx, stop.child_token()));
@@ -771,4 +774,38 @@ async fn advertise(
             tracing::info!("discovery turned off by a reload");
         }
     }
+}
+
+/// Runs `work` on a thread of its own, with a runtime of its own; the
+/// returned future ends when it does.
+///
+/// For a service that waits for SQLite in line (the mailbox commits with
+/// an fsync several times a second under a home's load): on the shared
+/// runtime every such wait is a `block_in_place`, which moves the worker
+/// and every connection's task to another thread; measured in the home
+/// benchmark that move, not the commit, cost a third of the hub's CPU per
+/// message (issue 20). On its own current-thread runtime the service
+/// waits for the disk alone.
+fn on_own_thread<F>(
+    name: &str,
+    work: F,
+) -> Result<impl std::future::Future<Output = ()> + Send + 'static, DaemonError>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| DaemonError::Startup(format!("cannot start the {name} runtime: {e}")))?;
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            runtime.block_on(work);
+            let _ = done.send(());
+        })
+        .map_err(|e| DaemonError::Startup(format!("cannot start the {name} thread: {e}")))?;
+    Ok(async move {
+        let _ = finished.await;
+    })
 }
