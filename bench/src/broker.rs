@@ -75,7 +75,8 @@ pub fn pin_prefix(cpu: usize) -> Vec<String> {
 /// CPU time and memory of a process.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProcStat {
-    /// utime + stime, microseconds.
+    /// CPU time used, microseconds (the process's CPU-time clock; utime +
+    /// stime in ticks where it cannot be read).
     pub cpu_us: u64,
     /// VmRSS, KiB.
     pub rss_kib: u64,
@@ -116,11 +117,38 @@ pub fn proc_stat(pid: &str) -> Result<ProcStat> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
+    let pid_number = if pid == "self" {
+        Some(0)
+    } else {
+        pid.parse().ok()
+    };
     Ok(ProcStat {
-        cpu_us: ticks * 1_000_000 / clk_tck(),
+        cpu_us: pid_number
+            .and_then(cpu_clock_us)
+            .unwrap_or(ticks * 1_000_000 / clk_tck()),
         rss_kib: kib("VmRSS:"),
         hwm_kib: kib("VmHWM:"),
     })
+}
+
+/// CPU time process `pid` (0: this one) has used, in microseconds, read
+/// from its CPU-time clock, which the kernel keeps to the nanosecond;
+/// `None` where that clock cannot be read.
+#[allow(unsafe_code)]
+fn cpu_clock_us(pid: libc::pid_t) -> Option<u64> {
+    let mut clock: libc::clockid_t = 0;
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: each call only writes one plain value into an out-parameter
+    // that lives on this stack frame for the whole call.
+    let read = unsafe {
+        libc::clock_getcpuclockid(pid, &mut clock) == 0 && libc::clock_gettime(clock, &mut now) == 0
+    };
+    let secs = u64::try_from(now.tv_sec).ok()?;
+    let nanos = u64::try_from(now.tv_nsec).ok()?;
+    read.then(|| secs * 1_000_000 + nanos / 1_000)
 }
 
 /// Whether a process is still running (not gone, not a zombie).

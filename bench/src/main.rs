@@ -257,6 +257,7 @@ async fn run(args: Args) -> Result<()> {
         "generator_affinity": sh("taskset -pc $$ 2>/dev/null | cut -d: -f2"),
         "broker_pinning": if args.no_pin { "none".to_owned() } else { broker::pin_prefix(0).join(" ") },
         "clk_tck": broker::clk_tck(),
+        "broker_cpu": "process CPU-time clock (clock_getcpuclockid), microseconds",
         "nofile": sh("ulimit -n"),
     });
     eprintln!("machine: {machine}");

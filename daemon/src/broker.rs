@@ -1,18 +1,21 @@
 //! The embedded rumqttd router: a task on the daemon's own runtime,
-//! configured with bounded memory, reached only in-process (the edge hands
-//! each client's connection over as an in-memory pipe; there is no
-//! listener), and watched by a liveness probe that makes a real round trip
-//! through the router.
+//! configured with bounded memory, reached only in-process (each client's
+//! connection task drives its own link to the router, a [`BrokerLink`];
+//! there is no listener), and watched by a liveness probe that makes a real
+//! round trip through the router.
 
 use std::time::Duration;
 
 use hearth_protocol::mqtt::MqttVersion;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{v4::V4, v5::V5};
+use rumqttd::DirectLink;
 use rumqttd::{
     Broker, Config, ConnectionSettings, Connector, Notification, RouterConfig, WillHandlers,
 };
-use tokio::io::DuplexStream;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -27,10 +30,6 @@ pub const LIVENESS_TIMEOUT: Duration = Duration::from_secs(3);
 const LIVENESS_TOPIC: &str = "$hearth/liveness";
 /// The filter the mailbox's link subscribes to: every device's outbox.
 pub const OUTBOX_FILTER: &str = "hearth/v1/dev/+/outbox";
-/// Bytes one direction of an edge-to-broker pipe holds before the writer
-/// waits for the reader. Larger packets stream through it; an idle
-/// connection's pipe holds nothing.
-const PIPE_BYTES: usize = 16 * 1024;
 
 /// The broker could not start or has stopped working.
 #[derive(Debug, thiserror::Error)]
@@ -62,22 +61,81 @@ impl std::fmt::Debug for BrokerEndpoint {
 }
 
 impl BrokerEndpoint {
-    /// A new connection to the broker speaking `version`: the caller's end
-    /// of a pipe whose other end a rumqttd link task serves (it reads the
-    /// CONNECT first, as from a socket).
-    pub fn connect(&self, version: MqttVersion) -> std::io::Result<DuplexStream> {
+    /// Opens a connection to the broker for the client whose CONNECT is
+    /// `connect` (one whole packet, speaking `version`): the router's link
+    /// for it, driven by the caller's task. The CONNACK is the first thing
+    /// read from it.
+    pub async fn open(&self, version: MqttVersion, connect: &[u8]) -> std::io::Result<BrokerLink> {
         let Some(connectors) = &self.connectors else {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::ConnectionRefused,
                 "this hub has no broker",
             ));
         };
-        let (edge, broker) = tokio::io::duplex(PIPE_BYTES);
-        match version {
-            MqttVersion::V311 => drop(connectors.0.serve(broker)),
-            MqttVersion::V5 => drop(connectors.1.serve(broker)),
+        let refused = |e: rumqttd::OpenError| std::io::Error::other(e.to_string());
+        Ok(match version {
+            MqttVersion::V311 => BrokerLink::V4(connectors.0.open(connect).await.map_err(refused)?),
+            MqttVersion::V5 => BrokerLink::V5(connectors.1.open(connect).await.map_err(refused)?),
+        })
+    }
+}
+
+/// One client's connection to the broker, read and written as a byte
+/// stream of MQTT packets (rumqttd's [`DirectLink`]): what is written is
+/// framed and handed to the router, what is read is what the router sends
+/// the client. Shutting it down ends the connection as a closed socket
+/// would (the will stays, unless a DISCONNECT was written first).
+pub enum BrokerLink {
+    V4(DirectLink<V4>),
+    V5(DirectLink<V5>),
+}
+
+impl std::fmt::Debug for BrokerLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BrokerLink::V4(_) => "BrokerLink::V4",
+            BrokerLink::V5(_) => "BrokerLink::V5",
+        })
+    }
+}
+
+impl AsyncRead for BrokerLink {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            BrokerLink::V4(link) => Pin::new(link).poll_read(cx, buf),
+            BrokerLink::V5(link) => Pin::new(link).poll_read(cx, buf),
         }
-        Ok(edge)
+    }
+}
+
+impl AsyncWrite for BrokerLink {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            BrokerLink::V4(link) => Pin::new(link).poll_write(cx, buf),
+            BrokerLink::V5(link) => Pin::new(link).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            BrokerLink::V4(link) => Pin::new(link).poll_flush(cx),
+            BrokerLink::V5(link) => Pin::new(link).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            BrokerLink::V4(link) => Pin::new(link).poll_shutdown(cx),
+            BrokerLink::V5(link) => Pin::new(link).poll_shutdown(cx),
+        }
     }
 }
 
@@ -431,9 +489,8 @@ async fn internal_session(
         ),
         &mut rest_bytes,
     )?;
-    let mut stream = endpoint.connect(version).map_err(|e| dead(e.to_string()))?;
-    stream
-        .write_all(&connect_bytes)
+    let mut stream = endpoint
+        .open(version, &connect_bytes)
         .await
         .map_err(|e| dead(e.to_string()))?;
     // rumqttd's codecs decode only what clients send (a CONNACK hits an
@@ -457,4 +514,172 @@ async fn internal_session(
     let mut rest = [0u8; 64];
     while matches!(stream.read(&mut rest).await, Ok(n) if n > 0) {}
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use rumqttd::protocol::{
+        Connect, Disconnect, DisconnectReasonCode, Filter, LastWill, Packet, Protocol, Publish,
+        QoS, RetainForwardRule, Subscribe,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn broker() -> RunningBroker {
+        start(BrokerLimits {
+            max_connections: 16,
+            max_payload: 65_536,
+            max_topics: 1000,
+            max_queued_per_filter: 1 << 20,
+            max_queued: 1 << 24,
+        })
+        .await
+        .unwrap()
+    }
+
+    fn encode(packet: Packet) -> BytesMut {
+        let mut out = BytesMut::new();
+        V4.write(packet, &mut out).unwrap();
+        out
+    }
+
+    fn connect(client_id: &str, keep_alive: u16, will: Option<&str>) -> BytesMut {
+        let will = will.map(|topic| LastWill {
+            topic: topic.to_owned().into(),
+            message: "gone".into(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+        });
+        encode(Packet::Connect(
+            Connect {
+                keep_alive,
+                client_id: client_id.to_owned(),
+                clean_session: true,
+            },
+            None,
+            will,
+            None,
+            None,
+        ))
+    }
+
+    fn subscribe(filter: &str) -> BytesMut {
+        encode(Packet::Subscribe(
+            Subscribe {
+                pkid: 1,
+                filters: vec![Filter {
+                    path: filter.to_owned(),
+                    qos: QoS::AtMostOnce,
+                    nolocal: false,
+                    preserve_retain: false,
+                    retain_forward_rule: RetainForwardRule::Never,
+                }],
+            },
+            None,
+        ))
+    }
+
+    /// Opens a link and reads its CONNACK (4 bytes, accepted).
+    async fn open(broker: &RunningBroker, connect: &[u8]) -> BrokerLink {
+        let mut link = broker
+            .endpoint
+            .open(MqttVersion::V311, connect)
+            .await
+            .unwrap();
+        let mut connack = [0u8; 4];
+        link.read_exact(&mut connack).await.unwrap();
+        assert_eq!(connack, [0x20, 2, 0, 0], "CONNACK, accepted");
+        link
+    }
+
+    /// Reads one packet's bytes (a one-byte remaining length suffices here).
+    async fn read_packet(link: &mut BrokerLink) -> Vec<u8> {
+        let mut head = [0u8; 2];
+        link.read_exact(&mut head).await.unwrap();
+        let mut body = vec![0u8; usize::from(head[1])];
+        link.read_exact(&mut body).await.unwrap();
+        [head.to_vec(), body].concat()
+    }
+
+    /// A subscriber waiting on `topic`, its SUBACK read.
+    async fn subscriber(broker: &RunningBroker, id: &str, topic: &str) -> BrokerLink {
+        let mut sub = open(broker, &connect(id, 30, None)).await;
+        sub.write_all(&subscribe(topic)).await.unwrap();
+        assert_eq!(read_packet(&mut sub).await[0], 0x90, "SUBACK");
+        sub
+    }
+
+    async fn next_publish(link: &mut BrokerLink) -> Option<Vec<u8>> {
+        tokio::time::timeout(Duration::from_secs(2), read_packet(link))
+            .await
+            .ok()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_link_carries_packets_both_ways_written_in_any_pieces() {
+        let broker = broker().await;
+        let mut sub = subscriber(&broker, "sub", "t/1").await;
+        let mut publisher = open(&broker, &connect("pub", 30, None)).await;
+        let publish = encode(Packet::Publish(
+            Publish::new(&b"t/1"[..], &b"hello"[..], false),
+            None,
+        ));
+        // A byte at a time: framing is the link's job.
+        for byte in publish.iter() {
+            publisher.write_all(&[*byte]).await.unwrap();
+        }
+        let got = next_publish(&mut sub).await.expect("the PUBLISH");
+        assert_eq!(got[0] & 0xf0, 0x30);
+        assert!(got.ends_with(b"t/1hello"), "{got:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_link_ends_after_one_and_a_half_keep_alives() {
+        let broker = broker().await;
+        let mut link = open(&broker, &connect("quiet", 1, None)).await;
+        let started = tokio::time::Instant::now();
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), link.read(&mut byte)).await;
+        let error = read
+            .expect("ended within 5 s")
+            .expect_err("ended by an error");
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        assert!(
+            started.elapsed() >= Duration::from_millis(1400),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_link_dropped_unannounced_leaves_its_will_and_one_ended_by_disconnect_does_not() {
+        let broker = broker().await;
+        let mut sub = subscriber(&broker, "watcher", "wills/#").await;
+
+        let dropped = open(&broker, &connect("dropped", 30, Some("wills/dropped"))).await;
+        drop(dropped);
+        let will = next_publish(&mut sub)
+            .await
+            .expect("the will of a dropped link");
+        assert!(will.ends_with(b"wills/droppedgone"), "{will:?}");
+
+        let mut polite = open(&broker, &connect("polite", 30, Some("wills/polite"))).await;
+        let disconnect = encode(Packet::Disconnect(
+            Disconnect {
+                reason_code: DisconnectReasonCode::NormalDisconnection,
+            },
+            None,
+        ));
+        polite.write_all(&disconnect).await.unwrap();
+        polite.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        polite.read_to_end(&mut rest).await.unwrap();
+        drop(polite);
+        assert_eq!(
+            next_publish(&mut sub).await,
+            None,
+            "no will after DISCONNECT"
+        );
+    }
 }

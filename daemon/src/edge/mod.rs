@@ -11,10 +11,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::broker::BrokerLink;
 use bytes::BytesMut;
 use hearth_protocol::DeviceId;
 use rumqttd::protocol::Packet;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::{timeout_at, Instant};
@@ -642,16 +643,16 @@ impl Edge {
                     .await
                     .map_err(|e| SessionEnd::Broker(std::io::Error::other(e.to_string())))?;
             }
-            let mut broker = self.hub.broker.connect(version).map_err(SessionEnd::Broker)?;
-            {
+            let mut broker = {
                 // Moved here, so its bytes are freed before the relay
                 // starts rather than kept for the connection's life.
                 let connect_out = connect_out;
-                broker
-                    .write_all(&connect_out)
+                self.hub
+                    .broker
+                    .open(version, &connect_out)
                     .await
-                    .map_err(SessionEnd::Broker)?;
-            }
+                    .map_err(SessionEnd::Broker)?
+            };
             let session = self.hub.sessions.register(device, &client_id, stop.clone());
             connected = true;
             if let Some(device) = &device {
@@ -887,7 +888,7 @@ const TAKEOVER_RETRY: Duration = Duration::from_millis(200);
 ///
 /// With `discard_will`, a DISCONNECT goes first: MQTT 3.1.1 §3.14.4 and 5
 /// §3.14.4 have the broker drop the will then.
-async fn close_broker_connection(mut broker: DuplexStream, discard_will: bool) {
+async fn close_broker_connection(mut broker: BrokerLink, discard_will: bool) {
     if discard_will {
         // The same two bytes in 3.1.1 and 5 (reason 0x00, normal).
         let _ = broker.write_all(&[0xe0, 0x00]).await;

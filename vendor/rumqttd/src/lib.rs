@@ -24,7 +24,7 @@ pub use link::meters;
 pub use router::{Alert, Forward, IncomingMeter, Meter, Notification, OutgoingMeter, Router};
 use segments::Storage;
 pub use link::network::N;
-pub use server::{Broker, Connector, LinkType, Server, WillHandlers};
+pub use server::{Broker, Connector, DirectLink, LinkType, OpenError, Server, WillHandlers};
 
 pub use self::router::shared_subs::Strategy;
 

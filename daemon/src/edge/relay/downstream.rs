@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BufMut, BytesMut};
 use hearth_protocol::mqtt::{self, inspect, kind, Frame};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -15,6 +15,7 @@ use super::queue;
 use super::receive_window::{ends_inbound_flow, send_window, InboundWindow, ReceiveWindow};
 use super::suback::PendingSubAcks;
 use super::{budget_kib, Connection, Shared, LARGE_PACKET, LARGE_PACKET_TIME};
+use crate::broker::BrokerLink;
 use crate::edge::SessionEnd;
 use crate::hub::sessions::Sessions;
 use crate::sync::lock;
@@ -26,16 +27,16 @@ const BROKER_EXTRA: usize = 64 * 1024;
 /// The DUP flag of a PUBLISH's fixed header (3.1.1 and 5 §3.3.1.1).
 const DUP: u8 = 0x08;
 
-/// Waits until the broker's end of the pipe has bytes for the edge, or has
-/// closed, without a buffer to read into (an idle connection holds none):
-/// the first byte, or `None` at the end.
+/// Waits until the broker's link has bytes for the edge, or has closed,
+/// without a buffer to read into (an idle connection holds none): the
+/// first byte, or `None` at the end.
 async fn first_byte<R: AsyncRead + Unpin>(broker: &mut R) -> std::io::Result<Option<u8>> {
     let mut byte = [0u8; 1];
     let read = broker.read(&mut byte).await?;
     Ok((read == 1).then_some(byte[0]))
 }
 
-/// Appends what the pipe holds now to `buf`, without waiting for more.
+/// Appends what the link holds now to `buf`, without waiting for more.
 async fn read_available<R: AsyncRead + Unpin>(
     broker: &mut R,
     buf: &mut BytesMut,
@@ -149,7 +150,7 @@ impl<'a> Downstream<'a> {
     /// client acknowledges earlier ones (`acks`).
     pub(super) async fn run<W>(
         &mut self,
-        mut broker: ReadHalf<&mut DuplexStream>,
+        mut broker: ReadHalf<&mut BrokerLink>,
         mut client: W,
         mut from_upstream: queue::Receiver<ToClient>,
         mut acks: queue::Receiver<u16>,
@@ -228,7 +229,7 @@ impl<'a> Downstream<'a> {
     async fn read_broker<W>(
         &mut self,
         first: Option<u8>,
-        broker: &mut ReadHalf<&mut DuplexStream>,
+        broker: &mut ReadHalf<&mut BrokerLink>,
         buf: &mut BytesMut,
         client: &mut W,
     ) -> Result<Broker, SessionEnd>

@@ -33,12 +33,12 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use hearth_protocol::mqtt::{inspect, MqttVersion};
-use tokio::io::DuplexStream;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{Edge, EdgeLimits, Peer, SessionEnd};
+use crate::broker::BrokerLink;
 use ack_order::AckOrder;
 use downstream::Downstream;
 use receive_window::InboundWindow;
@@ -128,7 +128,7 @@ impl Connection<'_> {
     pub(super) async fn run<S>(
         &mut self,
         client: S,
-        broker: &mut DuplexStream,
+        broker: &mut BrokerLink,
         inbound: BytesMut,
     ) -> Result<(), SessionEnd>
     where

@@ -222,7 +222,7 @@ const OWN_BELOW: usize = 16 * 1024;
 /// (`max_log_bytes`, the edge's retained quotas) would not bound memory:
 /// small ones are copied out (one allocation, exact size); large ones are
 /// mostly their own buffer already.
-fn own_small_publish(packet: &mut Packet) {
+pub(crate) fn own_small_publish(packet: &mut Packet) {
     let Packet::Publish(publish, _) = packet else {
         return;
     };

@@ -83,6 +83,20 @@ pub struct Connector<P> {
 }
 
 impl<P: Protocol + Clone + Send + 'static> Connector<P> {
+    /// Hearth: serves the client whose CONNECT is `connect` in the
+    /// caller's task (see [`DirectLink`](super::DirectLink)).
+    pub async fn open(&self, connect: &[u8]) -> Result<super::DirectLink<P>, super::OpenError> {
+        super::direct::DirectLink::open(
+            self.protocol.clone(),
+            connect,
+            self.config.max_payload_size,
+            self.config.dynamic_filters,
+            self.router_tx.clone(),
+            self.will_handlers.clone(),
+        )
+        .await
+    }
+
     /// Serves `stream` as one MQTT connection (CONNECT first) until it
     /// ends; returns the connection's task.
     pub fn serve<S: N + 'static>(&self, stream: S) -> task::JoinHandle<()> {
@@ -413,7 +427,7 @@ pub enum LinkType {
 pub struct WillHandlers(Arc<Mutex<HashMap<String, Sender<AwaitingWill>>>>);
 
 #[derive(PartialEq)]
-enum AwaitingWill {
+pub(crate) enum AwaitingWill {
     Cancel,
     Fire,
 }
@@ -576,7 +590,7 @@ impl Callback for WSCallback {
 /// so the next connection with that client id aborted the process. A
 /// receiver that is gone has nothing left to fire or cancel. The lock
 /// cannot be poisoned: nothing panics while it is held.
-fn settle_previous_will(
+pub(super) fn settle_previous_will(
     will_handlers: &Mutex<HashMap<String, Sender<AwaitingWill>>>,
     client_id: &str,
     clean_session: bool,
