@@ -161,17 +161,25 @@ where
             // segment allowed.
             let absolute_offset = self.active_segment().next_offset();
             // If active segment is full and segments are full, apply retention policy.
+            let mut recycled = None;
             if self.memory_segments_count() >= self.max_mem_segments {
                 if let Some(oldest) = self.segments.pop_front() {
                     self.bytes -= oldest.size();
+                    recycled = Some(oldest);
                 }
                 self.head += 1;
             }
 
             // Pushing a new segment into segments and updating the tail automatically changes
             // the active segment to a new empty one.
-            self.segments
-                .push_back(Segment::with_offset(absolute_offset));
+            // Hearth: in the dropped segment's room, when one was dropped: a
+            // busy filter's log then turns over without allocating (each new
+            // segment grew from nothing, and its pages were faulted in anew).
+            let next = match recycled {
+                Some(oldest) => oldest.recycle(absolute_offset),
+                None => Segment::with_offset(absolute_offset),
+            };
+            self.segments.push_back(next);
             self.tail += 1;
         }
     }
@@ -346,6 +354,25 @@ mod tests {
         log.readv((0, 0), 10, &mut out).unwrap();
         assert_eq!(out.len(), 1);
         verify(9, 10, out.remove(0));
+    }
+
+    // Hearth: a log that turns over reuses the dropped segment's room.
+    #[test]
+    fn a_dropped_segment_s_room_is_reused() {
+        let mut log: CommitLog<Bytes> = CommitLog::new(1024, 2).unwrap();
+        // 100-byte entries: a segment closes after 11 of them.
+        for _ in 0..22 {
+            log.append(Bytes::from(vec![0u8; 100]));
+        }
+        assert_eq!(log.segments.len(), 2);
+        let room = log.segments[0].capacity();
+        assert!(room >= 11, "{room}");
+        // The next append drops the oldest segment and starts the new one
+        // in its room, with every offset going on from where it was.
+        let (_, next) = log.append(Bytes::from(vec![1u8; 100]));
+        assert_eq!(next, 23);
+        assert_eq!(log.active_segment().capacity(), room);
+        assert_eq!(log.active_segment().len(), 1);
     }
 
     #[test]

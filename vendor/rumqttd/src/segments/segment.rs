@@ -42,6 +42,15 @@ where
         Self::with_offset(0)
     }
 
+    /// Hearth: an empty segment starting at `absolute_offset` in this
+    /// one's room (its entries dropped, its allocation kept).
+    pub(crate) fn recycle(mut self, absolute_offset: u64) -> Self {
+        self.data.clear();
+        self.total_size = 0;
+        self.absolute_offset = absolute_offset;
+        self
+    }
+
     /// Hearth: entries reserved (for tests of the lazy allocation above).
     #[cfg(test)]
     pub(crate) fn capacity(&self) -> usize {
