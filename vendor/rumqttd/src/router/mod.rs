@@ -344,10 +344,6 @@ pub struct MeterData {
     pub size: usize,
 }
 
-/// Hearth: bounds of a connection's per-topic meters.
-const MAX_METERED_TOPICS: usize = 32;
-const MAX_METERED_TOPIC_LEN: usize = 256;
-
 #[derive(Debug, Default, Clone)]
 pub struct IncomingMeter {
     publishes: HashMap<Topic, MeterData>,
@@ -357,26 +353,11 @@ pub struct IncomingMeter {
 
 impl IncomingMeter {
     pub fn register_publish(&mut self, publish: &Publish) -> Result<(), std::str::Utf8Error> {
-        // Hearth: per-topic meters only for topics already metered or while
-        // there are few; upstream kept an entry for every topic a connection
-        // ever published, so 3000 unique 60 KB topics grew the broker by
-        // 180 MiB for the connection's lifetime. Totals are always kept.
-        // Hearth: looked up before a key is made: `entry` took an owned
-        // key, a topic allocated and hashed twice for every publish (2.5 %
-        // of the hub's CPU at fan-in).
-        let topic = std::str::from_utf8(&publish.topic)?;
-        let room =
-            self.publishes.len() < MAX_METERED_TOPICS && topic.len() <= MAX_METERED_TOPIC_LEN;
-        let meter = match self.publishes.get_mut(topic) {
-            Some(meter) => Some(meter),
-            None if room => Some(self.publishes.entry(topic.to_owned()).or_default()),
-            None => None,
-        };
-        if let Some(meter) = meter {
-            meter.count += 1;
-            meter.size += publish.len();
-        }
-
+        // Hearth: totals only. Nothing in Hearth reads the per-topic
+        // meters, and keeping them cost a topic hashed (and, upstream,
+        // allocated) for every publish: 1-2.5 % of the hub's CPU per
+        // message (issue 20). Upstream also kept an entry for every topic a
+        // connection ever published (180 MiB for 3000 unique 60 KB topics).
         self.total_publishes.count += 1;
         self.total_publishes.size += publish.len();
 
