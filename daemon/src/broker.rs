@@ -682,4 +682,63 @@ mod tests {
             "no will after DISCONNECT"
         );
     }
+
+    fn disconnect() -> BytesMut {
+        encode(Packet::Disconnect(
+            Disconnect {
+                reason_code: DisconnectReasonCode::NormalDisconnection,
+            },
+            None,
+        ))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nothing_after_a_disconnect_counts_and_the_disconnect_still_does() {
+        let broker = broker().await;
+        let mut sub = subscriber(&broker, "watcher", "wills/#").await;
+        let mut link = open(&broker, &connect("dev", 30, Some("wills/dev"))).await;
+        // DISCONNECT, then bytes no codec accepts, in one write.
+        let mut bytes = disconnect();
+        bytes.extend_from_slice(&[0xf0, 0x00]);
+        link.write_all(&bytes)
+            .await
+            .expect("what follows DISCONNECT is not read");
+        link.shutdown().await.unwrap();
+        drop(link);
+        assert_eq!(
+            next_publish(&mut sub).await,
+            None,
+            "the will went with the DISCONNECT"
+        );
+        // The router ended that connection: its client id connects again.
+        let _again = open(&broker, &connect("dev", 30, None)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_link_the_router_dropped_does_not_end_the_connection_that_took_its_id() {
+        let broker = broker().await;
+        let mut first = open(&broker, &connect("twin", 30, None)).await;
+        // The router's own takeover: the same client id again ends `first`,
+        // and its connection id is free for the next connection (this one).
+        let mut second = open(&broker, &connect("twin", 30, None)).await;
+        // `first` is not read (as when its client's window is full): it
+        // learns of the end only when it is shut down.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        first.shutdown().await.unwrap();
+        drop(first);
+        let mut bystander = subscriber(&broker, "bystander", "t/2").await;
+        second.write_all(&subscribe("t/2")).await.unwrap();
+        let suback = tokio::time::timeout(Duration::from_secs(2), read_packet(&mut second)).await;
+        assert_eq!(suback.expect("the second twin is still connected")[0], 0x90);
+        let mut publisher = open(&broker, &connect("pub", 30, None)).await;
+        let publish = encode(Packet::Publish(
+            Publish::new(&b"t/2"[..], &b"hi"[..], false),
+            None,
+        ));
+        publisher.write_all(&publish).await.unwrap();
+        for link in [&mut second, &mut bystander] {
+            let got = next_publish(link).await.expect("still connected");
+            assert!(got.ends_with(b"t/2hi"), "{got:?}");
+        }
+    }
 }

@@ -487,6 +487,12 @@ impl LinkRx {
         mem::swap(&mut *self.send_buffer.lock(), notifications);
     }
 
+    /// Hearth: whether the router has dropped this link (ended the
+    /// connection itself): its connection id may be someone else's now.
+    pub(crate) fn router_dropped(&self) -> bool {
+        self.router_rx.is_disconnected()
+    }
+
     pub fn ready(&self) -> Result<(), LinkError> {
         self.router_tx.send((self.connection_id, Event::Ready))?;
         Ok(())

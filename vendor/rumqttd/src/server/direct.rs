@@ -56,6 +56,9 @@ pub struct DirectLink<P> {
     incoming: BytesMut,
     /// The router's packets, encoded, not yet read.
     outgoing: BytesMut,
+    /// The size `outgoing` grew to for what it holds (its `capacity()`
+    /// shrinks as it is read).
+    outgoing_room: usize,
     max_incoming_size: usize,
     /// The CONNECT's keep-alive and a half; `Duration::MAX` for none.
     keepalive: Duration,
@@ -91,7 +94,8 @@ struct LinkEnd {
     tenant_id: Option<String>,
     client_id: String,
     /// The sender this connection put in `will_handlers`, to tell it from
-    /// a newer connection's; dropped before the will is waited for.
+    /// a newer connection's. Nothing drops a handler unsent (the next
+    /// connection sends before it drops), so keeping it changes no wait.
     will_tx: Sender<AwaitingWill>,
     will_rx: flume::Receiver<AwaitingWill>,
     will_delay_interval: u32,
@@ -128,8 +132,8 @@ impl<P: Protocol> DirectLink<P> {
         let Packet::Connect(connect, props, lastwill, lastwill_props, _) = packet else {
             return Err(OpenError::NotConnect(format!("{packet:?}")));
         };
-        // The edge names every client and gives every one a keep-alive;
-        // `remote` refused the others.
+        // The edge names every client (and gives a client without a
+        // keep-alive one of its own, pinging for it).
         if connect.client_id.is_empty() {
             return Err(OpenError::NotConnect("no client id".into()));
         }
@@ -167,7 +171,7 @@ impl<P: Protocol> DirectLink<P> {
         let (link_tx, link_rx, notification) = match built {
             Ok(built) => built,
             Err(e) => {
-                forget_will_handler(&will_handlers, &client_id);
+                forget_will_handler(&will_handlers, &client_id, &will_tx);
                 return Err(OpenError::Router(e.to_string()));
             }
         };
@@ -190,6 +194,7 @@ impl<P: Protocol> DirectLink<P> {
             link_rx,
             notifications: VecDeque::new(),
             incoming: BytesMut::new(),
+            outgoing_room: outgoing.capacity(),
             outgoing,
             max_incoming_size,
             keepalive,
@@ -212,8 +217,11 @@ impl<P: Protocol> DirectLink<P> {
     }
 
     /// Frames what the client wrote and hands the packets to the router.
+    /// Nothing after a DISCONNECT counts; packets framed before a
+    /// malformed one still go to the router, then the error ends the link.
     fn take_in(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         let mut framed = 0;
+        let mut malformed = None;
         {
             let mut buffer = self.link_tx.buffer();
             loop {
@@ -222,16 +230,20 @@ impl<P: Protocol> DirectLink<P> {
                     .read_mut(&mut self.incoming, self.max_incoming_size)
                 {
                     Ok(mut packet) => {
-                        if matches!(packet, Packet::Disconnect(..)) {
-                            self.ending = Ending::ByClient;
-                        }
+                        let disconnect = matches!(packet, Packet::Disconnect(..));
                         own_small_publish(&mut packet);
                         buffer.push_back(packet);
                         framed += 1;
+                        if disconnect {
+                            self.ending = Ending::ByClient;
+                            self.incoming.clear();
+                            break;
+                        }
                     }
                     Err(protocol::Error::InsufficientBytes(_)) => break,
                     Err(e) => {
-                        return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
+                        malformed = Some(e);
+                        break;
                     }
                 }
             }
@@ -244,7 +256,10 @@ impl<P: Protocol> DirectLink<P> {
             let event = (self.connection_id, Event::DeviceData);
             start_send(&mut self.data_sent, &self.end, event, cx)?;
         }
-        Ok(())
+        match malformed {
+            Some(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+            None => Ok(()),
+        }
     }
 
     /// Moves what the router has for the client into `outgoing`.
@@ -273,6 +288,7 @@ impl<P: Protocol> DirectLink<P> {
                 None => unscheduled = true,
             }
         }
+        self.outgoing_room = self.outgoing.capacity();
         if unscheduled {
             // The router paused this link while it was full: it has room
             // again once these are read.
@@ -307,9 +323,19 @@ impl<P: Protocol> DirectLink<P> {
     }
 
     fn release_outgoing(&mut self) {
-        if self.outgoing.is_empty() && self.outgoing.capacity() > KEEP_BUFFER {
+        if self.outgoing.is_empty() && self.outgoing_room > KEEP_BUFFER {
             self.outgoing = BytesMut::new();
+            self.outgoing_room = 0;
         }
+    }
+
+    /// Whether the router has to be told the connection ended: not when
+    /// it ended it (seen now or before), nor after the client's DISCONNECT.
+    fn router_must_be_told(&mut self) -> bool {
+        if self.ending == Ending::No && self.link_rx.router_dropped() {
+            self.ending = Ending::ByRouter;
+        }
+        matches!(self.ending, Ending::No | Ending::Shutdown)
     }
 }
 
@@ -354,8 +380,15 @@ fn router_gone() -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, "the router is gone")
 }
 
-fn forget_will_handler(will_handlers: &WillHandlers, client_id: &str) {
-    will_handlers.lock().unwrap().remove(client_id);
+/// Removes `client_id`'s will handler if it is still `ours`.
+fn forget_will_handler(will_handlers: &WillHandlers, client_id: &str, ours: &Sender<AwaitingWill>) {
+    let mut handlers = will_handlers.lock().unwrap();
+    if handlers
+        .get(client_id)
+        .is_some_and(|sender| sender.same_channel(ours))
+    {
+        handlers.remove(client_id);
+    }
 }
 
 impl<P: Protocol + Unpin> AsyncWrite for DirectLink<P> {
@@ -390,9 +423,11 @@ impl<P: Protocol + Unpin> AsyncWrite for DirectLink<P> {
         if this.ending == Ending::No {
             // Whatever was written goes first.
             let _ = ready!(this.poll_sends(cx));
-            this.ending = Ending::Shutdown;
-            let event = (this.connection_id, Event::Disconnect);
-            let _ = start_send(&mut this.data_sent, &this.end, event, cx);
+            if this.router_must_be_told() {
+                this.ending = Ending::Shutdown;
+                let event = (this.connection_id, Event::Disconnect);
+                let _ = start_send(&mut this.data_sent, &this.end, event, cx);
+            }
         }
         let _ = ready!(this.poll_sends(cx));
         Poll::Ready(Ok(()))
@@ -436,63 +471,92 @@ impl<P: Protocol + Unpin> AsyncRead for DirectLink<P> {
 }
 
 impl<P> Drop for DirectLink<P> {
+    /// Settles the end in line where it can, so that it is queued to the
+    /// router before the client id's next connection can be: the router
+    /// told (unless it must not be), and a will without a delay published.
+    /// Only what must wait (a full channel, a will's delay) is spawned.
     fn drop(&mut self) {
         let Some(end) = self.end.take() else {
             return;
         };
-        // Told already, or must not be.
-        let told = self.ending != Ending::No;
-        let connection_id = self.connection_id;
-        // Sends still waiting for room go first.
-        let unsent = [self.data_sent.take(), self.ready_sent.take()];
+        if self.ending == Ending::No && self.link_rx.router_dropped() {
+            self.ending = Ending::ByRouter;
+        }
+        let tell = self.ending == Ending::No;
+        // The router deleted the will on the client's DISCONNECT, and a
+        // link it dropped itself has no will left there either.
+        let will = end.has_will && matches!(self.ending, Ending::No | Ending::Shutdown);
+        let id = self.connection_id;
+        let mut unsent: Vec<SendFut<'static, (ConnectionId, Event)>> =
+            [self.data_sent.take(), self.ready_sent.take()]
+                .into_iter()
+                .flatten()
+                .collect();
+        let mut queue = |event: Event| {
+            if unsent.is_empty() {
+                match end.router_tx.try_send((id, event)) {
+                    Ok(()) | Err(flume::TrySendError::Disconnected(_)) => return,
+                    Err(flume::TrySendError::Full((_, event))) => {
+                        unsent.push(end.router_tx.clone().into_send_async((id, event)));
+                    }
+                }
+            } else {
+                unsent.push(end.router_tx.clone().into_send_async((id, event)));
+            }
+        };
+        if tell {
+            queue(Event::Disconnect);
+        }
+        let delayed_will = will && end.will_delay_interval > 0;
+        if will && !delayed_will && end.will_fires_now() {
+            queue(Event::PublishWill((end.client_id.clone(), end.tenant_id.clone())));
+        }
+        if !delayed_will {
+            end.forget();
+        }
+        if unsent.is_empty() && !delayed_will {
+            return;
+        }
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn(async move {
-                for send in unsent.into_iter().flatten() {
+                for send in unsent {
                     let _ = send.await;
                 }
-                end.settle(connection_id, told).await
-            })),
-            // The process is ending: nothing will publish a will.
-            Err(_) => {
-                if !told {
-                    let _ = end.router_tx.try_send((connection_id, Event::Disconnect));
+                if delayed_will {
+                    end.will_after_delay(id).await;
                 }
-            }
+            })),
+            // The process is ending: nothing is left to tell.
+            Err(_) => {}
         }
     }
 }
 
 impl LinkEnd {
-    /// What `remote` did once its link ended: tell the router if it was
-    /// not told, then publish the will after its delay unless the next
-    /// connection of the client id settled it first.
-    async fn settle(self, connection_id: ConnectionId, told: bool) {
-        if !told {
-            let _ = self
-                .router_tx
-                .send_async((connection_id, Event::Disconnect))
-                .await;
+    /// For a will without a delay, at the end: whether it is published now
+    /// (the client id's next connection may already have settled it).
+    fn will_fires_now(&self) -> bool {
+        match self.will_rx.try_recv() {
+            Ok(will) => will == AwaitingWill::Fire,
+            Err(flume::TryRecvError::Empty) => true,
+            Err(flume::TryRecvError::Disconnected) => false,
         }
-        if !self.has_will {
-            // Nothing to publish: only forget the handler, if it is still
-            // this connection's (a newer one has put its own there).
-            let mut handlers = self.will_handlers.lock().unwrap();
-            if handlers
-                .get(&self.client_id)
-                .is_some_and(|sender| sender.same_channel(&self.will_tx))
-            {
-                handlers.remove(&self.client_id);
-            }
-            return;
-        }
-        // Only the handler's sender may keep the channel open, as in
-        // `remote`: a handler dropped unsent means no will.
-        drop(self.will_tx);
+    }
+
+    /// Forgets this connection's will handler, if a newer connection has
+    /// not put its own in its place.
+    fn forget(&self) {
+        forget_will_handler(&self.will_handlers, &self.client_id, &self.will_tx);
+    }
+
+    /// What `remote` did for a will with a delay: publish it after the
+    /// delay, unless the client id's next connection settled it first.
+    async fn will_after_delay(self, connection_id: ConnectionId) {
         let delay = Duration::from_secs(u64::from(self.will_delay_interval));
         let publish = match time::timeout(delay, self.will_rx.recv_async()).await {
             Ok(will) => will.is_ok_and(|w| w == AwaitingWill::Fire),
             Err(_) => {
-                forget_will_handler(&self.will_handlers, &self.client_id);
+                self.forget();
                 true
             }
         };
