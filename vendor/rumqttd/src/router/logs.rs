@@ -161,7 +161,11 @@ impl DataLog {
     /// Hearth: appends to one filter's log, then holds all logs together to
     /// `max_log_bytes` by taking the oldest segment of the largest log. Each
     /// log alone is bounded by its segments; without this, a hub with many
-    /// busy filters held each one's full log.
+    /// busy filters held each one's full log. The log just appended to is
+    /// passed over while its only segment is the one holding the new
+    /// message: taking it would drop that message at once while older ones
+    /// stay in other logs (the memory budget run: with offline sessions'
+    /// queues at the bound, no large packet reached its live subscriber).
     pub fn append(
         &mut self,
         filter_idx: FilterIdx,
@@ -174,8 +178,14 @@ impl DataLog {
         self.held_bytes = self.held_bytes - before + data.log.bytes();
         if let Some(max) = self.config.max_log_bytes {
             while self.held_bytes > max {
-                let Some((_, largest)) = self.native.iter_mut().max_by_key(|(_, d)| d.log.bytes())
-                else {
+                let largest = self
+                    .native
+                    .iter()
+                    .filter(|(idx, d)| *idx != filter_idx || d.log.memory_segments_count() > 1)
+                    .filter(|(_, d)| d.log.bytes() > 0)
+                    .max_by_key(|(_, d)| d.log.bytes())
+                    .map_or(filter_idx, |(idx, _)| idx);
+                let Some(largest) = self.native.get_mut(largest) else {
                     break;
                 };
                 let freed = largest.log.evict_oldest();
@@ -715,6 +725,39 @@ mod test {
 
     fn publish(topic: &str) -> crate::protocol::Publish {
         crate::protocol::Publish::new(topic.to_owned(), "retained telemetry".to_owned(), true)
+    }
+
+    #[test]
+    fn over_the_hub_wide_bound_older_messages_go_before_the_one_just_published() {
+        let mut data = DataLog::new(RouterConfig {
+            max_segment_size: 1024,
+            max_connections: 10,
+            max_segment_count: 2,
+            max_outgoing_packet_count: 1024,
+            max_remembered_topics: Some(4096),
+            max_log_bytes: Some(4 * 1024),
+            ..RouterConfig::default()
+        })
+        .unwrap();
+        let (queued, _) = data.next_native_offset("queued");
+        let (live, _) = data.next_native_offset("live");
+        let mut notifications = std::collections::VecDeque::new();
+        let item = |topic: &str, len: usize| {
+            let publish = crate::protocol::Publish::new(topic.to_owned(), "x".repeat(len), false);
+            super::PublishData::from((publish, None))
+        };
+        // An offline session's queue fills the hub-wide bound.
+        for _ in 0..8 {
+            data.append(queued, item("queued", 500), &mut notifications);
+        }
+        // One large message for a live subscriber: a segment of its own,
+        // the largest log once appended.
+        data.append(live, item("live", 3000), &mut notifications);
+        assert!(
+            data.native[live].log.bytes() >= 3000,
+            "the new message was dropped at once"
+        );
+        assert!(data.held_bytes() <= 4 * 1024, "{}", data.held_bytes());
     }
 
     #[test]
