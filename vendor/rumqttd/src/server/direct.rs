@@ -91,7 +91,6 @@ enum Ending {
 /// What the end of a connection settles: its will.
 struct LinkEnd {
     router_tx: RouterTx,
-    tenant_id: Option<String>,
     client_id: String,
     /// The sender this connection put in `will_handlers`, to tell it from
     /// a newer connection's. Nothing drops a handler unsent (the next
@@ -205,7 +204,6 @@ impl<P: Protocol> DirectLink<P> {
             ending: Ending::No,
             end: Some(LinkEnd {
                 router_tx,
-                tenant_id: None,
                 client_id,
                 will_tx,
                 will_rx,
@@ -332,11 +330,10 @@ impl<P: Protocol> DirectLink<P> {
     /// Whether the router has to be told the connection ended: not when
     /// it ended it (seen now or before), nor after the client's DISCONNECT.
     fn router_must_be_told(&mut self) -> bool {
-        if self.ending == Ending::No && self.link_rx.router_dropped() {
-            self.ending = Ending::ByRouter;
-        }
+        self.note_router_drop();
         matches!(self.ending, Ending::No | Ending::Shutdown)
     }
+
 }
 
 /// Sends `event` now if the router's channel has room, or leaves it in
@@ -470,6 +467,16 @@ impl<P: Protocol + Unpin> AsyncRead for DirectLink<P> {
     }
 }
 
+impl<P> DirectLink<P> {
+    /// Takes a drop by the router into account even when the reading half
+    /// has not seen it (the edge may not be reading).
+    fn note_router_drop(&mut self) {
+        if self.ending == Ending::No && self.link_rx.router_dropped() {
+            self.ending = Ending::ByRouter;
+        }
+    }
+}
+
 impl<P> Drop for DirectLink<P> {
     /// Settles the end in line where it can, so that it is queued to the
     /// router before the client id's next connection can be: the router
@@ -479,9 +486,7 @@ impl<P> Drop for DirectLink<P> {
         let Some(end) = self.end.take() else {
             return;
         };
-        if self.ending == Ending::No && self.link_rx.router_dropped() {
-            self.ending = Ending::ByRouter;
-        }
+        self.note_router_drop();
         let tell = self.ending == Ending::No;
         // The router deleted the will on the client's DISCONNECT, and a
         // link it dropped itself has no will left there either.
@@ -509,7 +514,7 @@ impl<P> Drop for DirectLink<P> {
         }
         let delayed_will = will && end.will_delay_interval > 0;
         if will && !delayed_will && end.will_fires_now() {
-            queue(Event::PublishWill((end.client_id.clone(), end.tenant_id.clone())));
+            queue(Event::PublishWill((end.client_id.clone(), None)));
         }
         if !delayed_will {
             end.forget();
@@ -561,7 +566,7 @@ impl LinkEnd {
             }
         };
         if publish {
-            let event = Event::PublishWill((self.client_id, self.tenant_id));
+            let event = Event::PublishWill((self.client_id, None));
             let _ = self.router_tx.send_async((connection_id, event)).await;
         }
     }
