@@ -208,6 +208,14 @@ impl<P: Protocol> Network<P> {
     }
 }
 
+/// Hearth: when a connection silent since `last` has outlived its
+/// `keepalive` (`Duration::MAX` for none: a century on, as a timer must
+/// have a deadline).
+pub(crate) fn keepalive_due(last: tokio::time::Instant, keepalive: Duration) -> tokio::time::Instant {
+    last.checked_add(keepalive)
+        .unwrap_or_else(|| last + Duration::from_secs(100 * 365 * 86_400))
+}
+
 pub trait N: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T> N for T where T: AsyncRead + AsyncWrite + Unpin + Send {}
 

@@ -138,10 +138,7 @@ impl<P: Protocol> RemoteLink<P> {
         // a timer and a waiter made and dropped for every packet were a
         // tenth of the hub's CPU per message at home loads (issue 20).
         let keepalive = self.network.keepalive();
-        let due = |last: time::Instant| {
-            last.checked_add(keepalive)
-                .unwrap_or_else(|| last + Duration::from_secs(100 * 365 * 86_400))
-        };
+        let due = |last: time::Instant| network::keepalive_due(last, keepalive);
         let mut last_read = time::Instant::now();
         let expiry = time::sleep_until(due(last_read));
         tokio::pin!(expiry);

@@ -30,7 +30,7 @@ use tokio::time::{self, Instant, Sleep};
 
 use super::broker::{settle_previous_will, AwaitingWill};
 use crate::link::local::{LinkRx, LinkTx};
-use crate::link::network::own_small_publish;
+use crate::link::network::{keepalive_due, own_small_publish};
 use crate::local::LinkBuilder;
 use crate::protocol::{self, Packet, Protocol};
 use crate::router::{Event, Notification};
@@ -198,7 +198,7 @@ impl<P: Protocol> DirectLink<P> {
             max_incoming_size,
             keepalive,
             last_write,
-            expiry: Box::pin(time::sleep_until(due(last_write, keepalive))),
+            expiry: Box::pin(time::sleep_until(keepalive_due(last_write, keepalive))),
             data_sent: None,
             ready_sent: None,
             ending: Ending::No,
@@ -299,7 +299,7 @@ impl<P: Protocol> DirectLink<P> {
     /// Whether the keep-alive ran out; moves the timer on if not.
     fn keepalive_expired(&mut self, cx: &mut Context<'_>) -> bool {
         while self.expiry.as_mut().poll(cx).is_ready() {
-            let next = due(self.last_write, self.keepalive);
+            let next = keepalive_due(self.last_write, self.keepalive);
             if next <= Instant::now() {
                 return true;
             }
@@ -368,10 +368,6 @@ fn start_send(
     }
 }
 
-fn due(last: Instant, keepalive: Duration) -> Instant {
-    last.checked_add(keepalive)
-        .unwrap_or_else(|| last + Duration::from_secs(100 * 365 * 86_400))
-}
 
 fn router_gone() -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, "the router is gone")
