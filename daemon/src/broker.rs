@@ -715,6 +715,45 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscriber_that_does_not_read_holds_a_bounded_buffer_and_loses_nothing() {
+        let broker = start(BrokerLimits {
+            max_connections: 16,
+            max_payload: 1 << 20,
+            max_topics: 1000,
+            max_queued_per_filter: 8 << 20,
+            max_queued: 64 << 20,
+        })
+        .await
+        .unwrap();
+        let mut slow = subscriber(&broker, "slow", "big/#").await;
+        let mut publisher = open(&broker, &connect("camera", 30, None)).await;
+        let payload = bytes::Bytes::from(vec![b'p'; 256 * 1024]);
+        let publish = encode(Packet::Publish(
+            Publish::new(bytes::Bytes::from_static(b"big/1"), payload, false),
+            None,
+        ));
+        let count = 16;
+        for _ in 0..count {
+            publisher.write_all(&publish).await.unwrap();
+        }
+        // Routed while the subscriber reads nothing.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // One read returns what the router had put in the link's buffer.
+        let mut got = vec![0u8; count * publish.len()];
+        let first = slow.read(&mut got).await.unwrap();
+        // 4 MiB were published; the router's bound is 1 MiB and a message.
+        assert!(
+            first <= (1 << 20) + publish.len(),
+            "the router buffered {first} bytes for a subscriber that read nothing"
+        );
+        // The rest was kept in the filter's log and follows.
+        let rest =
+            tokio::time::timeout(Duration::from_secs(5), slow.read_exact(&mut got[first..])).await;
+        rest.expect("every message arrives").unwrap();
+        assert!(got.chunks(publish.len()).all(|p| p == &publish[..]));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_link_the_router_dropped_does_not_end_the_connection_that_took_its_id() {
         let broker = broker().await;
         let mut first = open(&broker, &connect("twin", 30, None)).await;

@@ -21,7 +21,9 @@ use tracing_subscriber::{
 pub use link::alerts;
 pub use link::local;
 pub use link::meters;
-pub use router::{Alert, Forward, IncomingMeter, Meter, Notification, OutgoingMeter, Router};
+pub use router::{
+    Alert, Forward, IncomingMeter, Meter, Notification, OutgoingMeter, Router, MAX_BUFFERED_BYTES,
+};
 use segments::Storage;
 pub use link::network::N;
 pub use server::{Broker, Connector, DirectLink, LinkType, OpenError, Server, WillHandlers};

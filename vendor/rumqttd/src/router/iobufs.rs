@@ -107,6 +107,19 @@ impl Outgoing {
         buffer.len()
     }
 
+    /// Hearth: the topic and payload bytes of the publishes waiting in the
+    /// buffer for the link to take them.
+    pub fn buffered_bytes(&self) -> usize {
+        self.data_buffer
+            .lock()
+            .iter()
+            .map(|n| match n {
+                Notification::Forward(f) => f.publish.topic.len() + f.publish.payload.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
     /// Push packets to the outgoing buffer.
     pub fn push_forwards(
         &mut self,

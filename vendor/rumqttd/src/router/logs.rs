@@ -363,6 +363,7 @@ impl DataLog {
         filter: &str,
         offset: Offset,
         len: u64,
+        max_bytes: usize,
         not_from: Option<u64>,
     ) -> io::Result<(Position, Vec<(PubWithProp, Offset)>)> {
         // Hearth: filters nobody subscribes to are removed (`remove_filter`)
@@ -381,7 +382,7 @@ impl DataLog {
         // reflect that. Consequently, this method is also infallible.
         // Encoding this information is important so that calling function
         // has more information on how this method behaves.
-        let next = data.log.readv(offset, len, &mut o)?;
+        let mut next = data.log.readv(offset, len, &mut o)?;
 
         let now = Instant::now();
         o.retain_mut(|(pubdata, _)| {
@@ -412,6 +413,26 @@ impl DataLog {
 
             is_valid
         });
+
+        // Hearth: no more than `max_bytes` of topics and payloads, but
+        // always one message; the cursor stops before the first left.
+        let mut bytes = 0;
+        let kept = o
+            .iter()
+            .position(|(pubdata, _)| {
+                let over = bytes > 0 && bytes >= max_bytes;
+                bytes += pubdata.publish.topic.len() + pubdata.publish.payload.len();
+                over
+            })
+            .unwrap_or(o.len());
+        if kept < o.len() {
+            let (Position::Next { start, .. } | Position::Done { start, .. }) = next;
+            next = Position::Next {
+                start,
+                end: o[kept].1,
+            };
+            o.truncate(kept);
+        }
 
         // no need to include timestamp when returning
         let o = o
@@ -758,6 +779,28 @@ mod test {
             "the new message was dropped at once"
         );
         assert!(data.held_bytes() <= 4 * 1024, "{}", data.held_bytes());
+    }
+
+    #[test]
+    fn a_read_stops_at_its_byte_bound_but_takes_one_message_and_the_next_read_goes_on() {
+        let mut data = datalog();
+        let (idx, _) = data.next_native_offset("big");
+        let mut notifications = std::collections::VecDeque::new();
+        for payload in ["a", "b", "c", "d"] {
+            let publish = crate::protocol::Publish::new("big".to_owned(), payload.repeat(300), false);
+            data.append(idx, super::PublishData::from((publish, None)), &mut notifications);
+        }
+        let payloads = |read: &[(super::PubWithProp, super::Offset)]| -> String {
+            read.iter().map(|((p, _), _)| char::from(p.payload[0])).collect()
+        };
+        // 303 bytes a message: the third would pass 700.
+        let (next, read) = data.native_readv(idx, "big", (0, 0), 100, 700, None).unwrap();
+        assert_eq!(payloads(&read), "abc");
+        let super::Position::Next { end, .. } = next else {
+            panic!("a read cut short is not caught up: {next:?}");
+        };
+        let (_, read) = data.native_readv(idx, "big", end, 100, 10, None).unwrap();
+        assert_eq!(payloads(&read), "d", "one message whatever the bound");
     }
 
     #[test]

@@ -26,7 +26,7 @@ use super::scheduler::{ScheduleReason, Scheduler};
 use super::shared_subs::SharedGroup;
 use super::{
     packetid, Connection, DataRequest, Event, FilterIdx, Meter, Notification, Print, RouterMeter,
-    ShadowRequest, MAX_CHANNEL_CAPACITY, MAX_SCHEDULE_ITERATIONS,
+    ShadowRequest, MAX_BUFFERED_BYTES, MAX_CHANNEL_CAPACITY, MAX_SCHEDULE_ITERATIONS,
 };
 
 #[derive(Error, Debug)]
@@ -1664,6 +1664,15 @@ fn forward_device_data(
         inflight_slots = 1;
     }
 
+    // Hearth: the connection's buffer is bounded in bytes as well as in
+    // messages (`MAX_BUFFERED_BYTES`).
+    let buffered = outgoing.buffered_bytes();
+    if buffered >= MAX_BUFFERED_BYTES {
+        outgoing.push_notification(Notification::Unschedule);
+        outgoing.handle.try_send(()).ok();
+        return ConsumeStatus::BufferFull;
+    }
+
     let mut publishes = Vec::new();
 
     if request.forward_retained {
@@ -1686,6 +1695,7 @@ fn forward_device_data(
             &request.filter,
             request.cursor,
             inflight_slots,
+            MAX_BUFFERED_BYTES - buffered,
             request.nolocal.then(|| client_key(&outgoing.client_id)),
         ) {
             Ok(v) => v,
@@ -1824,7 +1834,7 @@ fn forward_device_data(
         len
     );
 
-    if len >= MAX_CHANNEL_CAPACITY - 1 {
+    if len >= MAX_CHANNEL_CAPACITY - 1 || outgoing.buffered_bytes() >= MAX_BUFFERED_BYTES {
         debug!("Outgoing channel reached its capacity");
         outgoing.push_notification(Notification::Unschedule);
         outgoing.handle.try_send(()).ok();
