@@ -110,6 +110,14 @@ enum Verdict {
     Drop,
 }
 
+/// A judged batch of client packets.
+struct Judged {
+    /// The bytes of the batch taken from the client's.
+    taken: usize,
+    /// The last of them, which go to the broker as they came.
+    unchanged: std::ops::Range<usize>,
+}
+
 /// Why a batch of client packets stopped short.
 enum Stop {
     /// The stream is no longer MQTT: the connection ends at once.
@@ -360,8 +368,16 @@ impl<'a> Upstream<'a> {
         let mut receiving: Option<(OwnedSemaphorePermit, Instant)> = None;
         loop {
             let took_any = match self.judge_batch(&inbound, &mut out, &mut pace).await {
-                Ok(taken) => {
-                    inbound.advance(taken);
+                Ok(Judged { taken, unchanged }) => {
+                    if out.is_empty() && unchanged.start == 0 {
+                        // All of it goes on as it came: handed over, not
+                        // copied (a large packet is then held twice, as
+                        // its budget counts: here and on the broker's side).
+                        out = inbound.split_to(taken);
+                    } else {
+                        out.extend_from_slice(&inbound[unchanged]);
+                        inbound.advance(taken);
+                    }
                     taken > 0
                 }
                 Err(Stop::Broken(end)) => return Err(end),
@@ -428,34 +444,49 @@ impl<'a> Upstream<'a> {
         }
     }
 
-    /// Judges every complete packet in `inbound` and appends what goes to
-    /// the broker to `out`; returns the bytes of `inbound` taken.
+    /// Judges every complete packet in `inbound`. What goes to the broker
+    /// is what `out` holds followed by `inbound[unchanged]` (the packets
+    /// that pass as they came since the last one that did not); on a
+    /// refusal, `out` holds all that was allowed before it.
     async fn judge_batch(
         &mut self,
         inbound: &[u8],
         out: &mut BytesMut,
         pace: &mut Pace,
-    ) -> Result<usize, Stop> {
+    ) -> Result<Judged, Stop> {
         let max = self.limits.max_packet;
-        // What goes on is usually what came in (plus a pace's PINGREQ):
-        // one allocation for the batch, not a growth per packet.
-        if !inbound.is_empty() {
-            out.reserve(inbound.len() + PINGREQ.len());
-        }
         let mut taken = 0;
+        let mut unchanged_from = 0;
         while let Some(frame) =
             mqtt::next_frame(&inbound[taken..], max).map_err(|e| Stop::Broken(e.into()))?
         {
             let packet = &inbound[taken..taken + frame.len];
-            match self.inspect(&frame, packet).await.map_err(Stop::Refused)? {
-                Verdict::Forward => out.extend_from_slice(packet),
-                Verdict::Replace(bytes) => out.extend_from_slice(&bytes),
-                Verdict::Drop => {}
+            let verdict = match self.inspect(&frame, packet).await {
+                Ok(verdict) => verdict,
+                Err(end) => {
+                    out.extend_from_slice(&inbound[unchanged_from..taken]);
+                    return Err(Stop::Refused(end));
+                }
+            };
+            match verdict {
+                Verdict::Forward => {}
+                Verdict::Replace(bytes) => {
+                    out.extend_from_slice(&inbound[unchanged_from..taken]);
+                    out.extend_from_slice(&bytes);
+                    unchanged_from = taken + frame.len;
+                }
+                Verdict::Drop => {
+                    out.extend_from_slice(&inbound[unchanged_from..taken]);
+                    unchanged_from = taken + frame.len;
+                }
             }
             taken += frame.len;
             pace.passed(frame.kind(), frame.len);
         }
-        Ok(taken)
+        Ok(Judged {
+            taken,
+            unchanged: unchanged_from..taken,
+        })
     }
 
     /// Writes `out` to the broker, and paces the client when it is due:
@@ -475,14 +506,16 @@ impl<'a> Upstream<'a> {
         // in, which the edge would not read while it waits. Such a
         // client is not paced (QoS 1/2 already paces it).
         let paced = pace.due() && !self.edge.hub.sessions.owes_acks(self.client_id);
-        if paced {
-            self.paces.fetch_add(1, Ordering::SeqCst);
-            out.extend_from_slice(&PINGREQ);
-            pace.reset();
-        }
         if !out.is_empty() {
             broker.write_all(&out[..]).await?;
             out.clear();
+        }
+        if paced {
+            // Written on its own: `out` may be the client's own bytes,
+            // handed over whole, which a PINGREQ appended would copy.
+            self.paces.fetch_add(1, Ordering::SeqCst);
+            broker.write_all(&PINGREQ).await?;
+            pace.reset();
         }
         if paced {
             // Until every PINGREQ of the edge's is answered (a late
