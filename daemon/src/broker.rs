@@ -714,24 +714,49 @@ mod tests {
         let _again = open(&broker, &connect("dev", 30, None)).await;
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_subscriber_that_does_not_read_holds_a_bounded_buffer_and_loses_nothing() {
-        let broker = start(BrokerLimits {
+    /// A broker for messages of a few MiB, as a hub's pictures are.
+    async fn broker_for_large() -> RunningBroker {
+        start(BrokerLimits {
             max_connections: 16,
-            max_payload: 1 << 20,
+            max_payload: 4 << 20,
             max_topics: 1000,
             max_queued_per_filter: 8 << 20,
             max_queued: 64 << 20,
         })
         .await
-        .unwrap();
+        .unwrap()
+    }
+
+    fn publish_of(topic: &'static str, len: usize) -> BytesMut {
+        let payload = bytes::Bytes::from(vec![b'p'; len]);
+        let topic = bytes::Bytes::from_static(topic.as_bytes());
+        encode(Packet::Publish(Publish::new(topic, payload, false), None))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shared_subscriber_gets_a_message_larger_than_its_buffer_once() {
+        let broker = broker_for_large().await;
+        let mut member = subscriber(&broker, "member", "$share/g/big/#").await;
+        let mut publisher = open(&broker, &connect("camera", 30, None)).await;
+        let publish = publish_of("big/1", 1536 * 1024);
+        publisher.write_all(&publish).await.unwrap();
+        let mut got = vec![0u8; publish.len()];
+        tokio::time::timeout(Duration::from_secs(5), member.read_exact(&mut got))
+            .await
+            .expect("the message arrives")
+            .unwrap();
+        assert!(got == publish[..]);
+        let mut more = [0u8; 1];
+        let again = tokio::time::timeout(Duration::from_secs(1), member.read(&mut more)).await;
+        assert!(again.is_err(), "the message came again");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscriber_that_does_not_read_holds_a_bounded_buffer_and_loses_nothing() {
+        let broker = broker_for_large().await;
         let mut slow = subscriber(&broker, "slow", "big/#").await;
         let mut publisher = open(&broker, &connect("camera", 30, None)).await;
-        let payload = bytes::Bytes::from(vec![b'p'; 256 * 1024]);
-        let publish = encode(Packet::Publish(
-            Publish::new(bytes::Bytes::from_static(b"big/1"), payload, false),
-            None,
-        ));
+        let publish = publish_of("big/1", 256 * 1024);
         let count = 16;
         for _ in 0..count {
             publisher.write_all(&publish).await.unwrap();

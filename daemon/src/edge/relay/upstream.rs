@@ -83,9 +83,11 @@ where
     .await
 }
 
-/// Gives back a buffer once it is empty again.
+/// Gives back a buffer once it is empty again (also the share it may
+/// hold of another's allocation, which would make that one copy itself
+/// on its next growth).
 fn release_if_idle(buf: &mut BytesMut) {
-    if buf.is_empty() && buf.capacity() > 0 {
+    if buf.is_empty() {
         *buf = BytesMut::new();
     }
 }
@@ -369,7 +371,7 @@ impl<'a> Upstream<'a> {
         loop {
             let took_any = match self.judge_batch(&inbound, &mut out, &mut pace).await {
                 Ok(Judged { taken, unchanged }) => {
-                    if out.is_empty() && unchanged.start == 0 {
+                    if taken > 0 && out.is_empty() && unchanged.start == 0 {
                         // All of it goes on as it came: handed over, not
                         // copied (a large packet is then held twice, as
                         // its budget counts: here and on the broker's side).
@@ -490,7 +492,7 @@ impl<'a> Upstream<'a> {
     }
 
     /// Writes `out` to the broker, and paces the client when it is due:
-    /// a PINGREQ goes with the batch, and its answer is waited for.
+    /// a PINGREQ follows the batch, and its answer is waited for.
     async fn pass_on<W>(
         &self,
         broker: &mut W,

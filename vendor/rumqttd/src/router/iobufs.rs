@@ -9,7 +9,7 @@ use tracing::{error, warn};
 
 use crate::{
     protocol::{Packet, QoS},
-    router::{FilterIdx, MAX_CHANNEL_CAPACITY},
+    router::{FilterIdx, MAX_BUFFERED_BYTES, MAX_CHANNEL_CAPACITY},
     Cursor, Notification,
 };
 
@@ -66,6 +66,10 @@ pub struct Outgoing {
     last_pkid: u16,
     /// Metrics of outgoing messages of this connection
     pub(crate) meter: OutgoingMeter,
+    /// Hearth: the largest publish (topic and payload) pushed since the
+    /// buffer was last seen empty: with the buffer's length, a bound on
+    /// its bytes that spares counting them.
+    largest_forward: usize,
 }
 
 impl Outgoing {
@@ -87,6 +91,7 @@ impl Outgoing {
             handle,
             last_pkid: 0,
             meter: Default::default(),
+            largest_forward: 0,
         };
 
         (outgoing, rx)
@@ -108,10 +113,21 @@ impl Outgoing {
     }
 
     /// Hearth: the topic and payload bytes of the publishes waiting in the
-    /// buffer for the link to take them.
-    pub fn buffered_bytes(&self) -> usize {
-        self.data_buffer
-            .lock()
+    /// buffer for the link to take them, exact from `MAX_BUFFERED_BYTES`
+    /// on; below it, possibly a bound above them (counted only when the
+    /// buffer's length times its largest publish reaches it: with small
+    /// messages, never; counting every time cost fan-out 14 %).
+    pub fn buffered_bytes(&mut self) -> usize {
+        let buffer = self.data_buffer.lock();
+        if buffer.is_empty() {
+            self.largest_forward = 0;
+            return 0;
+        }
+        let bound = buffer.len().saturating_mul(self.largest_forward);
+        if bound < MAX_BUFFERED_BYTES {
+            return bound;
+        }
+        buffer
             .iter()
             .map(|n| match n {
                 Notification::Forward(f) => f.publish.topic.len() + f.publish.payload.len(),
@@ -133,6 +149,9 @@ impl Outgoing {
         // packet id and an inflight slot.
         for mut p in publishes {
             self.meter.publish_count += 1;
+            self.largest_forward = self
+                .largest_forward
+                .max(p.publish.topic.len() + p.publish.payload.len());
             if p.publish.qos == QoS::AtMostOnce {
                 buffer.push_back(Notification::Forward(p));
                 continue;

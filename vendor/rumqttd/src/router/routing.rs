@@ -1674,6 +1674,7 @@ fn forward_device_data(
     }
 
     let mut publishes = Vec::new();
+    let mut retained_bytes = 0;
 
     if request.forward_retained {
         // NOTE: ideally we want to limit the number of read messages
@@ -1681,6 +1682,10 @@ fn forward_device_data(
         // but for now, we just try to read all messages and drop the excess ones
         let mut retained_publishes = datalog.read_retained_messages(&request.filter);
         retained_publishes.truncate(inflight_slots as usize);
+        retained_bytes = retained_publishes
+            .iter()
+            .map(|(p, _)| p.topic.len() + p.payload.len())
+            .sum();
 
         publishes.extend(retained_publishes.into_iter().map(|p| (p, None)));
         inflight_slots -= publishes.len() as u64;
@@ -1695,7 +1700,8 @@ fn forward_device_data(
             &request.filter,
             request.cursor,
             inflight_slots,
-            MAX_BUFFERED_BYTES - buffered,
+            // Retained messages sent at subscribe count as well.
+            MAX_BUFFERED_BYTES.saturating_sub(buffered + retained_bytes),
             request.nolocal.then(|| client_key(&outgoing.client_id)),
         ) {
             Ok(v) => v,
@@ -1834,6 +1840,16 @@ fn forward_device_data(
         len
     );
 
+    // update the state of shared subscription
+    // Hearth: before a full buffer's return too: what was just pushed is
+    // the group's, and read again from the old cursor it went out twice
+    // (with the byte bound, a message of 1 MiB or more went out forever).
+    if let Some(share) = shared_group {
+        share.update_next_client();
+        // update the shared cursor
+        share.cursor = request.cursor;
+    }
+
     if len >= MAX_CHANNEL_CAPACITY - 1 || outgoing.buffered_bytes() >= MAX_BUFFERED_BYTES {
         debug!("Outgoing channel reached its capacity");
         outgoing.push_notification(Notification::Unschedule);
@@ -1842,13 +1858,6 @@ fn forward_device_data(
     }
 
     outgoing.handle.try_send(()).ok();
-
-    // update the state of shared subscription
-    if let Some(share) = shared_group {
-        share.update_next_client();
-        // update the shared cursor
-        share.cursor = request.cursor;
-    }
 
     if caughtup {
         ConsumeStatus::FilterCaughtup
