@@ -518,8 +518,6 @@ impl<'a> Upstream<'a> {
             self.paces.fetch_add(1, Ordering::SeqCst);
             broker.write_all(&PINGREQ).await?;
             pace.reset();
-        }
-        if paced {
             // Until every PINGREQ of the edge's is answered (a late
             // answer's wake-up only causes a look at the count).
             let answered = async {
