@@ -526,16 +526,18 @@ mod tests {
     };
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    async fn broker() -> RunningBroker {
-        start(BrokerLimits {
+    fn small_limits() -> BrokerLimits {
+        BrokerLimits {
             max_connections: 16,
             max_payload: 65_536,
             max_topics: 1000,
             max_queued_per_filter: 1 << 20,
             max_queued: 1 << 24,
-        })
-        .await
-        .unwrap()
+        }
+    }
+
+    async fn broker() -> RunningBroker {
+        start(small_limits()).await.unwrap()
     }
 
     fn encode(packet: Packet) -> BytesMut {
@@ -717,11 +719,10 @@ mod tests {
     /// A broker for messages of a few MiB, as a hub's pictures are.
     async fn broker_for_large() -> RunningBroker {
         start(BrokerLimits {
-            max_connections: 16,
             max_payload: 4 << 20,
-            max_topics: 1000,
             max_queued_per_filter: 8 << 20,
             max_queued: 64 << 20,
+            ..small_limits()
         })
         .await
         .unwrap()

@@ -1668,9 +1668,7 @@ fn forward_device_data(
     // messages (`MAX_BUFFERED_BYTES`).
     let buffered = outgoing.buffered_bytes();
     if buffered >= MAX_BUFFERED_BYTES {
-        outgoing.push_notification(Notification::Unschedule);
-        outgoing.handle.try_send(()).ok();
-        return ConsumeStatus::BufferFull;
+        return buffer_full(outgoing);
     }
 
     let mut publishes = Vec::new();
@@ -1852,9 +1850,7 @@ fn forward_device_data(
 
     if len >= MAX_CHANNEL_CAPACITY - 1 || outgoing.buffered_bytes() >= MAX_BUFFERED_BYTES {
         debug!("Outgoing channel reached its capacity");
-        outgoing.push_notification(Notification::Unschedule);
-        outgoing.handle.try_send(()).ok();
-        return ConsumeStatus::BufferFull;
+        return buffer_full(outgoing);
     }
 
     outgoing.handle.try_send(()).ok();
@@ -1864,6 +1860,14 @@ fn forward_device_data(
     } else {
         ConsumeStatus::PartialRead
     }
+}
+
+/// Hearth: pauses a connection whose buffer is full: its link sees the
+/// `Unschedule` once it has taken what is there, and answers `Ready`.
+fn buffer_full(outgoing: &mut Outgoing) -> ConsumeStatus {
+    outgoing.push_notification(Notification::Unschedule);
+    outgoing.handle.try_send(()).ok();
+    ConsumeStatus::BufferFull
 }
 
 fn retrieve_shadow(datalog: &mut DataLog, outgoing: &mut Outgoing, shadow: ShadowRequest) {
