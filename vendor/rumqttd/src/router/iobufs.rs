@@ -66,7 +66,7 @@ pub struct Outgoing {
     last_pkid: u16,
     /// Metrics of outgoing messages of this connection
     pub(crate) meter: OutgoingMeter,
-    /// Hearth: the largest publish (topic and payload) pushed since the
+    /// Hearth: the largest publish (`Publish::len`) pushed since the
     /// buffer was last seen empty: with the buffer's length, a bound on
     /// its bytes that spares counting them.
     largest_forward: usize,
@@ -112,7 +112,7 @@ impl Outgoing {
         buffer.len()
     }
 
-    /// Hearth: the topic and payload bytes of the publishes waiting in the
+    /// Hearth: the bytes (`Publish::len`) of the publishes waiting in the
     /// buffer for the link to take them, exact from `MAX_BUFFERED_BYTES`
     /// on; below it, possibly a bound above them (counted only when the
     /// buffer's length times its largest publish reaches it: with small
@@ -130,7 +130,7 @@ impl Outgoing {
         buffer
             .iter()
             .map(|n| match n {
-                Notification::Forward(f) => f.publish.topic.len() + f.publish.payload.len(),
+                Notification::Forward(f) => f.publish.len(),
                 _ => 0,
             })
             .sum()
@@ -149,9 +149,7 @@ impl Outgoing {
         // packet id and an inflight slot.
         for mut p in publishes {
             self.meter.publish_count += 1;
-            self.largest_forward = self
-                .largest_forward
-                .max(p.publish.topic.len() + p.publish.payload.len());
+            self.largest_forward = self.largest_forward.max(p.publish.len());
             if p.publish.qos == QoS::AtMostOnce {
                 buffer.push_back(Notification::Forward(p));
                 continue;

@@ -414,14 +414,14 @@ impl DataLog {
             is_valid
         });
 
-        // Hearth: no more than `max_bytes` of topics and payloads, but
+        // Hearth: no more than `max_bytes` of publishes (`Publish::len`), but
         // always one message; the cursor stops before the first left.
         let mut bytes = 0;
         let kept = o
             .iter()
             .position(|(pubdata, _)| {
                 let over = bytes > 0 && bytes >= max_bytes;
-                bytes += pubdata.publish.topic.len() + pubdata.publish.payload.len();
+                bytes += pubdata.publish.len();
                 over
             })
             .unwrap_or(o.len());
@@ -793,7 +793,7 @@ mod test {
         let payloads = |read: &[(super::PubWithProp, super::Offset)]| -> String {
             read.iter().map(|((p, _), _)| char::from(p.payload[0])).collect()
         };
-        // 303 bytes a message: the third would pass 700.
+        // 305 bytes a message (`Publish::len`): the third would pass 700.
         let (next, read) = data.native_readv(idx, "big", (0, 0), 100, 700, None).unwrap();
         assert_eq!(payloads(&read), "abc");
         let super::Position::Next { end, .. } = next else {

@@ -32,8 +32,9 @@ pub use waiters::Waiters;
 
 pub const MAX_SCHEDULE_ITERATIONS: usize = 100;
 pub const MAX_CHANNEL_CAPACITY: usize = 200;
-/// Hearth: the most a connection's buffer holds of messages' topics and
-/// payloads before the router waits for the link to take them (one
+/// Hearth: the most a connection's buffer holds of messages (their
+/// `Publish::len`: topic, payload and packet id) before the router waits
+/// for the link to take them (one
 /// message always goes, however large). Counted alone, 200 of the largest
 /// messages (8 MiB) could wait there for a subscriber that reads slowly.
 pub const MAX_BUFFERED_BYTES: usize = 1024 * 1024;

@@ -1682,7 +1682,7 @@ fn forward_device_data(
         retained_publishes.truncate(inflight_slots as usize);
         retained_bytes = retained_publishes
             .iter()
-            .map(|(p, _)| p.topic.len() + p.payload.len())
+            .map(|(p, _)| p.len())
             .sum();
 
         publishes.extend(retained_publishes.into_iter().map(|p| (p, None)));
