@@ -13,6 +13,9 @@ use super::ConnectionEvents;
 #[derive(Debug)]
 pub struct Connection {
     pub client_id: String,
+    /// Hearth: `client_key(client_id)`, the publisher's mark on what it
+    /// publishes (for No Local), hashed once here, not for every publish.
+    pub publisher_key: u64,
     /// Id of client's organisation/tenant and the prefix associated with tenant's MQTT topic
     pub tenant_prefix: Option<String>,
     /// Dynamically create subscription filters incase they didn't exist during a publish
@@ -58,6 +61,7 @@ impl Connection {
         };
 
         Connection {
+            publisher_key: super::logs::client_key(&client_id),
             client_id,
             tenant_prefix,
             dynamic_filters,

@@ -602,9 +602,8 @@ where
     ) -> (Offset, &Filter) {
         let size = item.size();
         let offset = self.log.append(item);
-        if let Some(mut parked) = self.waiters.take() {
-            notifications.append(&mut parked);
-        }
+        // Hearth: the waiters keep their room (issue 20; `wake_into`).
+        self.waiters.wake_into(notifications);
 
         self.meter.count += 1;
         self.meter.total_size += size;

@@ -34,14 +34,11 @@ impl<T> Waiters<T> {
         self.current.push_back(request);
     }
 
-    /// Swaps next wait queue with current wait queue
-    pub fn take(&mut self) -> Option<VecDeque<(ConnectionId, T)>> {
-        if self.current.is_empty() {
-            return None;
-        }
-
-        let next = VecDeque::new();
-        Some(std::mem::replace(&mut self.current, next))
+    /// Hearth: moves every waiter to `woken`, keeping the room they took
+    /// (upstream swapped in a new queue, so a reader waiting on every
+    /// message freed and allocated its queue each time).
+    pub fn wake_into(&mut self, woken: &mut VecDeque<(ConnectionId, T)>) {
+        woken.extend(self.current.drain(..));
     }
 
     /// Remove a connection from waiters
@@ -64,16 +61,22 @@ impl<T> Waiters<T> {
 #[cfg(test)]
 mod tests {
     use super::Waiters;
+    use std::collections::VecDeque;
 
     #[test]
-    fn a_single_waiter_holds_room_for_one() {
+    fn a_single_waiter_holds_room_for_one_and_waking_keeps_the_room() {
         let mut waiters: Waiters<[u64; 12]> = Waiters::with_capacity(0);
         waiters.register(1, [0; 12]);
         assert_eq!(waiters.get_mut().capacity(), 1);
         waiters.register(2, [0; 12]);
         waiters.register(3, [0; 12]);
-        assert_eq!(waiters.take().map(|w| w.len()), Some(3));
+        let mut woken = VecDeque::new();
+        waiters.wake_into(&mut woken);
+        assert_eq!(woken.iter().map(|w| w.0).collect::<Vec<_>>(), [1, 2, 3]);
+        assert!(waiters.waiters().is_empty());
+        let room = waiters.get_mut().capacity();
+        assert!(room >= 3, "the room stays for the next wait");
         waiters.register(4, [0; 12]);
-        assert_eq!(waiters.get_mut().capacity(), 1);
+        assert_eq!(waiters.get_mut().capacity(), room);
     }
 }
