@@ -274,6 +274,10 @@ impl Store {
         // deleted rows do not linger at its end.
         conn.pragma_update(None, "journal_size_limit", 0)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Room for every statement the store caches (about 30; rusqlite's
+        // default is 16, so the mailbox's per-message statements and its
+        // twice-a-second expiry evicted each other and were parsed again).
+        conn.set_prepared_statement_cache_capacity(64);
         let mut store = Store {
             db: conn,
             erased: true,

@@ -21,6 +21,7 @@
 //! half hands the downstream half the packets it answers itself.
 
 mod ack_order;
+mod allowed;
 mod downstream;
 mod queue;
 mod receive_window;

@@ -1,5 +1,6 @@
 //! Client → broker: split the client's bytes into packets, judge each one (policy, topic aliases, quotas, Receive Maximum), keep large ones within the hub's budget, and pace a flooding publisher.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 use super::ack_order::AckOrder;
+use super::allowed::AllowedTopics;
 use super::downstream::ToClient;
 use super::queue;
 use super::receive_window::InboundWindow;
@@ -221,6 +223,8 @@ pub(super) struct Upstream<'a> {
     /// Telemetry seen since the last report to the hub's observations.
     telemetry: TelemetrySeen,
     started: Instant,
+    /// Topics the policy allowed this connection's plain publishes to.
+    allowed: AllowedTopics,
 }
 
 /// A device's own `tele/` prefix and `meta` topic.
@@ -295,6 +299,7 @@ impl<'a> Upstream<'a> {
             }),
             telemetry: TelemetrySeen::default(),
             started: Instant::now(),
+            allowed: AllowedTopics::default(),
         }
     }
 
@@ -746,12 +751,12 @@ impl<'a> Upstream<'a> {
 
     /// The topic a PUBLISH goes to: its own, or the one its topic alias
     /// (5 §3.3.2.3.4) stands for, defining the alias if it carries both.
-    async fn topic_of(
+    async fn topic_of<'p>(
         &mut self,
-        header: &inspect::PublishHeader<'_>,
-    ) -> Result<Vec<u8>, SessionEnd> {
+        header: &inspect::PublishHeader<'p>,
+    ) -> Result<Cow<'p, [u8]>, SessionEnd> {
         let Some(alias) = header.topic_alias else {
-            return Ok(header.topic.to_vec());
+            return Ok(Cow::Borrowed(header.topic));
         };
         if alias == 0 || alias > TOPIC_ALIAS_MAX {
             self.reply(inspect::disconnect_v5(reason::TOPIC_ALIAS_INVALID))
@@ -760,7 +765,7 @@ impl<'a> Upstream<'a> {
         }
         if header.topic.is_empty() {
             return match self.aliases.get(&alias) {
-                Some(topic) => Ok(topic.clone()),
+                Some(topic) => Ok(Cow::Owned(topic.clone())),
                 None => {
                     self.deny_audit(
                         Action::Publish {
@@ -786,22 +791,29 @@ impl<'a> Upstream<'a> {
                 .await;
             return Err(SessionEnd::Protocol("topic aliases hold too many bytes"));
         }
-        Ok(header.topic.to_vec())
+        Ok(Cow::Borrowed(header.topic))
     }
 
     /// Why a PUBLISH to `topic` may not go on, for the audit, and its
     /// reason code; `None` if it may.
     fn publish_refusal(
-        &self,
+        &mut self,
         action: Action,
         header: &inspect::PublishHeader<'_>,
         topic: &[u8],
         packet: &[u8],
     ) -> Option<(String, u8)> {
+        let plain = action == Action::Publish { retain: false };
+        if plain && self.allowed.contains(topic) {
+            return None;
+        }
         let decision = match filter::topic_from_bytes(topic) {
             Ok(topic) => self.peer.decide(action, topic),
             Err(e) => Decision::Deny(DenyReason::Malformed(e)),
         };
+        if plain && decision == Decision::Allow {
+            self.allowed.remember(topic);
+        }
         match decision {
             Decision::Deny(why) => Some((why.to_string(), reason::NOT_AUTHORIZED)),
             Decision::Allow if header.retain => {
