@@ -460,6 +460,74 @@ async fn publish_to_another_devices_state_is_denied() {
     .await;
 }
 
+/// A v5 PUBACK for `pkid` that is not a refusal (the reason code, when
+/// there is one, is success).
+fn is_accepted_puback(packet: &Next, pkid: u16) -> bool {
+    let [hi, lo] = pkid.to_be_bytes();
+    matches!(packet, Next::Data(d)
+        if d.len() >= 4 && d[0] == 0x40 && d[2] == hi && d[3] == lo
+            && d.get(4).is_none_or(|code| *code == 0))
+}
+
+#[tokio::test]
+async fn topics_allowed_before_do_not_open_others_on_the_same_connection() {
+    // The edge remembers the last few topics it allowed a connection's
+    // plain publishes to and does not decide them again: what it
+    // remembers must not let a neighbouring topic through.
+    let (hub, kid, sibling, _parent) = household();
+    let mut raw = Raw::connect(&hub, &kid, true).await;
+    // The outbox takes plain publishes only (the mailbox answers this
+    // one's bad envelope on the inbox, which this client does not read).
+    let own = ["tele/a", "tele/b", "outbox", "tele/c", "tele/d", "tele/e"];
+    let mut pkid = 100;
+    for _round in 0..2 {
+        for rest in own {
+            pkid += 1;
+            let topic = dev_topic(&kid, rest);
+            raw.send(&publish_packet(
+                true,
+                topic.as_bytes(),
+                1,
+                false,
+                pkid,
+                None,
+                b"x",
+            ))
+            .await;
+            let answer = raw.next().await;
+            assert!(is_accepted_puback(&answer, pkid), "{rest}: {answer:?}");
+        }
+    }
+    // Another device's telemetry under the same level names, a prefix of
+    // an allowed topic, and an allowed topic retained: each decided afresh.
+    let refused: [(String, bool); 4] = [
+        (dev_topic(&sibling, "tele/e"), false),
+        (dev_topic(&sibling, "tele/d"), false),
+        (format!("hearth/v1/dev/{}", kid.id), false),
+        (dev_topic(&kid, "outbox"), true),
+    ];
+    for (topic, retain) in refused {
+        pkid += 1;
+        raw.send(&publish_packet(
+            true,
+            topic.as_bytes(),
+            1,
+            retain,
+            pkid,
+            None,
+            b"x",
+        ))
+        .await;
+        let [hi, lo] = pkid.to_be_bytes();
+        assert_eq!(
+            raw.next().await,
+            Next::Data(vec![0x40, 3, hi, lo, V5_NOT_AUTHORIZED]),
+            "{topic} (retain {retain})"
+        );
+    }
+    assert_denied_audited(&hub, &kid, "publish", &dev_topic(&sibling, "tele/d"));
+}
+
 #[tokio::test]
 async fn publish_a_command_as_a_child_is_denied() {
     publish_denied(
