@@ -31,17 +31,27 @@ impl Scheduler {
     }
 
     /// Next connection which is ready to make progress
+    ///
+    /// Hearth: `None` only when the ready queue is empty. A connection that
+    /// is gone stays in the queue (`Router::handle_disconnection` leaves it
+    /// there) and is dropped here on the way to the next one; upstream
+    /// returned `None` for it, which a caller could take for an empty queue
+    /// and wait for an event with live connections still ready.
     pub fn poll(&mut self) -> Option<(ConnectionId, VecDeque<DataRequest>)> {
-        let id = self.readyqueue.pop_front()?;
-        let tracker = self.trackers.get_mut(id)?;
+        loop {
+            let id = self.readyqueue.pop_front()?;
+            let Some(tracker) = self.trackers.get_mut(id) else {
+                continue;
+            };
 
-        // drain will clear all DataRequest but will keep the allocated memory of our VecDeque.
-        let data_requests = tracker.data_requests.drain(..).collect();
+            // drain will clear all DataRequest but will keep the allocated memory of our VecDeque.
+            let data_requests = tracker.data_requests.drain(..).collect();
 
-        // Implicitly reschedule the connection. Router will take care of explicitly pausing if
-        // required (it has the state necessary to determine if pausing is required)
-        self.readyqueue.push_back(id);
-        Some((id, data_requests))
+            // Implicitly reschedule the connection. Router will take care of explicitly pausing if
+            // required (it has the state necessary to determine if pausing is required)
+            self.readyqueue.push_back(id);
+            return Some((id, data_requests));
+        }
     }
 
     pub fn track(&mut self, id: ConnectionId, request: DataRequest) {
@@ -243,5 +253,29 @@ impl Scheduler {
         } else {
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod hearth_tests {
+    use super::*;
+
+    #[test]
+    fn a_poll_passes_over_connections_that_are_gone_to_a_ready_one() {
+        let mut scheduler = Scheduler::with_capacity(4);
+        let gone_a = scheduler.add(Tracker::new("a".into()));
+        let gone_b = scheduler.add(Tracker::new("b".into()));
+        let live = scheduler.add(Tracker::new("c".into()));
+        scheduler.readyqueue.extend([gone_a, gone_b, live]);
+        scheduler.remove(gone_a);
+        scheduler.remove(gone_b);
+        assert_eq!(scheduler.poll().map(|(id, _)| id), Some(live));
+        assert_eq!(
+            scheduler.readyqueue,
+            [live],
+            "the gone ones are dropped, the ready one stays scheduled"
+        );
+        scheduler.readyqueue.clear();
+        assert!(scheduler.poll().is_none(), "None only for an empty queue");
     }
 }
