@@ -303,6 +303,55 @@ async fn a_quota_refusal_that_defines_a_topic_alias_ends_the_connection() {
     assert_eq!(raw.next(LONG).await, Seen::Closed);
 }
 
+/// A description refused for its format while it (re)defines a topic alias
+/// ends the connection too (5: DISCONNECT 0x99). The broker kept the
+/// alias's earlier topic; left open, the alias alone with a valid
+/// description would be judged as the device's `meta` (retained allowed)
+/// and published retained to the earlier topic (found by review).
+#[tokio::test]
+async fn a_format_refusal_that_defines_a_topic_alias_ends_the_connection() {
+    let b = Bench::start_with(Via::Tls, "");
+    let mut raw = b.raw(Who::Toy).await;
+    let id = b.client_id(Who::Toy);
+    raw.send(&connect(true, 30, &id, true, None)).await;
+    assert!(matches!(raw.next(LONG).await, Seen::Packet(0x20, _)));
+    let first = b.topic("a");
+    raw.send(&crate::support::publish_packet(
+        true,
+        first.as_bytes(),
+        1,
+        false,
+        1,
+        Some(1),
+        b"1",
+    ))
+    .await;
+    assert_eq!(
+        raw.next(LONG).await,
+        Seen::Packet(0x40, vec![0x40, 2, 0, 1])
+    );
+    let meta = format!("hearth/v1/dev/{id}/meta");
+    raw.send(&crate::support::publish_packet(
+        true,
+        meta.as_bytes(),
+        1,
+        true,
+        2,
+        Some(1),
+        b"not a description",
+    ))
+    .await;
+    assert_eq!(
+        raw.next(LONG).await,
+        Seen::Packet(0x40, vec![0x40, 3, 0, 2, 0x99])
+    );
+    assert_eq!(
+        raw.next(LONG).await,
+        Seen::Packet(0xe0, vec![0xe0, 1, 0x99])
+    );
+    assert_eq!(raw.next(LONG).await, Seen::Closed);
+}
+
 /// A retained will counts against the device's retained quota from its
 /// CONNECT on: over it, the CONNECT is refused (and audited), so a device
 /// cannot grow the hub's retained messages through wills (found by review).

@@ -716,18 +716,22 @@ impl<'a> Upstream<'a> {
         };
         self.deny_audit(action, &printable(&topic_bytes), &why);
         self.refuse_publish(&header, code).await;
-        if code == reason::QUOTA_EXCEEDED
+        if code != reason::NOT_AUTHORIZED
             && header.topic_alias.is_some()
             && !header.topic.is_empty()
         {
-            // The edge's alias table now names an allowed topic the broker
-            // never learnt for this alias: the next use of the alias alone
-            // would be checked against one topic and published to another.
-            // Ending the connection resets both tables.
-            self.reply(inspect::disconnect_v5(reason::QUOTA_EXCEEDED))
-                .await;
+            // The edge's alias table now names a topic the policy allows
+            // (the refusal was the retained quota or a description's
+            // format), which the broker never learnt for this alias: the
+            // next use of the alias alone would be checked against one
+            // topic and published to another, the one the alias named
+            // before. Ending the connection resets both tables. After a
+            // policy denial the edge's topic is denied for any use that its
+            // definition was, so the alias stays refused and the
+            // connection may go on.
+            self.reply(inspect::disconnect_v5(code)).await;
             return Err(SessionEnd::Protocol(
-                "quota exceeded on a topic alias definition",
+                "a refused publish defined a topic alias",
             ));
         }
         if !self.denials.denied(Instant::now()) {
