@@ -471,14 +471,16 @@ fn is_accepted_puback(packet: &Next, pkid: u16) -> bool {
 
 #[tokio::test]
 async fn topics_allowed_before_do_not_open_others_on_the_same_connection() {
-    // The edge remembers the last few topics it allowed a connection's
+    // The edge remembers the last four topics it allowed a connection's
     // plain publishes to and does not decide them again: what it
     // remembers must not let a neighbouring topic through.
     let (hub, kid, sibling, _parent) = household();
     let mut raw = Raw::connect(&hub, &kid, true).await;
     // The outbox takes plain publishes only (the mailbox answers this
     // one's bad envelope on the inbox, which this client does not read).
-    let own = ["tele/a", "tele/b", "outbox", "tele/c", "tele/d", "tele/e"];
+    // Four: as many as the edge remembers, so the second round is
+    // answered from its memory.
+    let own = ["tele/a", "outbox", "tele/d", "tele/e"];
     let mut pkid = 100;
     for _round in 0..2 {
         for rest in own {
@@ -498,8 +500,9 @@ async fn topics_allowed_before_do_not_open_others_on_the_same_connection() {
             assert!(is_accepted_puback(&answer, pkid), "{rest}: {answer:?}");
         }
     }
-    // Another device's telemetry under the same level names, a prefix of
-    // an allowed topic, and an allowed topic retained: each decided afresh.
+    // With those four remembered: another device's telemetry under the
+    // same level names, a prefix of an allowed topic, and an allowed topic
+    // retained, each decided afresh.
     let refused: [(String, bool); 4] = [
         (dev_topic(&sibling, "tele/e"), false),
         (dev_topic(&sibling, "tele/d"), false),

@@ -13,8 +13,9 @@ const TOPICS: usize = 4;
 /// Longer topics are judged every time (kept bytes per connection bounded).
 const LONGEST: usize = 256;
 
-/// The topics, most recently allowed first. Nothing is allocated until a
-/// publish is allowed, so an idle connection holds nothing here.
+/// The topics, the most recently remembered first (a topic found again
+/// keeps its place). Nothing is allocated until a publish is allowed, so
+/// an idle connection holds nothing here.
 #[derive(Debug, Default)]
 pub(super) struct AllowedTopics {
     topics: Vec<Box<[u8]>>,
