@@ -255,25 +255,28 @@ async fn sessions_outlive_their_connection_at_most_the_configured_time() {
     assert!(!back.connack.session_present, "5 session ended");
 }
 
-/// A retained publish refused for quota while it (re)defines a topic alias
-/// ends the connection (5: DISCONNECT 0x97): the broker never learnt the
-/// alias, so keeping the connection would leave the edge checking one topic
-/// and the broker publishing to another (found by review).
-#[tokio::test]
-async fn a_quota_refusal_that_defines_a_topic_alias_ends_the_connection() {
-    let b = Bench::start_with(Via::Tls, "[limits]\nmax_retained_per_device = 1\n");
+/// The toy connects (v5), publishes `accepted` (topic, retain, alias; QoS 1,
+/// acknowledged), then publishes `refused` (topic, payload; QoS 1,
+/// retained) defining topic alias 1: the hub refuses it with `code`, sends
+/// a DISCONNECT with the same code and closes.
+async fn a_refused_alias_definition_closes(
+    b: &Bench,
+    accepted: (&str, bool, Option<u16>),
+    refused: (&str, &[u8]),
+    code: u8,
+) {
     let mut raw = b.raw(Who::Toy).await;
     raw.send(&connect(true, 30, &b.client_id(Who::Toy), true, None))
         .await;
     assert!(matches!(raw.next(LONG).await, Seen::Packet(0x20, _)));
-    let first = b.topic("a");
+    let (topic, retain, alias) = accepted;
     raw.send(&crate::support::publish_packet(
         true,
-        first.as_bytes(),
+        topic.as_bytes(),
         1,
-        true,
+        retain,
         1,
-        None,
+        alias,
         b"1",
     ))
     .await;
@@ -281,26 +284,37 @@ async fn a_quota_refusal_that_defines_a_topic_alias_ends_the_connection() {
         raw.next(LONG).await,
         Seen::Packet(0x40, vec![0x40, 2, 0, 1])
     );
-    let second = b.topic("b");
+    let (topic, payload) = refused;
     raw.send(&crate::support::publish_packet(
         true,
-        second.as_bytes(),
+        topic.as_bytes(),
         1,
         true,
         2,
         Some(1),
-        b"2",
+        payload,
     ))
     .await;
     assert_eq!(
         raw.next(LONG).await,
-        Seen::Packet(0x40, vec![0x40, 3, 0, 2, 0x97])
+        Seen::Packet(0x40, vec![0x40, 3, 0, 2, code])
     );
     assert_eq!(
         raw.next(LONG).await,
-        Seen::Packet(0xe0, vec![0xe0, 1, 0x97])
+        Seen::Packet(0xe0, vec![0xe0, 1, code])
     );
     assert_eq!(raw.next(LONG).await, Seen::Closed);
+}
+
+/// A retained publish refused for quota while it (re)defines a topic alias
+/// ends the connection (5: DISCONNECT 0x97): the broker never learnt the
+/// alias, so keeping the connection would leave the edge checking one topic
+/// and the broker publishing to another (found by review).
+#[tokio::test]
+async fn a_quota_refusal_that_defines_a_topic_alias_ends_the_connection() {
+    let b = Bench::start_with(Via::Tls, "[limits]\nmax_retained_per_device = 1\n");
+    let (first, second) = (b.topic("a"), b.topic("b"));
+    a_refused_alias_definition_closes(&b, (&first, true, None), (&second, b"2"), 0x97).await;
 }
 
 /// A description refused for its format while it (re)defines a topic alias
@@ -311,45 +325,15 @@ async fn a_quota_refusal_that_defines_a_topic_alias_ends_the_connection() {
 #[tokio::test]
 async fn a_format_refusal_that_defines_a_topic_alias_ends_the_connection() {
     let b = Bench::start_with(Via::Tls, "");
-    let mut raw = b.raw(Who::Toy).await;
-    let id = b.client_id(Who::Toy);
-    raw.send(&connect(true, 30, &id, true, None)).await;
-    assert!(matches!(raw.next(LONG).await, Seen::Packet(0x20, _)));
     let first = b.topic("a");
-    raw.send(&crate::support::publish_packet(
-        true,
-        first.as_bytes(),
-        1,
-        false,
-        1,
-        Some(1),
-        b"1",
-    ))
+    let meta = format!("hearth/v1/dev/{}/meta", b.client_id(Who::Toy));
+    a_refused_alias_definition_closes(
+        &b,
+        (&first, false, Some(1)),
+        (&meta, b"not a description"),
+        0x99,
+    )
     .await;
-    assert_eq!(
-        raw.next(LONG).await,
-        Seen::Packet(0x40, vec![0x40, 2, 0, 1])
-    );
-    let meta = format!("hearth/v1/dev/{id}/meta");
-    raw.send(&crate::support::publish_packet(
-        true,
-        meta.as_bytes(),
-        1,
-        true,
-        2,
-        Some(1),
-        b"not a description",
-    ))
-    .await;
-    assert_eq!(
-        raw.next(LONG).await,
-        Seen::Packet(0x40, vec![0x40, 3, 0, 2, 0x99])
-    );
-    assert_eq!(
-        raw.next(LONG).await,
-        Seen::Packet(0xe0, vec![0xe0, 1, 0x99])
-    );
-    assert_eq!(raw.next(LONG).await, Seen::Closed);
 }
 
 /// A retained will counts against the device's retained quota from its
