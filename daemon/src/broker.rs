@@ -1,4 +1,4 @@
-//! The embedded rumqttd router: a task on the daemon's own runtime,
+//! The embedded rumqttd router: a task on the edge's thread (daemon::EdgeThread),
 //! configured with bounded memory, reached only in-process (each client's
 //! connection task drives its own link to the router, a [`BrokerLink`];
 //! there is no listener), and watched by a liveness probe that makes a real
@@ -229,12 +229,16 @@ pub async fn start(limits: BrokerLimits) -> Result<RunningBroker, BrokerError> {
                 .map_err(|e| BrokerError::Link(e.to_string()))
         }
     };
+    // `try_subscribe`: this runs on the edge's thread (daemon::EdgeThread),
+    // where a blocking send into a full router channel would wait for the
+    // router task on the same thread for ever. The channel is all but
+    // empty now; a full one is a startup error, not a hang.
     let (mut tx, rx) = link("hearth-liveness").await?;
-    tx.subscribe(LIVENESS_TOPIC)
+    tx.try_subscribe(LIVENESS_TOPIC)
         .map_err(|e| BrokerError::Link(e.to_string()))?;
     let (mut mailbox_tx, mailbox_rx) = link("hearth-mailbox").await?;
     mailbox_tx
-        .subscribe(OUTBOX_FILTER)
+        .try_subscribe(OUTBOX_FILTER)
         .map_err(|e| BrokerError::Link(e.to_string()))?;
     let web = link("hearth-web").await?;
     let bridge = link("hearth-bridge").await?;

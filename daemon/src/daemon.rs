@@ -147,15 +147,21 @@ pub async fn run(
     let admin_path = config.resolved_admin_socket(&data_dir);
     let admin_listener = admin::bind(&admin_path).map_err(|e| config_error(&e))?;
 
-    let mut broker = broker::start(BrokerLimits {
-        max_connections: config.limits.max_connections,
-        max_payload: config.limits.max_payload,
-        max_topics: config.limits.max_router_topics,
-        max_queued_per_filter: config.limits.max_queued_bytes_per_filter,
-        max_queued: config.limits.max_queued_bytes,
-    })
-    .await
-    .map_err(|e| DaemonError::Startup(e.to_string()))?;
+    // The router and every device's connection run on the edge's thread;
+    // it ends when `run` returns.
+    let edge_thread = EdgeThread::start()?;
+    let mut broker = edge_thread
+        .runtime
+        .spawn(broker::start(BrokerLimits {
+            max_connections: config.limits.max_connections,
+            max_payload: config.limits.max_payload,
+            max_topics: config.limits.max_router_topics,
+            max_queued_per_filter: config.limits.max_queued_bytes_per_filter,
+            max_queued: config.limits.max_queued_bytes,
+        }))
+        .await
+        .map_err(|e| DaemonError::Startup(format!("the broker did not start: {e}")))?
+        .map_err(|e| DaemonError::Startup(e.to_string()))?;
     // What every device may read before it sends: the limits it must keep.
     let hub_info = serde_json::to_vec(&config.hub_info()).unwrap_or_default();
     broker::publish_retained(
@@ -305,25 +311,33 @@ pub async fn run(
         inbox_watch: Some(inbox_watch.clone()),
     });
 
-    tracker.spawn(edge::serve(
-        mqtt,
-        ListenerKind::MutualTls,
-        Arc::clone(&edge),
-        stop.child_token(),
-        tracker.clone(),
-    ));
+    let mqtt = edge_thread.adopt(mqtt)?;
+    tracker.spawn_on(
+        edge::serve(
+            mqtt,
+            ListenerKind::MutualTls,
+            Arc::clone(&edge),
+            stop.child_token(),
+            tracker.clone(),
+        ),
+        &edge_thread.runtime,
+    );
     if let Some(dev) = dev {
         tracing::warn!(
             address = %local_addr(&dev),
             "the plaintext development listener is on: any local client gets full access without a certificate"
         );
-        tracker.spawn(edge::serve(
-            dev,
-            ListenerKind::Development,
-            Arc::clone(&edge),
-            stop.child_token(),
-            tracker.clone(),
-        ));
+        let dev = edge_thread.adopt(dev)?;
+        tracker.spawn_on(
+            edge::serve(
+                dev,
+                ListenerKind::Development,
+                Arc::clone(&edge),
+                stop.child_token(),
+                tracker.clone(),
+            ),
+            &edge_thread.runtime,
+        );
     }
     tracker.spawn(enroll::serve(
         enroll_listener,
@@ -776,6 +790,70 @@ async fn advertise(
     }
 }
 
+/// The thread the broker core runs on: rumqttd's router and every
+/// client connection of the MQTT listeners (their accept loops, TLS, the
+/// edge's policy, the router link), on a current-thread runtime of its
+/// own. The hub's own links to the router (mailbox, web app, bridge,
+/// liveness probe) stay where their services run. The rest of the
+/// hub (the web app, the admin socket, pairing and enrollment, reload)
+/// stays on the shared multi-threaded runtime, where a wait for SQLite is
+/// a `block_in_place`.
+///
+/// Why (issue 20, docs/adr/0004-broker-core-thread.md): at a home's load each
+/// message is a wake-up of its own, and what it costs is mostly the code
+/// and memory it touches, not the instructions it runs. The
+/// multi-threaded scheduler's own code (its queues, the LIFO slot, the
+/// shared I/O driver) was a quarter of the instruction-cache misses per
+/// message under callgrind's cache model; on a current-thread runtime
+/// they are gone, and every task a message crosses (device, router,
+/// subscriber) is polled on one thread in the order it was woken.
+///
+/// Nothing on this thread may wait for the disk: the one store write a
+/// connection can cause (retiring a renewed certificate's predecessors)
+/// is handed to a blocking thread.
+struct EdgeThread {
+    runtime: tokio::runtime::Handle,
+    /// Dropped with this value: the thread's runtime then shuts down, and
+    /// whatever is still spawned on it is dropped (at shutdown after the
+    /// drain, as the shared runtime's own shutdown did before).
+    _running: tokio::sync::oneshot::Sender<()>,
+}
+
+impl EdgeThread {
+    fn start() -> Result<EdgeThread, DaemonError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| DaemonError::Startup(format!("cannot start the edge runtime: {e}")))?;
+        let handle = runtime.handle().clone();
+        let (running, ended) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("hearth-edge".to_owned())
+            .spawn(move || {
+                crate::store::never_wait_on_this_thread();
+                runtime.block_on(async {
+                    let _ = ended.await;
+                });
+            })
+            .map_err(|e| DaemonError::Startup(format!("cannot start the edge thread: {e}")))?;
+        Ok(EdgeThread {
+            runtime: handle,
+            _running: running,
+        })
+    }
+
+    /// Moves a listener bound on the shared runtime to this thread's I/O
+    /// driver, so that a client's connection wakes this thread directly.
+    fn adopt(&self, listener: TcpListener) -> Result<TcpListener, DaemonError> {
+        let moved = |e: std::io::Error| {
+            DaemonError::Startup(format!("cannot move a listener to the edge's thread: {e}"))
+        };
+        let listener = listener.into_std().map_err(moved)?;
+        let _on_edge = self.runtime.enter();
+        TcpListener::from_std(listener).map_err(moved)
+    }
+}
+
 /// Runs `work` on a thread of its own, with a runtime of its own; the
 /// returned future ends when it does.
 ///
@@ -808,4 +886,37 @@ where
     Ok(async move {
         let _ = finished.await;
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_edge_thread_never_waits_for_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StoreHandle::open(dir.path()).unwrap();
+        let edge_thread = EdgeThread::start().unwrap();
+        let on_edge = store.clone();
+        let reached = edge_thread
+            .runtime
+            .spawn(async move { on_edge.with(|s| s.members().is_ok()) })
+            .await;
+        if cfg!(debug_assertions) {
+            assert!(
+                reached.unwrap_err().is_panic(),
+                "the edge's thread reached the store"
+            );
+        } else {
+            assert!(reached.unwrap(), "release builds only pay for the wait");
+        }
+        // Its blocking threads may: that is where a connection's store work goes.
+        let blocking = edge_thread
+            .runtime
+            .spawn(async move {
+                tokio::task::spawn_blocking(move || store.with(|s| s.members().is_ok())).await
+            })
+            .await;
+        assert!(blocking.unwrap().unwrap());
+    }
 }

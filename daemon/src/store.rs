@@ -9,7 +9,7 @@ use hearth_protocol::policy::{DeviceRole, Direction, Grant};
 use hearth_protocol::{DeviceId, Label, MemberName, Owner, Role};
 use rusqlite::{params, Connection, OptionalExtension};
 
-pub use handle::StoreHandle;
+pub use handle::{never_wait_on_this_thread, StoreHandle};
 
 mod browsers;
 pub use browsers::BrowserSession;

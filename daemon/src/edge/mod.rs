@@ -406,7 +406,7 @@ impl Edge {
                 return;
             };
             if self.hub.registry.is_renewing(&identity.device) {
-                self.retire_predecessors(&identity.device, &sha);
+                self.retire_predecessors(&identity.device, &sha).await;
             }
             let tls = match stream.get_ref().1.protocol_version() {
                 Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1_3",
@@ -453,13 +453,21 @@ impl Edge {
     }
 
     /// A renewed certificate was just used: its predecessors stop working
-    /// now rather than at the end of their grace.
-    fn retire_predecessors(&self, device: &DeviceId, used: &[u8; 32]) {
-        match self.hub.retire_predecessors(device, used) {
-            Ok(retired) if retired > 0 => {
+    /// now rather than at the end of their grace. The store's commit runs
+    /// on a blocking thread: the connections' thread never waits for the
+    /// disk (`daemon::EdgeThread`).
+    async fn retire_predecessors(&self, device: &DeviceId, used: &[u8; 32]) {
+        let (hub, device, used) = (Arc::clone(&self.hub), *device, *used);
+        let retired =
+            tokio::task::spawn_blocking(move || hub.retire_predecessors(&device, &used)).await;
+        match retired {
+            Ok(Ok(retired)) if retired > 0 => {
                 tracing::info!(device = %device, "renewed certificate in use; the previous one is retired");
             }
-            Ok(_) => {}
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(device = %device, error = %e, "cannot retire the previous certificate")
+            }
             Err(e) => {
                 tracing::warn!(device = %device, error = %e, "cannot retire the previous certificate")
             }

@@ -14,6 +14,18 @@ use super::{Store, StoreError};
 thread_local! {
     /// Set while this thread runs store work through [`StoreHandle::with`].
     static OFF_RUNTIME: Cell<bool> = const { Cell::new(false) };
+    /// Set on a thread that must never wait for SQLite: the edge's, where
+    /// every connection would wait with it ([`never_wait_on_this_thread`]).
+    static NEVER_WAITS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the calling thread as one that never waits for the store: in
+/// debug builds [`StoreHandle::with`] panics there, so a path that reaches
+/// the store from the edge's thread fails the suites (which run debug
+/// builds of the real daemon) instead of stalling every connection for an
+/// fsync in a release build.
+pub fn never_wait_on_this_thread() {
+    NEVER_WAITS.with(|never| never.set(true));
 }
 
 /// The one way to the database once the daemon runs: cheap to clone, one
@@ -37,7 +49,9 @@ impl StoreHandle {
     /// thread first, so while SQLite waits for the disk (or for the lock,
     /// held by another writer) no other connection waits with it. On a
     /// blocking thread, outside a runtime, or on a current-thread runtime
-    /// (unit tests) it runs directly. Hold the lock across a commit and the
+    /// (the mailbox's thread, unit tests) it runs directly; on a thread
+    /// marked by [`never_wait_on_this_thread`] (the edge's) debug builds
+    /// panic. Hold the lock across a commit and the
     /// registry update that follows it, so nothing falls between the two.
     pub fn with<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
         off_runtime(|| f(&mut crate::sync::lock(&self.0)))
@@ -45,6 +59,9 @@ impl StoreHandle {
 }
 
 fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    if cfg!(debug_assertions) && NEVER_WAITS.with(Cell::get) {
+        panic!("the store called on a thread that must never wait for it (the edge's)");
+    }
     let run = || {
         let _mark = Mark::enter();
         f()
@@ -103,6 +120,28 @@ mod tests {
                 let _ = guard.members();
             }));
             assert!(direct.is_err(), "a direct call on a worker must be caught");
+        }
+    }
+
+    #[test]
+    fn a_thread_that_never_waits_cannot_reach_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StoreHandle::open(dir.path()).unwrap();
+        let marked = std::thread::spawn(move || {
+            never_wait_on_this_thread();
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                store.with(|s| s.members().is_ok())
+            }))
+        })
+        .join()
+        .unwrap();
+        if cfg!(debug_assertions) {
+            assert!(
+                marked.is_err(),
+                "the store was reached from a marked thread"
+            );
+        } else {
+            assert!(marked.unwrap(), "release builds only pay for the wait");
         }
     }
 }

@@ -208,7 +208,9 @@ pub struct LinkTx {
 /// Hearth: a blocking send that cannot starve the router. The router may be
 /// a task on this very runtime (`Router::spawn_task`); should its channel
 /// (room for eight events per connection) ever be full, the wait moves the
-/// runtime's other tasks, the router among them, to another thread.
+/// runtime's other tasks, the router among them, to another thread. On a
+/// current-thread runtime the wait blocks the thread: there the router must
+/// not be a task of the same runtime (use the `try_` calls instead).
 fn send_without_starving(
     router_tx: &Sender<(ConnectionId, Event)>,
     event: (ConnectionId, Event),
