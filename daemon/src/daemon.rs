@@ -311,33 +311,26 @@ pub async fn run(
         inbox_watch: Some(inbox_watch.clone()),
     });
 
-    let mqtt = edge_thread.adopt(mqtt)?;
-    tracker.spawn_on(
-        edge::serve(
-            mqtt,
-            ListenerKind::MutualTls,
+    // Each MQTT listener is served on the edge's thread.
+    let serve_on_edge = |listener, kind| -> Result<(), DaemonError> {
+        let listener = edge_thread.adopt(listener)?;
+        let serve = edge::serve(
+            listener,
+            kind,
             Arc::clone(&edge),
             stop.child_token(),
             tracker.clone(),
-        ),
-        &edge_thread.runtime,
-    );
+        );
+        tracker.spawn_on(serve, &edge_thread.runtime);
+        Ok(())
+    };
+    serve_on_edge(mqtt, ListenerKind::MutualTls)?;
     if let Some(dev) = dev {
         tracing::warn!(
             address = %local_addr(&dev),
             "the plaintext development listener is on: any local client gets full access without a certificate"
         );
-        let dev = edge_thread.adopt(dev)?;
-        tracker.spawn_on(
-            edge::serve(
-                dev,
-                ListenerKind::Development,
-                Arc::clone(&edge),
-                stop.child_token(),
-                tracker.clone(),
-            ),
-            &edge_thread.runtime,
-        );
+        serve_on_edge(dev, ListenerKind::Development)?;
     }
     tracker.spawn(enroll::serve(
         enroll_listener,

@@ -458,16 +458,15 @@ impl Edge {
     /// disk (`daemon::EdgeThread`).
     async fn retire_predecessors(&self, device: &DeviceId, used: &[u8; 32]) {
         let (hub, device, used) = (Arc::clone(&self.hub), *device, *used);
-        let retired =
-            tokio::task::spawn_blocking(move || hub.retire_predecessors(&device, &used)).await;
+        let retired = tokio::task::spawn_blocking(move || hub.retire_predecessors(&device, &used))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|done| done.map_err(|e| e.to_string()));
         match retired {
-            Ok(Ok(retired)) if retired > 0 => {
+            Ok(retired) if retired > 0 => {
                 tracing::info!(device = %device, "renewed certificate in use; the previous one is retired");
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(device = %device, error = %e, "cannot retire the previous certificate")
-            }
+            Ok(_) => {}
             Err(e) => {
                 tracing::warn!(device = %device, error = %e, "cannot retire the previous certificate")
             }
