@@ -72,13 +72,14 @@ measure() { # name, what the broker's command line has (not the bench's setup ru
     callgrind_control -i off "$pid" >/dev/null 2>&1
     wait "$run" || { echo "$name: the bench failed" >&2; cat "$out/$name.log" >&2; exit 1; }
     local dump=$out/$name.$pid.1
-    local total
-    total=$(callgrind_annotate "$dump" | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
+    local totals total
+    totals=$(callgrind_annotate "$dump" | grep 'PROGRAM TOTALS')
+    total=$(echo "$totals" | awk '{ gsub(",", "", $1); print $1 }')
     local messages=$((devices * rate * seconds))
     echo "$name: $total instructions in ${seconds} s, $((total / messages)) per message ($dump)"
     if [ -n "$cache_model" ]; then
         # Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw: misses per message.
-        callgrind_annotate "$dump" | awk -v n="$messages" -v name="$name" '/PROGRAM TOTALS/ {
+        echo "$totals" | awk -v n="$messages" -v name="$name" '{
             for (i = 1; i <= NF; i++) if ($i !~ /^\(/) { gsub(",", "", $i); v[++k] = $i }
             printf "%s per message: L1 instruction misses %d, L1 data misses %d, last-level misses %d\n",
                 name, v[4] / n, (v[5] + v[6]) / n, (v[7] + v[8] + v[9]) / n }'
